@@ -1,0 +1,66 @@
+//! `InstanceSet`: one member's slice of a federated set.
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PodTemplateSpec};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::object::{Kind, Object};
+use crate::ordinals::Ordinals;
+use crate::set::{FederatedInstanceSetSpec, RetentionPolicy, Role, RoleProbe, UpdateStrategy};
+use crate::status::InstanceSetStatus;
+
+/// The instances of one set that run in one member: the set's template with the
+/// member's `ordinals` instead of `replicas`.
+pub type InstanceSet = Object<InstanceSetSpec, InstanceSetStatus>;
+
+/// The desired state of an [`InstanceSet`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceSetSpec {
+    /// Exactly the ordinals this member runs.
+    pub ordinals: Ordinals,
+    /// The pod every instance runs.
+    pub template: PodTemplateSpec,
+    /// Volumes per instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_claim_templates: Vec<PersistentVolumeClaim>,
+    /// Roles instances can hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<Role>,
+    /// How roles are probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_probe: Option<RoleProbe>,
+    /// How template changes roll out.
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+    /// Volume retention.
+    #[serde(default)]
+    pub persistent_volume_claim_retention_policy: RetentionPolicy,
+    /// At most this many instances on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances_per_node: Option<u32>,
+}
+
+impl Kind for InstanceSetSpec {
+    const KIND: &'static str = "InstanceSet";
+    const PLURAL: &'static str = "instancesets";
+    const NAMESPACED: bool = true;
+}
+
+impl FederatedInstanceSetSpec {
+    /// The slice of this set that runs `ordinals` in one member.
+    pub fn slice(&self, ordinals: &[u32]) -> InstanceSetSpec {
+        InstanceSetSpec {
+            ordinals: Ordinals::compact(ordinals),
+            template: self.template.clone(),
+            volume_claim_templates: self.volume_claim_templates.clone(),
+            roles: self.roles.clone(),
+            role_probe: self.role_probe.clone(),
+            update_strategy: self.update_strategy.clone(),
+            persistent_volume_claim_retention_policy: self
+                .persistent_volume_claim_retention_policy
+                .clone(),
+            max_instances_per_node: self.placement.max_instances_per_node,
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Status types: written by Flotilla, read by users.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The aggregated state of a federated set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FederatedInstanceSetStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Instances placed in some cluster.
+    #[serde(default)]
+    pub replicas: u32,
+    /// Instances reported ready.
+    #[serde(default)]
+    pub ready_replicas: u32,
+    /// Instances no cluster could take.
+    #[serde(default)]
+    pub unschedulable: u32,
+    /// Per cluster: its ordinals and counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterPlacementStatus>,
+    /// Per ordinal: where it runs, its role, whether it is ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceStatus>,
+    /// Scheduled, Available, Progressing, Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One cluster's share of a federated set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPlacementStatus {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The ordinals assigned to it.
+    pub ordinals: Vec<u32>,
+    /// How many of them are ready.
+    #[serde(default)]
+    pub ready_replicas: u32,
+}
+
+/// One instance as its member reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// The instance's ordinal.
+    pub ordinal: u32,
+    /// The cluster it runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// `Pending`, `Running`, `Failed`, … .
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Its current role, if probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Whether it passes its readiness checks.
+    #[serde(default)]
+    pub ready: bool,
+    /// The node it runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The template revision it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+}
+
+/// The state of one member's slice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceSetStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Instances that exist.
+    #[serde(default)]
+    pub replicas: u32,
+    /// Instances that are ready.
+    #[serde(default)]
+    pub ready_replicas: u32,
+    /// Instances running the current template revision.
+    #[serde(default)]
+    pub updated_replicas: u32,
+    /// The current template revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+    /// Per ordinal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceStatus>,
+    /// Conditions with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A Kubernetes-style condition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Scheduled`, `Available`, `Progressing` or `Degraded`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase machine-readable reason.
+    #[serde(default)]
+    pub reason: String,
+    /// What happened and what to do about it.
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339 time the status last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
