@@ -1,0 +1,15 @@
+//! Flotilla's scheduler: where each instance of a federated set runs.
+//!
+//! Pure and deterministic: no I/O, no clock, no randomness, no async. The same set,
+//! clusters and previous placement always give the same [`Plan`].
+//!
+//! - [`capacity`]: a cluster's room for one template, from its bucketed capacity model.
+//! - [`divide`]: weighted division within per-cluster bounds, exact, largest remainder.
+//! - [`plan()`]: eligibility, stickiness, policy, selection, ordinals, reasons.
+
+pub mod capacity;
+pub mod divide;
+mod plan;
+
+pub use capacity::UNLIMITED;
+pub use plan::{ClusterPlan, Plan, plan};

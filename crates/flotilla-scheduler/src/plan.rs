@@ -1,0 +1,638 @@
+//! One scheduling decision: a set, the clusters, and the previous placement in; every
+//! cluster's ordinals, the shortfall and the reasons out.
+//!
+//! ```text
+//!  clusters ──▶ members: eligible? room (capacity::estimate), weight, bounds
+//!  previous ──▶ kept (eligible) │ stuck (ineligible, failover Keep) │ released
+//!                  │ trim what policy no longer allows (max, share, maxClusters, maxGroups)
+//!                  ▼
+//!      kept + stuck ≤ replicas ─▶ scale up: select clusters, divide with lo = kept,
+//!                  │                        new ordinals lowest free first
+//!      kept + stuck > replicas ─▶ scale down: remove from the clusters furthest above
+//!                                 their target, highest ordinal first
+//! ```
+//!
+//! Everything is a function of its inputs: members are in name order, every tie is
+//! broken by name, and no hash map's iteration order reaches the output.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use flotilla_api::ordinals::display_list;
+use flotilla_api::resources::{self, Requests};
+use flotilla_api::selector::{self, display_taint};
+use flotilla_api::{Cluster, FailoverPolicy, FederatedInstanceSet, FieldError, Invalid, OrdinalSpace, Placement, Valid, Weights};
+use serde::{Deserialize, Serialize};
+
+use crate::capacity::{self, Estimate, UNLIMITED};
+use crate::divide::{Slot, divide};
+
+/// The scheduler's answer; also what `--previous` reads back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Every registered cluster, by name, with its ordinals (possibly none).
+    pub placement: Vec<ClusterPlan>,
+    /// Instances no cluster could take.
+    #[serde(default)]
+    pub unschedulable: u32,
+    /// Why clusters were passed over, what moved, what did not fit.
+    #[serde(default)]
+    pub messages: Vec<String>,
+}
+
+/// One cluster's part of a [`Plan`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPlan {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Its estimated room for this template before placing (0 when it may take no new
+    /// instances; [`UNLIMITED`] when it reports no capacity model).
+    #[serde(default)]
+    pub capacity: u32,
+    /// The ordinals it runs, ascending.
+    pub ordinals: Vec<u32>,
+}
+
+impl Plan {
+    /// Ordinals by cluster, for clusters holding any.
+    pub fn by_cluster(&self) -> BTreeMap<&str, &[u32]> {
+        self.placement.iter().filter(|p| !p.ordinals.is_empty()).map(|p| (p.cluster.as_str(), p.ordinals.as_slice())).collect()
+    }
+
+    /// How many instances are placed.
+    pub fn placed(&self) -> u32 {
+        self.placement.iter().map(|p| p.ordinals.len() as u32).sum()
+    }
+}
+
+/// A cluster as this decision sees it.
+#[derive(Debug)]
+struct Member<'a> {
+    name: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    estimate: Estimate,
+    /// Why it may take no new instances; empty when eligible.
+    why_not: Vec<String>,
+    /// An untolerated `NoExecute` taint: its instances move whatever the failover policy.
+    evict: bool,
+    /// An untolerated `PreferNoSchedule` taint: chosen last.
+    last_choice: bool,
+    weight: u64,
+    min: u32,
+    /// `min(perCluster.max, maxSharePerCluster)`, and which of them binds.
+    policy_max: u32,
+    policy_max_why: String,
+    /// Previous ordinals it keeps (eligible clusters), ascending.
+    kept: Vec<u32>,
+    /// Previous ordinals left on it although it is not eligible (failover `Keep`).
+    stuck: Vec<u32>,
+}
+
+impl Member<'_> {
+    fn eligible(&self) -> bool {
+        self.why_not.is_empty()
+    }
+
+    /// The most it may hold: policy, and room (but never below what it already runs).
+    fn hi(&self) -> u32 {
+        if !self.eligible() {
+            return 0;
+        }
+        self.policy_max.min(self.estimate.instances.max(self.kept.len() as u32))
+    }
+
+    fn current(&self) -> u32 {
+        (self.kept.len() + self.stuck.len()) as u32
+    }
+}
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+/// Places `set` on `clusters`, sticking to `previous` where it can.
+///
+/// Fails only when `previous` contradicts itself (an ordinal in two clusters); the set
+/// and clusters are valid by construction.
+pub fn plan(set: &Valid<FederatedInstanceSet>, clusters: &[Valid<Cluster>], previous: Option<&Plan>) -> Result<Plan, Invalid> {
+    let spec = &set.spec;
+    let p = &spec.placement;
+    let replicas = spec.replicas;
+    let requests = match &spec.template.spec {
+        Some(pod) => resources::pod_requests(pod)?,
+        None => Requests::new(),
+    };
+    let space = OrdinalSpace::new(spec.ordinals.as_ref(), &spec.offline_ordinals);
+    let mut notes = Vec::new();
+
+    let mut members: Vec<Member<'_>> = clusters.iter().map(|c| member(c, p, replicas, &requests)).collect();
+    members.sort_by(|a, b| a.name.cmp(b.name));
+    note_unknown_names(p, &members, &mut notes);
+    for m in &members {
+        if !m.eligible() {
+            if !m.why_not.iter().all(|w| w.starts_with("not in placement.clusterAffinity.clusterNames")) {
+                notes.push(format!("cluster {}: {}; it gets no new instances", m.name, m.why_not.join("; ")));
+            }
+        } else if m.estimate.instances == 0 {
+            let why = match &m.estimate.short_of {
+                Some((res, need)) => format!("short of {res} (one instance needs {need})"),
+                None => "no node group has a free node".to_string(),
+            };
+            notes.push(format!("cluster {}: no room for one instance: {why}", m.name));
+        }
+        if m.min > 0 && (!m.eligible() || m.estimate.instances < m.min) && m.kept.is_empty() {
+            let room = if m.eligible() { format!("room for {}", m.estimate.instances) } else { "not eligible".into() };
+            notes.push(format!("cluster {}: placement.perCluster.{}.min is {}, but it has {room}", m.name, m.name, m.min));
+        }
+    }
+
+    if let Some(prev) = previous {
+        take_previous(prev, &space, p.failover.policy, &mut members, &mut notes)?;
+    }
+    trim_to_policy(p, &mut members, &mut notes);
+
+    let stuck: u32 = members.iter().map(|m| m.stuck.len() as u32).sum();
+    let kept: u32 = members.iter().map(|m| m.kept.len() as u32).sum();
+    if stuck + kept > replicas {
+        scale_down(p, replicas, &mut members);
+    } else {
+        scale_up(p, replicas - stuck, &space, &mut members, &mut notes);
+    }
+
+    let placement: Vec<ClusterPlan> = members
+        .iter()
+        .map(|m| {
+            let mut ordinals: Vec<u32> = m.kept.iter().chain(&m.stuck).copied().collect();
+            ordinals.sort_unstable();
+            ClusterPlan {
+                cluster: m.name.to_string(),
+                capacity: if m.eligible() { m.estimate.instances } else { 0 },
+                ordinals,
+            }
+        })
+        .collect();
+    let placed: u32 = placement.iter().map(|c| c.ordinals.len() as u32).sum();
+    let unschedulable = replicas.saturating_sub(placed);
+    if unschedulable > 0 {
+        let room: u64 = members.iter().filter(|m| m.eligible()).map(|m| u64::from(m.hi())).sum();
+        notes.push(format!(
+            "{unschedulable} of {replicas} instances could not be placed; eligible clusters have room for {room} in all under this placement"
+        ));
+    }
+    Ok(Plan { placement, unschedulable, messages: notes })
+}
+
+/// How `cluster` stands for this set.
+fn member<'a>(cluster: &'a Valid<Cluster>, p: &Placement, replicas: u32, requests: &Requests) -> Member<'a> {
+    let name = cluster.name();
+    let labels = cluster.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
+    let status = cluster.status.as_ref();
+    let estimate = capacity::estimate(status.and_then(|s| s.capacity.as_ref()), requests, p.max_instances_per_node);
+    let mut why_not = Vec::new();
+    match status {
+        Some(s) if s.ready => {}
+        Some(s) => why_not.push(match &s.reason {
+            Some(r) => format!("not ready ({r})"),
+            None => "not ready".to_string(),
+        }),
+        None => why_not.push("not ready (no status reported)".to_string()),
+    }
+    if let Some(a) = &p.cluster_affinity {
+        if !a.cluster_names.is_empty() && !a.cluster_names.iter().any(|n| n == name) {
+            why_not.push("not in placement.clusterAffinity.clusterNames".into());
+        }
+        if let Some(sel) = &a.label_selector
+            && !selector::matches(sel, labels)
+        {
+            why_not.push("labels do not match placement.clusterAffinity.labelSelector".into());
+        }
+    }
+    let mut evict = false;
+    let mut last_choice = false;
+    for t in &cluster.spec.taints {
+        if selector::tolerated(t, &p.tolerations) {
+            continue;
+        }
+        match t.effect.as_str() {
+            "PreferNoSchedule" => last_choice = true,
+            effect => {
+                evict |= effect == "NoExecute";
+                why_not.push(format!("taint {} is not tolerated", display_taint(t)));
+            }
+        }
+    }
+    for (i, c) in p.spread.iter().enumerate() {
+        if !labels.contains_key(&c.by_label) {
+            why_not.push(format!("no label {}, which placement.spread[{i}] spreads by", c.by_label));
+        }
+    }
+    let weight = match &p.weights {
+        None => 1,
+        Some(Weights::Static(w)) => u64::from(w.get(name).copied().unwrap_or(0)),
+        Some(Weights::Dynamic(_)) => u64::from(estimate.instances),
+    };
+    let bounds = p.per_cluster.get(name).copied().unwrap_or_default();
+    let mut policy_max = UNLIMITED;
+    let mut policy_max_why = String::new();
+    if let Some(max) = bounds.max {
+        policy_max = max;
+        policy_max_why = format!("placement.perCluster.{name}.max {max}");
+    }
+    if let Some(share) = p.max_share_per_cluster {
+        let cap = (u64::from(replicas) * u64::from(share) / 100) as u32;
+        if cap < policy_max {
+            policy_max = cap;
+            policy_max_why = format!("placement.maxSharePerCluster {share}% of {replicas} replicas is {cap}");
+        }
+    }
+    Member {
+        name,
+        labels,
+        estimate,
+        why_not,
+        evict,
+        last_choice,
+        weight,
+        min: bounds.min.unwrap_or(0),
+        policy_max,
+        policy_max_why,
+        kept: Vec::new(),
+        stuck: Vec::new(),
+    }
+}
+
+/// Points out cluster names in the placement that match no registered cluster (typos).
+fn note_unknown_names(p: &Placement, members: &[Member<'_>], notes: &mut Vec<String>) {
+    let known: BTreeSet<&str> = members.iter().map(|m| m.name).collect();
+    let mut named: BTreeSet<(&str, &str)> = BTreeSet::new();
+    if let Some(a) = &p.cluster_affinity {
+        named.extend(a.cluster_names.iter().map(|n| (n.as_str(), "clusterAffinity.clusterNames")));
+    }
+    if let Some(Weights::Static(w)) = &p.weights {
+        named.extend(w.keys().map(|n| (n.as_str(), "weights.static")));
+    }
+    named.extend(p.per_cluster.keys().map(|n| (n.as_str(), "perCluster")));
+    for (name, field) in named {
+        if !known.contains(name) {
+            notes.push(format!("placement.{field} names cluster {name}, which is not registered"));
+        }
+    }
+}
+
+/// Sorts the previous placement into kept, stuck and released ordinals.
+fn take_previous(
+    prev: &Plan,
+    space: &OrdinalSpace,
+    policy: FailoverPolicy,
+    members: &mut [Member<'_>],
+    notes: &mut Vec<String>,
+) -> Result<(), Invalid> {
+    let mut owner: BTreeMap<u32, &str> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let mut clusters_seen = BTreeSet::new();
+    for (ci, entry) in prev.placement.iter().enumerate() {
+        if !clusters_seen.insert(entry.cluster.as_str()) {
+            errors.push(FieldError::new(format!("placement[{ci}].cluster"), format!("{:?} appears twice", entry.cluster)));
+        }
+        for (oi, &o) in entry.ordinals.iter().enumerate() {
+            if let Some(other) = owner.insert(o, &entry.cluster) {
+                let why = if other == entry.cluster {
+                    format!("{o} is listed twice")
+                } else {
+                    format!("{o} is also placed in cluster {other}")
+                };
+                errors.push(FieldError::new(format!("placement[{ci}].ordinals[{oi}]"), why));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Invalid(errors));
+    }
+    let mut dropped: Vec<u32> = Vec::new();
+    for entry in &prev.placement {
+        let (mut ords, gone): (Vec<u32>, Vec<u32>) = entry.ordinals.iter().partition(|&&o| space.contains(o));
+        dropped.extend(gone);
+        if ords.is_empty() {
+            continue;
+        }
+        ords.sort_unstable();
+        let list = display_list(&ords);
+        let n = ords.len();
+        match members.iter_mut().find(|m| m.name == entry.cluster) {
+            None => notes.push(format!(
+                "cluster {} is not registered; its {n} instances (ordinals {list}) are placed again",
+                entry.cluster
+            )),
+            Some(m) if m.eligible() => m.kept = ords,
+            Some(m) if m.evict => notes.push(format!(
+                "cluster {}: {}; its {n} instances (ordinals {list}) move",
+                m.name,
+                m.why_not.join("; ")
+            )),
+            Some(m) if policy == FailoverPolicy::Reschedule => notes.push(format!(
+                "cluster {}: {}; its {n} instances (ordinals {list}) move (failover policy Reschedule)",
+                m.name,
+                m.why_not.join("; ")
+            )),
+            Some(m) => {
+                notes.push(format!(
+                    "cluster {}: {}; its {n} instances (ordinals {list}) stay (failover policy Keep; set placement.failover.policy: Reschedule to move them)",
+                    m.name,
+                    m.why_not.join("; ")
+                ));
+                m.stuck = ords;
+            }
+        }
+    }
+    if !dropped.is_empty() {
+        notes.push(format!(
+            "ordinals {} are no longer in the set's ordinal space (or are offline); their instances are removed",
+            display_list(&dropped)
+        ));
+    }
+    Ok(())
+}
+
+/// Releases kept instances that the placement no longer allows: above a cluster's
+/// max or share, on more clusters than `maxClusters`, in more groups than `maxGroups`.
+fn trim_to_policy(p: &Placement, members: &mut [Member<'_>], notes: &mut Vec<String>) {
+    for m in members.iter_mut() {
+        if m.kept.len() as u32 > m.policy_max {
+            let extra = m.kept.split_off(m.policy_max as usize);
+            notes.push(format!(
+                "cluster {}: {} instances exceed {}; ordinals {} move",
+                m.name,
+                extra.len(),
+                m.policy_max_why,
+                display_list(&extra)
+            ));
+        }
+    }
+    if let Some(max) = p.max_clusters {
+        loop {
+            let used = members.iter().filter(|m| m.current() > 0).count() as u32;
+            if used <= max {
+                break;
+            }
+            // The eligible cluster with the fewest instances goes; ties: the later name.
+            let Some(m) = members.iter_mut().filter(|m| !m.kept.is_empty()).min_by(|a, b| {
+                a.kept.len().cmp(&b.kept.len()).then_with(|| b.name.cmp(a.name))
+            }) else {
+                break;
+            };
+            let gone = std::mem::take(&mut m.kept);
+            notes.push(format!(
+                "placement.maxClusters is {max}: cluster {}'s {} instances (ordinals {}) move",
+                m.name,
+                gone.len(),
+                display_list(&gone)
+            ));
+        }
+    }
+    for (ci, c) in p.spread.iter().enumerate() {
+        let Some(max) = c.max_groups else { continue };
+        loop {
+            let mut groups: BTreeMap<&str, (u32, bool)> = BTreeMap::new();
+            for m in members.iter().filter(|m| m.current() > 0) {
+                if let Some(v) = m.labels.get(&c.by_label) {
+                    let g = groups.entry(v.as_str()).or_default();
+                    g.0 += m.current();
+                    g.1 |= !m.kept.is_empty();
+                }
+            }
+            if groups.len() as u32 <= max {
+                break;
+            }
+            // The movable group with the fewest instances goes; ties: the later value.
+            let Some(value) = groups
+                .iter()
+                .filter(|(_, g)| g.1)
+                .min_by(|a, b| a.1.0.cmp(&b.1.0).then_with(|| b.0.cmp(a.0)))
+                .map(|(v, _)| v.to_string())
+            else {
+                break;
+            };
+            for m in members.iter_mut().filter(|m| m.labels.get(&c.by_label) == Some(&value)) {
+                let gone = std::mem::take(&mut m.kept);
+                if !gone.is_empty() {
+                    notes.push(format!(
+                        "placement.spread[{ci}].maxGroups is {max}: cluster {} ({}={value})'s {} instances (ordinals {}) move",
+                        m.name,
+                        c.by_label,
+                        gone.len(),
+                        display_list(&gone)
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Which clusters may receive instances, and which must get at least one to meet
+/// `minClusters` and the spread minimums.
+#[derive(Debug)]
+struct Selection {
+    chosen: Vec<bool>,
+    /// Clusters picked to meet a minimum, in the order picked.
+    needs_one: Vec<usize>,
+    /// Minimums that cannot be met.
+    problems: Vec<String>,
+}
+
+fn select<'a>(p: &Placement, members: &[Member<'a>], hi: &[u32]) -> Selection {
+    let n = members.len();
+    let candidate = |i: usize| members[i].eligible() && hi[i] > 0;
+    // Best first: no PreferNoSchedule taint, higher weight, more room, then name.
+    let mut order: Vec<usize> = (0..n).filter(|&i| candidate(i)).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&members[a], &members[b]);
+        x.last_choice
+            .cmp(&y.last_choice)
+            .then(y.weight.cmp(&x.weight))
+            .then(y.estimate.instances.cmp(&x.estimate.instances))
+            .then(x.name.cmp(y.name))
+    });
+    let mut chosen = vec![false; n];
+    let mut used = members.iter().filter(|m| !m.stuck.is_empty()).count() as u32;
+    let mut groups: Vec<BTreeSet<&'a str>> = vec![BTreeSet::new(); p.spread.len()];
+    let value = |i: usize, ci: usize| -> Option<&'a str> {
+        let labels: &'a BTreeMap<String, String> = members[i].labels;
+        labels.get(&p.spread[ci].by_label).map(String::as_str)
+    };
+    let take = |i: usize, chosen: &mut Vec<bool>, used: &mut u32, groups: &mut Vec<BTreeSet<&'a str>>| {
+        chosen[i] = true;
+        *used += 1;
+        for (ci, g) in groups.iter_mut().enumerate() {
+            g.extend(value(i, ci));
+        }
+    };
+    for (i, m) in members.iter().enumerate() {
+        if !m.stuck.is_empty() {
+            for (ci, g) in groups.iter_mut().enumerate() {
+                g.extend(value(i, ci));
+            }
+        }
+        if candidate(i) && (!m.kept.is_empty() || m.min > 0) {
+            take(i, &mut chosen, &mut used, &mut groups);
+        }
+    }
+    let fits = |i: usize, chosen: &[bool], used: u32, groups: &[BTreeSet<&'a str>]| {
+        !chosen[i]
+            && p.max_clusters.is_none_or(|max| used < max)
+            && p.spread.iter().enumerate().all(|(ci, c)| {
+                c.max_groups.is_none_or(|max| value(i, ci).is_some_and(|v| groups[ci].contains(v)) || (groups[ci].len() as u32) < max)
+            })
+    };
+    let mut needs_one = Vec::new();
+    let mut problems = Vec::new();
+    for (ci, c) in p.spread.iter().enumerate() {
+        let Some(min) = c.min_groups else { continue };
+        while (groups[ci].len() as u32) < min {
+            let pick = order.iter().copied().find(|&i| {
+                fits(i, &chosen, used, &groups) && value(i, ci).is_some_and(|v| !groups[ci].contains(v))
+            });
+            let Some(i) = pick else {
+                problems.push(format!(
+                    "placement.spread[{ci}] needs instances in {min} distinct {} values, but only {} can have any ({})",
+                    c.by_label,
+                    groups[ci].len(),
+                    groups[ci].iter().copied().collect::<Vec<_>>().join(", ")
+                ));
+                break;
+            };
+            take(i, &mut chosen, &mut used, &mut groups);
+            needs_one.push(i);
+        }
+    }
+    if let Some(min) = p.min_clusters {
+        while used < min {
+            let Some(i) = order.iter().copied().find(|&i| fits(i, &chosen, used, &groups)) else {
+                problems.push(format!(
+                    "placement.minClusters is {min}, but only {used} eligible clusters with room can run instances"
+                ));
+                break;
+            };
+            take(i, &mut chosen, &mut used, &mut groups);
+            needs_one.push(i);
+        }
+    }
+    for &i in &order {
+        if fits(i, &chosen, used, &groups) {
+            take(i, &mut chosen, &mut used, &mut groups);
+        }
+    }
+    Selection { chosen, needs_one, problems }
+}
+
+/// Lower bounds: what each cluster already runs (`floor`), then one instance for each
+/// cluster picked to meet a minimum, then `perCluster` minimums, while `total` allows.
+fn lower_bounds(members: &[Member<'_>], sel: &Selection, hi: &[u32], total: u32, floor: &[u32]) -> Vec<u32> {
+    let mut lo = floor.to_vec();
+    let mut budget = total.saturating_sub(lo.iter().sum());
+    for &i in &sel.needs_one {
+        if lo[i] == 0 && budget > 0 {
+            lo[i] = 1;
+            budget -= 1;
+        }
+    }
+    for (i, m) in members.iter().enumerate() {
+        let want = m.min.min(hi[i]);
+        if sel.chosen[i] && want > lo[i] {
+            let add = (want - lo[i]).min(budget);
+            lo[i] += add;
+            budget -= add;
+        }
+    }
+    lo
+}
+
+fn slots(members: &[Member<'_>], sel: &Selection, lo: &[u32], hi: &[u32]) -> Vec<Slot> {
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if sel.chosen[i] {
+                Slot { weight: m.weight, lo: lo[i], hi: hi[i] }
+            } else {
+                Slot { weight: 0, lo: lo[i], hi: lo[i] }
+            }
+        })
+        .collect()
+}
+
+/// Adds instances (new ordinals, lowest free first) until eligible clusters hold
+/// `total`, or as many as fit.
+fn scale_up(p: &Placement, total: u32, space: &OrdinalSpace, members: &mut [Member<'_>], notes: &mut Vec<String>) {
+    let hi: Vec<u32> = members.iter().map(Member::hi).collect();
+    let kept: Vec<u32> = members.iter().map(|m| m.kept.len() as u32).collect();
+    if kept.iter().sum::<u32>() == total {
+        return;
+    }
+    let sel = select(p, members, &hi);
+    if !sel.problems.is_empty() {
+        for problem in sel.problems {
+            notes.push(format!("{problem}; no new instances are placed until it can be met"));
+        }
+        return;
+    }
+    let lo = lower_bounds(members, &sel, &hi, total, &kept);
+    let counts = divide(total, &slots(members, &sel, &lo, &hi));
+
+    // What each cluster would get with unlimited room, to say who ran out of it.
+    let asked_hi: Vec<u32> = members.iter().map(|m| if m.eligible() { m.policy_max } else { 0 }).collect();
+    let asked = divide(total, &slots(members, &sel, &lo, &asked_hi));
+    for (i, m) in members.iter().enumerate() {
+        if sel.chosen[i] && counts[i] < asked[i] && counts[i] == hi[i] {
+            notes.push(format!("cluster {}: room for {}, {} asked", m.name, m.estimate.instances, asked[i]));
+        }
+    }
+    let placed: u32 = counts.iter().sum();
+    if placed < total {
+        let left_out: Vec<&str> =
+            (0..members.len()).filter(|&i| !sel.chosen[i] && members[i].eligible() && hi[i] > 0).map(|i| members[i].name).collect();
+        if !left_out.is_empty() {
+            notes.push(format!("clusters {} have room but are not used under the placement's limits", left_out.join(", ")));
+        }
+    }
+
+    let taken: HashSet<u32> = members.iter().flat_map(|m| m.kept.iter().chain(&m.stuck)).copied().collect();
+    let mut free = space.iter().filter(|o| !taken.contains(o));
+    for (i, m) in members.iter_mut().enumerate() {
+        let add = counts[i].saturating_sub(kept[i]) as usize;
+        m.kept.extend(free.by_ref().take(add));
+    }
+}
+
+/// Removes instances until the clusters hold `replicas`: always from the cluster
+/// furthest above its target (ties: more instances, then name), highest ordinal first.
+fn scale_down(p: &Placement, replicas: u32, members: &mut [Member<'_>]) {
+    let hi: Vec<u32> = members.iter().map(Member::hi).collect();
+    let sel = select(p, members, &hi);
+    let lo = lower_bounds(members, &sel, &hi, replicas, &vec![0; members.len()]);
+    let target = divide(replicas, &slots(members, &sel, &lo, &hi));
+    let current: Vec<i64> = members.iter().map(|m| i64::from(m.current())).collect();
+    let over: Vec<i64> = current.iter().zip(&target).map(|(&c, &t)| c - i64::from(t)).collect();
+    let excess: i64 = current.iter().sum::<i64>() - i64::from(replicas);
+    // Lower every cluster to `level` above its target, for the lowest level that
+    // removes no more than the excess; then take one more from the first few at it.
+    let removed_at = |level: i64| -> i64 { over.iter().map(|&d| (d - level).max(0)).sum() };
+    let (mut lo_level, mut hi_level) = (0i64, over.iter().copied().max().unwrap_or(0).max(0));
+    while lo_level < hi_level {
+        let mid = (lo_level + hi_level) / 2;
+        if removed_at(mid) <= excess { hi_level = mid } else { lo_level = mid + 1 }
+    }
+    let level = lo_level;
+    let mut remove: Vec<i64> = over.iter().map(|&d| (d - level).max(0)).collect();
+    let mut left = excess - remove.iter().sum::<i64>();
+    let mut at_level: Vec<usize> = (0..members.len()).filter(|&i| over[i] >= level && current[i] - remove[i] > 0).collect();
+    at_level.sort_by(|&a, &b| (current[b] - remove[b]).cmp(&(current[a] - remove[a])).then(members[a].name.cmp(members[b].name)));
+    for i in at_level {
+        if left == 0 {
+            break;
+        }
+        remove[i] += 1;
+        left -= 1;
+    }
+    for (m, r) in members.iter_mut().zip(remove) {
+        let list = if m.kept.is_empty() { &mut m.stuck } else { &mut m.kept };
+        let keep = list.len().saturating_sub(r as usize);
+        list.truncate(keep);
+    }
+}
