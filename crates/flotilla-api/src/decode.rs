@@ -66,9 +66,12 @@ pub fn split(text: &str) -> Result<Vec<Value>, Invalid> {
     Ok(out)
 }
 
-/// Deserializes one document as `T`, tracking the path of any error and of every
+/// Deserializes one document as `T` (YAML or JSON data), tracking the path of any error and of every
 /// ignored field.
 pub fn decode<T: DeserializeOwned>(value: Value) -> Result<Decoded<T>, Invalid> {
+    // Through JSON's data model: enums are `{variant: …}` maps there, as users write
+    // them, whereas a YAML value would want `!variant` tags.
+    let value = serde_json::to_value(value).map_err(|e| Invalid::one("", format!("not a JSON-compatible document: {e}")))?;
     let mut warnings = Vec::new();
     let mut on_ignored = |path: serde_ignored::Path<'_>| {
         warnings.push(FieldError::new(path.to_string(), "unknown field, ignored"));
