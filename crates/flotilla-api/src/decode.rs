@@ -172,6 +172,9 @@ fn check_header(value: &Value, want: Option<&str>) -> Result<String, Invalid> {
         )),
         _ => {}
     }
+    if kind != ClusterSpec::KIND && known.contains(&kind.as_str()) && value.get("spec").is_none() {
+        errors.push(FieldError::new("spec", "is required"));
+    }
     if errors.is_empty() { Ok(kind) } else { Err(Invalid(errors)) }
 }
 

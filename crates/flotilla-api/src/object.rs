@@ -23,7 +23,8 @@ pub trait Kind {
 
 /// A document: `apiVersion`, `kind`, `metadata`, `spec`, `status`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", bound(deserialize = "S: Deserialize<'de> + Default, T: Deserialize<'de>"))]
+#[schemars(bound = "S: JsonSchema + Default, T: JsonSchema")]
 pub struct Object<S, T> {
     /// Always [`API_VERSION`].
     pub api_version: String,
@@ -32,7 +33,9 @@ pub struct Object<S, T> {
     /// Name, namespace, labels, generation.
     #[serde(default)]
     pub metadata: ObjectMeta,
-    /// What the user asked for.
+    /// What the user asked for (required for every kind but `Cluster`; see
+    /// [`crate::decode`]).
+    #[serde(default)]
     pub spec: S,
     /// What the system observed; written by Flotilla, never by users.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -53,7 +53,28 @@ impl Amount {
 
     /// How many whole `per` fit in `self`; `None` when `per` is zero (no limit).
     pub fn fits(self, per: Amount) -> Option<u128> {
-        (per.0 != 0).then(|| self.0 / per.0)
+        let (have, need) = (self.0, per.0);
+        if need == 0 {
+            return None;
+        }
+        if let (Ok(h), Ok(n)) = (u64::try_from(have), u64::try_from(need)) {
+            return Some(u128::from(h / n));
+        }
+        // Capacity estimates divide thousands of these; a 128-bit division is slow, so
+        // estimate in floating point and correct exactly (the estimate is off by at
+        // most one or two while it is below 2⁵⁰).
+        let guess = (have as f64 / need as f64) as u128;
+        if guess >= 1 << 50 {
+            return Some(have / need);
+        }
+        let mut q = guess;
+        while q > 0 && q * need > have {
+            q -= 1;
+        }
+        while (q + 1) * need <= have {
+            q += 1;
+        }
+        Some(q)
     }
 
     /// Sum, saturating at the largest amount.
@@ -90,7 +111,7 @@ pub fn parse(text: &str) -> Result<Amount, QuantityError> {
         Some((i, f)) => (i, f),
         None => (number, ""),
     };
-    if int_part.is_empty() && frac_part.is_empty() {
+    if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
         return Err(syntax());
     }
     // value = digits × 10^exp10 × 2^exp2
@@ -120,12 +141,14 @@ pub fn parse(text: &str) -> Result<Amount, QuantityError> {
         }
         _ => return Err(syntax()),
     };
-    let digits: String = format!("{int_part}{frac_part}");
-    let digits = digits.trim_start_matches('0');
-    if digits.len() > 30 {
-        return Err(QuantityError::TooLarge(text.to_string()));
+    let mut mantissa: u128 = 0;
+    for b in int_part.bytes().chain(frac_part.bytes()) {
+        // Only digits remain here; 10³⁹ overflows u128.
+        mantissa = mantissa
+            .checked_mul(10)
+            .and_then(|m| m.checked_add(u128::from(b - b'0')))
+            .ok_or_else(|| QuantityError::TooLarge(text.to_string()))?;
     }
-    let mantissa: u128 = if digits.is_empty() { 0 } else { digits.parse().map_err(|_| syntax())? };
     if negative && mantissa != 0 {
         return Err(QuantityError::Negative(text.to_string()));
     }
@@ -224,6 +247,17 @@ mod tests {
             assert_eq!(parse(text).unwrap().to_string(), text);
         }
         assert_eq!(parse("1.5").unwrap().to_string(), "1500m");
+    }
+
+    #[test]
+    fn fits_matches_exact_division() {
+        let values = [1u128, 3, 999, NANO, 7 * NANO, 1 << 64, (1 << 64) + 1, 60 * (1 << 30) * NANO, i64::MAX as u128 * NANO];
+        for &h in &values {
+            for &n in &values {
+                assert_eq!(Amount(h).fits(Amount(n)), Some(h / n), "{h} / {n}");
+                assert_eq!(Amount(h - 1).fits(Amount(n)), Some((h - 1) / n), "{} / {n}", h - 1);
+            }
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! [`flotilla_api::quantity`]).
 
 use flotilla_api::CapacityModel;
-use flotilla_api::quantity::Amount;
-use flotilla_api::resources::{self, PODS, Requests};
+use flotilla_api::quantity::{self, Amount};
+use flotilla_api::resources::{PODS, Requests};
 
 /// Room reported for a cluster without a capacity model or without any limit; also the
 /// ceiling of every estimate, which keeps the division's arithmetic exact in `u128`.
@@ -24,49 +24,106 @@ pub struct Estimate {
     pub short_of: Option<(String, Amount)>,
 }
 
-/// Estimates room for instances requesting `requests` (one `pods` slot each, implied).
-/// `None` capacity (not reported) counts as unlimited.
-pub fn estimate(model: Option<&CapacityModel>, requests: &Requests, max_per_node: Option<u32>) -> Estimate {
-    let Some(model) = model else {
-        return Estimate { instances: UNLIMITED, short_of: None };
-    };
-    let mut total: u128 = 0;
-    // (resource, nodes short of it), to explain a zero.
-    let mut shortages: Vec<(String, Amount, u64)> = Vec::new();
-    for group in &model.node_groups {
-        let free = resources::free_resources(&group.free);
-        let mut per_node: u128 = u128::MAX;
-        let mut limit = |name: &str, need: Amount| {
-            let have = free.get(name).copied().unwrap_or_default();
-            let fit = have.fits(need).unwrap_or(u128::MAX);
-            per_node = per_node.min(fit);
-            if fit == 0 && group.count > 0 {
-                match shortages.iter_mut().find(|(n, _, _)| n == name) {
-                    Some(s) => s.2 += u64::from(group.count),
-                    None => shortages.push((name.to_string(), need, u64::from(group.count))),
+/// A capacity model with its quantities parsed once, so that estimating room for many
+/// templates costs integer arithmetic only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CapacityIndex {
+    /// Resource names seen in any node group, sorted.
+    resources: Vec<String>,
+    /// Per node group: its node count and, aligned with `resources`, what each node
+    /// has free (`None`: the group does not report it).
+    groups: Vec<(u32, Vec<Option<Amount>>)>,
+}
+
+impl CapacityIndex {
+    /// Parses a capacity model (validated: a quantity that does not parse counts as 0).
+    pub fn new(model: &CapacityModel) -> CapacityIndex {
+        let mut resources: Vec<String> = Vec::new();
+        for g in &model.node_groups {
+            for name in g.free.keys() {
+                if let Err(at) = resources.binary_search(name) {
+                    resources.insert(at, name.clone());
                 }
             }
-        };
-        for (name, &need) in requests {
-            limit(name, need);
         }
-        if free.contains_key(PODS) {
-            limit(PODS, Amount::units(1));
-        }
-        if let Some(cap) = max_per_node {
-            per_node = per_node.min(u128::from(cap));
-        }
-        total = total.saturating_add(per_node.saturating_mul(u128::from(group.count)));
+        let groups = model
+            .node_groups
+            .iter()
+            .map(|g| {
+                let mut free = vec![None; resources.len()];
+                for (name, q) in &g.free {
+                    if let Ok(col) = resources.binary_search(name) {
+                        free[col] = Some(quantity::parse(&q.0).unwrap_or_default());
+                    }
+                }
+                (g.count, free)
+            })
+            .collect();
+        CapacityIndex { resources, groups }
     }
-    let instances = u32::try_from(total).unwrap_or(UNLIMITED);
-    let short_of = if instances == 0 {
-        // Most nodes short of it first; ties by name.
-        shortages.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
-        shortages.into_iter().next().map(|(n, need, _)| (n, need))
-    } else {
-        None
-    };
-    Estimate { instances, short_of }
+
+    /// Room for instances requesting `requests` (each also takes one `pods` slot where
+    /// a group reports `pods`), at most `max_per_node` per node.
+    pub fn estimate(&self, requests: &Requests, max_per_node: Option<u32>) -> Estimate {
+        let index = |name: &str| self.resources.binary_search_by(|r| r.as_str().cmp(name)).ok();
+        let wants: Vec<Want<'_>> = requests
+            .iter()
+            .map(|(name, &need)| Want { name, column: index(name), need, absent_unlimited: false })
+            .chain(index(PODS).map(|c| Want { name: PODS, column: Some(c), need: Amount::units(1), absent_unlimited: true }))
+            .collect();
+        let mut total: u128 = 0;
+        for (count, free) in &self.groups {
+            let mut per_node = wants.iter().map(|w| w.fit(free)).min().unwrap_or(u128::MAX);
+            if let Some(cap) = max_per_node {
+                per_node = per_node.min(u128::from(cap));
+            }
+            total = total.saturating_add(per_node.saturating_mul(u128::from(*count)));
+        }
+        let instances = u32::try_from(total).unwrap_or(UNLIMITED);
+        if instances > 0 {
+            return Estimate { instances, short_of: None };
+        }
+        // Nothing fits: name the resource most nodes are short of (ties by name).
+        let short = wants
+            .iter()
+            .map(|w| {
+                let nodes: u64 = self.groups.iter().filter(|(_, free)| w.fit(free) == 0).map(|(c, _)| u64::from(*c)).sum();
+                (nodes, w)
+            })
+            .filter(|(nodes, _)| *nodes > 0)
+            .min_by(|a, b| b.0.cmp(&a.0).then(a.1.name.cmp(b.1.name)));
+        Estimate { instances, short_of: short.map(|(_, w)| (w.name.to_string(), w.need)) }
+    }
+}
+
+/// One resource an instance needs, located in a [`CapacityIndex`].
+struct Want<'a> {
+    name: &'a str,
+    /// Its column in the index; `None` when no group reports it.
+    column: Option<usize>,
+    need: Amount,
+    /// A group that does not report it has no limit on it (true for `pods`).
+    absent_unlimited: bool,
+}
+
+impl Want<'_> {
+    /// How many instances one node with `free` can take, as far as this resource goes.
+    fn fit(&self, free: &[Option<Amount>]) -> u128 {
+        match self.column.and_then(|c| free[c]) {
+            Some(have) => have.fits(self.need).unwrap_or(u128::MAX),
+            None if self.absent_unlimited => u128::MAX,
+            None => 0,
+        }
+    }
+}
+
+/// Estimates room in one step (parses `model` each call; see [`CapacityIndex`] to parse
+/// once). `None` capacity (not reported) counts as unlimited.
+pub fn estimate(model: Option<&CapacityModel>, requests: &Requests, max_per_node: Option<u32>) -> Estimate {
+    match model {
+        Some(m) => CapacityIndex::new(m).estimate(requests, max_per_node),
+        None => Estimate { instances: UNLIMITED, short_of: None },
+    }
 }
 
 #[cfg(test)]

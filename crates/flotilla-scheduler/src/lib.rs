@@ -12,4 +12,4 @@ pub mod divide;
 mod plan;
 
 pub use capacity::UNLIMITED;
-pub use plan::{ClusterPlan, Plan, plan};
+pub use plan::{ClusterPlan, Inventory, Plan, plan};

@@ -15,7 +15,7 @@
 //! Everything is a function of its inputs: members are in name order, every tie is
 //! broken by name, and no hash map's iteration order reaches the output.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_api::ordinals::display_list;
 use flotilla_api::resources::{self, Requests};
@@ -23,7 +23,7 @@ use flotilla_api::selector::{self, display_taint};
 use flotilla_api::{Cluster, FailoverPolicy, FederatedInstanceSet, FieldError, Invalid, OrdinalSpace, Placement, Valid, Weights};
 use serde::{Deserialize, Serialize};
 
-use crate::capacity::{self, Estimate, UNLIMITED};
+use crate::capacity::{CapacityIndex, Estimate, UNLIMITED};
 use crate::divide::{Slot, divide};
 
 /// The scheduler's answer; also what `--previous` reads back.
@@ -107,11 +107,40 @@ impl Member<'_> {
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
+/// The clusters plans are made against, digested once: in name order, capacity
+/// models parsed. Build one when the cluster list changes and plan every set against it.
+#[derive(Debug)]
+pub struct Inventory<'a> {
+    clusters: Vec<(&'a Valid<Cluster>, Option<CapacityIndex>)>,
+}
+
+impl<'a> Inventory<'a> {
+    /// Digests `clusters` (validated, so names are unique).
+    pub fn new(clusters: &'a [Valid<Cluster>]) -> Inventory<'a> {
+        let mut list: Vec<_> = clusters
+            .iter()
+            .map(|c| (c, c.status.as_ref().and_then(|s| s.capacity.as_ref()).map(CapacityIndex::new)))
+            .collect();
+        list.sort_by(|a, b| a.0.name().cmp(b.0.name()));
+        Inventory { clusters: list }
+    }
+
+    /// Places `set` on these clusters, sticking to `previous` where it can; see [`plan`].
+    pub fn plan(&self, set: &Valid<FederatedInstanceSet>, previous: Option<&Plan>) -> Result<Plan, Invalid> {
+        plan_on(self, set, previous)
+    }
+}
+
 /// Places `set` on `clusters`, sticking to `previous` where it can.
 ///
 /// Fails only when `previous` contradicts itself (an ordinal in two clusters); the set
-/// and clusters are valid by construction.
+/// and clusters are valid by construction. To plan many sets against the same
+/// clusters, build an [`Inventory`] once.
 pub fn plan(set: &Valid<FederatedInstanceSet>, clusters: &[Valid<Cluster>], previous: Option<&Plan>) -> Result<Plan, Invalid> {
+    Inventory::new(clusters).plan(set, previous)
+}
+
+fn plan_on(inventory: &Inventory<'_>, set: &Valid<FederatedInstanceSet>, previous: Option<&Plan>) -> Result<Plan, Invalid> {
     let spec = &set.spec;
     let p = &spec.placement;
     let replicas = spec.replicas;
@@ -122,8 +151,8 @@ pub fn plan(set: &Valid<FederatedInstanceSet>, clusters: &[Valid<Cluster>], prev
     let space = OrdinalSpace::new(spec.ordinals.as_ref(), &spec.offline_ordinals);
     let mut notes = Vec::new();
 
-    let mut members: Vec<Member<'_>> = clusters.iter().map(|c| member(c, p, replicas, &requests)).collect();
-    members.sort_by(|a, b| a.name.cmp(b.name));
+    let mut members: Vec<Member<'_>> =
+        inventory.clusters.iter().map(|(c, index)| member(c, index.as_ref(), p, replicas, &requests)).collect();
     note_unknown_names(p, &members, &mut notes);
     for m in &members {
         if !m.eligible() {
@@ -180,11 +209,20 @@ pub fn plan(set: &Valid<FederatedInstanceSet>, clusters: &[Valid<Cluster>], prev
 }
 
 /// How `cluster` stands for this set.
-fn member<'a>(cluster: &'a Valid<Cluster>, p: &Placement, replicas: u32, requests: &Requests) -> Member<'a> {
+fn member<'a>(
+    cluster: &'a Valid<Cluster>,
+    capacity: Option<&CapacityIndex>,
+    p: &Placement,
+    replicas: u32,
+    requests: &Requests,
+) -> Member<'a> {
     let name = cluster.name();
     let labels = cluster.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
     let status = cluster.status.as_ref();
-    let estimate = capacity::estimate(status.and_then(|s| s.capacity.as_ref()), requests, p.max_instances_per_node);
+    let estimate = match capacity {
+        Some(index) => index.estimate(requests, p.max_instances_per_node),
+        None => Estimate { instances: UNLIMITED, short_of: None },
+    };
     let mut why_not = Vec::new();
     match status {
         Some(s) if s.ready => {}
@@ -284,22 +322,30 @@ fn take_previous(
     members: &mut [Member<'_>],
     notes: &mut Vec<String>,
 ) -> Result<(), Invalid> {
-    let mut owner: BTreeMap<u32, &str> = BTreeMap::new();
     let mut errors = Vec::new();
     let mut clusters_seen = BTreeSet::new();
     for (ci, entry) in prev.placement.iter().enumerate() {
         if !clusters_seen.insert(entry.cluster.as_str()) {
             errors.push(FieldError::new(format!("placement[{ci}].cluster"), format!("{:?} appears twice", entry.cluster)));
         }
-        for (oi, &o) in entry.ordinals.iter().enumerate() {
-            if let Some(other) = owner.insert(o, &entry.cluster) {
-                let why = if other == entry.cluster {
-                    format!("{o} is listed twice")
-                } else {
-                    format!("{o} is also placed in cluster {other}")
-                };
-                errors.push(FieldError::new(format!("placement[{ci}].ordinals[{oi}]"), why));
-            }
+    }
+    // Every (ordinal, entry, position), sorted: a repeated ordinal sits next to its twin.
+    let mut all: Vec<(u32, usize, usize)> = prev
+        .placement
+        .iter()
+        .enumerate()
+        .flat_map(|(ci, e)| e.ordinals.iter().enumerate().map(move |(oi, &o)| (o, ci, oi)))
+        .collect();
+    all.sort_unstable();
+    for pair in all.windows(2) {
+        let ((o, c1, _), (_, c2, oi)) = (pair[0], pair[1]);
+        if o == pair[1].0 {
+            let why = if c1 == c2 {
+                format!("{o} is listed twice")
+            } else {
+                format!("{o} is also placed in cluster {}", prev.placement[c1].cluster)
+            };
+            errors.push(FieldError::new(format!("placement[{c2}].ordinals[{oi}]"), why));
         }
     }
     if !errors.is_empty() {
@@ -592,8 +638,14 @@ fn scale_up(p: &Placement, total: u32, space: &OrdinalSpace, members: &mut [Memb
         }
     }
 
-    let taken: HashSet<u32> = members.iter().flat_map(|m| m.kept.iter().chain(&m.stuck)).copied().collect();
-    let mut free = space.iter().filter(|o| !taken.contains(o));
+    let mut taken: Vec<u32> = members.iter().flat_map(|m| m.kept.iter().chain(&m.stuck)).copied().collect();
+    taken.sort_unstable();
+    // Both ascending: walk the space and skip what is taken.
+    let mut taken = taken.into_iter().peekable();
+    let mut free = space.iter().filter(move |&o| {
+        while taken.next_if(|&t| t < o).is_some() {}
+        taken.peek() != Some(&o)
+    });
     for (i, m) in members.iter_mut().enumerate() {
         let add = counts[i].saturating_sub(kept[i]) as usize;
         m.kept.extend(free.by_ref().take(add));
