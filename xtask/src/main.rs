@@ -1,1 +1,87 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's tasks, the same on a laptop and in CI.
+//!
+//! Every cargo command it runs gets `PROTOC` pointing at the protoc vendored by the
+//! `protoc-bin-vendored` crate, so no machine needs a system protoc.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const HELP: &str = "\
+cargo xtask <task>
+
+tasks:
+  test         format check, clippy (warnings denied), then every test in the workspace
+  lint         format check and clippy only
+  bench        criterion benchmarks (`cargo xtask bench -- <criterion args>`)
+  run -- ARGS  build and run the flotilla binary with ARGS
+";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_else(|| "help".into());
+    let rest: Vec<String> = args.skip_while(|a| a == "--").collect();
+    match task.as_str() {
+        "test" => {
+            lint()?;
+            test()
+        }
+        "lint" => lint(),
+        "bench" => cargo(&["bench", "--workspace"], &rest),
+        "run" => cargo(&["run", "--quiet", "--package", "flotilla", "--"], &rest),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => bail!("unknown task {other:?}\n\n{HELP}"),
+    }
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"], &[])?;
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )
+}
+
+/// Every test of every crate, in one build. Benchmarks are built and run once each as
+/// tests, so they cannot rot.
+fn test() -> Result<()> {
+    cargo(&["test", "--workspace", "--all-targets", "--locked"], &[])
+}
+
+fn cargo(args: &[&str], rest: &[String]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .args(rest)
+        .current_dir(root())
+        .env("PROTOC", protoc()?)
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn protoc() -> Result<PathBuf> {
+    protoc_bin_vendored::protoc_bin_path().context("locating the vendored protoc")
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}

@@ -11,7 +11,10 @@ use serde_yaml::Value;
 
 use crate::error::{FieldError, Invalid};
 use crate::object::{API_VERSION, Kind};
-use crate::{Cluster, ClusterSpec, FederatedInstanceSet, FederatedInstanceSetSpec, InstanceSet, InstanceSetSpec};
+use crate::{
+    Cluster, ClusterSpec, FederatedInstanceSet, FederatedInstanceSetSpec, InstanceSet,
+    InstanceSetSpec,
+};
 
 /// A decoded object and the fields it carried that Flotilla ignored.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,7 +74,8 @@ pub fn split(text: &str) -> Result<Vec<Value>, Invalid> {
 pub fn decode<T: DeserializeOwned>(value: Value) -> Result<Decoded<T>, Invalid> {
     // Through JSON's data model: enums are `{variant: …}` maps there, as users write
     // them, whereas a YAML value would want `!variant` tags.
-    let value = serde_json::to_value(value).map_err(|e| Invalid::one("", format!("not a JSON-compatible document: {e}")))?;
+    let value = serde_json::to_value(value)
+        .map_err(|e| Invalid::one("", format!("not a JSON-compatible document: {e}")))?;
     let mut warnings = Vec::new();
     let mut on_ignored = |path: serde_ignored::Path<'_>| {
         warnings.push(FieldError::new(path.to_string(), "unknown field, ignored"));
@@ -101,7 +105,9 @@ where
 pub fn decode_any(value: Value) -> Result<Decoded<AnyObject>, Invalid> {
     let kind = check_header(&value, None)?;
     Ok(match kind.as_str() {
-        FederatedInstanceSetSpec::KIND => map(decode(value)?, |o| AnyObject::FederatedInstanceSet(Box::new(o))),
+        FederatedInstanceSetSpec::KIND => map(decode(value)?, |o| {
+            AnyObject::FederatedInstanceSet(Box::new(o))
+        }),
         ClusterSpec::KIND => map(decode(value)?, |o| AnyObject::Cluster(Box::new(o))),
         _ => map(decode(value)?, |o| AnyObject::InstanceSet(Box::new(o))),
     })
@@ -126,13 +132,20 @@ pub fn decode_all(text: &str) -> Result<Vec<Decoded<AnyObject>>, Invalid> {
             Err(e) => errors.extend(if many { e.in_document(&label).0 } else { e.0 }),
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(Invalid(errors)) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(Invalid(errors))
+    }
 }
 
 /// `document 2 (Cluster b)`: how errors name a document of a multi-document file.
 pub fn document_label(index: usize, value: &Value) -> String {
     let kind = value.get("kind").and_then(Value::as_str);
-    let name = value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str);
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str);
     match (kind, name) {
         (Some(k), Some(n)) => format!("document {} ({k} {n})", index + 1),
         (Some(k), None) => format!("document {} ({k})", index + 1),
@@ -141,33 +154,60 @@ pub fn document_label(index: usize, value: &Value) -> String {
 }
 
 fn map<T, U>(d: Decoded<T>, f: impl FnOnce(T) -> U) -> Decoded<U> {
-    Decoded { object: f(d.object), warnings: d.warnings }
+    Decoded {
+        object: f(d.object),
+        warnings: d.warnings,
+    }
 }
 
 /// Checks `apiVersion` and `kind`; returns the kind.
 fn check_header(value: &Value, want: Option<&str>) -> Result<String, Invalid> {
     let mut errors = Vec::new();
     if !value.is_mapping() {
-        return Err(Invalid::one("", "a document must be a mapping with apiVersion, kind, metadata and spec"));
+        return Err(Invalid::one(
+            "",
+            "a document must be a mapping with apiVersion, kind, metadata and spec",
+        ));
     }
     match value.get("apiVersion").and_then(Value::as_str) {
         Some(API_VERSION) => {}
-        Some(other) => errors.push(FieldError::new("apiVersion", format!("must be {API_VERSION}, not {other:?}"))),
-        None => errors.push(FieldError::new("apiVersion", format!("is required ({API_VERSION})"))),
+        Some(other) => errors.push(FieldError::new(
+            "apiVersion",
+            format!("must be {API_VERSION}, not {other:?}"),
+        )),
+        None => errors.push(FieldError::new(
+            "apiVersion",
+            format!("is required ({API_VERSION})"),
+        )),
     }
-    let known = [FederatedInstanceSetSpec::KIND, ClusterSpec::KIND, InstanceSetSpec::KIND];
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let known = [
+        FederatedInstanceSetSpec::KIND,
+        ClusterSpec::KIND,
+        InstanceSetSpec::KIND,
+    ];
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     match want {
         Some(want) if kind != want => errors.push(FieldError::new(
             "kind",
-            if kind.is_empty() { format!("is required ({want})") } else { format!("must be {want}, not {kind:?}") },
+            if kind.is_empty() {
+                format!("is required ({want})")
+            } else {
+                format!("must be {want}, not {kind:?}")
+            },
         )),
         None if !known.contains(&kind.as_str()) => errors.push(FieldError::new(
             "kind",
             if kind.is_empty() {
                 format!("is required (one of {})", known.join(", "))
             } else {
-                format!("{kind:?} is not a Flotilla kind (one of {})", known.join(", "))
+                format!(
+                    "{kind:?} is not a Flotilla kind (one of {})",
+                    known.join(", ")
+                )
             },
         )),
         _ => {}
@@ -175,7 +215,11 @@ fn check_header(value: &Value, want: Option<&str>) -> Result<String, Invalid> {
     if kind != ClusterSpec::KIND && known.contains(&kind.as_str()) && value.get("spec").is_none() {
         errors.push(FieldError::new("spec", "is required"));
     }
-    if errors.is_empty() { Ok(kind) } else { Err(Invalid(errors)) }
+    if errors.is_empty() {
+        Ok(kind)
+    } else {
+        Err(Invalid(errors))
+    }
 }
 
 #[cfg(test)]
@@ -188,14 +232,21 @@ mod tests {
         let err = decode_all(text).unwrap_err();
         assert_eq!(err.0.len(), 1);
         assert_eq!(err.0[0].path, "spec.replicas");
-        assert!(err.0[0].reason.contains("invalid type"), "{}", err.0[0].reason);
+        assert!(
+            err.0[0].reason.contains("invalid type"),
+            "{}",
+            err.0[0].reason
+        );
     }
 
     #[test]
     fn unknown_fields_are_warnings() {
         let text = "apiVersion: flotilla.io/v1alpha1\nkind: Cluster\nmetadata: {name: a}\nspec: {taints: [], colour: red}\n";
         let docs = decode_all(text).unwrap();
-        assert_eq!(docs[0].warnings, vec![FieldError::new("spec.colour", "unknown field, ignored")]);
+        assert_eq!(
+            docs[0].warnings,
+            vec![FieldError::new("spec.colour", "unknown field, ignored")]
+        );
     }
 
     #[test]
@@ -203,9 +254,21 @@ mod tests {
         let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n---\napiVersion: flotilla.io/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec: {}\nstatus: {ready: maybe}\n";
         let err = decode_all(text).unwrap_err();
         let lines: Vec<String> = err.0.iter().map(ToString::to_string).collect();
-        assert!(lines[0].starts_with("document 1 (Pod p): apiVersion: must be flotilla.io/v1alpha1"), "{lines:?}");
-        assert!(lines.iter().any(|l| l.starts_with("document 1 (Pod p): kind: \"Pod\" is not a Flotilla kind")));
-        assert!(lines.iter().any(|l| l.starts_with("document 2 (Cluster b): status.ready: invalid type")), "{lines:?}");
+        assert!(
+            lines[0].starts_with("document 1 (Pod p): apiVersion: must be flotilla.io/v1alpha1"),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("document 1 (Pod p): kind: \"Pod\" is not a Flotilla kind"))
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("document 2 (Cluster b): status.ready: invalid type")),
+            "{lines:?}"
+        );
     }
 
     #[test]

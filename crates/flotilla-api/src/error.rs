@@ -18,7 +18,11 @@ pub struct FieldError {
 impl FieldError {
     /// A problem at `path`.
     pub fn new(path: impl Into<String>, reason: impl Into<String>) -> FieldError {
-        FieldError { document: None, path: path.into(), reason: reason.into() }
+        FieldError {
+            document: None,
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -76,6 +80,10 @@ impl Errors {
     }
 
     pub(crate) fn into_result(self) -> Result<(), Invalid> {
-        if self.0.is_empty() { Ok(()) } else { Err(Invalid(self.0)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid(self.0))
+        }
     }
 }

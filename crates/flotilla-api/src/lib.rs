@@ -30,8 +30,8 @@ pub use instanceset::{InstanceSet, InstanceSetSpec};
 pub use object::{API_VERSION, Kind, Object};
 pub use ordinals::{OrdinalRange, OrdinalSpace, Ordinals};
 pub use set::{
-    ClusterAffinity, ClusterBounds, DynamicWeight, FailoverPolicy, FederatedInstanceSet, FederatedInstanceSetSpec,
-    Placement, Role, SpreadConstraint, Weights,
+    ClusterAffinity, ClusterBounds, DynamicWeight, FailoverPolicy, FederatedInstanceSet,
+    FederatedInstanceSetSpec, Placement, Role, SpreadConstraint, Weights,
 };
 pub use status::{Condition, FederatedInstanceSetStatus, InstanceSetStatus, InstanceStatus};
 pub use validate::Valid;

@@ -23,7 +23,10 @@ pub trait Kind {
 
 /// A document: `apiVersion`, `kind`, `metadata`, `spec`, `status`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", bound(deserialize = "S: Deserialize<'de> + Default, T: Deserialize<'de>"))]
+#[serde(
+    rename_all = "camelCase",
+    bound(deserialize = "S: Deserialize<'de> + Default, T: Deserialize<'de>")
+)]
 #[schemars(bound = "S: JsonSchema + Default, T: JsonSchema")]
 pub struct Object<S, T> {
     /// Always [`API_VERSION`].
@@ -48,7 +51,10 @@ impl<S: Kind, T> Object<S, T> {
         Object {
             api_version: API_VERSION.to_string(),
             kind: S::KIND.to_string(),
-            metadata: ObjectMeta { name: Some(name.to_string()), ..ObjectMeta::default() },
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
             spec,
             status: None,
         }

@@ -52,7 +52,10 @@ impl Ordinals {
 
     /// Every ordinal in the space, ascending, without duplicates.
     pub fn to_vec(&self) -> Vec<u32> {
-        self.sorted_ranges().into_iter().flat_map(|(s, e)| s..=e).collect()
+        self.sorted_ranges()
+            .into_iter()
+            .flat_map(|(s, e)| s..=e)
+            .collect()
     }
 
     /// The space as sorted, disjoint, non-adjacent inclusive ranges (ranges with
@@ -96,7 +99,13 @@ pub fn display_list(ordinals: &[u32]) -> String {
     sorted.dedup();
     runs(&sorted)
         .into_iter()
-        .map(|(s, e)| if s == e { s.to_string() } else { format!("{s}-{e}") })
+        .map(|(s, e)| {
+            if s == e {
+                s.to_string()
+            } else {
+                format!("{s}-{e}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -159,7 +168,10 @@ impl OrdinalSpace {
 
     /// The usable ordinals, ascending.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.ranges.iter().flat_map(|&(s, e)| s..=e).filter(|o| self.offline.binary_search(o).is_err())
+        self.ranges
+            .iter()
+            .flat_map(|&(s, e)| s..=e)
+            .filter(|o| self.offline.binary_search(o).is_err())
     }
 }
 
@@ -170,7 +182,13 @@ mod tests {
     #[test]
     fn compact_makes_ranges_of_runs() {
         let o = Ordinals::compact(&[5, 0, 1, 2, 9, 10, 2]);
-        assert_eq!(o.ranges, vec![OrdinalRange { start: 0, end: 2 }, OrdinalRange { start: 9, end: 10 }]);
+        assert_eq!(
+            o.ranges,
+            vec![
+                OrdinalRange { start: 0, end: 2 },
+                OrdinalRange { start: 9, end: 10 }
+            ]
+        );
         assert_eq!(o.discrete, vec![5]);
         assert_eq!(o.to_vec(), vec![0, 1, 2, 5, 9, 10]);
     }
@@ -178,11 +196,17 @@ mod tests {
     #[test]
     fn space_skips_offline_and_merges_overlaps() {
         let o = Ordinals {
-            ranges: vec![OrdinalRange { start: 0, end: 4 }, OrdinalRange { start: 3, end: 6 }],
+            ranges: vec![
+                OrdinalRange { start: 0, end: 4 },
+                OrdinalRange { start: 3, end: 6 },
+            ],
             discrete: vec![500, 7],
         };
         let space = OrdinalSpace::new(Some(&o), &[3, 3, 1000]);
-        assert_eq!(space.iter().collect::<Vec<_>>(), vec![0, 1, 2, 4, 5, 6, 7, 500]);
+        assert_eq!(
+            space.iter().collect::<Vec<_>>(),
+            vec![0, 1, 2, 4, 5, 6, 7, 500]
+        );
         assert_eq!(space.len(), 8);
         assert!(space.contains(500) && !space.contains(3) && !space.contains(8));
     }

@@ -105,7 +105,9 @@ pub fn parse(text: &str) -> Result<Amount, QuantityError> {
         b'+' => (false, &s[1..]),
         _ => (false, s),
     };
-    let number_len = body.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(body.len());
+    let number_len = body
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(body.len());
     let (number, suffix) = body.split_at(number_len);
     let (int_part, frac_part) = match number.split_once('.') {
         Some((i, f)) => (i, f),
@@ -157,7 +159,10 @@ pub fn parse(text: &str) -> Result<Amount, QuantityError> {
     let scale = exp10 + 9 - frac_part.len() as i32;
     let scaled = mantissa.checked_mul(1u128 << exp2).ok_or_else(too_large)?;
     let nanos = if scale >= 0 {
-        10u128.checked_pow(scale as u32).and_then(|p| scaled.checked_mul(p)).ok_or_else(too_large)?
+        10u128
+            .checked_pow(scale as u32)
+            .and_then(|p| scaled.checked_mul(p))
+            .ok_or_else(too_large)?
     } else {
         match 10u128.checked_pow(scale.unsigned_abs()) {
             Some(p) => scaled.div_ceil(p),
@@ -175,17 +180,24 @@ impl fmt::Display for Amount {
     /// whole multiples of 1Ki and above (`4Gi`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        if n % NANO == 0 {
+        if n.is_multiple_of(NANO) {
             let units = n / NANO;
-            for (suffix, shift) in [("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
-                if units >= 1 << shift && units % (1 << shift) == 0 {
+            for (suffix, shift) in [
+                ("Ei", 60),
+                ("Pi", 50),
+                ("Ti", 40),
+                ("Gi", 30),
+                ("Mi", 20),
+                ("Ki", 10),
+            ] {
+                if units >= 1 << shift && units.is_multiple_of(1 << shift) {
                     return write!(f, "{}{suffix}", units >> shift);
                 }
             }
             return write!(f, "{units}");
         }
         for (suffix, div) in [("m", 1_000_000u128), ("u", 1_000), ("n", 1)] {
-            if n % div == 0 {
+            if n.is_multiple_of(div) {
                 return write!(f, "{}{suffix}", n / div);
             }
         }
@@ -251,11 +263,26 @@ mod tests {
 
     #[test]
     fn fits_matches_exact_division() {
-        let values = [1u128, 3, 999, NANO, 7 * NANO, 1 << 64, (1 << 64) + 1, 60 * (1 << 30) * NANO, i64::MAX as u128 * NANO];
+        let values = [
+            1u128,
+            3,
+            999,
+            NANO,
+            7 * NANO,
+            1 << 64,
+            (1 << 64) + 1,
+            60 * (1 << 30) * NANO,
+            i64::MAX as u128 * NANO,
+        ];
         for &h in &values {
             for &n in &values {
                 assert_eq!(Amount(h).fits(Amount(n)), Some(h / n), "{h} / {n}");
-                assert_eq!(Amount(h - 1).fits(Amount(n)), Some((h - 1) / n), "{} / {n}", h - 1);
+                assert_eq!(
+                    Amount(h - 1).fits(Amount(n)),
+                    Some((h - 1) / n),
+                    "{} / {n}",
+                    h - 1
+                );
             }
         }
     }

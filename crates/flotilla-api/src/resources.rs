@@ -22,7 +22,10 @@ pub(crate) fn pod_requests_checked(spec: &PodSpec, path: &str, errors: &mut Erro
     let mut sum = Requests::new();
     let mut init_max = Requests::new();
     for (i, c) in spec.containers.iter().enumerate() {
-        add(&mut sum, &container_requests(c, &format!("{path}.containers[{i}]"), errors));
+        add(
+            &mut sum,
+            &container_requests(c, &format!("{path}.containers[{i}]"), errors),
+        );
     }
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         let r = container_requests(c, &format!("{path}.initContainers[{i}]"), errors);
@@ -40,7 +43,10 @@ pub(crate) fn pod_requests_checked(spec: &PodSpec, path: &str, errors: &mut Erro
         *e = (*e).max(v);
     }
     if let Some(overhead) = &spec.overhead {
-        add(&mut sum, &parse_list(overhead, &format!("{path}.overhead"), errors));
+        add(
+            &mut sum,
+            &parse_list(overhead, &format!("{path}.overhead"), errors),
+        );
     }
     sum.retain(|k, v| k != PODS && !v.is_zero());
     sum
@@ -54,10 +60,18 @@ pub fn pod_requests(spec: &PodSpec) -> Result<Requests, crate::Invalid> {
 }
 
 fn container_requests(c: &Container, path: &str, errors: &mut Errors) -> Requests {
-    let Some(res) = &c.resources else { return Requests::new() };
-    let limits = res.limits.as_ref().map(|l| parse_list(l, &format!("{path}.resources.limits"), errors));
-    let mut requests =
-        res.requests.as_ref().map(|r| parse_list(r, &format!("{path}.resources.requests"), errors)).unwrap_or_default();
+    let Some(res) = &c.resources else {
+        return Requests::new();
+    };
+    let limits = res
+        .limits
+        .as_ref()
+        .map(|l| parse_list(l, &format!("{path}.resources.limits"), errors));
+    let mut requests = res
+        .requests
+        .as_ref()
+        .map(|r| parse_list(r, &format!("{path}.resources.requests"), errors))
+        .unwrap_or_default();
     if let Some(limits) = limits {
         for (k, limit) in limits {
             match requests.get(&k) {
@@ -76,7 +90,11 @@ fn container_requests(c: &Container, path: &str, errors: &mut Errors) -> Request
 }
 
 /// Parses a resource list, reporting every bad quantity at `path.<name>`.
-pub(crate) fn parse_list(list: &BTreeMap<String, Quantity>, path: &str, errors: &mut Errors) -> Requests {
+pub(crate) fn parse_list(
+    list: &BTreeMap<String, Quantity>,
+    path: &str,
+    errors: &mut Errors,
+) -> Requests {
     let mut out = Requests::new();
     for (name, q) in list {
         match quantity::parse(&q.0) {
@@ -99,5 +117,7 @@ fn add(sum: &mut Requests, more: &Requests) {
 /// Parses a node group's free resources (validated clusters never fail here; a
 /// quantity that does not parse counts as nothing free).
 pub fn free_resources(list: &BTreeMap<String, Quantity>) -> Requests {
-    list.iter().map(|(k, q)| (k.clone(), quantity::parse(&q.0).unwrap_or_default())).collect()
+    list.iter()
+        .map(|(k, q)| (k.clone(), quantity::parse(&q.0).unwrap_or_default()))
+        .collect()
 }

@@ -8,7 +8,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 /// True when `labels` match `selector` (every `matchLabels` pair and every expression).
 /// Validated selectors only: an unknown operator matches nothing.
 pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let pairs = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    let pairs = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
     pairs
         && selector.match_expressions.iter().flatten().all(|e| {
             let value = labels.get(&e.key);
@@ -32,11 +36,19 @@ pub const EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
 /// True when some toleration tolerates `taint`.
 pub fn tolerated(taint: &Taint, tolerations: &[Toleration]) -> bool {
     tolerations.iter().any(|t| {
-        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
-        let key_ok = t.key.as_deref().is_none_or(|k| k.is_empty() || k == taint.key);
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == taint.effect);
+        let key_ok = t
+            .key
+            .as_deref()
+            .is_none_or(|k| k.is_empty() || k == taint.key);
         let value_ok = match t.operator.as_deref().unwrap_or("Equal") {
             "Exists" => true,
-            _ => t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
+            _ => {
+                t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default()
+            }
         };
         // An empty key with Exists tolerates everything; an empty key with Equal nothing.
         let empty_key_ok = !t.key.as_deref().unwrap_or_default().is_empty()
@@ -60,7 +72,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
@@ -80,11 +95,20 @@ mod tests {
         };
         assert!(matches(&sel(&[("env", "prod")], vec![]), &l));
         assert!(!matches(&sel(&[("env", "dev")], vec![]), &l));
-        assert!(matches(&sel(&[], vec![expr("region", "In", &["eu", "us"])]), &l));
-        assert!(!matches(&sel(&[], vec![expr("region", "NotIn", &["eu"])]), &l));
+        assert!(matches(
+            &sel(&[], vec![expr("region", "In", &["eu", "us"])]),
+            &l
+        ));
+        assert!(!matches(
+            &sel(&[], vec![expr("region", "NotIn", &["eu"])]),
+            &l
+        ));
         assert!(matches(&sel(&[], vec![expr("zone", "NotIn", &["a"])]), &l));
         assert!(matches(&sel(&[], vec![expr("env", "Exists", &[])]), &l));
-        assert!(!matches(&sel(&[], vec![expr("env", "DoesNotExist", &[])]), &l));
+        assert!(!matches(
+            &sel(&[], vec![expr("env", "DoesNotExist", &[])]),
+            &l
+        ));
         assert!(matches(&LabelSelector::default(), &l));
     }
 
@@ -96,17 +120,42 @@ mod tests {
             effect: "NoSchedule".into(),
             time_added: None,
         };
-        let tol = |key: Option<&str>, op: Option<&str>, value: Option<&str>, effect: Option<&str>| Toleration {
+        let tol = |key: Option<&str>,
+                   op: Option<&str>,
+                   value: Option<&str>,
+                   effect: Option<&str>| Toleration {
             key: key.map(Into::into),
             operator: op.map(Into::into),
             value: value.map(Into::into),
             effect: effect.map(Into::into),
             toleration_seconds: None,
         };
-        assert!(tolerated(&taint, &[tol(Some("dedicated"), None, Some("infra"), None)]));
-        assert!(!tolerated(&taint, &[tol(Some("dedicated"), None, Some("db"), None)]));
-        assert!(tolerated(&taint, &[tol(Some("dedicated"), Some("Exists"), None, Some("NoSchedule"))]));
-        assert!(!tolerated(&taint, &[tol(Some("dedicated"), Some("Exists"), None, Some("NoExecute"))]));
+        assert!(tolerated(
+            &taint,
+            &[tol(Some("dedicated"), None, Some("infra"), None)]
+        ));
+        assert!(!tolerated(
+            &taint,
+            &[tol(Some("dedicated"), None, Some("db"), None)]
+        ));
+        assert!(tolerated(
+            &taint,
+            &[tol(
+                Some("dedicated"),
+                Some("Exists"),
+                None,
+                Some("NoSchedule")
+            )]
+        ));
+        assert!(!tolerated(
+            &taint,
+            &[tol(
+                Some("dedicated"),
+                Some("Exists"),
+                None,
+                Some("NoExecute")
+            )]
+        ));
         assert!(tolerated(&taint, &[tol(None, Some("Exists"), None, None)]));
         assert!(!tolerated(&taint, &[]));
         assert_eq!(display_taint(&taint), "dedicated=infra:NoSchedule");

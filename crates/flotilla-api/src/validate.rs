@@ -46,19 +46,32 @@ impl<T> AsRef<T> for Valid<T> {
 }
 
 /// Validates a federated set.
-pub fn federated_instance_set(set: FederatedInstanceSet) -> Result<Valid<FederatedInstanceSet>, Invalid> {
+pub fn federated_instance_set(
+    set: FederatedInstanceSet,
+) -> Result<Valid<FederatedInstanceSet>, Invalid> {
     let mut e = Errors::default();
     header(&set, &mut e);
     let spec = &set.spec;
     if spec.replicas > MAX_REPLICAS {
-        e.push("spec.replicas", format!("{} is more than the limit of {MAX_REPLICAS}", spec.replicas));
+        e.push(
+            "spec.replicas",
+            format!("{} is more than the limit of {MAX_REPLICAS}", spec.replicas),
+        );
     }
     ordinals(spec.ordinals.as_ref(), &spec.offline_ordinals, &mut e);
     let space = OrdinalSpace::new(spec.ordinals.as_ref(), &spec.offline_ordinals);
     if u64::from(spec.replicas) > space.len() {
         e.push(
-            if spec.ordinals.is_some() { "spec.ordinals" } else { "spec.offlineOrdinals" },
-            format!("{} usable ordinals (the ordinal space minus offlineOrdinals) for {} replicas", space.len(), spec.replicas),
+            if spec.ordinals.is_some() {
+                "spec.ordinals"
+            } else {
+                "spec.offlineOrdinals"
+            },
+            format!(
+                "{} usable ordinals (the ordinal space minus offlineOrdinals) for {} replicas",
+                space.len(),
+                spec.replicas
+            ),
         );
     }
     instance_name_length(set.name(), spec.ordinals.as_ref(), &mut e);
@@ -110,7 +123,10 @@ pub fn cluster(cluster: Cluster) -> Result<Valid<Cluster>, Invalid> {
             e.push(format!("{path}.value"), why);
         }
         if !EFFECTS.contains(&t.effect.as_str()) {
-            e.push(format!("{path}.effect"), format!("{:?} is not one of {}", t.effect, EFFECTS.join(", ")));
+            e.push(
+                format!("{path}.effect"),
+                format!("{:?} is not one of {}", t.effect, EFFECTS.join(", ")),
+            );
         }
     }
     if let Some(cap) = cluster.status.as_ref().and_then(|s| s.capacity.as_ref()) {
@@ -118,7 +134,10 @@ pub fn cluster(cluster: Cluster) -> Result<Valid<Cluster>, Invalid> {
             let path = format!("status.capacity.nodeGroups[{i}].free");
             for name in g.free.keys() {
                 if let Err(why) = label_key(name) {
-                    e.push(format!("{path}.{name}"), format!("not a resource name: {why}"));
+                    e.push(
+                        format!("{path}.{name}"),
+                        format!("not a resource name: {why}"),
+                    );
                 }
             }
             resources::parse_list(&g.free, &path, &mut e);
@@ -135,7 +154,10 @@ pub fn clusters(list: Vec<Cluster>) -> Result<Vec<Valid<Cluster>>, Invalid> {
     for (i, c) in list.into_iter().enumerate() {
         let label = format!("cluster {} ({})", i + 1, c.name());
         if !c.name().is_empty() && !seen.insert(c.name().to_string()) {
-            errors.push(crate::FieldError::new("metadata.name", format!("{:?} is registered twice", c.name())));
+            errors.push(crate::FieldError::new(
+                "metadata.name",
+                format!("{:?} is registered twice", c.name()),
+            ));
             errors.last_mut().unwrap().document = Some(label.clone());
         }
         match cluster(c) {
@@ -143,12 +165,19 @@ pub fn clusters(list: Vec<Cluster>) -> Result<Vec<Valid<Cluster>>, Invalid> {
             Err(inv) => errors.extend(inv.in_document(&label).0),
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(Invalid(errors)) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(Invalid(errors))
+    }
 }
 
 fn header<S: Kind, T>(o: &Object<S, T>, e: &mut Errors) {
     if o.api_version != API_VERSION {
-        e.push("apiVersion", format!("must be {API_VERSION}, not {:?}", o.api_version));
+        e.push(
+            "apiVersion",
+            format!("must be {API_VERSION}, not {:?}", o.api_version),
+        );
     }
     if o.kind != S::KIND {
         e.push("kind", format!("must be {}, not {:?}", S::KIND, o.kind));
@@ -171,7 +200,10 @@ fn meta(m: &ObjectMeta, namespaced: bool, e: &mut Errors) {
                 e.push("metadata.namespace", why);
             }
         }
-        (Some(_), false) => e.push("metadata.namespace", "must not be set: this kind is not namespaced"),
+        (Some(_), false) => e.push(
+            "metadata.namespace",
+            "must not be set: this kind is not namespaced",
+        ),
         (None, _) => {}
     }
     labels(m.labels.as_ref(), "metadata.labels", e);
@@ -190,7 +222,9 @@ fn labels(l: Option<&BTreeMap<String, String>>, path: &str, e: &mut Errors) {
 
 /// `<set>-<ordinal>` is a pod hostname, so it must fit a DNS label.
 fn instance_name_length(name: &str, space: Option<&Ordinals>, e: &mut Errors) {
-    let max = space.and_then(|o| o.sorted_ranges().last().map(|r| r.1)).unwrap_or(MAX_ORDINAL);
+    let max = space
+        .and_then(|o| o.sorted_ranges().last().map(|r| r.1))
+        .unwrap_or(MAX_ORDINAL);
     let longest = name.len() + 1 + max.to_string().len();
     if !name.is_empty() && longest > 63 {
         e.push(
@@ -204,21 +238,33 @@ fn ordinals(space: Option<&Ordinals>, offline: &[u32], e: &mut Errors) {
     if let Some(o) = space {
         for (i, r) in o.ranges.iter().enumerate() {
             if r.start > r.end {
-                e.push(format!("spec.ordinals.ranges[{i}]"), format!("start {} is after end {}", r.start, r.end));
+                e.push(
+                    format!("spec.ordinals.ranges[{i}]"),
+                    format!("start {} is after end {}", r.start, r.end),
+                );
             }
             if r.end > MAX_ORDINAL {
-                e.push(format!("spec.ordinals.ranges[{i}].end"), format!("{} is above the largest ordinal {MAX_ORDINAL}", r.end));
+                e.push(
+                    format!("spec.ordinals.ranges[{i}].end"),
+                    format!("{} is above the largest ordinal {MAX_ORDINAL}", r.end),
+                );
             }
         }
         for (i, &d) in o.discrete.iter().enumerate() {
             if d > MAX_ORDINAL {
-                e.push(format!("spec.ordinals.discrete[{i}]"), format!("{d} is above the largest ordinal {MAX_ORDINAL}"));
+                e.push(
+                    format!("spec.ordinals.discrete[{i}]"),
+                    format!("{d} is above the largest ordinal {MAX_ORDINAL}"),
+                );
             }
         }
     }
     for (i, &d) in offline.iter().enumerate() {
         if d > MAX_ORDINAL {
-            e.push(format!("spec.offlineOrdinals[{i}]"), format!("{d} is above the largest ordinal {MAX_ORDINAL}"));
+            e.push(
+                format!("spec.offlineOrdinals[{i}]"),
+                format!("{d} is above the largest ordinal {MAX_ORDINAL}"),
+            );
         }
     }
 }
@@ -236,23 +282,40 @@ fn workload(
     }
     let requests = match &template.spec {
         None => {
-            e.push("spec.template.spec", "is required (a pod spec with at least one container)");
+            e.push(
+                "spec.template.spec",
+                "is required (a pod spec with at least one container)",
+            );
             Requests::new()
         }
         Some(pod) => {
             if pod.containers.is_empty() {
-                e.push("spec.template.spec.containers", "needs at least one container");
+                e.push(
+                    "spec.template.spec.containers",
+                    "needs at least one container",
+                );
             }
             let mut names = BTreeSet::new();
             let all = pod.containers.iter().map(|c| ("containers", c));
-            let init = pod.init_containers.iter().flatten().map(|c| ("initContainers", c));
+            let init = pod
+                .init_containers
+                .iter()
+                .flatten()
+                .map(|c| ("initContainers", c));
             for (i, (list, c)) in all.chain(init).enumerate() {
-                let idx = if list == "containers" { i } else { i - pod.containers.len() };
+                let idx = if list == "containers" {
+                    i
+                } else {
+                    i - pod.containers.len()
+                };
                 let path = format!("spec.template.spec.{list}[{idx}]");
                 if let Err(why) = dns_label(&c.name) {
                     e.push(format!("{path}.name"), why);
                 } else if !names.insert(c.name.as_str()) {
-                    e.push(format!("{path}.name"), format!("{:?} is used by another container", c.name));
+                    e.push(
+                        format!("{path}.name"),
+                        format!("{:?} is used by another container", c.name),
+                    );
                 }
                 if c.image.as_deref().unwrap_or_default().trim().is_empty() {
                     e.push(format!("{path}.image"), "is required");
@@ -277,17 +340,31 @@ fn workload(
     }
     let mut role_names = BTreeSet::new();
     for (i, r) in roles.iter().enumerate() {
-        if let Err(why) = label_value(&r.name).and_then(|()| if r.name.is_empty() { Err("is required".into()) } else { Ok(()) }) {
+        if let Err(why) = label_value(&r.name).and_then(|()| {
+            if r.name.is_empty() {
+                Err("is required".into())
+            } else {
+                Ok(())
+            }
+        }) {
             e.push(format!("spec.roles[{i}].name"), why);
         } else if !role_names.insert(r.name.as_str()) {
-            e.push(format!("spec.roles[{i}].name"), format!("{:?} is declared twice", r.name));
+            e.push(
+                format!("spec.roles[{i}].name"),
+                format!("{:?} is declared twice", r.name),
+            );
         }
     }
     if let Some(p) = probe {
         match (&p.redis, &p.exec) {
-            (Some(_), Some(_)) => e.push("spec.roleProbe", "set exactly one of redis or exec, not both"),
+            (Some(_), Some(_)) => e.push(
+                "spec.roleProbe",
+                "set exactly one of redis or exec, not both",
+            ),
             (None, None) => e.push("spec.roleProbe", "set exactly one of redis or exec"),
-            (None, Some(x)) if x.command.is_empty() => e.push("spec.roleProbe.exec.command", "needs at least one word"),
+            (None, Some(x)) if x.command.is_empty() => {
+                e.push("spec.roleProbe.exec.command", "needs at least one word")
+            }
             _ => {}
         }
         if let Some(r) = &p.redis {
@@ -296,7 +373,10 @@ fn workload(
             }
             for (answer, role) in &r.role_map {
                 if !role_names.contains(role.as_str()) {
-                    e.push(format!("spec.roleProbe.redis.roleMap.{answer}"), format!("{role:?} is not one of spec.roles"));
+                    e.push(
+                        format!("spec.roleProbe.redis.roleMap.{answer}"),
+                        format!("{role:?} is not one of spec.roles"),
+                    );
                 }
             }
         }
@@ -308,11 +388,17 @@ fn workload(
         }
     }
     match max_unavailable {
-        IntOrString::Int(n) if *n < 1 => e.push("spec.updateStrategy.maxUnavailable", format!("{n} must be at least 1")),
+        IntOrString::Int(n) if *n < 1 => e.push(
+            "spec.updateStrategy.maxUnavailable",
+            format!("{n} must be at least 1"),
+        ),
         IntOrString::String(s) => {
             let pct = s.strip_suffix('%').and_then(|p| p.parse::<u32>().ok());
             if !pct.is_some_and(|p| (1..=100).contains(&p)) {
-                e.push("spec.updateStrategy.maxUnavailable", format!("{s:?} must be a count or a percentage from 1% to 100%"));
+                e.push(
+                    "spec.updateStrategy.maxUnavailable",
+                    format!("{s:?} must be a count or a percentage from 1% to 100%"),
+                );
             }
         }
         _ => {}
@@ -328,7 +414,10 @@ fn placement(p: &Placement, replicas: u32, e: &mut Errors) {
             if let Err(why) = dns_label(n) {
                 e.push(format!("{path}.clusterAffinity.clusterNames[{i}]"), why);
             } else if !seen.insert(n) {
-                e.push(format!("{path}.clusterAffinity.clusterNames[{i}]"), format!("{n:?} is listed twice"));
+                e.push(
+                    format!("{path}.clusterAffinity.clusterNames[{i}]"),
+                    format!("{n:?} is listed twice"),
+                );
             }
         }
         if let Some(s) = &a.label_selector {
@@ -338,14 +427,22 @@ fn placement(p: &Placement, replicas: u32, e: &mut Errors) {
     if let Some(Weights::Static(w)) = &p.weights {
         for n in w.keys() {
             if let Err(why) = dns_label(n) {
-                e.push(format!("{path}.weights.static.{n}"), format!("not a cluster name: {why}"));
+                e.push(
+                    format!("{path}.weights.static.{n}"),
+                    format!("not a cluster name: {why}"),
+                );
             }
         }
         if w.values().all(|&v| v == 0) {
-            e.push(format!("{path}.weights.static"), "needs at least one cluster with a weight above 0");
+            e.push(
+                format!("{path}.weights.static"),
+                "needs at least one cluster with a weight above 0",
+            );
         }
     }
-    let share_cap = p.max_share_per_cluster.map(|s| u64::from(replicas) * u64::from(s) / 100);
+    let share_cap = p
+        .max_share_per_cluster
+        .map(|s| u64::from(replicas) * u64::from(s) / 100);
     let mut min_sum: u64 = 0;
     let mut with_min = 0u32;
     for (n, b) in &p.per_cluster {
@@ -356,7 +453,10 @@ fn placement(p: &Placement, replicas: u32, e: &mut Errors) {
         if let (Some(min), Some(max)) = (b.min, b.max)
             && min > max
         {
-            e.push(format!("{at}.min"), format!("{min} is greater than max {max}"));
+            e.push(
+                format!("{at}.min"),
+                format!("{min} is greater than max {max}"),
+            );
         }
         if let (Some(min), Some(cap)) = (b.min, share_cap)
             && u64::from(min) > cap
@@ -371,24 +471,36 @@ fn placement(p: &Placement, replicas: u32, e: &mut Errors) {
         with_min += u32::from(min > 0);
     }
     if min_sum > u64::from(replicas) {
-        e.push(format!("{path}.perCluster"), format!("minimums add up to {min_sum}, more than replicas {replicas}"));
+        e.push(
+            format!("{path}.perCluster"),
+            format!("minimums add up to {min_sum}, more than replicas {replicas}"),
+        );
     }
     if let Some(max) = p.max_clusters {
         if max == 0 {
             e.push(format!("{path}.maxClusters"), "must be at least 1");
         }
         if with_min > max {
-            e.push(format!("{path}.perCluster"), format!("{with_min} clusters have a minimum, but maxClusters is {max}"));
+            e.push(
+                format!("{path}.perCluster"),
+                format!("{with_min} clusters have a minimum, but maxClusters is {max}"),
+            );
         }
     }
     if let Some(min) = p.min_clusters {
         if let Some(max) = p.max_clusters
             && min > max
         {
-            e.push(format!("{path}.minClusters"), format!("{min} is greater than maxClusters {max}"));
+            e.push(
+                format!("{path}.minClusters"),
+                format!("{min} is greater than maxClusters {max}"),
+            );
         }
         if replicas > 0 && min > replicas {
-            e.push(format!("{path}.minClusters"), format!("{min} clusters cannot each run one of {replicas} replicas"));
+            e.push(
+                format!("{path}.minClusters"),
+                format!("{min} clusters cannot each run one of {replicas} replicas"),
+            );
         }
     }
     let mut spread_labels = BTreeSet::new();
@@ -397,7 +509,10 @@ fn placement(p: &Placement, replicas: u32, e: &mut Errors) {
         if let Err(why) = label_key(&s.by_label) {
             e.push(format!("{at}.byLabel"), why);
         } else if !spread_labels.insert(s.by_label.as_str()) {
-            e.push(format!("{at}.byLabel"), format!("{:?} is spread by twice", s.by_label));
+            e.push(
+                format!("{at}.byLabel"),
+                format!("{:?} is spread by twice", s.by_label),
+            );
         }
         if s.min_groups == Some(0) {
             e.push(format!("{at}.minGroups"), "must be at least 1");
@@ -408,16 +523,25 @@ fn placement(p: &Placement, replicas: u32, e: &mut Errors) {
         if let (Some(min), Some(max)) = (s.min_groups, s.max_groups)
             && min > max
         {
-            e.push(format!("{at}.minGroups"), format!("{min} is greater than maxGroups {max}"));
+            e.push(
+                format!("{at}.minGroups"),
+                format!("{min} is greater than maxGroups {max}"),
+            );
         }
         if let Some(min) = s.min_groups {
             if replicas > 0 && min > replicas {
-                e.push(format!("{at}.minGroups"), format!("{min} groups cannot each run one of {replicas} replicas"));
+                e.push(
+                    format!("{at}.minGroups"),
+                    format!("{min} groups cannot each run one of {replicas} replicas"),
+                );
             }
             if let Some(max) = p.max_clusters
                 && min > max
             {
-                e.push(format!("{at}.minGroups"), format!("{min} groups need more clusters than maxClusters {max}"));
+                e.push(
+                    format!("{at}.minGroups"),
+                    format!("{min} groups need more clusters than maxClusters {max}"),
+                );
             }
         }
     }
@@ -426,7 +550,10 @@ fn placement(p: &Placement, replicas: u32, e: &mut Errors) {
     }
     if let Some(share) = p.max_share_per_cluster {
         if !(1..=100).contains(&share) {
-            e.push(format!("{path}.maxSharePerCluster"), format!("{share} must be a percentage from 1 to 100"));
+            e.push(
+                format!("{path}.maxSharePerCluster"),
+                format!("{share} must be a percentage from 1 to 100"),
+            );
         } else if replicas > 0 && share_cap == Some(0) {
             e.push(
                 format!("{path}.maxSharePerCluster"),
@@ -446,13 +573,18 @@ fn selector(s: &LabelSelector, path: &str, e: &mut Errors) {
         }
         let values = x.values.as_deref().unwrap_or_default();
         match x.operator.as_str() {
-            "In" | "NotIn" if values.is_empty() => e.push(format!("{at}.values"), format!("{} needs at least one value", x.operator)),
-            "Exists" | "DoesNotExist" if !values.is_empty() => {
-                e.push(format!("{at}.values"), format!("must be empty with {}", x.operator))
-            }
-            op if !OPERATORS.contains(&op) => {
-                e.push(format!("{at}.operator"), format!("{op:?} is not one of {}", OPERATORS.join(", ")))
-            }
+            "In" | "NotIn" if values.is_empty() => e.push(
+                format!("{at}.values"),
+                format!("{} needs at least one value", x.operator),
+            ),
+            "Exists" | "DoesNotExist" if !values.is_empty() => e.push(
+                format!("{at}.values"),
+                format!("must be empty with {}", x.operator),
+            ),
+            op if !OPERATORS.contains(&op) => e.push(
+                format!("{at}.operator"),
+                format!("{op:?} is not one of {}", OPERATORS.join(", ")),
+            ),
             _ => {}
         }
     }
@@ -472,12 +604,18 @@ fn tolerations(list: &[Toleration], path: &str, e: &mut Errors) {
                     e.push(format!("{at}.value"), "must be empty with operator Exists");
                 }
             }
-            op => e.push(format!("{at}.operator"), format!("{op:?} is not Equal or Exists")),
+            op => e.push(
+                format!("{at}.operator"),
+                format!("{op:?} is not Equal or Exists"),
+            ),
         }
         if let Some(eff) = t.effect.as_deref().filter(|e| !e.is_empty())
             && !EFFECTS.contains(&eff)
         {
-            e.push(format!("{at}.effect"), format!("{eff:?} is not one of {}", EFFECTS.join(", ")));
+            e.push(
+                format!("{at}.effect"),
+                format!("{eff:?} is not one of {}", EFFECTS.join(", ")),
+            );
         }
     }
 }
@@ -524,12 +662,15 @@ pub fn label_value(s: &str) -> Result<(), String> {
         return Ok(());
     }
     let ok = s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
-        Err(format!("{s:?} is not a valid label value (up to 63 letters, digits, '-', '_', '.')"))
+        Err(format!(
+            "{s:?} is not a valid label value (up to 63 letters, digits, '-', '_', '.')"
+        ))
     }
 }

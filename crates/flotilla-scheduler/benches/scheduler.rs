@@ -29,7 +29,9 @@ spec:
     spread: [{{byLabel: region, minGroups: 3}}]
 "
     );
-    let AnyObject::FederatedInstanceSet(s) = decode_all(&text).unwrap().remove(0).object else { unreachable!() };
+    let AnyObject::FederatedInstanceSet(s) = decode_all(&text).unwrap().remove(0).object else {
+        unreachable!()
+    };
     validate::federated_instance_set(*s).unwrap()
 }
 
@@ -75,23 +77,35 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(&inventory).plan(black_box(&base), None).unwrap())
     });
     g.bench_function("re-plan after scale to 10500", |b| {
-        b.iter(|| black_box(&inventory).plan(black_box(&grown), Some(black_box(&fresh))).unwrap())
+        b.iter(|| {
+            black_box(&inventory)
+                .plan(black_box(&grown), Some(black_box(&fresh)))
+                .unwrap()
+        })
     });
     g.bench_function("re-plan unchanged 10000", |b| {
-        b.iter(|| black_box(&inventory).plan(black_box(&base), Some(black_box(&fresh))).unwrap())
+        b.iter(|| {
+            black_box(&inventory)
+                .plan(black_box(&base), Some(black_box(&fresh)))
+                .unwrap()
+        })
     });
     g.bench_function("digest 100 clusters (Inventory::new)", |b| {
         b.iter(|| flotilla_scheduler::Inventory::new(black_box(&clusters)))
     });
     g.bench_function("baseline: sort 10500 ordinals", |b| {
-        let shuffled: Vec<u32> = (0..10_500u32).map(|i| i.wrapping_mul(2_654_435_761) % 10_500).collect();
+        let shuffled: Vec<u32> = (0..10_500u32)
+            .map(|i| i.wrapping_mul(2_654_435_761) % 10_500)
+            .collect();
         b.iter(|| {
             let mut v = black_box(&shuffled).clone();
             v.sort_unstable();
             v
         })
     });
-    g.bench_function("baseline: plan to JSON", |b| b.iter(|| serde_json::to_vec(black_box(&fresh)).unwrap()));
+    g.bench_function("baseline: plan to JSON", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&fresh)).unwrap())
+    });
     g.finish();
 }
 

@@ -65,11 +65,25 @@ impl CapacityIndex {
     /// Room for instances requesting `requests` (each also takes one `pods` slot where
     /// a group reports `pods`), at most `max_per_node` per node.
     pub fn estimate(&self, requests: &Requests, max_per_node: Option<u32>) -> Estimate {
-        let index = |name: &str| self.resources.binary_search_by(|r| r.as_str().cmp(name)).ok();
+        let index = |name: &str| {
+            self.resources
+                .binary_search_by(|r| r.as_str().cmp(name))
+                .ok()
+        };
         let wants: Vec<Want<'_>> = requests
             .iter()
-            .map(|(name, &need)| Want { name, column: index(name), need, absent_unlimited: false })
-            .chain(index(PODS).map(|c| Want { name: PODS, column: Some(c), need: Amount::units(1), absent_unlimited: true }))
+            .map(|(name, &need)| Want {
+                name,
+                column: index(name),
+                need,
+                absent_unlimited: false,
+            })
+            .chain(index(PODS).map(|c| Want {
+                name: PODS,
+                column: Some(c),
+                need: Amount::units(1),
+                absent_unlimited: true,
+            }))
             .collect();
         let mut total: u128 = 0;
         for (count, free) in &self.groups {
@@ -81,18 +95,29 @@ impl CapacityIndex {
         }
         let instances = u32::try_from(total).unwrap_or(UNLIMITED);
         if instances > 0 {
-            return Estimate { instances, short_of: None };
+            return Estimate {
+                instances,
+                short_of: None,
+            };
         }
         // Nothing fits: name the resource most nodes are short of (ties by name).
         let short = wants
             .iter()
             .map(|w| {
-                let nodes: u64 = self.groups.iter().filter(|(_, free)| w.fit(free) == 0).map(|(c, _)| u64::from(*c)).sum();
+                let nodes: u64 = self
+                    .groups
+                    .iter()
+                    .filter(|(_, free)| w.fit(free) == 0)
+                    .map(|(c, _)| u64::from(*c))
+                    .sum();
                 (nodes, w)
             })
             .filter(|(nodes, _)| *nodes > 0)
             .min_by(|a, b| b.0.cmp(&a.0).then(a.1.name.cmp(b.1.name)));
-        Estimate { instances, short_of: short.map(|(_, w)| (w.name.to_string(), w.need)) }
+        Estimate {
+            instances,
+            short_of: short.map(|(_, w)| (w.name.to_string(), w.need)),
+        }
     }
 }
 
@@ -119,10 +144,17 @@ impl Want<'_> {
 
 /// Estimates room in one step (parses `model` each call; see [`CapacityIndex`] to parse
 /// once). `None` capacity (not reported) counts as unlimited.
-pub fn estimate(model: Option<&CapacityModel>, requests: &Requests, max_per_node: Option<u32>) -> Estimate {
+pub fn estimate(
+    model: Option<&CapacityModel>,
+    requests: &Requests,
+    max_per_node: Option<u32>,
+) -> Estimate {
     match model {
         Some(m) => CapacityIndex::new(m).estimate(requests, max_per_node),
-        None => Estimate { instances: UNLIMITED, short_of: None },
+        None => Estimate {
+            instances: UNLIMITED,
+            short_of: None,
+        },
     }
 }
 
@@ -139,48 +171,90 @@ mod tests {
     fn group(count: u32, free: &[(&str, &str)]) -> NodeGroup {
         NodeGroup {
             count,
-            free: free.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect(),
+            free: free
+                .iter()
+                .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                .collect(),
         }
     }
 
     fn req(pairs: &[(&str, &str)]) -> Requests {
-        pairs.iter().map(|(k, v)| (k.to_string(), parse(v).unwrap())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), parse(v).unwrap()))
+            .collect()
     }
 
     fn model(groups: Vec<NodeGroup>) -> CapacityModel {
-        CapacityModel { node_groups: groups }
+        CapacityModel {
+            node_groups: groups,
+        }
     }
 
     #[test]
     fn takes_the_scarcest_resource_per_node() {
-        let m = model(vec![group(10, &[("cpu", "15"), ("memory", "60Gi"), ("pods", "100"), ("flotilla.io/network-mbps", "10000")])]);
-        let r = req(&[("cpu", "1"), ("memory", "4Gi"), ("flotilla.io/network-mbps", "200")]);
+        let m = model(vec![group(
+            10,
+            &[
+                ("cpu", "15"),
+                ("memory", "60Gi"),
+                ("pods", "100"),
+                ("flotilla.io/network-mbps", "10000"),
+            ],
+        )]);
+        let r = req(&[
+            ("cpu", "1"),
+            ("memory", "4Gi"),
+            ("flotilla.io/network-mbps", "200"),
+        ]);
         assert_eq!(estimate(Some(&m), &r, None).instances, 150);
         assert_eq!(estimate(Some(&m), &r, Some(1)).instances, 10);
-        assert_eq!(estimate(Some(&m), &req(&[("cpu", "1"), ("memory", "16Gi")]), None).instances, 30);
+        assert_eq!(
+            estimate(Some(&m), &req(&[("cpu", "1"), ("memory", "16Gi")]), None).instances,
+            30
+        );
     }
 
     #[test]
     fn pods_limit_and_groups_add_up() {
-        let m = model(vec![group(2, &[("cpu", "64"), ("pods", "3")]), group(3, &[("cpu", "2500m")])]);
-        assert_eq!(estimate(Some(&m), &req(&[("cpu", "500m")]), None).instances, 2 * 3 + 3 * 5);
+        let m = model(vec![
+            group(2, &[("cpu", "64"), ("pods", "3")]),
+            group(3, &[("cpu", "2500m")]),
+        ]);
+        assert_eq!(
+            estimate(Some(&m), &req(&[("cpu", "500m")]), None).instances,
+            2 * 3 + 3 * 5
+        );
     }
 
     #[test]
     fn a_missing_resource_means_no_room_and_says_which() {
         let m = model(vec![group(4, &[("cpu", "8"), ("pods", "10")])]);
-        let e = estimate(Some(&m), &req(&[("cpu", "1"), ("nvidia.com/gpu", "1")]), None);
+        let e = estimate(
+            Some(&m),
+            &req(&[("cpu", "1"), ("nvidia.com/gpu", "1")]),
+            None,
+        );
         assert_eq!(e.instances, 0);
-        assert_eq!(e.short_of, Some(("nvidia.com/gpu".to_string(), parse("1").unwrap())));
+        assert_eq!(
+            e.short_of,
+            Some(("nvidia.com/gpu".to_string(), parse("1").unwrap()))
+        );
     }
 
     #[test]
     fn unknown_or_unlimited_capacity_saturates() {
         assert_eq!(estimate(None, &Requests::new(), None).instances, UNLIMITED);
         let m = model(vec![group(u32::MAX, &[("cpu", "1000")])]);
-        assert_eq!(estimate(Some(&m), &req(&[("cpu", "1m")]), None).instances, UNLIMITED);
+        assert_eq!(
+            estimate(Some(&m), &req(&[("cpu", "1m")]), None).instances,
+            UNLIMITED
+        );
         let empty: BTreeMap<String, Quantity> = BTreeMap::new();
-        let m = model(vec![NodeGroup { count: 5, free: empty }]);
+        let m = model(vec![NodeGroup {
+            count: 5,
+            free: empty,
+        }]);
         assert_eq!(estimate(Some(&m), &Requests::new(), Some(2)).instances, 10);
     }
 }

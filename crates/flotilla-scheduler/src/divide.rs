@@ -37,7 +37,16 @@ pub fn divide(total: u32, slots: &[Slot]) -> Vec<u32> {
             .iter()
             .enumerate()
             .filter(|(i, s)| (s.weight == 0) == zero && s.hi > lo[*i])
-            .map(|(i, s)| (i, Slot { weight: s.weight.max(1), lo: lo[i], hi: s.hi }))
+            .map(|(i, s)| {
+                (
+                    i,
+                    Slot {
+                        weight: s.weight.max(1),
+                        lo: lo[i],
+                        hi: s.hi,
+                    },
+                )
+            })
             .collect()
     };
     let weighted = growable(false);
@@ -84,7 +93,10 @@ fn fill(slots: &[(usize, Slot)], left: u64, out: &mut [u32]) {
     let at_most_target = |b: Frac| -> bool {
         let sum: u128 = slots
             .iter()
-            .map(|(_, s)| (b.num * u128::from(s.weight)).clamp(u128::from(s.lo) * b.den, u128::from(s.hi) * b.den))
+            .map(|(_, s)| {
+                (b.num * u128::from(s.weight))
+                    .clamp(u128::from(s.lo) * b.den, u128::from(s.hi) * b.den)
+            })
             .sum();
         sum <= target * b.den
     };
@@ -92,7 +104,16 @@ fn fill(slots: &[(usize, Slot)], left: u64, out: &mut [u32]) {
         .iter()
         .flat_map(|(_, s)| {
             let w = u128::from(s.weight);
-            [Frac { num: u128::from(s.lo), den: w }, Frac { num: u128::from(s.hi), den: w }]
+            [
+                Frac {
+                    num: u128::from(s.lo),
+                    den: w,
+                },
+                Frac {
+                    num: u128::from(s.hi),
+                    den: w,
+                },
+            ]
         })
         .collect();
     breaks.sort_by(|a, b| a.cmp(*b));
@@ -176,12 +197,20 @@ mod tests {
 
     #[test]
     fn capacity_weights_fill_evenly() {
-        check(50, &[s(100, 0, 100), s(50, 0, 50), s(10, 0, 10)], &[31, 16, 3]);
+        check(
+            50,
+            &[s(100, 0, 100), s(50, 0, 50), s(10, 0, 10)],
+            &[31, 16, 3],
+        );
     }
 
     #[test]
     fn huge_weights_stay_exact() {
         let max = u32::MAX;
-        check(max, &[s(u64::from(max), 0, max), s(u64::from(max), 0, max)], &[max / 2 + 1, max / 2]);
+        check(
+            max,
+            &[s(u64::from(max), 0, max), s(u64::from(max), 0, max)],
+            &[max / 2 + 1, max / 2],
+        );
     }
 }

@@ -20,7 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use flotilla_api::ordinals::display_list;
 use flotilla_api::resources::{self, Requests};
 use flotilla_api::selector::{self, display_taint};
-use flotilla_api::{Cluster, FailoverPolicy, FederatedInstanceSet, FieldError, Invalid, OrdinalSpace, Placement, Valid, Weights};
+use flotilla_api::{
+    Cluster, FailoverPolicy, FederatedInstanceSet, FieldError, Invalid, OrdinalSpace, Placement,
+    Valid, Weights,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::capacity::{CapacityIndex, Estimate, UNLIMITED};
@@ -55,7 +58,11 @@ pub struct ClusterPlan {
 impl Plan {
     /// Ordinals by cluster, for clusters holding any.
     pub fn by_cluster(&self) -> BTreeMap<&str, &[u32]> {
-        self.placement.iter().filter(|p| !p.ordinals.is_empty()).map(|p| (p.cluster.as_str(), p.ordinals.as_slice())).collect()
+        self.placement
+            .iter()
+            .filter(|p| !p.ordinals.is_empty())
+            .map(|p| (p.cluster.as_str(), p.ordinals.as_slice()))
+            .collect()
     }
 
     /// How many instances are placed.
@@ -97,7 +104,8 @@ impl Member<'_> {
         if !self.eligible() {
             return 0;
         }
-        self.policy_max.min(self.estimate.instances.max(self.kept.len() as u32))
+        self.policy_max
+            .min(self.estimate.instances.max(self.kept.len() as u32))
     }
 
     fn current(&self) -> u32 {
@@ -119,14 +127,26 @@ impl<'a> Inventory<'a> {
     pub fn new(clusters: &'a [Valid<Cluster>]) -> Inventory<'a> {
         let mut list: Vec<_> = clusters
             .iter()
-            .map(|c| (c, c.status.as_ref().and_then(|s| s.capacity.as_ref()).map(CapacityIndex::new)))
+            .map(|c| {
+                (
+                    c,
+                    c.status
+                        .as_ref()
+                        .and_then(|s| s.capacity.as_ref())
+                        .map(CapacityIndex::new),
+                )
+            })
             .collect();
         list.sort_by(|a, b| a.0.name().cmp(b.0.name()));
         Inventory { clusters: list }
     }
 
     /// Places `set` on these clusters, sticking to `previous` where it can; see [`plan`].
-    pub fn plan(&self, set: &Valid<FederatedInstanceSet>, previous: Option<&Plan>) -> Result<Plan, Invalid> {
+    pub fn plan(
+        &self,
+        set: &Valid<FederatedInstanceSet>,
+        previous: Option<&Plan>,
+    ) -> Result<Plan, Invalid> {
         plan_on(self, set, previous)
     }
 }
@@ -136,11 +156,19 @@ impl<'a> Inventory<'a> {
 /// Fails only when `previous` contradicts itself (an ordinal in two clusters); the set
 /// and clusters are valid by construction. To plan many sets against the same
 /// clusters, build an [`Inventory`] once.
-pub fn plan(set: &Valid<FederatedInstanceSet>, clusters: &[Valid<Cluster>], previous: Option<&Plan>) -> Result<Plan, Invalid> {
+pub fn plan(
+    set: &Valid<FederatedInstanceSet>,
+    clusters: &[Valid<Cluster>],
+    previous: Option<&Plan>,
+) -> Result<Plan, Invalid> {
     Inventory::new(clusters).plan(set, previous)
 }
 
-fn plan_on(inventory: &Inventory<'_>, set: &Valid<FederatedInstanceSet>, previous: Option<&Plan>) -> Result<Plan, Invalid> {
+fn plan_on(
+    inventory: &Inventory<'_>,
+    set: &Valid<FederatedInstanceSet>,
+    previous: Option<&Plan>,
+) -> Result<Plan, Invalid> {
     let spec = &set.spec;
     let p = &spec.placement;
     let replicas = spec.replicas;
@@ -151,24 +179,45 @@ fn plan_on(inventory: &Inventory<'_>, set: &Valid<FederatedInstanceSet>, previou
     let space = OrdinalSpace::new(spec.ordinals.as_ref(), &spec.offline_ordinals);
     let mut notes = Vec::new();
 
-    let mut members: Vec<Member<'_>> =
-        inventory.clusters.iter().map(|(c, index)| member(c, index.as_ref(), p, replicas, &requests)).collect();
+    let mut members: Vec<Member<'_>> = inventory
+        .clusters
+        .iter()
+        .map(|(c, index)| member(c, index.as_ref(), p, replicas, &requests))
+        .collect();
     note_unknown_names(p, &members, &mut notes);
     for m in &members {
         if !m.eligible() {
-            if !m.why_not.iter().all(|w| w.starts_with("not in placement.clusterAffinity.clusterNames")) {
-                notes.push(format!("cluster {}: {}; it gets no new instances", m.name, m.why_not.join("; ")));
+            if !m
+                .why_not
+                .iter()
+                .all(|w| w.starts_with("not in placement.clusterAffinity.clusterNames"))
+            {
+                notes.push(format!(
+                    "cluster {}: {}; it gets no new instances",
+                    m.name,
+                    m.why_not.join("; ")
+                ));
             }
         } else if m.estimate.instances == 0 {
             let why = match &m.estimate.short_of {
                 Some((res, need)) => format!("short of {res} (one instance needs {need})"),
                 None => "no node group has a free node".to_string(),
             };
-            notes.push(format!("cluster {}: no room for one instance: {why}", m.name));
+            notes.push(format!(
+                "cluster {}: no room for one instance: {why}",
+                m.name
+            ));
         }
         if m.min > 0 && (!m.eligible() || m.estimate.instances < m.min) && m.kept.is_empty() {
-            let room = if m.eligible() { format!("room for {}", m.estimate.instances) } else { "not eligible".into() };
-            notes.push(format!("cluster {}: placement.perCluster.{}.min is {}, but it has {room}", m.name, m.name, m.min));
+            let room = if m.eligible() {
+                format!("room for {}", m.estimate.instances)
+            } else {
+                "not eligible".into()
+            };
+            notes.push(format!(
+                "cluster {}: placement.perCluster.{}.min is {}, but it has {room}",
+                m.name, m.name, m.min
+            ));
         }
     }
 
@@ -192,7 +241,11 @@ fn plan_on(inventory: &Inventory<'_>, set: &Valid<FederatedInstanceSet>, previou
             ordinals.sort_unstable();
             ClusterPlan {
                 cluster: m.name.to_string(),
-                capacity: if m.eligible() { m.estimate.instances } else { 0 },
+                capacity: if m.eligible() {
+                    m.estimate.instances
+                } else {
+                    0
+                },
                 ordinals,
             }
         })
@@ -200,12 +253,20 @@ fn plan_on(inventory: &Inventory<'_>, set: &Valid<FederatedInstanceSet>, previou
     let placed: u32 = placement.iter().map(|c| c.ordinals.len() as u32).sum();
     let unschedulable = replicas.saturating_sub(placed);
     if unschedulable > 0 {
-        let room: u64 = members.iter().filter(|m| m.eligible()).map(|m| u64::from(m.hi())).sum();
+        let room: u64 = members
+            .iter()
+            .filter(|m| m.eligible())
+            .map(|m| u64::from(m.hi()))
+            .sum();
         notes.push(format!(
             "{unschedulable} of {replicas} instances could not be placed; eligible clusters have room for {room} in all under this placement"
         ));
     }
-    Ok(Plan { placement, unschedulable, messages: notes })
+    Ok(Plan {
+        placement,
+        unschedulable,
+        messages: notes,
+    })
 }
 
 /// How `cluster` stands for this set.
@@ -221,7 +282,10 @@ fn member<'a>(
     let status = cluster.status.as_ref();
     let estimate = match capacity {
         Some(index) => index.estimate(requests, p.max_instances_per_node),
-        None => Estimate { instances: UNLIMITED, short_of: None },
+        None => Estimate {
+            instances: UNLIMITED,
+            short_of: None,
+        },
     };
     let mut why_not = Vec::new();
     match status {
@@ -258,7 +322,10 @@ fn member<'a>(
     }
     for (i, c) in p.spread.iter().enumerate() {
         if !labels.contains_key(&c.by_label) {
-            why_not.push(format!("no label {}, which placement.spread[{i}] spreads by", c.by_label));
+            why_not.push(format!(
+                "no label {}, which placement.spread[{i}] spreads by",
+                c.by_label
+            ));
         }
     }
     let weight = match &p.weights {
@@ -277,7 +344,8 @@ fn member<'a>(
         let cap = (u64::from(replicas) * u64::from(share) / 100) as u32;
         if cap < policy_max {
             policy_max = cap;
-            policy_max_why = format!("placement.maxSharePerCluster {share}% of {replicas} replicas is {cap}");
+            policy_max_why =
+                format!("placement.maxSharePerCluster {share}% of {replicas} replicas is {cap}");
         }
     }
     Member {
@@ -301,7 +369,11 @@ fn note_unknown_names(p: &Placement, members: &[Member<'_>], notes: &mut Vec<Str
     let known: BTreeSet<&str> = members.iter().map(|m| m.name).collect();
     let mut named: BTreeSet<(&str, &str)> = BTreeSet::new();
     if let Some(a) = &p.cluster_affinity {
-        named.extend(a.cluster_names.iter().map(|n| (n.as_str(), "clusterAffinity.clusterNames")));
+        named.extend(
+            a.cluster_names
+                .iter()
+                .map(|n| (n.as_str(), "clusterAffinity.clusterNames")),
+        );
     }
     if let Some(Weights::Static(w)) = &p.weights {
         named.extend(w.keys().map(|n| (n.as_str(), "weights.static")));
@@ -309,7 +381,9 @@ fn note_unknown_names(p: &Placement, members: &[Member<'_>], notes: &mut Vec<Str
     named.extend(p.per_cluster.keys().map(|n| (n.as_str(), "perCluster")));
     for (name, field) in named {
         if !known.contains(name) {
-            notes.push(format!("placement.{field} names cluster {name}, which is not registered"));
+            notes.push(format!(
+                "placement.{field} names cluster {name}, which is not registered"
+            ));
         }
     }
 }
@@ -326,7 +400,10 @@ fn take_previous(
     let mut clusters_seen = BTreeSet::new();
     for (ci, entry) in prev.placement.iter().enumerate() {
         if !clusters_seen.insert(entry.cluster.as_str()) {
-            errors.push(FieldError::new(format!("placement[{ci}].cluster"), format!("{:?} appears twice", entry.cluster)));
+            errors.push(FieldError::new(
+                format!("placement[{ci}].cluster"),
+                format!("{:?} appears twice", entry.cluster),
+            ));
         }
     }
     // Every (ordinal, entry, position), sorted: a repeated ordinal sits next to its twin.
@@ -334,7 +411,12 @@ fn take_previous(
         .placement
         .iter()
         .enumerate()
-        .flat_map(|(ci, e)| e.ordinals.iter().enumerate().map(move |(oi, &o)| (o, ci, oi)))
+        .flat_map(|(ci, e)| {
+            e.ordinals
+                .iter()
+                .enumerate()
+                .map(move |(oi, &o)| (o, ci, oi))
+        })
         .collect();
     all.sort_unstable();
     for pair in all.windows(2) {
@@ -343,9 +425,15 @@ fn take_previous(
             let why = if c1 == c2 {
                 format!("{o} is listed twice")
             } else {
-                format!("{o} is also placed in cluster {}", prev.placement[c1].cluster)
+                format!(
+                    "{o} is also placed in cluster {}",
+                    prev.placement[c1].cluster
+                )
             };
-            errors.push(FieldError::new(format!("placement[{c2}].ordinals[{oi}]"), why));
+            errors.push(FieldError::new(
+                format!("placement[{c2}].ordinals[{oi}]"),
+                why,
+            ));
         }
     }
     if !errors.is_empty() {
@@ -353,7 +441,8 @@ fn take_previous(
     }
     let mut dropped: Vec<u32> = Vec::new();
     for entry in &prev.placement {
-        let (mut ords, gone): (Vec<u32>, Vec<u32>) = entry.ordinals.iter().partition(|&&o| space.contains(o));
+        let (mut ords, gone): (Vec<u32>, Vec<u32>) =
+            entry.ordinals.iter().partition(|&&o| space.contains(o));
         dropped.extend(gone);
         if ords.is_empty() {
             continue;
@@ -418,9 +507,16 @@ fn trim_to_policy(p: &Placement, members: &mut [Member<'_>], notes: &mut Vec<Str
                 break;
             }
             // The eligible cluster with the fewest instances goes; ties: the later name.
-            let Some(m) = members.iter_mut().filter(|m| !m.kept.is_empty()).min_by(|a, b| {
-                a.kept.len().cmp(&b.kept.len()).then_with(|| b.name.cmp(a.name))
-            }) else {
+            let Some(m) = members
+                .iter_mut()
+                .filter(|m| !m.kept.is_empty())
+                .min_by(|a, b| {
+                    a.kept
+                        .len()
+                        .cmp(&b.kept.len())
+                        .then_with(|| b.name.cmp(a.name))
+                })
+            else {
                 break;
             };
             let gone = std::mem::take(&mut m.kept);
@@ -455,7 +551,10 @@ fn trim_to_policy(p: &Placement, members: &mut [Member<'_>], notes: &mut Vec<Str
             else {
                 break;
             };
-            for m in members.iter_mut().filter(|m| m.labels.get(&c.by_label) == Some(&value)) {
+            for m in members
+                .iter_mut()
+                .filter(|m| m.labels.get(&c.by_label) == Some(&value))
+            {
                 let gone = std::mem::take(&mut m.kept);
                 if !gone.is_empty() {
                     notes.push(format!(
@@ -502,13 +601,14 @@ fn select<'a>(p: &Placement, members: &[Member<'a>], hi: &[u32]) -> Selection {
         let labels: &'a BTreeMap<String, String> = members[i].labels;
         labels.get(&p.spread[ci].by_label).map(String::as_str)
     };
-    let take = |i: usize, chosen: &mut Vec<bool>, used: &mut u32, groups: &mut Vec<BTreeSet<&'a str>>| {
-        chosen[i] = true;
-        *used += 1;
-        for (ci, g) in groups.iter_mut().enumerate() {
-            g.extend(value(i, ci));
-        }
-    };
+    let take =
+        |i: usize, chosen: &mut Vec<bool>, used: &mut u32, groups: &mut Vec<BTreeSet<&'a str>>| {
+            chosen[i] = true;
+            *used += 1;
+            for (ci, g) in groups.iter_mut().enumerate() {
+                g.extend(value(i, ci));
+            }
+        };
     for (i, m) in members.iter().enumerate() {
         if !m.stuck.is_empty() {
             for (ci, g) in groups.iter_mut().enumerate() {
@@ -523,7 +623,10 @@ fn select<'a>(p: &Placement, members: &[Member<'a>], hi: &[u32]) -> Selection {
         !chosen[i]
             && p.max_clusters.is_none_or(|max| used < max)
             && p.spread.iter().enumerate().all(|(ci, c)| {
-                c.max_groups.is_none_or(|max| value(i, ci).is_some_and(|v| groups[ci].contains(v)) || (groups[ci].len() as u32) < max)
+                c.max_groups.is_none_or(|max| {
+                    value(i, ci).is_some_and(|v| groups[ci].contains(v))
+                        || (groups[ci].len() as u32) < max
+                })
             })
     };
     let mut needs_one = Vec::new();
@@ -532,7 +635,8 @@ fn select<'a>(p: &Placement, members: &[Member<'a>], hi: &[u32]) -> Selection {
         let Some(min) = c.min_groups else { continue };
         while (groups[ci].len() as u32) < min {
             let pick = order.iter().copied().find(|&i| {
-                fits(i, &chosen, used, &groups) && value(i, ci).is_some_and(|v| !groups[ci].contains(v))
+                fits(i, &chosen, used, &groups)
+                    && value(i, ci).is_some_and(|v| !groups[ci].contains(v))
             });
             let Some(i) = pick else {
                 problems.push(format!(
@@ -549,7 +653,11 @@ fn select<'a>(p: &Placement, members: &[Member<'a>], hi: &[u32]) -> Selection {
     }
     if let Some(min) = p.min_clusters {
         while used < min {
-            let Some(i) = order.iter().copied().find(|&i| fits(i, &chosen, used, &groups)) else {
+            let Some(i) = order
+                .iter()
+                .copied()
+                .find(|&i| fits(i, &chosen, used, &groups))
+            else {
                 problems.push(format!(
                     "placement.minClusters is {min}, but only {used} eligible clusters with room can run instances"
                 ));
@@ -564,12 +672,22 @@ fn select<'a>(p: &Placement, members: &[Member<'a>], hi: &[u32]) -> Selection {
             take(i, &mut chosen, &mut used, &mut groups);
         }
     }
-    Selection { chosen, needs_one, problems }
+    Selection {
+        chosen,
+        needs_one,
+        problems,
+    }
 }
 
 /// Lower bounds: what each cluster already runs (`floor`), then one instance for each
 /// cluster picked to meet a minimum, then `perCluster` minimums, while `total` allows.
-fn lower_bounds(members: &[Member<'_>], sel: &Selection, hi: &[u32], total: u32, floor: &[u32]) -> Vec<u32> {
+fn lower_bounds(
+    members: &[Member<'_>],
+    sel: &Selection,
+    hi: &[u32],
+    total: u32,
+    floor: &[u32],
+) -> Vec<u32> {
     let mut lo = floor.to_vec();
     let mut budget = total.saturating_sub(lo.iter().sum());
     for &i in &sel.needs_one {
@@ -595,9 +713,17 @@ fn slots(members: &[Member<'_>], sel: &Selection, lo: &[u32], hi: &[u32]) -> Vec
         .enumerate()
         .map(|(i, m)| {
             if sel.chosen[i] {
-                Slot { weight: m.weight, lo: lo[i], hi: hi[i] }
+                Slot {
+                    weight: m.weight,
+                    lo: lo[i],
+                    hi: hi[i],
+                }
             } else {
-                Slot { weight: 0, lo: lo[i], hi: lo[i] }
+                Slot {
+                    weight: 0,
+                    lo: lo[i],
+                    hi: lo[i],
+                }
             }
         })
         .collect()
@@ -605,7 +731,13 @@ fn slots(members: &[Member<'_>], sel: &Selection, lo: &[u32], hi: &[u32]) -> Vec
 
 /// Adds instances (new ordinals, lowest free first) until eligible clusters hold
 /// `total`, or as many as fit.
-fn scale_up(p: &Placement, total: u32, space: &OrdinalSpace, members: &mut [Member<'_>], notes: &mut Vec<String>) {
+fn scale_up(
+    p: &Placement,
+    total: u32,
+    space: &OrdinalSpace,
+    members: &mut [Member<'_>],
+    notes: &mut Vec<String>,
+) {
     let hi: Vec<u32> = members.iter().map(Member::hi).collect();
     let kept: Vec<u32> = members.iter().map(|m| m.kept.len() as u32).collect();
     if kept.iter().sum::<u32>() == total {
@@ -614,7 +746,9 @@ fn scale_up(p: &Placement, total: u32, space: &OrdinalSpace, members: &mut [Memb
     let sel = select(p, members, &hi);
     if !sel.problems.is_empty() {
         for problem in sel.problems {
-            notes.push(format!("{problem}; no new instances are placed until it can be met"));
+            notes.push(format!(
+                "{problem}; no new instances are placed until it can be met"
+            ));
         }
         return;
     }
@@ -622,23 +756,38 @@ fn scale_up(p: &Placement, total: u32, space: &OrdinalSpace, members: &mut [Memb
     let counts = divide(total, &slots(members, &sel, &lo, &hi));
 
     // What each cluster would get with unlimited room, to say who ran out of it.
-    let asked_hi: Vec<u32> = members.iter().map(|m| if m.eligible() { m.policy_max } else { 0 }).collect();
+    let asked_hi: Vec<u32> = members
+        .iter()
+        .map(|m| if m.eligible() { m.policy_max } else { 0 })
+        .collect();
     let asked = divide(total, &slots(members, &sel, &lo, &asked_hi));
     for (i, m) in members.iter().enumerate() {
         if sel.chosen[i] && counts[i] < asked[i] && counts[i] == hi[i] {
-            notes.push(format!("cluster {}: room for {}, {} asked", m.name, m.estimate.instances, asked[i]));
+            notes.push(format!(
+                "cluster {}: room for {}, {} asked",
+                m.name, m.estimate.instances, asked[i]
+            ));
         }
     }
     let placed: u32 = counts.iter().sum();
     if placed < total {
-        let left_out: Vec<&str> =
-            (0..members.len()).filter(|&i| !sel.chosen[i] && members[i].eligible() && hi[i] > 0).map(|i| members[i].name).collect();
+        let left_out: Vec<&str> = (0..members.len())
+            .filter(|&i| !sel.chosen[i] && members[i].eligible() && hi[i] > 0)
+            .map(|i| members[i].name)
+            .collect();
         if !left_out.is_empty() {
-            notes.push(format!("clusters {} have room but are not used under the placement's limits", left_out.join(", ")));
+            notes.push(format!(
+                "clusters {} have room but are not used under the placement's limits",
+                left_out.join(", ")
+            ));
         }
     }
 
-    let mut taken: Vec<u32> = members.iter().flat_map(|m| m.kept.iter().chain(&m.stuck)).copied().collect();
+    let mut taken: Vec<u32> = members
+        .iter()
+        .flat_map(|m| m.kept.iter().chain(&m.stuck))
+        .copied()
+        .collect();
     taken.sort_unstable();
     // Both ascending: walk the space and skip what is taken.
     let mut taken = taken.into_iter().peekable();
@@ -660,7 +809,11 @@ fn scale_down(p: &Placement, replicas: u32, members: &mut [Member<'_>]) {
     let lo = lower_bounds(members, &sel, &hi, replicas, &vec![0; members.len()]);
     let target = divide(replicas, &slots(members, &sel, &lo, &hi));
     let current: Vec<i64> = members.iter().map(|m| i64::from(m.current())).collect();
-    let over: Vec<i64> = current.iter().zip(&target).map(|(&c, &t)| c - i64::from(t)).collect();
+    let over: Vec<i64> = current
+        .iter()
+        .zip(&target)
+        .map(|(&c, &t)| c - i64::from(t))
+        .collect();
     let excess: i64 = current.iter().sum::<i64>() - i64::from(replicas);
     // Lower every cluster to `level` above its target, for the lowest level that
     // removes no more than the excess; then take one more from the first few at it.
@@ -668,13 +821,23 @@ fn scale_down(p: &Placement, replicas: u32, members: &mut [Member<'_>]) {
     let (mut lo_level, mut hi_level) = (0i64, over.iter().copied().max().unwrap_or(0).max(0));
     while lo_level < hi_level {
         let mid = (lo_level + hi_level) / 2;
-        if removed_at(mid) <= excess { hi_level = mid } else { lo_level = mid + 1 }
+        if removed_at(mid) <= excess {
+            hi_level = mid
+        } else {
+            lo_level = mid + 1
+        }
     }
     let level = lo_level;
     let mut remove: Vec<i64> = over.iter().map(|&d| (d - level).max(0)).collect();
     let mut left = excess - remove.iter().sum::<i64>();
-    let mut at_level: Vec<usize> = (0..members.len()).filter(|&i| over[i] >= level && current[i] - remove[i] > 0).collect();
-    at_level.sort_by(|&a, &b| (current[b] - remove[b]).cmp(&(current[a] - remove[a])).then(members[a].name.cmp(members[b].name)));
+    let mut at_level: Vec<usize> = (0..members.len())
+        .filter(|&i| over[i] >= level && current[i] - remove[i] > 0)
+        .collect();
+    at_level.sort_by(|&a, &b| {
+        (current[b] - remove[b])
+            .cmp(&(current[a] - remove[a]))
+            .then(members[a].name.cmp(members[b].name))
+    });
     for i in at_level {
         if left == 0 {
             break;
@@ -683,7 +846,11 @@ fn scale_down(p: &Placement, replicas: u32, members: &mut [Member<'_>]) {
         left -= 1;
     }
     for (m, r) in members.iter_mut().zip(remove) {
-        let list = if m.kept.is_empty() { &mut m.stuck } else { &mut m.kept };
+        let list = if m.kept.is_empty() {
+            &mut m.stuck
+        } else {
+            &mut m.kept
+        };
         let keep = list.len().saturating_sub(r as usize);
         list.truncate(keep);
     }

@@ -24,7 +24,10 @@ impl CliError {
     }
 
     pub fn input(file: &Path, problem: impl Into<String>) -> CliError {
-        CliError::Input { file: file.display().to_string(), problems: vec![problem.into()] }
+        CliError::Input {
+            file: file.display().to_string(),
+            problems: vec![problem.into()],
+        }
     }
 
     pub fn invalid(file: &Path, invalid: Invalid) -> CliError {

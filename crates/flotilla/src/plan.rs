@@ -21,10 +21,16 @@ pub fn run(args: &PlanArgs) -> Result<(), CliError> {
     let set = read_set(&args.file)?;
     let clusters = read_clusters(clusters_path)?;
     let previous = args.previous.as_deref().map(read_previous).transpose()?;
-    let plan = flotilla_scheduler::plan(&set, &clusters, previous.as_ref())
-        .map_err(|e| CliError::invalid(args.previous.as_deref().unwrap_or(Path::new("--previous")), e))?;
+    let plan = flotilla_scheduler::plan(&set, &clusters, previous.as_ref()).map_err(|e| {
+        CliError::invalid(
+            args.previous.as_deref().unwrap_or(Path::new("--previous")),
+            e,
+        )
+    })?;
     let out = match args.output {
-        Output::Json => serde_json::to_string_pretty(&plan).map_err(|e| CliError::Failed(e.into()))? + "\n",
+        Output::Json => {
+            serde_json::to_string_pretty(&plan).map_err(|e| CliError::Failed(e.into()))? + "\n"
+        }
         Output::Yaml => serde_yaml::to_string(&plan).map_err(|e| CliError::Failed(e.into()))?,
         Output::Table => table(&plan),
     };
@@ -43,13 +49,23 @@ fn read_set(path: &Path) -> Result<Valid<FederatedInstanceSet>, CliError> {
             other => {
                 return Err(CliError::input(
                     path,
-                    format!("holds a {} ({}); plan takes one FederatedInstanceSet", other.kind(), other.name()),
+                    format!(
+                        "holds a {} ({}); plan takes one FederatedInstanceSet",
+                        other.kind(),
+                        other.name()
+                    ),
                 ));
             }
         }
     }
     if sets.len() != 1 {
-        return Err(CliError::input(path, format!("holds {} FederatedInstanceSets; plan takes exactly one", sets.len())));
+        return Err(CliError::input(
+            path,
+            format!(
+                "holds {} FederatedInstanceSets; plan takes exactly one",
+                sets.len()
+            ),
+        ));
     }
     validate::federated_instance_set(sets.remove(0)).map_err(|e| CliError::invalid(path, e))
 }
@@ -63,7 +79,14 @@ fn read_clusters(path: &Path) -> Result<Vec<Valid<Cluster>>, CliError> {
         match d.object {
             AnyObject::Cluster(c) => clusters.push(*c),
             other => {
-                return Err(CliError::input(path, format!("holds a {} ({}); expected only Clusters", other.kind(), other.name())));
+                return Err(CliError::input(
+                    path,
+                    format!(
+                        "holds a {} ({}); expected only Clusters",
+                        other.kind(),
+                        other.name()
+                    ),
+                ));
             }
         }
     }
@@ -73,7 +96,8 @@ fn read_clusters(path: &Path) -> Result<Vec<Valid<Cluster>>, CliError> {
 /// Reads a previous plan (the JSON `plan -o json` prints; YAML works too).
 fn read_previous(path: &Path) -> Result<Plan, CliError> {
     let text = input::read(path)?;
-    let value = serde_yaml::from_str(&text).map_err(|e| CliError::input(path, format!("not valid JSON: {e}")))?;
+    let value = serde_yaml::from_str(&text)
+        .map_err(|e| CliError::input(path, format!("not valid JSON: {e}")))?;
     let decoded = decode::decode::<Plan>(value).map_err(|e| CliError::invalid(path, e))?;
     input::warn(path, &decoded.warnings);
     Ok(decoded.object)
@@ -84,8 +108,16 @@ fn table(plan: &Plan) -> String {
         .placement
         .iter()
         .map(|p| {
-            let cap = if p.capacity == UNLIMITED { "unlimited".to_string() } else { p.capacity.to_string() };
-            let ords = if p.ordinals.is_empty() { "-".to_string() } else { display_list(&p.ordinals) };
+            let cap = if p.capacity == UNLIMITED {
+                "unlimited".to_string()
+            } else {
+                p.capacity.to_string()
+            };
+            let ords = if p.ordinals.is_empty() {
+                "-".to_string()
+            } else {
+                display_list(&p.ordinals)
+            };
             [p.cluster.clone(), cap, p.ordinals.len().to_string(), ords]
         })
         .collect();
@@ -98,10 +130,25 @@ fn table(plan: &Plan) -> String {
     }
     let mut out = String::new();
     for row in std::iter::once(&header).chain(&rows) {
-        let line = format!("{:<w0$}  {:>w1$}  {:>w2$}  {}", row[0], row[1], row[2], row[3], w0 = widths[0], w1 = widths[1], w2 = widths[2]);
+        let line = format!(
+            "{:<w0$}  {:>w1$}  {:>w2$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
         let _ = writeln!(out, "{}", line.trim_end());
     }
-    let _ = writeln!(out, "\nplaced {} of {}; unschedulable {}", plan.placed(), plan.placed() + plan.unschedulable, plan.unschedulable);
+    let _ = writeln!(
+        out,
+        "\nplaced {} of {}; unschedulable {}",
+        plan.placed(),
+        plan.placed() + plan.unschedulable,
+        plan.unschedulable
+    );
     for m in &plan.messages {
         let _ = writeln!(out, "- {m}");
     }
