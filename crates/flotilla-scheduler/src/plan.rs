@@ -208,30 +208,37 @@ fn plan_on(
                 m.name
             ));
         }
-        if m.min > 0 && (!m.eligible() || m.estimate.instances < m.min) && m.kept.is_empty() {
-            let room = if m.eligible() {
-                format!("room for {}", m.estimate.instances)
-            } else {
-                "not eligible".into()
-            };
-            notes.push(format!(
-                "cluster {}: placement.perCluster.{}.min is {}, but it has {room}",
-                m.name, m.name, m.min
-            ));
-        }
     }
 
     if let Some(prev) = previous {
         take_previous(prev, &space, p.failover.policy, &mut members, &mut notes)?;
     }
     trim_to_policy(p, &mut members, &mut notes);
+    for m in &members {
+        let room = m.estimate.instances.max(m.kept.len() as u32);
+        if m.min > 0 && (!m.eligible() || room < m.min) {
+            let has = if m.eligible() {
+                format!("has room for {room}")
+            } else {
+                "is not eligible".into()
+            };
+            notes.push(format!(
+                "cluster {}: placement.perCluster.{}.min is {}, but it {has}",
+                m.name, m.name, m.min
+            ));
+        }
+    }
 
     let stuck: u32 = members.iter().map(|m| m.stuck.len() as u32).sum();
     let kept: u32 = members.iter().map(|m| m.kept.len() as u32).sum();
-    if stuck + kept > replicas {
+    let blocked = if stuck + kept > replicas {
         scale_down(p, replicas, &mut members);
+        false
     } else {
-        scale_up(p, replicas - stuck, &space, &mut members, &mut notes);
+        scale_up(p, replicas - stuck, &space, &mut members, &mut notes)
+    };
+    if !blocked {
+        unmet_minimums(p, replicas, &members, &mut notes);
     }
 
     let placement: Vec<ClusterPlan> = members
@@ -737,11 +744,11 @@ fn scale_up(
     space: &OrdinalSpace,
     members: &mut [Member<'_>],
     notes: &mut Vec<String>,
-) {
+) -> bool {
     let hi: Vec<u32> = members.iter().map(Member::hi).collect();
     let kept: Vec<u32> = members.iter().map(|m| m.kept.len() as u32).collect();
     if kept.iter().sum::<u32>() == total {
-        return;
+        return false;
     }
     let sel = select(p, members, &hi);
     if !sel.problems.is_empty() {
@@ -750,7 +757,7 @@ fn scale_up(
                 "{problem}; no new instances are placed until it can be met"
             ));
         }
-        return;
+        return true;
     }
     let lo = lower_bounds(members, &sel, &hi, total, &kept);
     let counts = divide(total, &slots(members, &sel, &lo, &hi));
@@ -798,6 +805,40 @@ fn scale_up(
     for (i, m) in members.iter_mut().enumerate() {
         let add = counts[i].saturating_sub(kept[i]) as usize;
         m.kept.extend(free.by_ref().take(add));
+    }
+    false
+}
+
+/// Says which minimums the final placement misses (running instances are not moved
+/// to meet a minimum that was raised; a scale-up meets it).
+fn unmet_minimums(p: &Placement, replicas: u32, members: &[Member<'_>], notes: &mut Vec<String>) {
+    let used: Vec<&Member<'_>> = members.iter().filter(|m| m.current() > 0).collect();
+    if used.is_empty() {
+        return;
+    }
+    if let Some(min) = p.min_clusters
+        && (used.len() as u32) < min.min(replicas)
+    {
+        notes.push(format!(
+            "placement.minClusters is {min}, but instances run in {} clusters; running instances are not moved to meet it",
+            used.len()
+        ));
+    }
+    for (ci, c) in p.spread.iter().enumerate() {
+        let groups: BTreeSet<&str> = used
+            .iter()
+            .filter_map(|m| m.labels.get(&c.by_label))
+            .map(String::as_str)
+            .collect();
+        if let Some(min) = c.min_groups
+            && (groups.len() as u32) < min.min(replicas)
+        {
+            notes.push(format!(
+                "placement.spread[{ci}] needs {min} distinct {} values, but instances run in {}; running instances are not moved to meet it",
+                c.by_label,
+                groups.len()
+            ));
+        }
     }
 }
 
