@@ -530,9 +530,30 @@ fn a_contradictory_previous_placement_is_refused() {
 
 #[test]
 fn raised_minimums_are_reported_and_met_by_the_next_scale_up() {
-    let cs = clusters(&[cluster("a", 10, 8), cluster("b", 10, 8), cluster("c", 10, 8)]);
+    let cs = clusters(&[
+        cluster("a", 10, 8),
+        cluster("b", 10, 8),
+        cluster("c", 10, 8),
+    ]);
     let p = check(&set(4, "weights: {static: {a: 1}}"), &cs, None, "a=0-3");
-    let q = check(&set(4, "weights: {static: {a: 1}}, minClusters: 2"), &cs, Some(&p), "a=0-3");
-    assert!(has_message(&q, "placement.minClusters is 2, but instances run in 1 clusters"), "{:?}", q.messages);
-    check(&set(5, "weights: {static: {a: 1}}, minClusters: 2"), &cs, Some(&p), "a=0-3 b=4");
+    let q = check(
+        &set(4, "weights: {static: {a: 1}}, minClusters: 2"),
+        &cs,
+        Some(&p),
+        "a=0-3",
+    );
+    assert!(
+        has_message(
+            &q,
+            "placement.minClusters is 2, but instances run in 1 clusters"
+        ),
+        "{:?}",
+        q.messages
+    );
+    check(
+        &set(5, "weights: {static: {a: 1}}, minClusters: 2"),
+        &cs,
+        Some(&p),
+        "a=0-3 b=4",
+    );
 }
