@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn flotilla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flotilla")).args(args).output().expect("run flotilla")
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .output()
+        .expect("run flotilla")
 }
 
 fn examples() -> PathBuf {
@@ -26,12 +29,24 @@ fn example_set(replicas: u32) -> String {
 
 fn plan_json(set: &Path, previous: Option<&Path>) -> serde_json::Value {
     let clusters = examples().join("clusters.yaml");
-    let mut args = vec!["plan", "-f", set.to_str().unwrap(), "--clusters", clusters.to_str().unwrap(), "-o", "json"];
+    let mut args = vec![
+        "plan",
+        "-f",
+        set.to_str().unwrap(),
+        "--clusters",
+        clusters.to_str().unwrap(),
+        "-o",
+        "json",
+    ];
     if let Some(p) = previous {
         args.extend(["--previous", p.to_str().unwrap()]);
     }
     let out = flotilla(&args);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("stdout is JSON")
 }
 
@@ -41,7 +56,12 @@ fn ordinals(plan: &serde_json::Value) -> Vec<(String, Vec<u64>)> {
         .unwrap()
         .iter()
         .map(|p| {
-            let ords = p["ordinals"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+            let ords = p["ordinals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o.as_u64().unwrap())
+                .collect();
             (p["cluster"].as_str().unwrap().to_string(), ords)
         })
         .collect()
@@ -53,7 +73,12 @@ fn json_output_has_exactly_the_contract_fields() {
     let set = dir.join("set.yaml");
     std::fs::write(&set, example_set(12)).unwrap();
     let plan = plan_json(&set, None);
-    let keys: Vec<&str> = plan.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = plan
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(keys, ["messages", "placement", "unschedulable"]);
     for p in plan["placement"].as_array().unwrap() {
         let keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
@@ -74,15 +99,26 @@ fn previous_output_feeds_back_in_and_scale_up_is_sticky() {
     let first = plan_json(&set, None);
     let prev = dir.join("prev.json");
     std::fs::write(&prev, serde_json::to_string(&first).unwrap()).unwrap();
-    assert_eq!(plan_json(&set, Some(&prev)), first, "re-planning unchanged input changes nothing");
+    assert_eq!(
+        plan_json(&set, Some(&prev)),
+        first,
+        "re-planning unchanged input changes nothing"
+    );
 
     std::fs::write(&set, example_set(16)).unwrap();
     let grown = plan_json(&set, Some(&prev));
     for ((c1, before), (c2, after)) in ordinals(&first).into_iter().zip(ordinals(&grown)) {
         assert_eq!(c1, c2);
-        assert!(before.iter().all(|o| after.contains(o)), "{c1} lost instances: {before:?} -> {after:?}");
+        assert!(
+            before.iter().all(|o| after.contains(o)),
+            "{c1} lost instances: {before:?} -> {after:?}"
+        );
     }
-    let added: Vec<u64> = ordinals(&grown).into_iter().flat_map(|(_, o)| o).filter(|o| *o >= 12).collect();
+    let added: Vec<u64> = ordinals(&grown)
+        .into_iter()
+        .flat_map(|(_, o)| o)
+        .filter(|o| *o >= 12)
+        .collect();
     assert_eq!(added.len(), 4);
 }
 
@@ -91,11 +127,22 @@ fn invalid_sets_exit_2_with_every_field_error() {
     let dir = scratch("invalid");
     let set = dir.join("set.yaml");
     let text = example_set(12)
-        .replace("maxSharePerCluster: 50", "maxSharePerCluster: 50\n    perCluster: {a: {min: 9, max: 8}}\n    maxClusters: 0")
+        .replace(
+            "maxSharePerCluster: 50",
+            "maxSharePerCluster: 50\n    perCluster: {a: {min: 9, max: 8}}\n    maxClusters: 0",
+        )
         .replace("requests: {cpu: \"1\"", "requests: {cpu: lots");
     std::fs::write(&set, text).unwrap();
     let clusters = examples().join("clusters.yaml");
-    let out = flotilla(&["plan", "-f", set.to_str().unwrap(), "--clusters", clusters.to_str().unwrap(), "-o", "json"]);
+    let out = flotilla(&[
+        "plan",
+        "-f",
+        set.to_str().unwrap(),
+        "--clusters",
+        clusters.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -112,20 +159,45 @@ fn invalid_sets_exit_2_with_every_field_error() {
 fn type_errors_and_bad_clusters_exit_2_naming_the_field() {
     let dir = scratch("types");
     let set = dir.join("set.yaml");
-    std::fs::write(&set, example_set(12).replace("replicas: 12", "replicas: -3")).unwrap();
+    std::fs::write(
+        &set,
+        example_set(12).replace("replicas: 12", "replicas: -3"),
+    )
+    .unwrap();
     let clusters = examples().join("clusters.yaml");
-    let out = flotilla(&["plan", "-f", set.to_str().unwrap(), "--clusters", clusters.to_str().unwrap()]);
+    let out = flotilla(&[
+        "plan",
+        "-f",
+        set.to_str().unwrap(),
+        "--clusters",
+        clusters.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.replicas: invalid value: integer `-3`"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.replicas: invalid value: integer `-3`")
+    );
 
     std::fs::write(&set, example_set(12)).unwrap();
     let bad = dir.join("clusters.yaml");
-    let text = std::fs::read_to_string(&clusters).unwrap().replace("count: 5", "count: five");
+    let text = std::fs::read_to_string(&clusters)
+        .unwrap()
+        .replace("count: 5", "count: five");
     std::fs::write(&bad, text).unwrap();
-    let out = flotilla(&["plan", "-f", set.to_str().unwrap(), "--clusters", bad.to_str().unwrap()]);
+    let out = flotilla(&[
+        "plan",
+        "-f",
+        set.to_str().unwrap(),
+        "--clusters",
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("document 3 (Cluster eu-west-1): status.capacity.nodeGroups[0].count: invalid type"), "{err}");
+    assert!(
+        err.contains(
+            "document 3 (Cluster eu-west-1): status.capacity.nodeGroups[0].count: invalid type"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -147,8 +219,24 @@ fn table_output_is_readable() {
 fn unknown_fields_warn_but_do_not_fail() {
     let dir = scratch("unknown");
     let set = dir.join("set.yaml");
-    std::fs::write(&set, example_set(3).replace("maxInstancesPerNode: 1", "maxInstancesPerNode: 1\n    colour: red")).unwrap();
-    let out = flotilla(&["plan", "-f", set.to_str().unwrap(), "--clusters", examples().join("clusters.yaml").to_str().unwrap()]);
+    std::fs::write(
+        &set,
+        example_set(3).replace(
+            "maxInstancesPerNode: 1",
+            "maxInstancesPerNode: 1\n    colour: red",
+        ),
+    )
+    .unwrap();
+    let out = flotilla(&[
+        "plan",
+        "-f",
+        set.to_str().unwrap(),
+        "--clusters",
+        examples().join("clusters.yaml").to_str().unwrap(),
+    ]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.placement.colour: unknown field, ignored"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("spec.placement.colour: unknown field, ignored")
+    );
 }

@@ -108,6 +108,11 @@ impl Member<'_> {
             .min(self.estimate.instances.max(self.kept.len() as u32))
     }
 
+    /// Selection always takes it: eligible, with room and a perCluster minimum.
+    fn pinned(&self) -> bool {
+        self.min > 0 && self.hi() > 0
+    }
+
     fn current(&self) -> u32 {
         (self.kept.len() + self.stuck.len()) as u32
     }
@@ -514,9 +519,10 @@ fn trim_to_policy(p: &Placement, members: &mut [Member<'_>], notes: &mut Vec<Str
                 break;
             }
             // The eligible cluster with the fewest instances goes; ties: the later name.
+            // Clusters with a perCluster minimum stay: selection always takes them.
             let Some(m) = members
                 .iter_mut()
-                .filter(|m| !m.kept.is_empty())
+                .filter(|m| !m.kept.is_empty() && !m.pinned())
                 .min_by(|a, b| {
                     a.kept
                         .len()
@@ -538,12 +544,14 @@ fn trim_to_policy(p: &Placement, members: &mut [Member<'_>], notes: &mut Vec<Str
     for (ci, c) in p.spread.iter().enumerate() {
         let Some(max) = c.max_groups else { continue };
         loop {
-            let mut groups: BTreeMap<&str, (u32, bool)> = BTreeMap::new();
-            for m in members.iter().filter(|m| m.current() > 0) {
+            // value → (instances, has movable instances, pinned by a perCluster minimum)
+            let mut groups: BTreeMap<&str, (u32, bool, bool)> = BTreeMap::new();
+            for m in members.iter().filter(|m| m.current() > 0 || m.pinned()) {
                 if let Some(v) = m.labels.get(&c.by_label) {
                     let g = groups.entry(v.as_str()).or_default();
                     g.0 += m.current();
                     g.1 |= !m.kept.is_empty();
+                    g.2 |= m.pinned();
                 }
             }
             if groups.len() as u32 <= max {
@@ -552,7 +560,7 @@ fn trim_to_policy(p: &Placement, members: &mut [Member<'_>], notes: &mut Vec<Str
             // The movable group with the fewest instances goes; ties: the later value.
             let Some(value) = groups
                 .iter()
-                .filter(|(_, g)| g.1)
+                .filter(|(_, g)| g.1 && !g.2)
                 .min_by(|a, b| a.1.0.cmp(&b.1.0).then_with(|| b.0.cmp(a.0)))
                 .map(|(v, _)| v.to_string())
             else {
@@ -636,15 +644,68 @@ fn select<'a>(p: &Placement, members: &[Member<'a>], hi: &[u32]) -> Selection {
                 })
             })
     };
+    // Whether, after taking `i`, minClusters and every minGroups can still be met: a
+    // pick that uses up a maxGroups slot on a small group can make them unreachable.
+    let promising = |i: usize, chosen: &[bool], used: u32, groups: &[BTreeSet<&'a str>]| {
+        let (mut chosen, mut used, mut groups) = (chosen.to_vec(), used, groups.to_vec());
+        take(i, &mut chosen, &mut used, &mut groups);
+        let left = |ci: usize| -> BTreeMap<&'a str, u32> {
+            let mut by_value = BTreeMap::new();
+            for &j in order.iter().filter(|&&j| !chosen[j]) {
+                *by_value
+                    .entry(value(j, ci).unwrap_or_default())
+                    .or_insert(0) += 1;
+            }
+            by_value
+        };
+        let unchosen = order.iter().filter(|&&j| !chosen[j]).count() as u32;
+        let mut reach = used + unchosen;
+        if let Some(max) = p.max_clusters {
+            reach = reach.min(max);
+        }
+        for (ci, c) in p.spread.iter().enumerate() {
+            let by_value = left(ci);
+            let inside: u32 = groups[ci].iter().filter_map(|v| by_value.get(v)).sum();
+            let mut outside: Vec<u32> = by_value
+                .iter()
+                .filter(|(v, _)| !groups[ci].contains(*v))
+                .map(|(_, &n)| n)
+                .collect();
+            outside.sort_unstable_by(|a, b| b.cmp(a));
+            let slots = c.max_groups.map_or(outside.len(), |max| {
+                (max as usize)
+                    .saturating_sub(groups[ci].len())
+                    .min(outside.len())
+            });
+            reach = reach.min(used + inside + outside[..slots].iter().sum::<u32>());
+            if c.min_groups
+                .is_some_and(|min| groups[ci].len() + slots < min as usize)
+            {
+                return false;
+            }
+        }
+        reach >= p.min_clusters.unwrap_or(0)
+    };
+    // The best candidate that keeps every minimum reachable, else the best that fits.
+    let best =
+        |ok: &dyn Fn(usize) -> bool, chosen: &[bool], used: u32, groups: &[BTreeSet<&'a str>]| {
+            let fitting = || {
+                order
+                    .iter()
+                    .copied()
+                    .filter(|&i| fits(i, chosen, used, groups) && ok(i))
+            };
+            fitting()
+                .find(|&i| promising(i, chosen, used, groups))
+                .or_else(|| fitting().next())
+        };
     let mut needs_one = Vec::new();
     let mut problems = Vec::new();
     for (ci, c) in p.spread.iter().enumerate() {
         let Some(min) = c.min_groups else { continue };
         while (groups[ci].len() as u32) < min {
-            let pick = order.iter().copied().find(|&i| {
-                fits(i, &chosen, used, &groups)
-                    && value(i, ci).is_some_and(|v| !groups[ci].contains(v))
-            });
+            let new_group = |i: usize| value(i, ci).is_some_and(|v| !groups[ci].contains(v));
+            let pick = best(&new_group, &chosen, used, &groups);
             let Some(i) = pick else {
                 problems.push(format!(
                     "placement.spread[{ci}] needs instances in {min} distinct {} values, but only {} can have any ({})",
@@ -660,11 +721,7 @@ fn select<'a>(p: &Placement, members: &[Member<'a>], hi: &[u32]) -> Selection {
     }
     if let Some(min) = p.min_clusters {
         while used < min {
-            let Some(i) = order
-                .iter()
-                .copied()
-                .find(|&i| fits(i, &chosen, used, &groups))
-            else {
+            let Some(i) = best(&|_| true, &chosen, used, &groups) else {
                 problems.push(format!(
                     "placement.minClusters is {min}, but only {used} eligible clusters with room can run instances"
                 ));
