@@ -1451,8 +1451,8 @@ metadata: {name: c2, labels: {region: r2}}
 status: {ready: true}
 "#;
 
-/// The minimums can be met (c1 and c2, one instance each), but the scheduler picks c0
-/// (r1) first, finds no second r1 cluster and places nothing.
+/// The minimums can be met (c1 and c2, one instance each); the scheduler used to pick
+/// c0 (r1) first, find no second r1 cluster and place nothing.
 #[test]
 fn regression_min_clusters_are_found_within_max_groups() {
     let (set, clusters) = from_yaml(MIN_CLUSTERS_WITHIN_MAX_GROUPS);
@@ -1484,9 +1484,9 @@ status: {ready: true}
 "#;
 
 /// The fresh plan lets the minimums win over `maxGroups` (c0=0 c1=1); scaling up to 3
-/// then lets `maxGroups` win when trimming the previous placement and the minimum win
-/// again when adding, so ordinal 1 moves from c1 to c0 (c0=0-1 c1=2) instead of the
-/// scale-up only adding ordinal 2.
+/// used to let `maxGroups` win when trimming the previous placement and the minimum
+/// win again when adding, so ordinal 1 moved from c1 to c0 (c0=0-1 c1=2) instead of
+/// the scale-up only adding ordinal 2.
 #[test]
 fn regression_scale_up_keeps_instances_of_clusters_with_minimums() {
     let (small, clusters) = from_yaml(MINIMUMS_ACROSS_MAX_GROUPS);

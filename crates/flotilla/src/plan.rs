@@ -40,57 +40,53 @@ pub fn run(args: &PlanArgs) -> Result<(), CliError> {
 
 /// Reads exactly one valid FederatedInstanceSet.
 fn read_set(path: &Path) -> Result<Valid<FederatedInstanceSet>, CliError> {
-    let docs = decode::decode_all(&input::read(path)?).map_err(|e| CliError::invalid(path, e))?;
-    let mut sets = Vec::new();
-    for d in docs {
-        input::warn(path, &d.warnings);
-        match d.object {
-            AnyObject::FederatedInstanceSet(s) => sets.push(*s),
-            other => {
-                return Err(CliError::input(
-                    path,
-                    format!(
-                        "holds a {} ({}); plan takes one FederatedInstanceSet",
-                        other.kind(),
-                        other.name()
-                    ),
-                ));
-            }
-        }
-    }
+    let mut sets = read_kind(path, "FederatedInstanceSets", |o| match o {
+        AnyObject::FederatedInstanceSet(s) => Ok(*s),
+        other => Err(other),
+    })?;
     if sets.len() != 1 {
-        return Err(CliError::input(
-            path,
-            format!(
-                "holds {} FederatedInstanceSets; plan takes exactly one",
-                sets.len()
-            ),
-        ));
+        let why = format!(
+            "holds {} FederatedInstanceSets; plan takes exactly one",
+            sets.len()
+        );
+        return Err(CliError::input(path, why));
     }
     validate::federated_instance_set(sets.remove(0)).map_err(|e| CliError::invalid(path, e))
 }
 
 /// Reads every Cluster of a multi-document file and validates them together.
 fn read_clusters(path: &Path) -> Result<Vec<Valid<Cluster>>, CliError> {
+    let clusters = read_kind(path, "Clusters", |o| match o {
+        AnyObject::Cluster(c) => Ok(*c),
+        other => Err(other),
+    })?;
+    validate::clusters(clusters).map_err(|e| CliError::invalid(path, e))
+}
+
+/// Decodes every document of `path`, printing ignored fields as warnings; each must be
+/// of the kind `pick` accepts.
+fn read_kind<T>(
+    path: &Path,
+    plural: &str,
+    pick: impl Fn(AnyObject) -> Result<T, AnyObject>,
+) -> Result<Vec<T>, CliError> {
     let docs = decode::decode_all(&input::read(path)?).map_err(|e| CliError::invalid(path, e))?;
-    let mut clusters = Vec::new();
+    let mut out = Vec::new();
     for d in docs {
         input::warn(path, &d.warnings);
-        match d.object {
-            AnyObject::Cluster(c) => clusters.push(*c),
-            other => {
-                return Err(CliError::input(
-                    path,
-                    format!(
-                        "holds a {} ({}); expected only Clusters",
-                        other.kind(),
-                        other.name()
-                    ),
-                ));
+        match pick(d.object) {
+            Ok(o) => out.push(o),
+            Err(other) => {
+                let why = format!(
+                    "holds a {} ({}); expected only {plural}",
+                    other.kind(),
+                    other.name()
+                );
+                return Err(CliError::input(path, why));
             }
         }
     }
-    validate::clusters(clusters).map_err(|e| CliError::invalid(path, e))
+    Ok(out)
 }
 
 /// Reads a previous plan (the JSON `plan -o json` prints; YAML works too).
