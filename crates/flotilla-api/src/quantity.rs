@@ -41,6 +41,16 @@ impl Amount {
         Amount(n as u128 * NANO)
     }
 
+    /// An amount of `n` nano-units.
+    pub const fn from_nanos(n: u128) -> Amount {
+        Amount(n)
+    }
+
+    /// Difference, stopping at zero.
+    pub fn saturating_sub(self, other: Amount) -> Amount {
+        Amount(self.0.saturating_sub(other.0))
+    }
+
     /// The amount in nano-units.
     pub const fn nanos(self) -> u128 {
         self.0

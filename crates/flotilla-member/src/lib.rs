@@ -1,0 +1,19 @@
+//! The member side of Flotilla: what runs in each member cluster.
+//!
+//! - [`backend`]: the one trait member backends implement (Kubernetes, simulated).
+//! - [`controller`]: the InstanceSet controller's loop: observe, prepare (the pure
+//!   planner of `flotilla-instanceset`), commit each action idempotently, write status
+//!   only when it changed, and probe roles with versioned results.
+//! - [`redis`]: Redis `ROLE` probes and switchovers over RESP.
+//! - [`sim`]: the simulated member (KWOK-like, in memory) that `flotilla dev`, the
+//!   end-to-end tests and the scale benchmarks run on.
+
+pub mod backend;
+pub mod controller;
+mod error;
+pub mod redis;
+pub mod sim;
+
+pub use backend::{Applied, Backend};
+pub use controller::{Controller, Pass};
+pub use error::{Error, Result};

@@ -1,0 +1,503 @@
+//! The simulated member: an in-memory cluster, like KWOK, for `flotilla dev`, the
+//! end-to-end tests and the scale benchmarks.
+//!
+//! Nodes come from node groups (the shape of the `Cluster` capacity model). Instances
+//! are scheduled first-fit on nodes with room for their requests, one `pods` slot
+//! each, never more than `maxInstancesPerNode` of a set on a node, and preferably on a
+//! node with none of the set yet (so instances of different roles do not share a
+//! node while there are enough nodes). Time is logical: [`Sim::advance`] moves it, so
+//! tests are exact and fast; `Pending` turns `Running` after `start_delay`, `Running`
+//! turns ready after `ready_delay`. Roles are simulated: a set with an exclusive role
+//! elects its first ready instance, a switchover moves the role, and faults (kill an
+//! instance, fail a node, fail the next switchover) can be injected.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use flotilla_api::quantity::Amount;
+use flotilla_api::resources::{self, PODS, Requests};
+use flotilla_api::{CapacityModel, InstanceSet, InstanceSetStatus, NodeGroup};
+use flotilla_instanceset::{Action, Instance, Observed, Phase, Revision, Volume};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::backend::{Applied, Backend};
+use crate::{Error, Result};
+
+/// How a simulated member looks and behaves.
+#[derive(Clone, Debug, Default)]
+pub struct SimConfig {
+    /// Its nodes: `count` nodes each with `free` allocatable resources.
+    pub node_groups: Vec<NodeGroup>,
+    /// From created to running.
+    pub start_delay: Duration,
+    /// From running (or restarted in place) to ready.
+    pub ready_delay: Duration,
+}
+
+#[derive(Debug)]
+struct Node {
+    name: String,
+    allocatable: Requests,
+    used: Requests,
+    pods: u32,
+    failed: bool,
+}
+
+#[derive(Debug)]
+struct Pod {
+    node: Option<usize>,
+    revision: Revision,
+    phase: Phase,
+    ready: bool,
+    /// When the phase or readiness clock last started.
+    since: Duration,
+    role: Option<String>,
+    role_version: u64,
+    requests: Requests,
+    max_per_node: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+struct SetSim {
+    pods: BTreeMap<u32, Pod>,
+    volumes: BTreeSet<(String, u32)>,
+    /// The exclusive role's holder, and the role names (exclusive, other).
+    primary: Option<u32>,
+    exclusive_role: Option<String>,
+    other_role: Option<String>,
+    fail_next_switchover: Option<String>,
+    status: Option<InstanceSetStatus>,
+}
+
+#[derive(Debug)]
+struct State {
+    now: Duration,
+    start_delay: Duration,
+    ready_delay: Duration,
+    nodes: Vec<Node>,
+    sets: BTreeMap<String, SetSim>,
+    writes: u64,
+}
+
+/// A simulated member cluster.
+#[derive(Debug)]
+pub struct Sim {
+    state: Mutex<State>,
+}
+
+fn key(set: &InstanceSet) -> String {
+    format!("{}/{}", set.namespace().unwrap_or("default"), set.name())
+}
+
+impl Sim {
+    /// A member with the configured nodes, at time zero.
+    pub fn new(config: &SimConfig) -> Sim {
+        let mut nodes = Vec::new();
+        for (g, group) in config.node_groups.iter().enumerate() {
+            let allocatable = resources::free_resources(&group.free);
+            for i in 0..group.count {
+                nodes.push(Node {
+                    name: format!("node-{g}-{i}"),
+                    allocatable: allocatable.clone(),
+                    used: Requests::new(),
+                    pods: 0,
+                    failed: false,
+                });
+            }
+        }
+        Sim {
+            state: Mutex::new(State {
+                now: Duration::ZERO,
+                start_delay: config.start_delay,
+                ready_delay: config.ready_delay,
+                nodes,
+                sets: BTreeMap::new(),
+                writes: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Moves the clock: schedules pending instances, starts and readies them, and
+    /// elects a holder for every exclusive role that has none.
+    pub fn advance(&self, by: Duration) {
+        let mut st = self.lock();
+        st.now += by;
+        let State {
+            now,
+            start_delay,
+            ready_delay,
+            nodes,
+            sets,
+            ..
+        } = &mut *st;
+        for set in sets.values_mut() {
+            let mut counts = per_node(set);
+            for pod in set.pods.values_mut() {
+                if pod.node.is_none() && pod.phase == Phase::Pending {
+                    pod.node = place(nodes, pod, &counts);
+                    if let Some(idx) = pod.node {
+                        *counts.entry(idx).or_insert(0) += 1;
+                        pod.since = *now;
+                    }
+                }
+                if pod.phase == Phase::Pending
+                    && pod.node.is_some()
+                    && *now >= pod.since + *start_delay
+                {
+                    pod.phase = Phase::Running;
+                    pod.since = *now;
+                }
+                if pod.phase == Phase::Running && !pod.ready && *now >= pod.since + *ready_delay {
+                    pod.ready = true;
+                }
+            }
+            if set.exclusive_role.is_some() && set.primary.is_none() {
+                set.primary = set.pods.iter().find(|(_, p)| p.ready).map(|(&o, _)| o);
+            }
+        }
+    }
+
+    /// The logical time.
+    pub fn now(&self) -> Duration {
+        self.lock().now
+    }
+
+    /// Requests that changed something, since the start.
+    pub fn writes(&self) -> u64 {
+        self.lock().writes
+    }
+
+    /// Kills an instance: it fails and must be recreated.
+    pub fn kill(&self, set: &InstanceSet, ordinal: u32) {
+        if let Some(pod) = self
+            .lock()
+            .sets
+            .get_mut(&key(set))
+            .and_then(|s| s.pods.get_mut(&ordinal))
+        {
+            pod.phase = Phase::Failed;
+            pod.ready = false;
+        }
+    }
+
+    /// Fails a node: every instance on it fails, and nothing is scheduled there again.
+    pub fn fail_node(&self, name: &str) {
+        let mut st = self.lock();
+        let Some(idx) = st.nodes.iter().position(|n| n.name == name) else {
+            return;
+        };
+        st.nodes[idx].failed = true;
+        for set in st.sets.values_mut() {
+            for pod in set.pods.values_mut().filter(|p| p.node == Some(idx)) {
+                pod.phase = Phase::Failed;
+                pod.ready = false;
+            }
+        }
+    }
+
+    /// Makes the next switchover of `set` fail with `message`.
+    pub fn fail_next_switchover(&self, set: &InstanceSet, message: &str) {
+        self.lock()
+            .sets
+            .entry(key(set))
+            .or_default()
+            .fail_next_switchover = Some(message.to_string());
+    }
+
+    /// The node an instance runs on.
+    pub fn node_of(&self, set: &InstanceSet, ordinal: u32) -> Option<String> {
+        let st = self.lock();
+        let idx = st.sets.get(&key(set))?.pods.get(&ordinal)?.node?;
+        Some(st.nodes[idx].name.clone())
+    }
+
+    /// The last status written for `set`.
+    pub fn status(&self, set: &InstanceSet) -> Option<InstanceSetStatus> {
+        self.lock()
+            .sets
+            .get(&key(set))
+            .and_then(|s| s.status.clone())
+    }
+
+    /// The exclusive role's holder in `set`, as the simulated replication sees it.
+    pub fn primary(&self, set: &InstanceSet) -> Option<u32> {
+        self.lock().sets.get(&key(set)).and_then(|s| s.primary)
+    }
+}
+
+/// Instances of one set per node index.
+fn per_node(set: &SetSim) -> BTreeMap<usize, u32> {
+    let mut counts = BTreeMap::new();
+    for idx in set.pods.values().filter_map(|p| p.node) {
+        *counts.entry(idx).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// First fit for `pod`, preferring nodes with no instance of its set (`counts`), never
+/// past `maxInstancesPerNode`; reserves the resources it takes.
+fn place(nodes: &mut [Node], pod: &Pod, counts: &BTreeMap<usize, u32>) -> Option<usize> {
+    let here = |i: usize| counts.get(&i).copied().unwrap_or(0);
+    let fits = |i: usize, n: &Node| {
+        !n.failed
+            && pod.max_per_node.is_none_or(|max| here(i) < max)
+            && pod.requests.iter().all(|(r, need)| {
+                let have = n.allocatable.get(r).copied().unwrap_or_default();
+                let used = n.used.get(r).copied().unwrap_or_default();
+                have.saturating_sub(used) >= *need
+            })
+            && n.allocatable
+                .get(PODS)
+                .is_none_or(|max| u128::from(n.pods) < max.fits(Amount::units(1)).unwrap_or(0))
+    };
+    let idx = (0..nodes.len())
+        .find(|&i| here(i) == 0 && fits(i, &nodes[i]))
+        .or_else(|| (0..nodes.len()).find(|&i| fits(i, &nodes[i])))?;
+    let node = &mut nodes[idx];
+    for (r, need) in &pod.requests {
+        let e = node.used.entry(r.clone()).or_default();
+        *e = e.saturating_add(*need);
+    }
+    node.pods += 1;
+    Some(idx)
+}
+
+/// Gives a deleted instance's resources back to its node.
+fn release(nodes: &mut [Node], pod: &Pod) {
+    if let Some(idx) = pod.node {
+        let node = &mut nodes[idx];
+        for (r, need) in &pod.requests {
+            if let Some(e) = node.used.get_mut(r) {
+                *e = e.saturating_sub(*need);
+            }
+        }
+        node.pods = node.pods.saturating_sub(1);
+    }
+}
+
+impl Backend for Sim {
+    async fn observe(&self, set: &InstanceSet) -> Result<Observed> {
+        let st = self.lock();
+        let Some(s) = st.sets.get(&key(set)) else {
+            return Ok(Observed::default());
+        };
+        let instances = s
+            .pods
+            .iter()
+            .map(|(&ordinal, p)| Instance {
+                ordinal,
+                revision: p.revision.revision.clone(),
+                shape: p.revision.shape.clone(),
+                phase: p.phase,
+                ready: p.ready,
+                deleting: false,
+                node: p.node.map(|i| st.nodes[i].name.clone()),
+                role: p.role.clone(),
+                role_version: p.role_version,
+                probe: None,
+            })
+            .collect();
+        let volumes = s
+            .volumes
+            .iter()
+            .map(|(claim, ordinal)| Volume {
+                claim: claim.clone(),
+                ordinal: *ordinal,
+                deleting: false,
+            })
+            .collect();
+        Ok(Observed {
+            instances,
+            volumes,
+            last_switchover: None,
+        })
+    }
+
+    async fn apply(&self, set: &InstanceSet, action: &Action) -> Result<Applied> {
+        let mut st = self.lock();
+        let now = st.now;
+        let State {
+            nodes,
+            sets,
+            writes,
+            ..
+        } = &mut *st;
+        let s = sets.entry(key(set)).or_default();
+        s.exclusive_role = set
+            .spec
+            .roles
+            .iter()
+            .find(|r| r.exclusive)
+            .map(|r| r.name.clone());
+        s.other_role = set
+            .spec
+            .roles
+            .iter()
+            .find(|r| !r.exclusive)
+            .map(|r| r.name.clone());
+        let applied = match action {
+            Action::CreateVolume { ordinal, claim } => {
+                wrote(s.volumes.insert((claim.clone(), *ordinal)))
+            }
+            Action::DeleteVolume { ordinal, claim } => {
+                wrote(s.volumes.remove(&(claim.clone(), *ordinal)))
+            }
+            Action::Create { ordinal } => {
+                if s.pods.contains_key(ordinal) {
+                    Applied::Unchanged
+                } else {
+                    let requests = match &set.spec.template.spec {
+                        Some(pod) => resources::pod_requests(pod)
+                            .map_err(|e| Error::Backend(e.to_string()))?,
+                        None => Requests::new(),
+                    };
+                    let mut pod = Pod {
+                        node: None,
+                        revision: Revision::of(&set.spec.template),
+                        phase: Phase::Pending,
+                        ready: false,
+                        since: now,
+                        role: None,
+                        role_version: 0,
+                        requests,
+                        max_per_node: set.spec.max_instances_per_node,
+                    };
+                    pod.node = place(nodes, &pod, &per_node(s));
+                    s.pods.insert(*ordinal, pod);
+                    Applied::Wrote
+                }
+            }
+            Action::SetRole {
+                ordinal,
+                role,
+                version,
+            } => match s.pods.get_mut(ordinal) {
+                Some(p) if p.role != *role || p.role_version < *version => {
+                    p.role = role.clone();
+                    p.role_version = *version;
+                    Applied::Wrote
+                }
+                _ => Applied::Unchanged,
+            },
+            Action::Switchover { to, .. } => {
+                if let Some(message) = s.fail_next_switchover.take() {
+                    return Err(Error::Switchover(message));
+                }
+                if s.primary == Some(*to) {
+                    Applied::Unchanged
+                } else if s.pods.get(to).is_some_and(|p| p.ready) {
+                    s.primary = Some(*to);
+                    Applied::Wrote
+                } else {
+                    return Err(Error::Switchover(format!(
+                        "instance {to} is not ready to take over"
+                    )));
+                }
+            }
+            Action::UpdateInPlace { ordinal } => {
+                let desired = Revision::of(&set.spec.template);
+                match s.pods.get_mut(ordinal) {
+                    Some(p) if p.revision != desired => {
+                        p.revision = desired;
+                        p.ready = false;
+                        p.since = now;
+                        Applied::Wrote
+                    }
+                    _ => Applied::Unchanged,
+                }
+            }
+            Action::Recreate { ordinal, .. } | Action::Delete { ordinal } => {
+                match s.pods.remove(ordinal) {
+                    Some(p) => {
+                        release(nodes, &p);
+                        if matches!(action, Action::Delete { .. }) && s.primary == Some(*ordinal) {
+                            s.primary = None;
+                        }
+                        Applied::Wrote
+                    }
+                    None => Applied::Unchanged,
+                }
+            }
+        };
+        if applied == Applied::Wrote {
+            *writes += 1;
+        }
+        Ok(applied)
+    }
+
+    async fn write_status(&self, set: &InstanceSet, status: &InstanceSetStatus) -> Result<Applied> {
+        let mut st = self.lock();
+        let s = st.sets.entry(key(set)).or_default();
+        if s.status.as_ref() == Some(status) {
+            return Ok(Applied::Unchanged);
+        }
+        s.status = Some(status.clone());
+        st.writes += 1;
+        Ok(Applied::Wrote)
+    }
+
+    async fn probe_role(&self, set: &InstanceSet, ordinal: u32) -> Result<Option<String>> {
+        let st = self.lock();
+        let s = st.sets.get(&key(set));
+        let pod = s.and_then(|s| s.pods.get(&ordinal));
+        match (s, pod) {
+            (Some(s), Some(p)) if p.phase == Phase::Running && p.ready => {
+                Ok(if s.primary == Some(ordinal) {
+                    s.exclusive_role.clone()
+                } else {
+                    s.other_role.clone()
+                })
+            }
+            _ => Err(Error::Probe {
+                instance: format!("{}-{ordinal}", set.name()),
+                reason: "not running".into(),
+            }),
+        }
+    }
+
+    async fn capacity(&self) -> Result<CapacityModel> {
+        let st = self.lock();
+        let mut groups: BTreeMap<BTreeMap<String, Amount>, u32> = BTreeMap::new();
+        for n in st.nodes.iter().filter(|n| !n.failed) {
+            let mut free: BTreeMap<String, Amount> = n
+                .allocatable
+                .iter()
+                .map(|(r, have)| {
+                    let used = n.used.get(r).copied().unwrap_or_default();
+                    (r.clone(), have.saturating_sub(used))
+                })
+                .collect();
+            if let Some(p) = free.get_mut(PODS) {
+                *p = p.saturating_sub(Amount::units(u64::from(n.pods)));
+            }
+            *groups.entry(free).or_default() += 1;
+        }
+        Ok(CapacityModel {
+            node_groups: groups
+                .into_iter()
+                .map(|(free, count)| NodeGroup {
+                    count,
+                    free: free
+                        .into_iter()
+                        .map(|(r, a)| (r, Quantity(a.to_string())))
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+}
+
+fn wrote(changed: bool) -> Applied {
+    if changed {
+        Applied::Wrote
+    } else {
+        Applied::Unchanged
+    }
+}

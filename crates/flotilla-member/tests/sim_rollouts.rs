@@ -1,0 +1,251 @@
+//! Whole rollouts on the simulated member: the controller (prepare + commit) against
+//! `Sim`, with faults.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_api::decode::{AnyObject, decode_all};
+use flotilla_api::{InstanceSet, NodeGroup, Valid, validate};
+use flotilla_instanceset::Revision;
+use flotilla_member::sim::{Sim, SimConfig};
+use flotilla_member::{Backend, Controller, Pass};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+fn set(ordinals: &str, image: &str, extra: &str) -> Valid<InstanceSet> {
+    let text = format!(
+        "apiVersion: flotilla.io/v1alpha1
+kind: InstanceSet
+metadata: {{name: redis}}
+spec:
+  ordinals: {ordinals}
+  template: {{spec: {{containers: [{{name: redis, image: '{image}', resources: {{requests: {{cpu: '1', memory: 1Gi}}}}}}]}}}}
+  volumeClaimTemplates: [{{metadata: {{name: data}}}}]
+  roles:
+  - {{name: primary, updatePriority: 2, exclusive: true}}
+  - {{name: secondary, updatePriority: 1}}
+{extra}"
+    );
+    let AnyObject::InstanceSet(s) = decode_all(&text).unwrap().remove(0).object else {
+        panic!()
+    };
+    validate::instance_set(*s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn sim(nodes: u32) -> Arc<Sim> {
+    let free = [("cpu", "4"), ("memory", "16Gi"), ("pods", "110")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+        .collect();
+    Arc::new(Sim::new(&SimConfig {
+        node_groups: vec![NodeGroup { count: nodes, free }],
+        start_delay: Duration::from_secs(2),
+        ready_delay: Duration::from_secs(3),
+    }))
+}
+
+/// Probe, reconcile, advance one second; until converged or `rounds` run out. Calls
+/// `each` after every pass.
+async fn drive(
+    c: &Controller<Sim>,
+    s: &Valid<InstanceSet>,
+    rounds: usize,
+    mut each: impl FnMut(&Pass),
+) -> Pass {
+    let mut last = Pass::default();
+    for _ in 0..rounds {
+        c.probe_roles(s).await.unwrap();
+        last = c.reconcile(s).await.unwrap();
+        each(&last);
+        if last.converged {
+            return last;
+        }
+        c.backend().advance(Duration::from_secs(1));
+    }
+    last
+}
+
+async fn primaries(c: &Controller<Sim>, s: &InstanceSet) -> Vec<u32> {
+    let o = c.backend().observe(s).await.unwrap();
+    o.instances
+        .iter()
+        .filter(|i| i.role.as_deref() == Some("primary"))
+        .map(|i| i.ordinal)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fresh_set_converges_with_one_primary_and_then_costs_no_writes() {
+    let c = Controller::new(sim(5));
+    let s = set(
+        "{ranges: [{start: 0, end: 3}], discrete: [10]}",
+        "redis:7.2",
+        "",
+    );
+    let pass = drive(&c, &s, 30, |_| {}).await;
+    assert!(pass.converged, "{pass:?}");
+    assert_eq!(primaries(&c, &s).await.len(), 1);
+    let status = c.backend().status(&s).unwrap();
+    assert_eq!((status.replicas, status.ready_replicas), (5, 5));
+    let ordinals: Vec<u32> = status.instances.iter().map(|i| i.ordinal).collect();
+    assert_eq!(ordinals, [0, 1, 2, 3, 10]);
+    // Converged: further passes write nothing at all.
+    let before = c.backend().writes();
+    for _ in 0..3 {
+        c.probe_roles(&s).await.unwrap();
+        let pass = c.reconcile(&s).await.unwrap();
+        assert_eq!(pass.writes, 0);
+        assert!(pass.actions.is_empty());
+    }
+    assert_eq!(c.backend().writes(), before);
+}
+
+#[tokio::test]
+async fn an_image_update_rolls_replicas_first_then_switches_over() {
+    let c = Controller::new(sim(5));
+    let old = set("{ranges: [{start: 0, end: 2}]}", "redis:7.2", "");
+    assert!(drive(&c, &old, 30, |_| {}).await.converged);
+    let first_primary = primaries(&c, &old).await[0];
+    let new = set("{ranges: [{start: 0, end: 2}]}", "redis:7.4", "");
+    let mut order = Vec::new();
+    let mut most_unavailable = 0;
+    let sim = Arc::clone(c.backend());
+    let pass = drive(&c, &new, 60, |p| {
+        for a in &p.actions {
+            order.push(a.to_string());
+        }
+        let st = sim.status(&new).unwrap();
+        most_unavailable = most_unavailable.max(st.replicas - st.ready_replicas);
+    })
+    .await;
+    assert!(pass.converged, "{pass:?}");
+    assert!(
+        most_unavailable <= 1,
+        "maxUnavailable 1 was exceeded: {most_unavailable}"
+    );
+    let updates: Vec<&String> = order
+        .iter()
+        .filter(|a| a.starts_with("update-in-place") || a.starts_with("switchover"))
+        .collect();
+    let switch = updates
+        .iter()
+        .position(|a| a.starts_with("switchover"))
+        .expect("a switchover");
+    let old_primary_update = updates
+        .iter()
+        .position(|a| **a == format!("update-in-place {first_primary}"))
+        .unwrap();
+    assert!(switch < old_primary_update, "{updates:?}");
+    assert_eq!(
+        updates
+            .iter()
+            .filter(|a| a.starts_with("update-in-place"))
+            .count(),
+        3,
+        "{updates:?}"
+    );
+    assert_ne!(primaries(&c, &new).await, [first_primary]);
+}
+
+#[tokio::test]
+async fn a_failed_switchover_stops_the_rollout_before_the_primary() {
+    let c = Controller::new(sim(5));
+    let old = set("{ranges: [{start: 0, end: 2}]}", "redis:7.2", "");
+    assert!(drive(&c, &old, 30, |_| {}).await.converged);
+    let primary = primaries(&c, &old).await[0];
+    c.backend()
+        .fail_next_switchover(&old, "replica lags behind");
+    let new = set("{ranges: [{start: 0, end: 2}]}", "redis:7.4", "");
+    let pass = drive(&c, &new, 40, |_| {}).await;
+    assert!(!pass.converged);
+    assert!(
+        pass.blocked
+            .as_deref()
+            .unwrap_or_default()
+            .contains("replica lags behind"),
+        "{pass:?}"
+    );
+    let o = c.backend().observe(&new).await.unwrap();
+    let p = o.instances.iter().find(|i| i.ordinal == primary).unwrap();
+    assert_eq!(
+        p.revision,
+        Revision::of(&old.spec.template).revision,
+        "the primary must not be updated"
+    );
+    let degraded = c
+        .backend()
+        .status(&new)
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "Blocked")
+    );
+}
+
+#[tokio::test]
+async fn killed_instances_and_failed_nodes_are_rebuilt() {
+    let c = Controller::new(sim(6));
+    let s = set("{ranges: [{start: 0, end: 2}]}", "redis:7.2", "");
+    assert!(drive(&c, &s, 30, |_| {}).await.converged);
+    c.backend().kill(&s, 1);
+    assert!(drive(&c, &s, 30, |_| {}).await.converged);
+    let node = c.backend().node_of(&s, 2).unwrap();
+    c.backend().fail_node(&node);
+    assert!(drive(&c, &s, 30, |_| {}).await.converged);
+    assert_ne!(c.backend().node_of(&s, 2).unwrap(), node);
+}
+
+#[tokio::test]
+async fn scale_in_hands_the_primary_over_before_removing_it() {
+    let c = Controller::new(sim(5));
+    let s = set("{ranges: [{start: 0, end: 3}]}", "redis:7.2", "");
+    assert!(drive(&c, &s, 30, |_| {}).await.converged);
+    let primary = primaries(&c, &s).await[0];
+    let rest: Vec<String> = (0..4)
+        .filter(|&o| o != primary)
+        .map(|o| o.to_string())
+        .collect();
+    let smaller = set(
+        &format!("{{discrete: [{}]}}", rest.join(", ")),
+        "redis:7.2",
+        "",
+    );
+    let mut saw = Vec::new();
+    assert!(
+        drive(&c, &smaller, 30, |p| saw
+            .extend(p.actions.iter().map(ToString::to_string)))
+        .await
+        .converged
+    );
+    let switch = saw
+        .iter()
+        .position(|a| a.starts_with(&format!("switchover primary {primary}->")))
+        .unwrap();
+    let delete = saw
+        .iter()
+        .position(|a| *a == format!("delete {primary}"))
+        .unwrap();
+    assert!(switch < delete, "{saw:?}");
+    assert_eq!(primaries(&c, &smaller).await.len(), 1);
+}
+
+#[tokio::test]
+async fn one_instance_per_node_keeps_instances_apart() {
+    let c = Controller::new(sim(3));
+    let s = set(
+        "{ranges: [{start: 0, end: 3}]}",
+        "redis:7.2",
+        "  maxInstancesPerNode: 1\n",
+    );
+    let pass = drive(&c, &s, 20, |_| {}).await;
+    assert!(
+        !pass.converged,
+        "4 instances cannot fit 3 nodes at one per node"
+    );
+    let nodes: std::collections::BTreeSet<String> =
+        (0..4).filter_map(|o| c.backend().node_of(&s, o)).collect();
+    assert_eq!(nodes.len(), 3);
+}
