@@ -504,7 +504,7 @@ fn trim_to_policy(p: &Placement, members: &mut [Member<'_>], notes: &mut Vec<Str
         if m.kept.len() as u32 > m.policy_max {
             let extra = m.kept.split_off(m.policy_max as usize);
             notes.push(format!(
-                "cluster {}: {} instances exceed {}; ordinals {} move",
+                "cluster {}: {} instances exceed {}; ordinals {} leave it",
                 m.name,
                 extra.len(),
                 m.policy_max_why,
@@ -534,7 +534,7 @@ fn trim_to_policy(p: &Placement, members: &mut [Member<'_>], notes: &mut Vec<Str
             };
             let gone = std::mem::take(&mut m.kept);
             notes.push(format!(
-                "placement.maxClusters is {max}: cluster {}'s {} instances (ordinals {}) move",
+                "placement.maxClusters is {max}: cluster {}'s {} instances (ordinals {}) leave it",
                 m.name,
                 gone.len(),
                 display_list(&gone)
@@ -573,7 +573,7 @@ fn trim_to_policy(p: &Placement, members: &mut [Member<'_>], notes: &mut Vec<Str
                 let gone = std::mem::take(&mut m.kept);
                 if !gone.is_empty() {
                     notes.push(format!(
-                        "placement.spread[{ci}].maxGroups is {max}: cluster {} ({}={value})'s {} instances (ordinals {}) move",
+                        "placement.spread[{ci}].maxGroups is {max}: cluster {} ({}={value})'s {} instances (ordinals {}) leave it",
                         m.name,
                         c.by_label,
                         gone.len(),

@@ -492,7 +492,7 @@ fn lowered_limits_move_the_excess() {
     assert!(
         has_message(
             &q,
-            "cluster a: 1 instances exceed placement.perCluster.a.max 1; ordinals 1 move"
+            "cluster a: 1 instances exceed placement.perCluster.a.max 1; ordinals 1 leave it"
         ),
         "{:?}",
         q.messages
