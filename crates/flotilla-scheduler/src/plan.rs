@@ -190,31 +190,19 @@ fn plan_on(
         .map(|(c, index)| member(c, index.as_ref(), p, replicas, &requests))
         .collect();
     note_unknown_names(p, &members, &mut notes);
-    for m in &members {
-        if !m.eligible() {
-            if !m
-                .why_not
-                .iter()
-                .all(|w| w.starts_with("not in placement.clusterAffinity.clusterNames"))
-            {
-                notes.push(format!(
-                    "cluster {}: {}; it gets no new instances",
-                    m.name,
-                    m.why_not.join("; ")
-                ));
-            }
-        } else if m.estimate.instances == 0 {
-            let why = match &m.estimate.short_of {
-                Some((res, need)) => format!("short of {res} (one instance needs {need})"),
-                None => "no node group has a free node".to_string(),
-            };
-            notes.push(format!(
-                "cluster {}: no room for one instance: {why}",
-                m.name
-            ));
-        }
+    // Ineligible clusters that held instances are explained with those instances.
+    let held: BTreeSet<&str> = previous
+        .into_iter()
+        .flat_map(|prev| &prev.placement)
+        .filter(|c| !c.ordinals.is_empty())
+        .map(|c| c.cluster.as_str())
+        .collect();
+    for m in members
+        .iter()
+        .filter(|m| !held.contains(m.name) || m.eligible())
+    {
+        note_eligibility(m, &mut notes);
     }
-
     if let Some(prev) = previous {
         take_previous(prev, &space, p.failover.policy, &mut members, &mut notes)?;
     }
@@ -279,6 +267,32 @@ fn plan_on(
         unschedulable,
         messages: notes,
     })
+}
+
+/// Says why a cluster gets nothing new, or has no room at all.
+fn note_eligibility(m: &Member<'_>, notes: &mut Vec<String>) {
+    if !m.eligible() {
+        if !m
+            .why_not
+            .iter()
+            .all(|w| w.starts_with("not in placement.clusterAffinity.clusterNames"))
+        {
+            notes.push(format!(
+                "cluster {}: {}; it gets no new instances",
+                m.name,
+                m.why_not.join("; ")
+            ));
+        }
+    } else if m.estimate.instances == 0 {
+        let why = match &m.estimate.short_of {
+            Some((res, need)) => format!("short of {res} (one instance needs {need})"),
+            None => "no node group has a free node".to_string(),
+        };
+        notes.push(format!(
+            "cluster {}: no room for one instance: {why}",
+            m.name
+        ));
+    }
 }
 
 /// How `cluster` stands for this set.
