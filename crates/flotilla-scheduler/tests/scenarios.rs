@@ -433,6 +433,11 @@ fn not_ready_clusters_keep_their_instances_unless_failover_says_move() {
         "{:?}",
         kept.messages
     );
+    assert!(
+        !has_message(&kept, "it gets no new instances"),
+        "explained twice: {:?}",
+        kept.messages
+    );
     // Scale-up while b is lost: new instances go to a only.
     check(&set(8, ""), &lost, Some(&p), "a=0-2, 6-7 b=3-5");
     // Scale-down while b is lost takes from b first: it is furthest above its target of 0.
