@@ -3,6 +3,8 @@
 //! Every cargo command it runs gets `PROTOC` pointing at the protoc vendored by the
 //! `protoc-bin-vendored` crate, so no machine needs a system protoc.
 
+mod crdgen;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,10 +14,13 @@ const HELP: &str = "\
 cargo xtask <task>
 
 tasks:
-  test         format check, clippy (warnings denied), then every test in the workspace
+  test         format check, clippy (warnings denied), the CRDs are current, then every
+               test in the workspace
   lint         format check and clippy only
   bench        criterion benchmarks (`cargo xtask bench -- <criterion args>`)
   run -- ARGS  build and run the flotilla binary with ARGS
+  crdgen       write deploy/crds/ from the API types; `crdgen --check` (also run by
+               `test`) fails when the committed files are stale
 ";
 
 fn main() -> Result<()> {
@@ -25,8 +30,11 @@ fn main() -> Result<()> {
     match task.as_str() {
         "test" => {
             lint()?;
+            crdgen::check(&crds())?;
             test()
         }
+        "crdgen" if rest.iter().any(|a| a == "--check") => crdgen::check(&crds()),
+        "crdgen" => crdgen::write(&crds()),
         "lint" => lint(),
         "bench" => cargo(&["bench", "--workspace"], &rest),
         "run" => cargo(&["run", "--quiet", "--package", "flotilla", "--"], &rest),
@@ -77,6 +85,11 @@ fn cargo(args: &[&str], rest: &[String]) -> Result<()> {
 
 fn protoc() -> Result<PathBuf> {
     protoc_bin_vendored::protoc_bin_path().context("locating the vendored protoc")
+}
+
+/// Where the generated CRDs are committed.
+fn crds() -> PathBuf {
+    root().join("deploy").join("crds")
 }
 
 fn root() -> PathBuf {

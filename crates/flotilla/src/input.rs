@@ -11,6 +11,8 @@ use flotilla_api::Invalid;
 pub enum CliError {
     /// The input is wrong (exit 2): every problem, attributed to its file.
     Input { file: String, problems: Vec<String> },
+    /// The command was used wrongly (exit 2).
+    Usage(String),
     /// Something else failed (exit 1).
     Failed(anyhow::Error),
 }
@@ -18,7 +20,7 @@ pub enum CliError {
 impl CliError {
     pub fn code(&self) -> u8 {
         match self {
-            CliError::Input { .. } => 2,
+            CliError::Input { .. } | CliError::Usage(_) => 2,
             CliError::Failed(_) => 1,
         }
     }
@@ -48,6 +50,7 @@ impl fmt::Display for CliError {
                 }
                 Ok(())
             }
+            CliError::Usage(message) => write!(f, "error: {message}"),
             CliError::Failed(e) => write!(f, "error: {e:#}"),
         }
     }

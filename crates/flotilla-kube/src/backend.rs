@@ -1,0 +1,494 @@
+//! [`KubeBackend`]: `flotilla_member::Backend` over the Kubernetes API.
+//!
+//! ```text
+//!   observe       GET pods?labelSelector=flotilla.io/set=<set>, GET persistentvolumeclaims?…
+//!   Create        POST pod            (409 AlreadyExists → Unchanged)
+//!   CreateVolume  POST pvc            (409 AlreadyExists → Unchanged)
+//!   UpdateInPlace GET pod, PATCH strategic merge of images/labels/annotations (equal → Unchanged)
+//!   SetRole       GET pod, PATCH merge of the role label and version annotations (equal → Unchanged)
+//!   Recreate, Delete, DeleteVolume    DELETE (404 → Unchanged)
+//!   Switchover    Redis REPLICAOF on the pods' IPs (already switched → Unchanged)
+//!   write_status  server-side apply of /status, manager `flotilla` (equal → no request)
+//!   probe_role    Redis ROLE on <podIP>:<roleProbe.redis.port>, or an exec probe's
+//!                 command through the pods/exec subresource
+//!   capacity      GET nodes, GET pods (all namespaces, not terminated)
+//! ```
+//!
+//! Every write names its end state, so repeating one is harmless, and each says whether
+//! it changed anything: a converged set costs two list requests and no write.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_api::object::API_VERSION;
+use flotilla_api::set::{RedisProbe, RoleProbe};
+use flotilla_api::{CapacityModel, InstanceSet, InstanceSetSpec, InstanceSetStatus, Kind as _};
+use flotilla_instanceset::{Action, Observed, instance_name, volume_name};
+use flotilla_member::{Applied, Backend, redis};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use kube::Client;
+use kube::api::{
+    Api, AttachParams, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::capacity;
+use crate::error::{Error, Result, chain, status_code};
+use crate::objects::{self, FIELD_MANAGER, namespace, selector};
+use crate::resource;
+
+/// A Kubernetes member cluster, through one client.
+#[derive(Clone)]
+pub struct KubeBackend {
+    client: Client,
+    /// This process's role epoch (see [`objects::ROLE_EPOCH_ANNOTATION`]).
+    epoch: String,
+}
+
+impl fmt::Debug for KubeBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeBackend")
+            .field("default_namespace", &self.client.default_namespace())
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
+impl KubeBackend {
+    /// A backend over `client`, with a fresh role epoch (the start time in nanoseconds:
+    /// a restarted agent gets a new one).
+    pub fn new(client: Client) -> KubeBackend {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        KubeBackend::with_epoch(client, nanos.to_string())
+    }
+
+    /// A backend with a given role epoch (tests use a fixed one).
+    pub fn with_epoch(client: Client, epoch: impl Into<String>) -> KubeBackend {
+        KubeBackend {
+            client,
+            epoch: epoch.into(),
+        }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn api<K>(&self, set: &InstanceSet) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), namespace(set))
+    }
+
+    async fn list<K>(&self, set: &InstanceSet) -> Result<Vec<K>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let what = format!(
+            "listing {} of InstanceSet {}",
+            K::plural(&Default::default()),
+            objects::set_key(set)
+        );
+        let list = self
+            .api::<K>(set)
+            .list(&ListParams::default().labels(&selector(set)))
+            .await
+            .map_err(Error::kube(what))?;
+        Ok(list.items)
+    }
+
+    /// Creates `object`; an existing object of that name is its end state already.
+    async fn create<K>(&self, set: &InstanceSet, object: &K) -> Result<Applied>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match self
+            .api::<K>(set)
+            .create(&PostParams::default(), object)
+            .await
+        {
+            Ok(_) => Ok(Applied::Wrote),
+            Err(e) if status_code(&e) == Some(409) => Ok(Applied::Unchanged),
+            Err(e) => Err(Error::kube(format!(
+                "creating {} {}/{}",
+                K::kind(&Default::default()),
+                namespace(set),
+                object.meta().name.as_deref().unwrap_or_default()
+            ))(e)),
+        }
+    }
+
+    /// Deletes `name`; a missing object is its end state already.
+    async fn delete<K>(&self, set: &InstanceSet, name: &str) -> Result<Applied>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match self
+            .api::<K>(set)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(Applied::Wrote),
+            Err(e) if status_code(&e) == Some(404) => Ok(Applied::Unchanged),
+            Err(e) => Err(Error::kube(format!(
+                "deleting {} {}/{name}",
+                K::kind(&Default::default()),
+                namespace(set)
+            ))(e)),
+        }
+    }
+
+    async fn get_pod(&self, set: &InstanceSet, ordinal: u32) -> Result<Option<Pod>> {
+        let name = instance_name(set.name(), ordinal);
+        self.api::<Pod>(set)
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube(format!(
+                "reading pod {}/{name}",
+                namespace(set)
+            )))
+    }
+
+    async fn patch_pod(
+        &self,
+        set: &InstanceSet,
+        ordinal: u32,
+        patch: Patch<serde_json::Value>,
+    ) -> Result<Applied> {
+        let name = instance_name(set.name(), ordinal);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        match self.api::<Pod>(set).patch(&name, &params, &patch).await {
+            Ok(_) => Ok(Applied::Wrote),
+            // Deleted between the read and the patch: nothing left to change.
+            Err(e) if status_code(&e) == Some(404) => Ok(Applied::Unchanged),
+            Err(e) => Err(Error::kube(format!(
+                "patching pod {}/{name}",
+                namespace(set)
+            ))(e)),
+        }
+    }
+
+    /// Applies one planned action (everything but a switchover).
+    async fn apply_write(&self, set: &InstanceSet, action: &Action) -> Result<Applied> {
+        match action {
+            Action::CreateVolume { ordinal, claim } => {
+                let Some(template) = set
+                    .spec
+                    .volume_claim_templates
+                    .iter()
+                    .find(|t| t.metadata.name.as_deref() == Some(claim.as_str()))
+                else {
+                    // The template went away since planning; the next pass will not ask.
+                    return Ok(Applied::Unchanged);
+                };
+                self.create(set, &objects::claim(set, template, *ordinal)?)
+                    .await
+            }
+            Action::Create { ordinal } => self.create(set, &objects::pod(set, *ordinal)?).await,
+            Action::UpdateInPlace { ordinal } => {
+                let Some(pod) = self.get_pod(set, *ordinal).await? else {
+                    return Ok(Applied::Unchanged);
+                };
+                match objects::in_place_patch(set, *ordinal, &pod) {
+                    Some(patch) => self.patch_pod(set, *ordinal, Patch::Strategic(patch)).await,
+                    None => Ok(Applied::Unchanged),
+                }
+            }
+            Action::SetRole {
+                ordinal,
+                role,
+                version,
+            } => {
+                let Some(pod) = self.get_pod(set, *ordinal).await? else {
+                    return Ok(Applied::Unchanged);
+                };
+                match objects::role_patch(&pod, role.as_deref(), *version, &self.epoch) {
+                    Some(patch) => self.patch_pod(set, *ordinal, Patch::Merge(patch)).await,
+                    None => Ok(Applied::Unchanged),
+                }
+            }
+            Action::Recreate { ordinal, .. } | Action::Delete { ordinal } => {
+                self.delete::<Pod>(set, &instance_name(set.name(), *ordinal))
+                    .await
+            }
+            Action::DeleteVolume { ordinal, claim } => {
+                self.delete::<PersistentVolumeClaim>(set, &volume_name(claim, set.name(), *ordinal))
+                    .await
+            }
+            // `apply` sends switchovers to Redis; none reaches the API server.
+            Action::Switchover { .. } => Err(Error::Unsupported(
+                "switchovers go to the instances, not to the API server".into(),
+            )),
+        }
+    }
+
+    /// Makes `to` the Redis primary and points every other instance of the set at it.
+    async fn switchover(&self, set: &InstanceSet, from: u32, to: u32) -> Result<Applied, String> {
+        let (redis, timeout) = redis_probe(set).ok_or_else(|| {
+            format!(
+                "InstanceSet {} has no spec.roleProbe.redis; the Kubernetes backend switches over Redis only",
+                objects::set_key(set)
+            )
+        })?;
+        let pods = self.list::<Pod>(set).await.map_err(|e| e.chain())?;
+        let addr_of = |ordinal: u32| -> Option<String> {
+            pods.iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .find(|p| objects::instance(p, "").is_some_and(|i| i.ordinal == ordinal))
+                .and_then(|p| pod_addr(p, redis.port))
+        };
+        let primary =
+            addr_of(to).ok_or_else(|| Error::NoPodIp(instance_name(set.name(), to)).to_string())?;
+        // Already done (a repeated pass): the new primary says so and the old one does not.
+        if redis::role(&primary, timeout).await.ok().as_deref() == Some("master") {
+            let old = match addr_of(from) {
+                Some(addr) => redis::role(&addr, timeout).await.ok(),
+                None => None,
+            };
+            if old.as_deref() != Some("master") {
+                return Ok(Applied::Unchanged);
+            }
+        }
+        let replicas: Vec<String> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| objects::instance(p, "").is_some_and(|i| i.ordinal != to))
+            .filter_map(|p| pod_addr(p, redis.port))
+            .collect();
+        let replicas: Vec<&str> = replicas.iter().map(String::as_str).collect();
+        redis::switchover(&primary, &replicas, timeout)
+            .await
+            .map_err(|e| chain(&e))?;
+        Ok(Applied::Wrote)
+    }
+
+    async fn probe(
+        &self,
+        set: &InstanceSet,
+        ordinal: u32,
+    ) -> flotilla_member::Result<Option<String>> {
+        let instance = instance_name(set.name(), ordinal);
+        let failed = |reason: String| flotilla_member::Error::Probe {
+            instance: format!("{}/{instance}", namespace(set)),
+            reason,
+        };
+        let probe = set
+            .spec
+            .role_probe
+            .as_ref()
+            .ok_or_else(|| failed("the set has no spec.roleProbe".into()))?;
+        let timeout = Duration::from_secs(u64::from(probe.timeout_seconds.max(1)));
+        if probe.redis.is_none() {
+            return match &probe.exec {
+                Some(exec) => self
+                    .exec_role(set, ordinal, &exec.command, timeout)
+                    .await
+                    .map_err(failed),
+                None => Err(failed("spec.roleProbe names no probe".into())),
+            };
+        }
+        let Some((redis, timeout)) = redis_probe(set) else {
+            return Err(failed("spec.roleProbe names no probe".into()));
+        };
+        let pod = self
+            .get_pod(set, ordinal)
+            .await
+            .map_err(|e| failed(e.chain()))?
+            .ok_or_else(|| failed(Error::NoPod(instance.clone()).to_string()))?;
+        let addr = pod_addr(&pod, redis.port)
+            .ok_or_else(|| failed(Error::NoPodIp(instance.clone()).to_string()))?;
+        let answer = redis::role(&addr, timeout).await?;
+        Ok(Some(redis::map_role(&answer, &redis.role_map)))
+    }
+
+    /// Runs an exec probe's command in the pod's first container (through the API
+    /// server's exec subresource); its trimmed standard output is the role, empty
+    /// output no role. A non-zero exit or no answer within `timeout` is a failure.
+    async fn exec_role(
+        &self,
+        set: &InstanceSet,
+        ordinal: u32,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<Option<String>, String> {
+        use tokio::io::AsyncReadExt as _;
+        let name = instance_name(set.name(), ordinal);
+        let mut params = AttachParams::default()
+            .stdin(false)
+            .stdout(true)
+            .stderr(false);
+        if let Some(c) = set
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+        {
+            params = params.container(c.name.clone());
+        }
+        let run = async {
+            let mut process = self
+                .api::<Pod>(set)
+                .exec(&name, command.to_vec(), &params)
+                .await
+                .map_err(|e| {
+                    Error::kube(format!("exec in pod {}/{name}", namespace(set)))(e).chain()
+                })?;
+            let status = process.take_status();
+            let mut out = String::new();
+            if let Some(mut stdout) = process.stdout() {
+                stdout
+                    .read_to_string(&mut out)
+                    .await
+                    .map_err(|e| format!("reading the command's output: {e}"))?;
+            }
+            let status = match status {
+                Some(status) => status.await,
+                None => None,
+            };
+            process
+                .join()
+                .await
+                .map_err(|e| format!("finishing the exec: {e}"))?;
+            match status {
+                Some(s) if s.status.as_deref() == Some("Failure") => Err(format!(
+                    "the command failed: {}",
+                    s.message.unwrap_or_default()
+                )),
+                _ => Ok(out),
+            }
+        };
+        let out = tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))??;
+        let role = out.trim();
+        Ok((!role.is_empty()).then(|| role.to_string()))
+    }
+
+    async fn status(&self, set: &InstanceSet, status: &InstanceSetStatus) -> Result<Applied> {
+        if set.status.as_ref() == Some(status) {
+            return Ok(Applied::Unchanged);
+        }
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            namespace(set),
+            &resource::instance_sets(),
+        );
+        let body = json!({
+            "apiVersion": API_VERSION,
+            "kind": InstanceSetSpec::KIND,
+            "status": status,
+        });
+        api.patch_status(
+            set.name(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "writing the status of InstanceSet {}",
+            objects::set_key(set)
+        )))?;
+        Ok(Applied::Wrote)
+    }
+
+    async fn free(&self) -> Result<CapacityModel> {
+        let nodes = Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::kube("listing nodes"))?;
+        let pods = Api::<Pod>::all(self.client.clone())
+            .list(&ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"))
+            .await
+            .map_err(Error::kube("listing pods of every namespace"))?;
+        Ok(capacity::model(&nodes.items, &pods.items))
+    }
+}
+
+/// The Redis probe and its timeout, when the set probes Redis.
+fn redis_probe(set: &InstanceSet) -> Option<(&RedisProbe, Duration)> {
+    let probe: &RoleProbe = set.spec.role_probe.as_ref()?;
+    let redis = probe.redis.as_ref()?;
+    Some((
+        redis,
+        Duration::from_secs(u64::from(probe.timeout_seconds.max(1))),
+    ))
+}
+
+/// `<podIP>:<port>`, once the pod has an IP.
+fn pod_addr(pod: &Pod, port: u16) -> Option<String> {
+    let ip = pod.status.as_ref()?.pod_ip.as_deref()?;
+    Some(if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    })
+}
+
+impl Backend for KubeBackend {
+    async fn observe(&self, set: &InstanceSet) -> flotilla_member::Result<Observed> {
+        let pods = self.list::<Pod>(set).await?;
+        let claims = self.list::<PersistentVolumeClaim>(set).await?;
+        Ok(Observed {
+            instances: pods
+                .iter()
+                .filter_map(|p| objects::instance(p, &self.epoch))
+                .collect(),
+            volumes: claims.iter().filter_map(objects::volume).collect(),
+            last_switchover: None,
+        })
+    }
+
+    async fn apply(&self, set: &InstanceSet, action: &Action) -> flotilla_member::Result<Applied> {
+        match action {
+            Action::Switchover { from, to, .. } => self
+                .switchover(set, *from, *to)
+                .await
+                .map_err(flotilla_member::Error::Switchover),
+            _ => Ok(self.apply_write(set, action).await?),
+        }
+    }
+
+    async fn write_status(
+        &self,
+        set: &InstanceSet,
+        status: &InstanceSetStatus,
+    ) -> flotilla_member::Result<Applied> {
+        Ok(self.status(set, status).await?)
+    }
+
+    async fn probe_role(
+        &self,
+        set: &InstanceSet,
+        ordinal: u32,
+    ) -> flotilla_member::Result<Option<String>> {
+        self.probe(set, ordinal).await
+    }
+
+    async fn capacity(&self) -> flotilla_member::Result<CapacityModel> {
+        Ok(self.free().await?)
+    }
+}

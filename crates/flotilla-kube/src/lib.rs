@@ -1,0 +1,51 @@
+//! The Kubernetes member backend: `flotilla_member::Backend` over kube-rs.
+//!
+//! ```text
+//!   InstanceSet (CRD, flotilla.io/v1alpha1) ──▶ Controller (flotilla-member)
+//!        ▲ status (server-side apply)              │ prepare (pure) → Actions
+//!        │                                          ▼
+//!   KubeBackend ◀── observe: Pods + PVCs by label ── apply: create/patch/delete
+//!        │ Redis ROLE / REPLICAOF on pod IPs       capacity: Nodes − Pod requests
+//! ```
+//!
+//! - [`objects`]: the Pod and PVCs of an ordinal, what listed objects tell the planner,
+//!   and the patches, all pure.
+//! - [`capacity`]: the member's capacity model from Nodes and Pods, pure.
+//! - [`backend`]: [`KubeBackend`], the requests.
+//! - [`resource`]: InstanceSets as dynamic objects of the CRD.
+//! - [`standalone`]: the agent loop that runs the controller for every InstanceSet in
+//!   the cluster (`flotilla agent --standalone`).
+//!
+//! This is the only crate of the workspace (with `xtask`) that knows kube. Its unit
+//! tests and `tests/mock_api.rs` run against a mock API server (`tower_test`), never a
+//! real one; `tests/cluster.rs` holds `#[ignore = "needs cluster"]` tests that run
+//! against whatever `KUBECONFIG` points at.
+
+pub mod backend;
+pub mod capacity;
+mod error;
+pub mod objects;
+pub mod resource;
+pub mod standalone;
+
+pub use backend::KubeBackend;
+pub use error::{Error, Result};
+
+/// A client from a kubeconfig file, or, without one, from the environment (in-cluster
+/// service account, then `KUBECONFIG` / `~/.kube/config`).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let loading = |source| Error::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(loading)?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(loading)?
+        }
+        None => kube::Config::infer().await.map_err(Error::InferConfig)?,
+    };
+    kube::Client::try_from(config).map_err(Error::kube("building a Kubernetes client"))
+}

@@ -1,0 +1,643 @@
+//! The Kubernetes objects of an InstanceSet, as pure functions: the Pod and PVCs an
+//! ordinal becomes, what a listed Pod or PVC tells the planner, and the patches of an
+//! in-place update or a role change.
+//!
+//! ```text
+//!   InstanceSet + ordinal ──pod()/claim()──▶ Pod `<set>-<ordinal>`, PVC `<claim>-<set>-<ordinal>`
+//!   listed Pod / PVC ──instance()/volume()──▶ flotilla_instanceset::{Instance, Volume}
+//!   InstanceSet + Pod ──in_place_patch()──▶ strategic merge patch, or None when current
+//! ```
+//!
+//! Everything here is a plain function of its inputs so that the exact objects the
+//! backend sends can be unit-tested without an API server.
+//!
+//! # Dispersion
+//! Kubernetes has no "at most N pods of a set per node" rule, so:
+//! - `maxInstancesPerNode: 1` → a *required* pod anti-affinity on `flotilla.io/set`
+//!   over `kubernetes.io/hostname`: exact.
+//! - `maxInstancesPerNode: N > 1` → a topology spread constraint over
+//!   `kubernetes.io/hostname` with `maxSkew: N`, `whenUnsatisfiable: DoNotSchedule` and
+//!   `minDomains` = the slice's size. A pod may land on a node only if that node's count
+//!   of the set plus one is at most N above the emptiest eligible node's count. With
+//!   `minDomains` at the slice's size, the emptiest count is 0 whenever it matters
+//!   (fewer eligible nodes than instances make the scheduler treat it as 0; at least as
+//!   many nodes as instances leave one empty), so the bound is exactly N per node.
+//! - Always → a *preferred* pod anti-affinity (weight 100) on `flotilla.io/set`, so the
+//!   scheduler fills nodes without the set first. Roles are not known when a pod is
+//!   created (they are probed later, and affinity cannot change on a running pod), so
+//!   "different roles of one set never share a node when possible" is obtained by
+//!   keeping *all* instances of the set apart when possible.
+
+use std::collections::BTreeMap;
+
+use flotilla_api::object::API_VERSION;
+use flotilla_api::set::Retention;
+use flotilla_api::{InstanceSet, Kind as _};
+use flotilla_instanceset::{Instance, Phase, Revision, Volume, instance_name, volume_name};
+use k8s_openapi::api::core::v1::{
+    Container, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm,
+    PodSpec, TopologySpreadConstraint, Volume as PodVolume, WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+
+/// Every pod and PVC of a set carries the set's name here; the backend lists by it.
+pub const SET_LABEL: &str = "flotilla.io/set";
+/// The instance's ordinal.
+pub const ORDINAL_LABEL: &str = "flotilla.io/ordinal";
+/// The template revision a pod was made from (see `flotilla_instanceset::Revision`).
+pub const REVISION_LABEL: &str = "flotilla.io/revision";
+/// The template shape a pod was made from: same shape, update in place.
+pub const SHAPE_LABEL: &str = "flotilla.io/shape";
+/// The probed role, once known.
+pub const ROLE_LABEL: &str = "flotilla.io/role";
+/// On PVCs: the volume claim template's name.
+pub const CLAIM_LABEL: &str = "flotilla.io/claim";
+/// The probe-result version the role label was set from.
+pub const ROLE_VERSION_ANNOTATION: &str = "flotilla.io/role-version";
+/// Which agent process the role version counts in. Probe versions come from one
+/// counter per controller, which restarts at 0 with the agent; a version written by
+/// another process is older than every probe this one takes, so it is read as 0.
+pub const ROLE_EPOCH_ANNOTATION: &str = "flotilla.io/role-epoch";
+/// The field manager of every write (server-side apply of status included).
+pub const FIELD_MANAGER: &str = "flotilla";
+/// The node topology key.
+pub const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
+
+/// The set's namespace (`default` when unset).
+pub fn namespace(set: &InstanceSet) -> &str {
+    set.namespace().unwrap_or("default")
+}
+
+/// `<namespace>/<name>` of the set, for messages.
+pub fn set_key(set: &InstanceSet) -> String {
+    format!("{}/{}", namespace(set), set.name())
+}
+
+/// The label selector of every object of `set`.
+pub fn selector(set: &InstanceSet) -> String {
+    format!("{SET_LABEL}={}", set.name())
+}
+
+/// The reference that makes `set` the controller of a pod (or PVC).
+pub fn owner_reference(set: &InstanceSet) -> Result<OwnerReference> {
+    let uid = set
+        .metadata
+        .uid
+        .clone()
+        .ok_or_else(|| Error::NoUid(set_key(set)))?;
+    Ok(OwnerReference {
+        api_version: API_VERSION.to_string(),
+        kind: flotilla_api::InstanceSetSpec::KIND.to_string(),
+        name: set.name().to_string(),
+        uid,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+/// The labels every object of one instance carries.
+fn identity_labels(set: &InstanceSet, ordinal: u32) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (SET_LABEL.to_string(), set.name().to_string()),
+        (ORDINAL_LABEL.to_string(), ordinal.to_string()),
+    ])
+}
+
+/// The labels a pod of the current template carries (the template's, then Flotilla's,
+/// which win).
+fn pod_labels(set: &InstanceSet, ordinal: u32, revision: &Revision) -> BTreeMap<String, String> {
+    let mut labels = set
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.extend(identity_labels(set, ordinal));
+    labels.insert(REVISION_LABEL.to_string(), revision.revision.clone());
+    labels.insert(SHAPE_LABEL.to_string(), revision.shape.clone());
+    labels
+}
+
+fn template_annotations(set: &InstanceSet) -> BTreeMap<String, String> {
+    set.spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default()
+}
+
+/// The pod `<set>-<ordinal>`: the template, its hostname, its volumes, Flotilla's
+/// labels, placement rules, and the set as its controlling owner.
+pub fn pod(set: &InstanceSet, ordinal: u32) -> Result<Pod> {
+    let name = instance_name(set.name(), ordinal);
+    let revision = Revision::of(&set.spec.template);
+    let annotations = template_annotations(set);
+    let mut spec = set.spec.template.spec.clone().unwrap_or_default();
+    spec.hostname = Some(name.clone());
+    mount_claims(set, ordinal, &mut spec);
+    place(set, &mut spec);
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace(set).to_string()),
+            labels: Some(pod_labels(set, ordinal, &revision)),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references: Some(vec![owner_reference(set)?]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+/// Mounts every claim template's PVC as a volume named after the claim, replacing a
+/// template volume of the same name (as a StatefulSet does).
+fn mount_claims(set: &InstanceSet, ordinal: u32, spec: &mut PodSpec) {
+    let volumes = spec.volumes.get_or_insert_default();
+    for claim in claim_names(set) {
+        let volume = PodVolume {
+            name: claim.to_string(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: volume_name(claim, set.name(), ordinal),
+                read_only: None,
+            }),
+            ..PodVolume::default()
+        };
+        match volumes.iter_mut().find(|v| v.name == claim) {
+            Some(v) => *v = volume,
+            None => volumes.push(volume),
+        }
+    }
+    if volumes.is_empty() {
+        spec.volumes = None;
+    }
+}
+
+fn claim_names(set: &InstanceSet) -> impl Iterator<Item = &str> {
+    set.spec
+        .volume_claim_templates
+        .iter()
+        .filter_map(|c| c.metadata.name.as_deref())
+}
+
+/// Adds the dispersion rules described in the module documentation to the template's
+/// own affinity and spread constraints.
+fn place(set: &InstanceSet, spec: &mut PodSpec) {
+    let same_set = LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            SET_LABEL.to_string(),
+            set.name().to_string(),
+        )])),
+        match_expressions: None,
+    };
+    let term = PodAffinityTerm {
+        label_selector: Some(same_set.clone()),
+        topology_key: HOSTNAME_TOPOLOGY.to_string(),
+        ..PodAffinityTerm::default()
+    };
+    let anti = spec
+        .affinity
+        .get_or_insert_default()
+        .pod_anti_affinity
+        .get_or_insert_default();
+    anti.preferred_during_scheduling_ignored_during_execution
+        .get_or_insert_default()
+        .push(WeightedPodAffinityTerm {
+            weight: 100,
+            pod_affinity_term: term.clone(),
+        });
+    match set.spec.max_instances_per_node {
+        Some(1) => anti
+            .required_during_scheduling_ignored_during_execution
+            .get_or_insert_default()
+            .push(term),
+        Some(n) => {
+            let slice = set.spec.ordinals.to_vec().len().max(1);
+            spec.topology_spread_constraints
+                .get_or_insert_default()
+                .push(TopologySpreadConstraint {
+                    label_selector: Some(same_set),
+                    max_skew: i32::try_from(n).unwrap_or(i32::MAX),
+                    min_domains: Some(i32::try_from(slice).unwrap_or(i32::MAX)),
+                    topology_key: HOSTNAME_TOPOLOGY.to_string(),
+                    when_unsatisfiable: "DoNotSchedule".to_string(),
+                    ..TopologySpreadConstraint::default()
+                });
+        }
+        None => {}
+    }
+}
+
+/// The PVC `<claim>-<set>-<ordinal>` from one volume claim template. Owned by the set
+/// only when the retention policy deletes volumes with the set, so that Kubernetes'
+/// garbage collector does it (as a StatefulSet's `whenDeleted: Delete` does).
+pub fn claim(
+    set: &InstanceSet,
+    template: &PersistentVolumeClaim,
+    ordinal: u32,
+) -> Result<PersistentVolumeClaim> {
+    let claim = template.metadata.name.as_deref().unwrap_or_default();
+    let mut labels = template.metadata.labels.clone().unwrap_or_default();
+    labels.extend(identity_labels(set, ordinal));
+    labels.insert(CLAIM_LABEL.to_string(), claim.to_string());
+    let owned = set
+        .spec
+        .persistent_volume_claim_retention_policy
+        .when_deleted
+        == Retention::Delete;
+    Ok(PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(volume_name(claim, set.name(), ordinal)),
+            namespace: Some(namespace(set).to_string()),
+            labels: Some(labels),
+            annotations: template.metadata.annotations.clone(),
+            owner_references: if owned {
+                Some(vec![owner_reference(set)?])
+            } else {
+                None
+            },
+            ..ObjectMeta::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    })
+}
+
+fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// What a listed pod tells the planner; `None` for a pod without a valid ordinal label
+/// (not one of ours). `epoch` is this process's role epoch (see
+/// [`ROLE_EPOCH_ANNOTATION`]).
+pub fn instance(pod: &Pod, epoch: &str) -> Option<Instance> {
+    let meta = &pod.metadata;
+    let ordinal = label(meta, ORDINAL_LABEL)?.parse().ok()?;
+    let status = pod.status.as_ref();
+    let phase = match status.and_then(|s| s.phase.as_deref()) {
+        Some("Running") => Phase::Running,
+        // A pod that exited for good never runs again: recreate it.
+        Some("Failed" | "Succeeded") => Phase::Failed,
+        // Pending, Unknown (node not reporting) or not reported yet.
+        _ => Phase::Pending,
+    };
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let same_epoch = annotation(meta, ROLE_EPOCH_ANNOTATION) == Some(epoch);
+    let role_version = annotation(meta, ROLE_VERSION_ANNOTATION)
+        .filter(|_| same_epoch)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Some(Instance {
+        ordinal,
+        revision: label(meta, REVISION_LABEL).unwrap_or_default().to_string(),
+        shape: label(meta, SHAPE_LABEL).unwrap_or_default().to_string(),
+        phase,
+        ready,
+        deleting: meta.deletion_timestamp.is_some(),
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        role: label(meta, ROLE_LABEL).map(str::to_string),
+        role_version,
+        probe: None,
+    })
+}
+
+/// What a listed PVC tells the planner; `None` without claim and ordinal labels.
+pub fn volume(pvc: &PersistentVolumeClaim) -> Option<Volume> {
+    let meta = &pvc.metadata;
+    Some(Volume {
+        claim: label(meta, CLAIM_LABEL)?.to_string(),
+        ordinal: label(meta, ORDINAL_LABEL)?.parse().ok()?,
+        deleting: meta.deletion_timestamp.is_some(),
+    })
+}
+
+/// The strategic merge patch that brings `pod` to the set's current template in place
+/// (images, labels, annotations), or `None` when it already matches. Labels and
+/// annotations are added or changed, never removed: the pod does not record which of
+/// its labels came from the template, and other controllers may have added their own.
+pub fn in_place_patch(set: &InstanceSet, ordinal: u32, pod: &Pod) -> Option<Value> {
+    let revision = Revision::of(&set.spec.template);
+    let meta = &pod.metadata;
+    let changed = |want: BTreeMap<String, String>, have: Option<&BTreeMap<String, String>>| {
+        want.into_iter()
+            .filter(|(k, v)| have.and_then(|h| h.get(k)) != Some(v))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let labels = changed(pod_labels(set, ordinal, &revision), meta.labels.as_ref());
+    let annotations = changed(template_annotations(set), meta.annotations.as_ref());
+    let template = set.spec.template.spec.as_ref();
+    let running = pod.spec.as_ref();
+    let containers = image_changes(
+        template.map(|t| t.containers.as_slice()),
+        running.map(|r| r.containers.as_slice()),
+    );
+    let init = image_changes(
+        template.and_then(|t| t.init_containers.as_deref()),
+        running.and_then(|r| r.init_containers.as_deref()),
+    );
+    if labels.is_empty() && annotations.is_empty() && containers.is_empty() && init.is_empty() {
+        return None;
+    }
+    let mut patch = json!({});
+    if !labels.is_empty() {
+        patch["metadata"]["labels"] = json!(labels);
+    }
+    if !annotations.is_empty() {
+        patch["metadata"]["annotations"] = json!(annotations);
+    }
+    if !containers.is_empty() {
+        patch["spec"]["containers"] = Value::Array(containers);
+    }
+    if !init.is_empty() {
+        patch["spec"]["initContainers"] = Value::Array(init);
+    }
+    Some(patch)
+}
+
+/// `{name, image}` for every template container whose image differs from the running
+/// container of the same name (strategic merge patches merge containers by name).
+fn image_changes(template: Option<&[Container]>, running: Option<&[Container]>) -> Vec<Value> {
+    template
+        .unwrap_or_default()
+        .iter()
+        .filter(|want| {
+            running
+                .unwrap_or_default()
+                .iter()
+                .find(|have| have.name == want.name)
+                .is_none_or(|have| have.image != want.image)
+        })
+        .filter_map(|want| {
+            want.image
+                .as_ref()
+                .map(|image| json!({"name": want.name, "image": image}))
+        })
+        .collect()
+}
+
+/// The JSON merge patch that sets (or, with `None`, removes) the role label and records
+/// the probe version and epoch it comes from; `None` when the pod already says so.
+pub fn role_patch(pod: &Pod, role: Option<&str>, version: u64, epoch: &str) -> Option<Value> {
+    let meta = &pod.metadata;
+    let version = version.to_string();
+    let current = label(meta, ROLE_LABEL) == role
+        && annotation(meta, ROLE_VERSION_ANNOTATION) == Some(version.as_str())
+        && annotation(meta, ROLE_EPOCH_ANNOTATION) == Some(epoch);
+    (!current).then(|| {
+        json!({
+            "metadata": {
+                "labels": { ROLE_LABEL: role },
+                "annotations": {
+                    ROLE_VERSION_ANNOTATION: version,
+                    ROLE_EPOCH_ANNOTATION: epoch,
+                },
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_api::InstanceSetSpec;
+    use flotilla_api::ordinals::{OrdinalRange, Ordinals};
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus, PodTemplateSpec};
+
+    use super::*;
+
+    fn set(max_per_node: Option<u32>) -> InstanceSet {
+        let mut set = InstanceSet::new(
+            "redis",
+            InstanceSetSpec {
+                ordinals: Ordinals {
+                    ranges: vec![OrdinalRange { start: 0, end: 2 }],
+                    discrete: vec![7],
+                },
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(BTreeMap::from([("app".into(), "redis".into())])),
+                        annotations: Some(BTreeMap::from([("team".into(), "cache".into())])),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "redis".into(),
+                            image: Some("redis:7.2".into()),
+                            ..Container::default()
+                        }],
+                        volumes: Some(vec![PodVolume {
+                            name: "data".into(),
+                            empty_dir: Some(Default::default()),
+                            ..PodVolume::default()
+                        }]),
+                        ..PodSpec::default()
+                    }),
+                },
+                volume_claim_templates: vec![PersistentVolumeClaim {
+                    metadata: ObjectMeta {
+                        name: Some("data".into()),
+                        ..ObjectMeta::default()
+                    },
+                    ..PersistentVolumeClaim::default()
+                }],
+                max_instances_per_node: max_per_node,
+                ..InstanceSetSpec::default()
+            },
+        );
+        set.metadata.namespace = Some("cache".into());
+        set.metadata.uid = Some("uid-1".into());
+        set
+    }
+
+    #[test]
+    fn a_pod_is_named_labelled_owned_and_mounts_its_claims() {
+        let set = set(None);
+        let pod = pod(&set, 7).unwrap();
+        let meta = &pod.metadata;
+        assert_eq!(meta.name.as_deref(), Some("redis-7"));
+        assert_eq!(meta.namespace.as_deref(), Some("cache"));
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels["app"], "redis");
+        assert_eq!(labels[SET_LABEL], "redis");
+        assert_eq!(labels[ORDINAL_LABEL], "7");
+        let rev = Revision::of(&set.spec.template);
+        assert_eq!(labels[REVISION_LABEL], rev.revision);
+        assert_eq!(labels[SHAPE_LABEL], rev.shape);
+        assert!(!labels.contains_key(ROLE_LABEL));
+        assert_eq!(meta.annotations.as_ref().unwrap()["team"], "cache");
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("InstanceSet", "redis", "uid-1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("redis-7"));
+        let volumes = spec.volumes.unwrap();
+        assert_eq!(volumes.len(), 1, "the claim replaces the template's volume");
+        assert_eq!(
+            volumes[0]
+                .persistent_volume_claim
+                .as_ref()
+                .unwrap()
+                .claim_name,
+            "data-redis-7"
+        );
+    }
+
+    #[test]
+    fn a_set_without_uid_cannot_own_pods() {
+        let mut set = set(None);
+        set.metadata.uid = None;
+        assert!(matches!(pod(&set, 0), Err(Error::NoUid(k)) if k == "cache/redis"));
+    }
+
+    #[test]
+    fn one_per_node_is_required_anti_affinity() {
+        let spec = pod(&set(Some(1)), 0).unwrap().spec.unwrap();
+        let anti = spec.affinity.unwrap().pod_anti_affinity.unwrap();
+        let required = anti
+            .required_during_scheduling_ignored_during_execution
+            .unwrap();
+        assert_eq!(required.len(), 1);
+        assert_eq!(required[0].topology_key, HOSTNAME_TOPOLOGY);
+        assert_eq!(
+            required[0].label_selector.as_ref().unwrap().match_labels,
+            Some(BTreeMap::from([(SET_LABEL.into(), "redis".into())]))
+        );
+        assert!(spec.topology_spread_constraints.is_none());
+    }
+
+    #[test]
+    fn more_per_node_is_an_exact_spread_constraint_and_a_preference() {
+        let spec = pod(&set(Some(3)), 0).unwrap().spec.unwrap();
+        let anti = spec.affinity.unwrap().pod_anti_affinity.unwrap();
+        assert!(
+            anti.required_during_scheduling_ignored_during_execution
+                .is_none()
+        );
+        assert_eq!(
+            anti.preferred_during_scheduling_ignored_during_execution
+                .unwrap()[0]
+                .weight,
+            100
+        );
+        let spread = &spec.topology_spread_constraints.unwrap()[0];
+        assert_eq!(spread.max_skew, 3);
+        assert_eq!(spread.min_domains, Some(4), "the slice has 4 ordinals");
+        assert_eq!(spread.when_unsatisfiable, "DoNotSchedule");
+    }
+
+    #[test]
+    fn claims_are_labelled_and_owned_only_when_deleted_with_the_set() {
+        let mut set = set(None);
+        let template = set.spec.volume_claim_templates[0].clone();
+        let pvc = claim(&set, &template, 2).unwrap();
+        assert_eq!(pvc.metadata.name.as_deref(), Some("data-redis-2"));
+        let labels = pvc.metadata.labels.as_ref().unwrap();
+        assert_eq!(
+            (
+                labels[SET_LABEL].as_str(),
+                labels[ORDINAL_LABEL].as_str(),
+                labels[CLAIM_LABEL].as_str()
+            ),
+            ("redis", "2", "data")
+        );
+        assert!(pvc.metadata.owner_references.is_none());
+        assert_eq!(
+            volume(&pvc),
+            Some(Volume {
+                claim: "data".into(),
+                ordinal: 2,
+                deleting: false
+            })
+        );
+        set.spec
+            .persistent_volume_claim_retention_policy
+            .when_deleted = Retention::Delete;
+        assert!(
+            claim(&set, &template, 2)
+                .unwrap()
+                .metadata
+                .owner_references
+                .is_some()
+        );
+    }
+
+    fn running(mut pod: Pod, ready: bool) -> Pod {
+        pod.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        });
+        pod
+    }
+
+    #[test]
+    fn a_listed_pod_becomes_an_instance() {
+        let set = set(None);
+        let mut pod = running(pod(&set, 1).unwrap(), true);
+        pod.spec.as_mut().unwrap().node_name = Some("n1".into());
+        let patch = role_patch(&pod, Some("primary"), 9, "e1").unwrap();
+        assert_eq!(
+            patch["metadata"]["labels"][ROLE_LABEL],
+            json!("primary"),
+            "{patch}"
+        );
+        pod.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(ROLE_LABEL.into(), "primary".into());
+        pod.metadata.annotations.as_mut().unwrap().extend([
+            (ROLE_VERSION_ANNOTATION.to_string(), "9".to_string()),
+            (ROLE_EPOCH_ANNOTATION.to_string(), "e1".to_string()),
+        ]);
+        assert_eq!(role_patch(&pod, Some("primary"), 9, "e1"), None);
+        let inst = instance(&pod, "e1").unwrap();
+        assert_eq!(inst.ordinal, 1);
+        assert_eq!(inst.phase, Phase::Running);
+        assert!(inst.ready);
+        assert_eq!(inst.node.as_deref(), Some("n1"));
+        assert_eq!(inst.role.as_deref(), Some("primary"));
+        assert_eq!(inst.role_version, 9);
+        assert_eq!(inst.revision, Revision::of(&set.spec.template).revision);
+        assert_eq!(
+            instance(&pod, "e2").unwrap().role_version,
+            0,
+            "a version from another agent process is older than any of ours"
+        );
+    }
+
+    #[test]
+    fn an_in_place_patch_changes_only_what_differs() {
+        let old = set(None);
+        let pod = running(pod(&old, 0).unwrap(), true);
+        assert_eq!(in_place_patch(&old, 0, &pod), None);
+        let mut new = old.clone();
+        new.spec.template.spec.as_mut().unwrap().containers[0].image = Some("redis:7.4".into());
+        let rev = Revision::of(&new.spec.template);
+        let patch = in_place_patch(&new, 0, &pod).unwrap();
+        assert_eq!(
+            patch,
+            json!({
+                "metadata": {"labels": {REVISION_LABEL: rev.revision}},
+                "spec": {"containers": [{"name": "redis", "image": "redis:7.4"}]},
+            })
+        );
+    }
+}

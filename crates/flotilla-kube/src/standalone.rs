@@ -1,0 +1,362 @@
+//! The standalone agent: the member's InstanceSet controller for every InstanceSet in
+//! one cluster, with no federation (`flotilla agent --standalone`).
+//!
+//! ```text
+//!   watch InstanceSets ─┐
+//!   watch Pods with a   ├─▶ kube-runtime Controller ──▶ reconcile(set):
+//!   flotilla.io/set     │     (one set at a time,         probe roles if periodSeconds passed
+//!   label (owner → set) ┘      requeue on a period)       flotilla_member::Controller::reconcile
+//! ```
+//!
+//! kube-runtime's controller does the scheduling: a set is reconciled when it changes,
+//! when one of its pods changes (through the pods' owner references), and again after
+//! the requeue delay: the role probe period when the set has a role probe, a short
+//! delay while it has not converged, and [`Options::resync`] otherwise. It never runs
+//! two reconciles of the same set at once. Shutdown is graceful: no new reconcile
+//! starts, and those in flight get [`Options::shutdown_grace`] to finish.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla_api::status::{Condition, InstanceSetStatus};
+use flotilla_api::{InstanceSet, validate};
+use flotilla_member::{Backend as _, Controller};
+use futures::{FutureExt as _, StreamExt as _};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::controller::{Action as Requeue, Controller as Runtime};
+use kube::runtime::watcher;
+
+use crate::backend::KubeBackend;
+use crate::error::{Error, Result, chain};
+use crate::objects::{self, SET_LABEL};
+use crate::resource;
+
+/// How the standalone agent runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Reconcile a converged set at least this often.
+    pub resync: Duration,
+    /// Reconcile a set that has not converged again after this long (pod events
+    /// usually come sooner).
+    pub retry: Duration,
+    /// After shutdown is asked for, reconciles in flight get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            namespace: None,
+            resync: Duration::from_secs(60),
+            retry: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What every reconcile shares.
+struct Context {
+    controller: Controller<KubeBackend>,
+    options: Options,
+    /// When each set's roles were last probed, by `<namespace>/<name>`.
+    probed: Mutex<HashMap<String, Instant>>,
+}
+
+impl Context {
+    /// Whether `set`'s roles are due for a probe; marks them probed now if so.
+    fn probe_due(&self, key: &str, period: Duration) -> bool {
+        let mut probed = self
+            .probed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        match probed.get(key) {
+            Some(last) if now.duration_since(*last) < period => false,
+            _ => {
+                probed.insert(key.to_string(), now);
+                true
+            }
+        }
+    }
+}
+
+/// Runs the controller for every InstanceSet until `shutdown` resolves.
+pub async fn run(
+    client: kube::Client,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<()> {
+    let kind = resource::instance_sets();
+    let (sets, pods): (Api<DynamicObject>, Api<Pod>) = match &options.namespace {
+        Some(ns) => (
+            Api::namespaced_with(client.clone(), ns, &kind),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all_with(client.clone(), &kind),
+            Api::all(client.clone()),
+        ),
+    };
+    let grace = options.shutdown_grace;
+    let context = Arc::new(Context {
+        controller: Controller::new(Arc::new(KubeBackend::new(client))),
+        options,
+        probed: Mutex::new(HashMap::new()),
+    });
+    let runtime = Runtime::new_with(sets, watcher::Config::default(), kind)
+        .owns(pods, watcher::Config::default().labels(SET_LABEL));
+    let store = runtime.store();
+    let graceful = shutdown.shared();
+    // kube-runtime's graceful shutdown waits for the first list of InstanceSets, which
+    // never comes while the API server is unreachable; and a reconcile may hang on an
+    // instance. So shutdown is forced: at once when nothing was ever listed (nothing
+    // can be in flight), else after the grace period.
+    let forced = {
+        let graceful = graceful.clone();
+        async move {
+            graceful.await;
+            if store.wait_until_ready().now_or_never().is_none() {
+                return;
+            }
+            tokio::time::sleep(grace).await;
+            tracing::warn!(
+                ?grace,
+                "reconciles did not finish within the grace period; stopping"
+            );
+        }
+    };
+    runtime
+        .graceful_shutdown_on(graceful)
+        .run(reconcile, error_policy, context)
+        .take_until(forced)
+        .for_each(|result| async move {
+            match result {
+                Ok((set, _)) => tracing::debug!(set = %set, "reconciled"),
+                Err(e) => tracing::warn!(error = %chain(&e), "reconcile failed"),
+            }
+        })
+        .await;
+    Ok(())
+}
+
+/// One pass over one set: decode, validate, probe roles when due, reconcile.
+async fn reconcile(object: Arc<DynamicObject>, context: Arc<Context>) -> Result<Requeue> {
+    let set = resource::decode(&object)?;
+    let key = objects::set_key(&set);
+    if set.metadata.deletion_timestamp.is_some() {
+        // Its pods go with it (owner references); nothing to do but forget it.
+        context.controller.forget(&set).await;
+        return Ok(Requeue::await_change());
+    }
+    let period = set
+        .spec
+        .role_probe
+        .as_ref()
+        .map(|p| Duration::from_secs(u64::from(p.period_seconds.max(1))));
+    let set = match validate::instance_set(set.clone()) {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            tracing::warn!(set = %key, %invalid, "invalid InstanceSet; not reconciling it");
+            report_invalid(&context, &set, &invalid.to_string()).await?;
+            return Ok(Requeue::await_change());
+        }
+    };
+    if let Some(period) = period
+        && context.probe_due(&key, period)
+        && let Err(e) = context.controller.probe_roles(&set).await
+    {
+        tracing::warn!(set = %key, error = %e, "role probes failed");
+    }
+    let pass = context
+        .controller
+        .reconcile(&set)
+        .await
+        .map_err(|source| Error::Reconcile {
+            set: key.clone(),
+            source,
+        })?;
+    if !pass.actions.is_empty() || pass.blocked.is_some() {
+        tracing::info!(
+            set = %key,
+            actions = %pass.actions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            writes = pass.writes,
+            blocked = pass.blocked.as_deref().unwrap_or(""),
+            "reconciled"
+        );
+    }
+    let options = &context.options;
+    let next = if pass.converged {
+        options.resync
+    } else {
+        options.retry
+    };
+    Ok(Requeue::requeue(period.map_or(next, |p| p.min(next))))
+}
+
+/// Says in the set's status why it is not reconciled.
+async fn report_invalid(context: &Context, set: &InstanceSet, why: &str) -> Result<()> {
+    let status = InstanceSetStatus {
+        observed_generation: set.metadata.generation,
+        conditions: vec![Condition {
+            type_: "Degraded".into(),
+            status: "True".into(),
+            reason: "Invalid".into(),
+            message: why.to_string(),
+            last_transition_time: None,
+        }],
+        ..set.status.clone().unwrap_or_default()
+    };
+    context
+        .controller
+        .backend()
+        .write_status(set, &status)
+        .await
+        .map_err(|source| Error::Reconcile {
+            set: objects::set_key(set),
+            source,
+        })?;
+    Ok(())
+}
+
+fn error_policy(_: Arc<DynamicObject>, error: &Error, context: Arc<Context>) -> Requeue {
+    tracing::warn!(error = %error.chain(), "reconcile failed; retrying");
+    Requeue::requeue(context.options.retry)
+}
+
+#[cfg(test)]
+mod tests {
+    //! `reconcile` against a mock API server (`tower_test`), not a real one.
+
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn context() -> (Arc<Context>, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let context = Context {
+            controller: Controller::new(Arc::new(KubeBackend::with_epoch(client, "t"))),
+            options: Options::default(),
+            probed: Mutex::new(HashMap::new()),
+        };
+        (Arc::new(context), handle)
+    }
+
+    fn object(ordinals: Value) -> Arc<DynamicObject> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "flotilla.io/v1alpha1",
+                "kind": "InstanceSet",
+                "metadata": {"name": "redis", "namespace": "cache", "uid": "u", "generation": 2},
+                "spec": {
+                    "ordinals": ordinals,
+                    "template": {"spec": {"containers": [{"name": "redis", "image": "redis:7"}]}},
+                    "roleProbe": {"redis": {"port": 6379}, "periodSeconds": 7},
+                },
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn reply(body: Value) -> Response<Body> {
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    /// Answers one list of the set's pods or PVCs with no items.
+    async fn empty_list(handle: &mut Handle, path: &str) {
+        let (request, send) = handle.next_request().await.expect("a list");
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri().path(), path);
+        send.send_response(reply(
+            json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []}),
+        ));
+    }
+
+    /// Answers the status apply, returning the status sent.
+    async fn status_apply(handle: &mut Handle) -> Value {
+        let (request, send) = handle.next_request().await.expect("a status apply");
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(
+            request.uri().path(),
+            "/apis/flotilla.io/v1alpha1/namespaces/cache/instancesets/redis/status"
+        );
+        let body: Value =
+            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        send.send_response(reply(json!({
+            "apiVersion": "flotilla.io/v1alpha1", "kind": "InstanceSet",
+            "metadata": {"name": "redis", "namespace": "cache"},
+        })));
+        body["status"].clone()
+    }
+
+    const PODS: &str = "/api/v1/namespaces/cache/pods";
+    const PVCS: &str = "/api/v1/namespaces/cache/persistentvolumeclaims";
+
+    #[tokio::test]
+    async fn an_invalid_set_is_reported_in_its_status_and_waits_for_a_change() {
+        let (context, mut handle) = context();
+        let server = tokio::spawn(async move {
+            let status = status_apply(&mut handle).await;
+            assert_eq!(status["observedGeneration"], 2);
+            let condition = &status["conditions"][0];
+            assert_eq!(condition["type"], "Degraded");
+            assert_eq!(condition["reason"], "Invalid");
+            let message = condition["message"].as_str().unwrap();
+            assert!(message.contains("spec.ordinals.ranges[0]"), "{message}");
+        });
+        let requeue = reconcile(object(json!({"ranges": [{"start": 5, "end": 2}]})), context)
+            .await
+            .unwrap();
+        server.await.unwrap();
+        assert_eq!(requeue, Requeue::await_change());
+    }
+
+    #[tokio::test]
+    async fn roles_are_probed_once_per_period_and_the_set_requeued_at_it() {
+        let (context, mut handle) = context();
+        let server = tokio::spawn(async move {
+            // First pass: the probe's observe, the reconcile's observe, the status.
+            for path in [PODS, PVCS, PODS, PVCS] {
+                empty_list(&mut handle, path).await;
+            }
+            status_apply(&mut handle).await;
+            // Second pass, right after: no probe due, status unchanged: two lists only.
+            for path in [PODS, PVCS] {
+                empty_list(&mut handle, path).await;
+            }
+        });
+        let set = object(json!({}));
+        let first = reconcile(set.clone(), context.clone()).await.unwrap();
+        let second = reconcile(set, context).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), server)
+            .await
+            .expect("every expected request came")
+            .unwrap();
+        assert_eq!(first, Requeue::requeue(Duration::from_secs(7)));
+        assert_eq!(second, Requeue::requeue(Duration::from_secs(7)));
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_prompt_when_the_api_server_never_answered() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        drop(handle); // every request fails: no InstanceSet is ever listed
+        let client = kube::Client::new(service, "default");
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(5),
+            run(client, Options::default(), std::future::ready(())),
+        )
+        .await;
+        assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
+    }
+}

@@ -1,0 +1,962 @@
+//! The Kubernetes backend against a **mock** API server, the way kube-rs tests itself
+//! (`tower_test::mock::pair`, a `Scenario` per test, `kube::Client::new(mock, ns)`).
+//!
+//! No Kubernetes runs here. Each scenario states the exact requests a reconcile must
+//! make, in order (method, path, query, content type, and the parts of the body that
+//! matter) and answers them as an API server would. When a scenario ends it drops its
+//! end of the mock, so any request it did not expect fails the pass, and so the test.
+//! What a real API server does with these requests is checked only by the
+//! `#[ignore = "needs cluster"]` tests in `cluster.rs`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_api::ordinals::{OrdinalRange, Ordinals};
+use flotilla_api::{InstanceSet, InstanceSetSpec, Valid, validate};
+use flotilla_instanceset::{Action, Observed, Revision, prepare};
+use flotilla_kube::KubeBackend;
+use flotilla_kube::objects::{
+    self, CLAIM_LABEL, ORDINAL_LABEL, REVISION_LABEL, ROLE_EPOCH_ANNOTATION, ROLE_LABEL,
+    ROLE_VERSION_ANNOTATION, SET_LABEL, SHAPE_LABEL,
+};
+use flotilla_member::{Applied, Backend, Controller};
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::{
+    Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodCondition, PodSpec,
+    PodStatus, PodTemplateSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+const NS: &str = "cache";
+const PODS: &str = "/api/v1/namespaces/cache/pods";
+const PVCS: &str = "/api/v1/namespaces/cache/persistentvolumeclaims";
+const STATUS: &str = "/apis/flotilla.io/v1alpha1/namespaces/cache/instancesets/redis/status";
+const BY_SET: &str = "labelSelector=flotilla.io%2Fset%3Dredis";
+
+// ---------------------------------------------------------------------------------------
+// Test data: a chainable set builder and pods as the API server would return them.
+// ---------------------------------------------------------------------------------------
+
+/// An InstanceSet `cache/redis` with explicit ordinal ranges and discrete ordinals.
+#[derive(Clone)]
+struct Set(InstanceSet);
+
+impl Set {
+    /// Ordinals 0-1 and 5, image `redis:7.2`, one claim template `data`.
+    fn test() -> Set {
+        let mut set = InstanceSet::new(
+            "redis",
+            InstanceSetSpec {
+                ordinals: Ordinals {
+                    ranges: vec![OrdinalRange { start: 0, end: 1 }],
+                    discrete: vec![5],
+                },
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(BTreeMap::from([("app".into(), "redis".into())])),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "redis".into(),
+                            image: Some("redis:7.2".into()),
+                            ..Container::default()
+                        }],
+                        ..PodSpec::default()
+                    }),
+                },
+                volume_claim_templates: vec![PersistentVolumeClaim {
+                    metadata: ObjectMeta {
+                        name: Some("data".into()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(PersistentVolumeClaimSpec {
+                        access_modes: Some(vec!["ReadWriteOnce".into()]),
+                        ..PersistentVolumeClaimSpec::default()
+                    }),
+                    ..PersistentVolumeClaim::default()
+                }],
+                ..InstanceSetSpec::default()
+            },
+        );
+        set.metadata.namespace = Some(NS.into());
+        set.metadata.uid = Some("0000-set-uid".into());
+        set.metadata.generation = Some(1);
+        Set(set)
+    }
+
+    fn ordinals(mut self, ranges: &[(u32, u32)], discrete: &[u32]) -> Set {
+        self.0.spec.ordinals = Ordinals {
+            ranges: ranges
+                .iter()
+                .map(|&(start, end)| OrdinalRange { start, end })
+                .collect(),
+            discrete: discrete.to_vec(),
+        };
+        self
+    }
+
+    fn image(mut self, image: &str) -> Set {
+        self.0.spec.template.spec.as_mut().unwrap().containers[0].image = Some(image.into());
+        self
+    }
+
+    /// Running, ready pods of every ordinal in `ordinals`, made from this set's
+    /// template.
+    fn running_pods(&self, ordinals: &[u32]) -> Vec<Pod> {
+        ordinals
+            .iter()
+            .map(|&o| ready(objects::pod(&self.0, o).unwrap(), o))
+            .collect()
+    }
+
+    fn claims(&self, ordinals: &[u32]) -> Vec<PersistentVolumeClaim> {
+        let template = &self.0.spec.volume_claim_templates[0];
+        ordinals
+            .iter()
+            .map(|&o| objects::claim(&self.0, template, o).unwrap())
+            .collect()
+    }
+
+    /// With the status a pass would compute for `observed`, as if already written.
+    fn status_for(mut self, pods: &[Pod], claims: &[PersistentVolumeClaim]) -> Set {
+        let observed = observed(pods, claims);
+        self.0.status = Some(prepare(&self.valid(), &observed).status);
+        self
+    }
+
+    fn valid(&self) -> Valid<InstanceSet> {
+        validate::instance_set(self.0.clone()).expect("the test set is valid")
+    }
+}
+
+fn ready(mut pod: Pod, ordinal: u32) -> Pod {
+    pod.metadata.uid = Some(format!("pod-uid-{ordinal}"));
+    pod.spec.as_mut().unwrap().node_name = Some(format!("node-{ordinal}"));
+    pod.status = Some(PodStatus {
+        phase: Some("Running".into()),
+        pod_ip: Some(format!("10.0.0.{ordinal}")),
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            ..PodCondition::default()
+        }]),
+        ..PodStatus::default()
+    });
+    pod
+}
+
+fn observed(pods: &[Pod], claims: &[PersistentVolumeClaim]) -> Observed {
+    Observed {
+        instances: pods
+            .iter()
+            .filter_map(|p| objects::instance(p, "test"))
+            .collect(),
+        volumes: claims.iter().filter_map(objects::volume).collect(),
+        last_switchover: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The mock API server.
+// ---------------------------------------------------------------------------------------
+
+type ApiServerHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// The API server's side of the mock: each handler expects one request and answers it.
+struct ApiServerVerifier(ApiServerHandle);
+
+/// What a test expects of the backend, request by request.
+enum Scenario {
+    /// Nothing exists: every ordinal gets its PVC then its pod, then the status is
+    /// applied.
+    CreateMissing { ordinals: Vec<u32> },
+    /// Everything exists and is current, and the status says so: two lists, no write.
+    Converged {
+        pods: Vec<Pod>,
+        claims: Vec<PersistentVolumeClaim>,
+    },
+    /// The image changed: the highest ordinal is read and patched in place, then the
+    /// status is applied.
+    InPlaceImage {
+        pods: Vec<Pod>,
+        claims: Vec<PersistentVolumeClaim>,
+        ordinal: u32,
+        image: String,
+        revision: String,
+    },
+    /// An ordinal left the slice: its pod is deleted (its PVC is retained), then the
+    /// status is applied.
+    ScaleIn {
+        pods: Vec<Pod>,
+        claims: Vec<PersistentVolumeClaim>,
+        deleted: u32,
+    },
+    /// Writes whose end state already holds: a create answered 409, a delete answered
+    /// 404, and reads showing the pod already patched.
+    AlreadyDone { current: Pod },
+    /// A role label is patched with its probe version and epoch.
+    SetRole { pod: Pod },
+    /// Capacity: nodes and the pods that hold their resources.
+    Capacity,
+    /// A Redis switchover: the set's pods are listed (twice: the second attempt finds
+    /// it done).
+    Switchover { pods: Vec<Pod> },
+    /// A Redis role probe: the pod is read for its IP.
+    Probe { pod: Pod },
+}
+
+impl ApiServerVerifier {
+    /// Runs `scenario` to its end; await the handle (with a timeout) to know that every
+    /// expected request came.
+    fn run(self, scenario: Scenario) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            match scenario {
+                Scenario::CreateMissing { ordinals } => {
+                    let mut this = self.list(PODS, "PodList", Vec::<Pod>::new()).await;
+                    this = this
+                        .list(PVCS, "PersistentVolumeClaimList", Vec::<Pod>::new())
+                        .await;
+                    for o in ordinals {
+                        this = this.create_claim(o).await.create_pod(o).await;
+                    }
+                    this.apply_status(|status| {
+                        assert_eq!(status["replicas"], 0);
+                        assert_eq!(status["conditions"][0]["reason"], "NotAllReady");
+                    })
+                    .await
+                }
+                Scenario::Converged { pods, claims } => {
+                    self.list(PODS, "PodList", pods)
+                        .await
+                        .list(PVCS, "PersistentVolumeClaimList", claims)
+                        .await
+                }
+                Scenario::InPlaceImage {
+                    pods,
+                    claims,
+                    ordinal,
+                    image,
+                    revision,
+                } => {
+                    let pod = pods
+                        .iter()
+                        .find(|p| p.metadata.name.as_deref() == Some(&*format!("redis-{ordinal}")))
+                        .cloned()
+                        .unwrap();
+                    self.list(PODS, "PodList", pods)
+                        .await
+                        .list(PVCS, "PersistentVolumeClaimList", claims)
+                        .await
+                        .get(&format!("{PODS}/redis-{ordinal}"), json!(pod))
+                        .await
+                        .patch(
+                            &format!("{PODS}/redis-{ordinal}"),
+                            "application/strategic-merge-patch+json",
+                            json!({
+                                "metadata": {"labels": {REVISION_LABEL: revision}},
+                                "spec": {"containers": [{"name": "redis", "image": image}]},
+                            }),
+                        )
+                        .await
+                        .apply_status(|status| {
+                            assert_eq!(status["updatedReplicas"], 0, "{status}");
+                        })
+                        .await
+                }
+                Scenario::ScaleIn {
+                    pods,
+                    claims,
+                    deleted,
+                } => {
+                    let pod = pods
+                        .iter()
+                        .find(|p| p.metadata.name.as_deref() == Some(&*format!("redis-{deleted}")))
+                        .cloned()
+                        .unwrap();
+                    self.list(PODS, "PodList", pods)
+                        .await
+                        .list(PVCS, "PersistentVolumeClaimList", claims)
+                        .await
+                        .delete(
+                            &format!("{PODS}/redis-{deleted}"),
+                            StatusCode::OK,
+                            json!(pod),
+                        )
+                        .await
+                        .apply_status(|status| {
+                            assert_eq!(status["replicas"], 2, "{status}");
+                        })
+                        .await
+                }
+                Scenario::AlreadyDone { current } => {
+                    self.conflict(PODS)
+                        .await
+                        .conflict(PVCS)
+                        .await
+                        .delete(
+                            &format!("{PODS}/redis-9"),
+                            StatusCode::NOT_FOUND,
+                            status_body(404, "NotFound", "pods \"redis-9\" not found"),
+                        )
+                        .await
+                        .delete(
+                            &format!("{PVCS}/data-redis-9"),
+                            StatusCode::NOT_FOUND,
+                            status_body(404, "NotFound", "not found"),
+                        )
+                        .await
+                        .get(&format!("{PODS}/redis-0"), json!(current))
+                        .await
+                        .get(&format!("{PODS}/redis-0"), json!(current))
+                        .await
+                }
+                Scenario::SetRole { pod } => {
+                    self.get(&format!("{PODS}/redis-1"), json!(pod))
+                        .await
+                        .patch(
+                            &format!("{PODS}/redis-1"),
+                            "application/merge-patch+json",
+                            json!({"metadata": {
+                                "labels": {ROLE_LABEL: "primary"},
+                                "annotations": {
+                                    ROLE_VERSION_ANNOTATION: "7",
+                                    ROLE_EPOCH_ANNOTATION: "test",
+                                },
+                            }}),
+                        )
+                        .await
+                }
+                Scenario::Capacity => self.capacity().await,
+                Scenario::Switchover { pods } => {
+                    self.list(PODS, "PodList", pods.clone())
+                        .await
+                        .list(PODS, "PodList", pods)
+                        .await
+                }
+                Scenario::Probe { pod } => self.get(&format!("{PODS}/redis-1"), json!(pod)).await,
+            };
+            // `self` is dropped here: any further request fails.
+        })
+    }
+
+    async fn next(
+        &mut self,
+    ) -> (
+        Request<Body>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        self.0
+            .next_request()
+            .await
+            .expect("the backend made the request")
+    }
+
+    async fn list(mut self, path: &str, kind: &str, items: Vec<impl serde::Serialize>) -> Self {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri().path(), path);
+        assert_eq!(request.uri().query(), Some(&*format!("&{BY_SET}")));
+        send.send_response(ok(json!({
+            "apiVersion": "v1",
+            "kind": kind,
+            "metadata": {"resourceVersion": "100"},
+            "items": items,
+        })));
+        self
+    }
+
+    async fn get(mut self, path: &str, object: Value) -> Self {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri().path(), path);
+        send.send_response(ok(object));
+        self
+    }
+
+    /// A POST of a PVC `data-redis-<ordinal>`, checked and echoed back.
+    async fn create_claim(mut self, ordinal: u32) -> Self {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri().to_string(), format!("{PVCS}?"));
+        let body = body(request).await;
+        let meta = &body["metadata"];
+        assert_eq!(meta["name"], format!("data-redis-{ordinal}"));
+        assert_eq!(meta["namespace"], NS);
+        assert_eq!(meta["labels"][SET_LABEL], "redis");
+        assert_eq!(meta["labels"][ORDINAL_LABEL], ordinal.to_string());
+        assert_eq!(meta["labels"][CLAIM_LABEL], "data");
+        assert!(
+            meta.get("ownerReferences").is_none(),
+            "retained volumes are not owned by the set"
+        );
+        assert_eq!(body["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+        send.send_response(created(body));
+        self
+    }
+
+    /// A POST of the pod `redis-<ordinal>`, checked and echoed back.
+    async fn create_pod(mut self, ordinal: u32) -> Self {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri().to_string(), format!("{PODS}?"));
+        let body = body(request).await;
+        let name = format!("redis-{ordinal}");
+        let meta = &body["metadata"];
+        assert_eq!(meta["name"], name);
+        assert_eq!(meta["namespace"], NS);
+        let revision = Revision::of(&Set::test().0.spec.template);
+        assert_eq!(
+            meta["labels"],
+            json!({
+                "app": "redis",
+                SET_LABEL: "redis",
+                ORDINAL_LABEL: ordinal.to_string(),
+                REVISION_LABEL: revision.revision,
+                SHAPE_LABEL: revision.shape,
+            })
+        );
+        assert_eq!(
+            meta["ownerReferences"],
+            json!([{
+                "apiVersion": "flotilla.io/v1alpha1",
+                "kind": "InstanceSet",
+                "name": "redis",
+                "uid": "0000-set-uid",
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }])
+        );
+        let spec = &body["spec"];
+        assert_eq!(spec["hostname"], name);
+        assert_eq!(
+            spec["volumes"],
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": format!("data-redis-{ordinal}")}}])
+        );
+        assert_eq!(spec["containers"][0]["image"], "redis:7.2");
+        send.send_response(created(body));
+        self
+    }
+
+    async fn patch(mut self, path: &str, content_type: &str, expected: Value) -> Self {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(request.uri().path(), path);
+        assert_eq!(request.uri().query(), Some("&fieldManager=flotilla"));
+        assert_eq!(request.headers()["content-type"], content_type);
+        let body = body(request).await;
+        assert_eq!(body, expected);
+        send.send_response(ok(json!({"metadata": {"name": "patched"}})));
+        self
+    }
+
+    async fn delete(mut self, path: &str, code: StatusCode, answer: Value) -> Self {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::DELETE);
+        assert_eq!(request.uri().path(), path);
+        send.send_response(respond(code, answer));
+        self
+    }
+
+    async fn conflict(mut self, path: &str) -> Self {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri().path(), path);
+        send.send_response(respond(
+            StatusCode::CONFLICT,
+            status_body(409, "AlreadyExists", "already exists"),
+        ));
+        self
+    }
+
+    /// The server-side apply of the set's status; `check` looks at the status sent.
+    async fn apply_status(mut self, check: impl FnOnce(&Value)) -> Self {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(
+            request.uri().to_string(),
+            format!("{STATUS}?&force=true&fieldManager=flotilla")
+        );
+        assert_eq!(
+            request.headers()["content-type"],
+            "application/apply-patch+yaml"
+        );
+        let body = body(request).await;
+        assert_eq!(body["apiVersion"], "flotilla.io/v1alpha1");
+        assert_eq!(body["kind"], "InstanceSet");
+        assert_eq!(body["status"]["observedGeneration"], 1);
+        check(&body["status"]);
+        let mut object = json!(Set::test().0);
+        object["status"] = body["status"].clone();
+        send.send_response(ok(object));
+        self
+    }
+
+    async fn capacity(mut self) -> Self {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri().to_string(), "/api/v1/nodes?");
+        let ready = json!([{"type": "Ready", "status": "True"}]);
+        let node = |name: &str| {
+            json!({
+                "metadata": {"name": name},
+                "spec": {},
+                "status": {
+                    "allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+                    "conditions": ready,
+                },
+            })
+        };
+        send.send_response(ok(json!({
+            "apiVersion": "v1", "kind": "NodeList", "metadata": {},
+            "items": [node("n1"), node("n2"), node("n3")],
+        })));
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri().path(), "/api/v1/pods");
+        assert_eq!(
+            request.uri().query(),
+            Some("&fieldSelector=status.phase%21%3DSucceeded%2Cstatus.phase%21%3DFailed")
+        );
+        send.send_response(ok(json!({
+            "apiVersion": "v1", "kind": "PodList", "metadata": {},
+            "items": [{
+                "metadata": {"name": "x", "namespace": "a"},
+                "spec": {"nodeName": "n1", "containers": [{
+                    "name": "c", "resources": {"requests": {"cpu": "1", "memory": "4Gi"}},
+                }]},
+                "status": {"phase": "Running"},
+            }],
+        })));
+        self
+    }
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Status", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code,
+    })
+}
+
+fn respond(code: StatusCode, body: Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
+fn ok(body: Value) -> Response<Body> {
+    respond(StatusCode::OK, body)
+}
+
+fn created(body: Value) -> Response<Body> {
+    respond(StatusCode::CREATED, body)
+}
+
+async fn body(request: Request<Body>) -> Value {
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    serde_json::from_slice(&bytes).expect("the request body is JSON")
+}
+
+/// A backend on a fresh mock API server, and the server's side.
+fn testcontext() -> (KubeBackend, ApiServerVerifier) {
+    let (mock_service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(mock_service, "default");
+    (
+        KubeBackend::with_epoch(client, "test"),
+        ApiServerVerifier(handle),
+    )
+}
+
+async fn timeout_after_1s(handle: tokio::task::JoinHandle<()>) {
+    tokio::time::timeout(Duration::from_secs(1), handle)
+        .await
+        .expect("the scenario got every request it expected in time")
+        .expect("the scenario's assertions held");
+}
+
+// ---------------------------------------------------------------------------------------
+// A fake Redis: answers ROLE and REPLICAOF like Redis, and records what it was sent.
+// ---------------------------------------------------------------------------------------
+
+/// One fake Redis instance on `ip:port`.
+#[derive(Clone)]
+struct FakeRedis {
+    role: Arc<std::sync::Mutex<String>>,
+    commands: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeRedis {
+    async fn start(ip: &str, port: u16, role: &str) -> FakeRedis {
+        let listener = tokio::net::TcpListener::bind((ip, port))
+            .await
+            .expect("binding a loopback address");
+        let fake = FakeRedis {
+            role: Arc::new(std::sync::Mutex::new(role.into())),
+            commands: Arc::default(),
+        };
+        let this = fake.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let this = this.clone();
+                tokio::spawn(async move { this.serve(stream).await });
+            }
+        });
+        fake
+    }
+
+    async fn serve(&self, stream: tokio::net::TcpStream) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let mut stream = BufReader::new(stream);
+        let mut line = String::new();
+        stream.read_line(&mut line).await.unwrap();
+        let n: usize = line.trim_start_matches('*').trim().parse().unwrap();
+        let mut args = Vec::new();
+        for _ in 0..n {
+            line.clear();
+            stream.read_line(&mut line).await.unwrap(); // $len
+            line.clear();
+            stream.read_line(&mut line).await.unwrap();
+            args.push(line.trim_end().to_string());
+        }
+        let command = args.join(" ");
+        self.commands.lock().unwrap().push(command.clone());
+        let reply = if command == "ROLE" {
+            let role = self.role.lock().unwrap().clone();
+            format!("*1\r\n${}\r\n{role}\r\n", role.len())
+        } else if command == "REPLICAOF NO ONE" {
+            *self.role.lock().unwrap() = "master".into();
+            "+OK\r\n".to_string()
+        } else {
+            *self.role.lock().unwrap() = "slave".into();
+            "+OK\r\n".to_string()
+        };
+        stream.get_mut().write_all(reply.as_bytes()).await.unwrap();
+    }
+
+    fn commands(&self) -> Vec<String> {
+        self.commands.lock().unwrap().clone()
+    }
+}
+
+/// A port free on 127.0.0.1, to bind on other loopback addresses too.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A set whose pods answer Redis on 127.0.0.<ordinal + 1>:`port`.
+fn redis_set(port: u16) -> (Set, Vec<Pod>) {
+    let mut set = Set::test();
+    set.0.spec.roles = serde_json::from_value(json!([
+        {"name": "primary", "exclusive": true, "updatePriority": 2},
+        {"name": "secondary", "updatePriority": 1},
+    ]))
+    .unwrap();
+    set.0.spec.role_probe = Some(
+        serde_json::from_value(json!({
+            "redis": {"port": port, "roleMap": {"master": "primary", "slave": "secondary"}},
+        }))
+        .unwrap(),
+    );
+    let mut pods = set.running_pods(&[0, 1, 5]);
+    for (pod, ordinal) in pods.iter_mut().zip([0, 1, 5]) {
+        pod.status.as_mut().unwrap().pod_ip = Some(format!("127.0.0.{}", ordinal + 1));
+    }
+    (set, pods)
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_new_set_creates_a_claim_and_a_pod_for_every_ordinal() {
+    let (backend, server) = testcontext();
+    let server = server.run(Scenario::CreateMissing {
+        ordinals: vec![0, 1, 5],
+    });
+    let controller = Controller::new(Arc::new(backend));
+    let pass = controller.reconcile(&Set::test().valid()).await.unwrap();
+    timeout_after_1s(server).await;
+    assert_eq!(
+        pass.actions
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "create-volume data-0",
+            "create 0",
+            "create-volume data-1",
+            "create 1",
+            "create-volume data-5",
+            "create 5",
+        ]
+    );
+    assert_eq!(pass.writes, 7, "six creates and the status");
+}
+
+#[tokio::test]
+async fn a_converged_set_costs_two_lists_and_no_write() {
+    let (backend, server) = testcontext();
+    let set = Set::test();
+    let pods = set.running_pods(&[0, 1, 5]);
+    let claims = set.claims(&[0, 1, 5]);
+    let set = set.status_for(&pods, &claims);
+    let server = server.run(Scenario::Converged { pods, claims });
+    let controller = Controller::new(Arc::new(backend));
+    let pass = controller.reconcile(&set.valid()).await.unwrap();
+    timeout_after_1s(server).await;
+    assert!(pass.actions.is_empty(), "{:?}", pass.actions);
+    assert_eq!(pass.writes, 0);
+    assert!(pass.converged);
+}
+
+#[tokio::test]
+async fn a_new_image_is_patched_in_place_highest_ordinal_first() {
+    let (backend, server) = testcontext();
+    let old = Set::test();
+    let pods = old.running_pods(&[0, 1, 5]);
+    let claims = old.claims(&[0, 1, 5]);
+    let new = old.image("redis:7.4");
+    let revision = Revision::of(&new.0.spec.template).revision;
+    let server = server.run(Scenario::InPlaceImage {
+        pods,
+        claims,
+        ordinal: 5,
+        image: "redis:7.4".into(),
+        revision,
+    });
+    let controller = Controller::new(Arc::new(backend));
+    let pass = controller.reconcile(&new.valid()).await.unwrap();
+    timeout_after_1s(server).await;
+    assert_eq!(pass.actions, [Action::UpdateInPlace { ordinal: 5 }]);
+    assert_eq!(pass.writes, 2, "the patch and the status");
+}
+
+#[tokio::test]
+async fn an_ordinal_leaving_the_slice_deletes_its_pod_and_keeps_its_claim() {
+    let (backend, server) = testcontext();
+    let set = Set::test().ordinals(&[(0, 1)], &[5]);
+    let pods = set.running_pods(&[0, 1, 5]);
+    let claims = set.claims(&[0, 1, 5]);
+    let set = set.ordinals(&[(0, 1)], &[]);
+    let server = server.run(Scenario::ScaleIn {
+        pods,
+        claims,
+        deleted: 5,
+    });
+    let controller = Controller::new(Arc::new(backend));
+    let pass = controller.reconcile(&set.valid()).await.unwrap();
+    timeout_after_1s(server).await;
+    assert_eq!(pass.actions, [Action::Delete { ordinal: 5 }]);
+    assert_eq!(pass.writes, 2);
+}
+
+#[tokio::test]
+async fn writes_whose_end_state_holds_are_unchanged() {
+    let (backend, server) = testcontext();
+    let set = Set::test();
+    let mut current = set.running_pods(&[0]).remove(0);
+    current
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert(ROLE_LABEL.into(), "primary".into());
+    current.metadata.annotations = Some(BTreeMap::from([
+        (ROLE_VERSION_ANNOTATION.to_string(), "3".to_string()),
+        (ROLE_EPOCH_ANNOTATION.to_string(), "test".to_string()),
+    ]));
+    let server = server.run(Scenario::AlreadyDone { current });
+    let actions = [
+        Action::Create { ordinal: 0 },
+        Action::CreateVolume {
+            ordinal: 0,
+            claim: "data".into(),
+        },
+        Action::Delete { ordinal: 9 },
+        Action::DeleteVolume {
+            ordinal: 9,
+            claim: "data".into(),
+        },
+        Action::UpdateInPlace { ordinal: 0 },
+        Action::SetRole {
+            ordinal: 0,
+            role: Some("primary".into()),
+            version: 3,
+        },
+    ];
+    for action in &actions {
+        assert_eq!(
+            backend.apply(&set.0, action).await.unwrap(),
+            Applied::Unchanged,
+            "{action}"
+        );
+    }
+    // The status equals the one the set carries: no request at all.
+    let status = set.0.status.clone().unwrap_or_default();
+    let mut with_status = set.0.clone();
+    with_status.status = Some(status.clone());
+    assert_eq!(
+        backend.write_status(&with_status, &status).await.unwrap(),
+        Applied::Unchanged
+    );
+    timeout_after_1s(server).await;
+}
+
+#[tokio::test]
+async fn a_role_is_a_label_with_its_probe_version_and_epoch() {
+    let (backend, server) = testcontext();
+    let set = Set::test();
+    let pod = set.running_pods(&[1]).remove(0);
+    let server = server.run(Scenario::SetRole { pod });
+    let action = Action::SetRole {
+        ordinal: 1,
+        role: Some("primary".into()),
+        version: 7,
+    };
+    assert_eq!(
+        backend.apply(&set.0, &action).await.unwrap(),
+        Applied::Wrote
+    );
+    timeout_after_1s(server).await;
+}
+
+#[tokio::test]
+async fn capacity_is_allocatable_minus_requests_grouped() {
+    let (backend, server) = testcontext();
+    let server = server.run(Scenario::Capacity);
+    let model = backend.capacity().await.unwrap();
+    timeout_after_1s(server).await;
+    let groups: Vec<(u32, BTreeMap<String, String>)> = model
+        .node_groups
+        .iter()
+        .map(|g| {
+            (
+                g.count,
+                g.free
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.0.clone()))
+                    .collect(),
+            )
+        })
+        .collect();
+    let free = |cpu: &str, memory: &str, pods: &str| {
+        BTreeMap::from([
+            ("cpu".to_string(), cpu.to_string()),
+            ("memory".to_string(), memory.to_string()),
+            ("pods".to_string(), pods.to_string()),
+        ])
+    };
+    assert_eq!(
+        groups,
+        [(1, free("3", "12Gi", "109")), (2, free("4", "16Gi", "110"))]
+    );
+}
+
+#[tokio::test]
+async fn a_request_the_scenario_did_not_expect_fails_the_pass() {
+    let (backend, server) = testcontext();
+    // The server expects nothing: the first list already fails.
+    drop(server);
+    let controller = Controller::new(Arc::new(backend));
+    let e = controller
+        .reconcile(&Set::test().valid())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("listing pods"), "{e}");
+}
+
+// The fake Redis instances listen on 127.0.0.2 and 127.0.0.6: Linux routes all of
+// 127.0.0.0/8 to the loopback interface; other systems may not.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_switchover_promotes_the_new_primary_and_repoints_the_others_by_pod_ip() {
+    let port = free_port();
+    let (set, pods) = redis_set(port);
+    let old = FakeRedis::start("127.0.0.1", port, "master").await;
+    let new = FakeRedis::start("127.0.0.2", port, "slave").await;
+    let other = FakeRedis::start("127.0.0.6", port, "slave").await;
+    let (backend, server) = testcontext();
+    let server = server.run(Scenario::Switchover { pods });
+    let switchover = Action::Switchover {
+        role: "primary".into(),
+        from: 0,
+        to: 1,
+    };
+    assert_eq!(
+        backend.apply(&set.0, &switchover).await.unwrap(),
+        Applied::Wrote
+    );
+    assert_eq!(
+        backend.apply(&set.0, &switchover).await.unwrap(),
+        Applied::Unchanged,
+        "the new primary says master and the old one does not: done already"
+    );
+    timeout_after_1s(server).await;
+    let repoint = format!("REPLICAOF 127.0.0.2 {port}");
+    assert_eq!(new.commands(), ["ROLE", "REPLICAOF NO ONE", "ROLE"]);
+    assert_eq!(old.commands(), [repoint.as_str(), "ROLE"]);
+    assert_eq!(other.commands(), [repoint.as_str()]);
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_role_probe_asks_the_pod_ip_and_maps_the_answer() {
+    let port = free_port();
+    let (set, pods) = redis_set(port);
+    let redis = FakeRedis::start("127.0.0.2", port, "master").await;
+    let (backend, server) = testcontext();
+    let server = server.run(Scenario::Probe {
+        pod: pods[1].clone(),
+    });
+    assert_eq!(
+        backend.probe_role(&set.0, 1).await.unwrap().as_deref(),
+        Some("primary")
+    );
+    timeout_after_1s(server).await;
+    assert_eq!(redis.commands(), ["ROLE"]);
+}
+
+/// The websocket stream of a successful exec cannot be mocked here; this checks the
+/// request and that a refusal fails the probe, naming the pod. A running exec probe is
+/// only exercised by the cluster tests.
+#[tokio::test]
+async fn an_exec_probe_asks_the_exec_subresource_of_the_first_container() {
+    let (backend, mut server) = testcontext();
+    let server = tokio::spawn(async move {
+        let (request, send) = server.next().await;
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri().path(), format!("{PODS}/redis-0/exec"));
+        let query = request.uri().query().unwrap_or_default().to_string();
+        for part in [
+            "command=cat",
+            "command=%2Frole",
+            "container=redis",
+            "stdout=true",
+        ] {
+            assert!(query.contains(part), "{query} has {part}");
+        }
+        assert!(!query.contains("stderr=true"), "{query}");
+        send.send_response(respond(
+            StatusCode::FORBIDDEN,
+            status_body(403, "Forbidden", "pods/exec is forbidden"),
+        ));
+    });
+    let mut set = Set::test();
+    set.0.spec.role_probe =
+        Some(serde_json::from_value(json!({"exec": {"command": ["cat", "/role"]}})).unwrap());
+    let e = backend.probe_role(&set.0, 0).await.unwrap_err();
+    timeout_after_1s(server).await;
+    let e = e.to_string();
+    assert!(e.contains("cache/redis-0"), "{e}");
+    assert!(e.contains("exec in pod cache/redis-0"), "{e}");
+}
