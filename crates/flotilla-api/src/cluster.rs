@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::object::{Kind, Object};
+use crate::quantity::Amount;
 
 /// A member cluster.
 pub type Cluster = Object<ClusterSpec, ClusterStatus>;
@@ -57,6 +58,28 @@ pub struct CapacityModel {
     /// Groups of nodes with the same free resources.
     #[serde(default)]
     pub node_groups: Vec<NodeGroup>,
+}
+
+impl CapacityModel {
+    /// Buckets nodes by identical free resources: one node group per distinct set of
+    /// free amounts, in a stable order. Members call this to report their capacity.
+    pub fn from_nodes(nodes: impl IntoIterator<Item = BTreeMap<String, Amount>>) -> CapacityModel {
+        let mut groups: BTreeMap<BTreeMap<String, Amount>, u32> = BTreeMap::new();
+        for free in nodes {
+            *groups.entry(free).or_default() += 1;
+        }
+        let node_groups = groups
+            .into_iter()
+            .map(|(free, count)| NodeGroup {
+                count,
+                free: free
+                    .into_iter()
+                    .map(|(r, a)| (r, Quantity(a.to_string())))
+                    .collect(),
+            })
+            .collect();
+        CapacityModel { node_groups }
+    }
 }
 
 /// `count` nodes, each with `free` resources.

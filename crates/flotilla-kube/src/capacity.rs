@@ -19,11 +19,10 @@
 
 use std::collections::BTreeMap;
 
+use flotilla_api::CapacityModel;
 use flotilla_api::quantity::Amount;
 use flotilla_api::resources::{self, PODS, Requests};
-use flotilla_api::{CapacityModel, NodeGroup};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 const CPU: &str = "cpu";
 const MEMORY: &str = "memory";
@@ -85,7 +84,7 @@ pub fn model(nodes: &[Node], pods: &[Pod]) -> CapacityModel {
         }
         *count += 1;
     }
-    let mut groups: BTreeMap<BTreeMap<String, Amount>, u32> = BTreeMap::new();
+    let mut free_per_node = Vec::new();
     for node in nodes.iter().filter(|n| usable(n)) {
         let allocatable = node
             .status
@@ -118,20 +117,9 @@ pub fn model(nodes: &[Node], pods: &[Pod]) -> CapacityModel {
                 (r, free)
             })
             .collect();
-        *groups.entry(free).or_default() += 1;
+        free_per_node.push(free);
     }
-    CapacityModel {
-        node_groups: groups
-            .into_iter()
-            .map(|(free, count)| NodeGroup {
-                count,
-                free: free
-                    .into_iter()
-                    .map(|(r, a)| (r, Quantity(a.to_string())))
-                    .collect(),
-            })
-            .collect(),
-    }
+    CapacityModel::from_nodes(free_per_node)
 }
 
 fn round_down(a: Amount, step: u128) -> Amount {
@@ -140,10 +128,12 @@ fn round_down(a: Amount, step: u128) -> Amount {
 
 #[cfg(test)]
 mod tests {
+    use flotilla_api::NodeGroup;
     use k8s_openapi::api::core::v1::{
         Container, NodeCondition, NodeSpec, NodeStatus, PodSpec, PodStatus, ResourceRequirements,
         Taint,
     };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;

@@ -19,7 +19,6 @@ use flotilla_api::quantity::Amount;
 use flotilla_api::resources::{self, PODS, Requests};
 use flotilla_api::{CapacityModel, InstanceSet, InstanceSetStatus, NodeGroup};
 use flotilla_instanceset::{Action, Instance, Observed, Phase, Revision, Volume};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::backend::{Applied, Backend};
 use crate::{Error, Result};
@@ -464,8 +463,7 @@ impl Backend for Sim {
 
     async fn capacity(&self) -> Result<CapacityModel> {
         let st = self.lock();
-        let mut groups: BTreeMap<BTreeMap<String, Amount>, u32> = BTreeMap::new();
-        for n in st.nodes.iter().filter(|n| !n.failed) {
+        let free = st.nodes.iter().filter(|n| !n.failed).map(|n| {
             let mut free: BTreeMap<String, Amount> = n
                 .allocatable
                 .iter()
@@ -477,20 +475,9 @@ impl Backend for Sim {
             if let Some(p) = free.get_mut(PODS) {
                 *p = p.saturating_sub(Amount::units(u64::from(n.pods)));
             }
-            *groups.entry(free).or_default() += 1;
-        }
-        Ok(CapacityModel {
-            node_groups: groups
-                .into_iter()
-                .map(|(free, count)| NodeGroup {
-                    count,
-                    free: free
-                        .into_iter()
-                        .map(|(r, a)| (r, Quantity(a.to_string())))
-                        .collect(),
-                })
-                .collect(),
-        })
+            free
+        });
+        Ok(CapacityModel::from_nodes(free))
     }
 }
 

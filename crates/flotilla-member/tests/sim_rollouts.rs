@@ -88,6 +88,17 @@ async fn a_fresh_set_converges_with_one_primary_and_then_costs_no_writes() {
     assert_eq!((status.replicas, status.ready_replicas), (5, 5));
     let ordinals: Vec<u32> = status.instances.iter().map(|i| i.ordinal).collect();
     assert_eq!(ordinals, [0, 1, 2, 3, 10]);
+    // One instance per node (the set spreads first): every node has 3 cpu, 15Gi and
+    // 109 pod slots left, so the capacity model is one group of five.
+    let cap = c.backend().capacity().await.unwrap();
+    assert_eq!(cap.node_groups.len(), 1, "{cap:?}");
+    assert_eq!(cap.node_groups[0].count, 5);
+    let free: Vec<(&str, &str)> = cap.node_groups[0]
+        .free
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.0.as_str()))
+        .collect();
+    assert_eq!(free, [("cpu", "3"), ("memory", "15Gi"), ("pods", "109")]);
     // Converged: further passes write nothing at all.
     let before = c.backend().writes();
     for _ in 0..3 {
