@@ -47,8 +47,9 @@ pub struct Plan {
 pub struct ClusterPlan {
     /// The cluster's name.
     pub cluster: String,
-    /// Its estimated room for this template before placing (0 when it may take no new
-    /// instances; [`UNLIMITED`] when it reports no capacity model).
+    /// Its estimated room for this template before placing, from its capacity model
+    /// whether or not it may take new instances (the messages say why it may not);
+    /// [`UNLIMITED`] when it reports no capacity model.
     #[serde(default)]
     pub capacity: u32,
     /// The ordinals it runs, ascending.
@@ -241,11 +242,7 @@ fn plan_on(
             ordinals.sort_unstable();
             ClusterPlan {
                 cluster: m.name.to_string(),
-                capacity: if m.eligible() {
-                    m.estimate.instances
-                } else {
-                    0
-                },
+                capacity: m.estimate.instances,
                 ordinals,
             }
         })

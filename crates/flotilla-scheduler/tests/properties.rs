@@ -13,7 +13,7 @@
 //!   twice, `placed + unschedulable == replicas`, ordinals inside the space and not
 //!   offline;
 //! - the ordinals used are exactly the lowest usable ones;
-//! - the reported capacity is the node-group estimate (0 for ineligible clusters), and
+//! - the reported capacity is the node-group estimate (also for ineligible clusters), and
 //!   no cluster holds more than it;
 //! - ineligible clusters (not ready, outside the affinity, without the spread label)
 //!   get nothing;
@@ -1010,8 +1010,12 @@ mod property {
     pub fn capacity_is_the_node_group_estimate(s: &Scenario) -> Check {
         let (_, p) = fresh(s)?;
         for i in 0..s.n() {
-            let expect = if s.eligible(i) { s.estimate(i) } else { 0 };
-            prop_assert_eq!(p.placement[i].capacity, expect, "capacity of {}", name(i));
+            prop_assert_eq!(
+                p.placement[i].capacity,
+                s.estimate(i),
+                "capacity of {}",
+                name(i)
+            );
             prop_assert!(
                 count(&p, i) <= s.estimate(i),
                 "{} holds more than its room {}: {}",
