@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::object::{Kind, Object};
 use crate::ordinals::Ordinals;
-use crate::set::{FederatedInstanceSetSpec, RetentionPolicy, Role, RoleProbe, UpdateStrategy};
+use crate::set::{
+    FederatedInstanceSetSpec, InstanceRebuild, RetentionPolicy, Role, RoleProbe, UpdateStrategy,
+};
 use crate::status::InstanceSetStatus;
 
 /// The instances of one set that run in one member: the set's template with the
@@ -36,6 +38,9 @@ pub struct InstanceSetSpec {
     /// Volume retention.
     #[serde(default)]
     pub persistent_volume_claim_retention_policy: RetentionPolicy,
+    /// What happens to an instance whose node is gone.
+    #[serde(default)]
+    pub instance_rebuild: InstanceRebuild,
     /// At most this many instances on one node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_instances_per_node: Option<u32>,
@@ -60,6 +65,7 @@ impl FederatedInstanceSetSpec {
             persistent_volume_claim_retention_policy: self
                 .persistent_volume_claim_retention_policy
                 .clone(),
+            instance_rebuild: self.instance_rebuild,
             max_instances_per_node: self.placement.max_instances_per_node,
         }
     }

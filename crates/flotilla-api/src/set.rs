@@ -44,6 +44,9 @@ pub struct FederatedInstanceSetSpec {
     /// What happens to volumes when instances are deleted or scaled away.
     #[serde(default)]
     pub persistent_volume_claim_retention_policy: RetentionPolicy,
+    /// What happens to an instance whose node is gone.
+    #[serde(default)]
+    pub instance_rebuild: InstanceRebuild,
     /// Where instances may run and how they are divided between clusters.
     #[serde(default)]
     pub placement: Placement,
@@ -180,6 +183,28 @@ pub enum Retention {
     Retain,
     /// Delete the volume.
     Delete,
+}
+
+/// Instance rebuild: an instance whose node is gone cannot come back while its volume
+/// is bound to that node (local storage). Rebuilding deletes the volume and the
+/// instance so it starts elsewhere with an empty volume, and its data comes back from
+/// its peers (replication). Opt-in, because it gives up that copy of the data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRebuild {
+    /// What to do when an instance's node is gone and it has a node-local volume.
+    #[serde(default)]
+    pub when_node_lost: NodeLost,
+}
+
+/// Choices for an instance stranded on a lost node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NodeLost {
+    /// Wait for the node to come back; the set reports the instance as stranded.
+    #[default]
+    Wait,
+    /// Delete its node-local volumes and the instance, so it is rebuilt elsewhere.
+    Rebuild,
 }
 
 /// Where a set may run and how it is divided.

@@ -30,6 +30,9 @@ pub struct Instance {
     pub deleting: bool,
     /// The node it runs on.
     pub node: Option<String>,
+    /// That node is gone.
+    #[serde(default)]
+    pub node_lost: bool,
     /// The role label it carries now.
     pub role: Option<String>,
     /// The probe-result version the role label was set from.
@@ -80,6 +83,9 @@ pub struct Volume {
     pub ordinal: u32,
     /// Being deleted.
     pub deleting: bool,
+    /// Bound to one node (local storage): its instance can only run there.
+    #[serde(default)]
+    pub node_local: bool,
 }
 
 /// How the last switchover ended.

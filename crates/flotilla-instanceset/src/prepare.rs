@@ -5,6 +5,8 @@
 //!  missing    ordinal without instance ──▶ CreateVolume*, Create
 //!  leaving    instance outside the slice ──▶ Switchover first if it holds an exclusive
 //!             role, then Delete; its volumes per the retention policy
+//!  stranded   on a lost node with node-local volumes ──▶ DeleteVolume*, Recreate
+//!             (instanceRebuild.whenNodeLost: Rebuild; else wait and say so)
 //!  failed     ──▶ Recreate
 //!  outdated   lowest updatePriority first, highest ordinal first, within maxUnavailable
 //!             and the partition ──▶ Switchover (exclusive holder) │ UpdateInPlace │ Recreate
@@ -18,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use flotilla_api::set::{MemberUpdateStrategy, Retention};
+use flotilla_api::set::{MemberUpdateStrategy, NodeLost, Retention};
 use flotilla_api::status::{Condition, InstanceSetStatus, InstanceStatus};
 use flotilla_api::{InstanceSet, Role, Valid};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -58,6 +60,8 @@ pub enum Why {
     Failed,
     /// Its template changed in a way that cannot be applied in place.
     Outdated,
+    /// Its node is gone and its node-local volumes were deleted: rebuild it elsewhere.
+    NodeLost,
 }
 
 impl fmt::Display for Action {
@@ -85,6 +89,10 @@ impl fmt::Display for Action {
                 ordinal,
                 why: Why::Outdated,
             } => write!(f, "recreate {ordinal}"),
+            Action::Recreate {
+                ordinal,
+                why: Why::NodeLost,
+            } => write!(f, "rebuild {ordinal}"),
             Action::Delete { ordinal } => write!(f, "delete {ordinal}"),
             Action::DeleteVolume { ordinal, claim } => write!(f, "delete-volume {claim}-{ordinal}"),
         }
@@ -246,11 +254,58 @@ pub fn prepare(set: &Valid<InstanceSet>, observed: &Observed) -> Plan {
         }
     }
 
+    // Instances stranded on a lost node with node-local volumes cannot start anywhere
+    // else until those volumes go: rebuild them if the set allows it, else wait.
+    let local_volumes = |o: u32| -> Vec<&str> {
+        observed
+            .volumes
+            .iter()
+            .filter(|v| v.ordinal == o && v.node_local && !v.deleting)
+            .map(|v| v.claim.as_str())
+            .collect()
+    };
+    let mut stranded = BTreeSet::new();
+    for &ordinal in &slice {
+        let Some(inst) = instances
+            .get(&ordinal)
+            .filter(|i| i.node_lost && !i.deleting)
+        else {
+            continue;
+        };
+        let claims = local_volumes(ordinal);
+        if claims.is_empty() {
+            continue;
+        }
+        stranded.insert(ordinal);
+        let node = inst.node.as_deref().unwrap_or("?");
+        if spec.instance_rebuild.when_node_lost == NodeLost::Wait {
+            blocked = blocked.or(Some(format!(
+                "instance {ordinal} is stranded on lost node {node} with node-local volumes; it waits for the node (set instanceRebuild.whenNodeLost: Rebuild to rebuild it elsewhere from its peers)"
+            )));
+            continue;
+        }
+        if let Some(role) = holds_exclusive(ordinal) {
+            blocked = blocked.or(hand_over(ordinal, &role, "rebuilding", &mut actions));
+            continue;
+        }
+        for claim in claims {
+            actions.push(Action::DeleteVolume {
+                ordinal,
+                claim: claim.to_string(),
+            });
+        }
+        actions.push(Action::Recreate {
+            ordinal,
+            why: Why::NodeLost,
+        });
+    }
+
     // Failed instances come back first: they are unavailable already.
     for &ordinal in &slice {
         if let Some(inst) = instances.get(&ordinal)
             && inst.phase == Phase::Failed
             && !inst.deleting
+            && !stranded.contains(&ordinal)
         {
             actions.push(Action::Recreate {
                 ordinal,

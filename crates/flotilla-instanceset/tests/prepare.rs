@@ -43,6 +43,7 @@ fn up(ordinal: u32, r: &Revision, role: &str) -> Instance {
         ready: true,
         deleting: false,
         node: Some(format!("node-{ordinal}")),
+        node_lost: false,
         role: Some(role.to_string()),
         role_version: 1,
         probe: Some(ProbeResult {
@@ -60,6 +61,7 @@ fn observed(instances: Vec<Instance>) -> Observed {
             claim: "data".into(),
             ordinal: i.ordinal,
             deleting: false,
+            node_local: false,
         })
         .collect();
     Observed {
@@ -149,6 +151,7 @@ fn an_existing_volume_is_reused() {
         claim: "data".into(),
         ordinal: 2,
         deleting: false,
+        node_local: false,
     });
     check(&s, &o, "create 2");
 }
@@ -311,6 +314,7 @@ fn volumes_of_removed_ordinals_follow_the_retention_policy() {
         claim: "data".into(),
         ordinal: 1,
         deleting: false,
+        node_local: false,
     });
     check(&keep, &o, "");
     let delete = set(
@@ -398,4 +402,55 @@ fn best_effort_parallel_finishes_a_priority_level_before_the_next() {
         &observed(inst),
         "update-in-place 3; update-in-place 2; update-in-place 0",
     );
+}
+
+/// Instances 0 (primary) and 1 on a lost node, volumes node-local.
+fn stranded(r: &Revision, lost: &[u32]) -> Observed {
+    let mut o = observed(healthy(r));
+    for i in o.instances.iter_mut().filter(|i| lost.contains(&i.ordinal)) {
+        i.node_lost = true;
+        i.phase = Phase::Failed;
+        i.ready = false;
+    }
+    for v in &mut o.volumes {
+        v.node_local = true;
+    }
+    o
+}
+
+#[test]
+fn a_stranded_instance_waits_by_default_and_says_why() {
+    let s = set(ONE_TO_THREE, "redis:7.2", "");
+    let p = check(&s, &stranded(&rev(&s), &[1]), "");
+    let why = p.blocked.unwrap();
+    assert!(
+        why.contains("instance 1 is stranded on lost node node-1"),
+        "{why}"
+    );
+    assert!(
+        why.contains("instanceRebuild.whenNodeLost: Rebuild"),
+        "{why}"
+    );
+}
+
+#[test]
+fn rebuild_deletes_local_volumes_and_the_instance_primary_after_a_switchover() {
+    let s = set(
+        ONE_TO_THREE,
+        "redis:7.2",
+        "  instanceRebuild: {whenNodeLost: Rebuild}\n",
+    );
+    check(
+        &s,
+        &stranded(&rev(&s), &[1]),
+        "delete-volume data-1; rebuild 1",
+    );
+    // The primary hands its role over first (a replica is ready and up to date).
+    check(&s, &stranded(&rev(&s), &[0]), "switchover primary 0->1");
+    // Without node-local volumes a lost instance is just a failed one.
+    let mut o = stranded(&rev(&s), &[1]);
+    for v in &mut o.volumes {
+        v.node_local = false;
+    }
+    check(&s, &o, "recreate-failed 1");
 }

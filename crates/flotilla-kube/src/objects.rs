@@ -306,6 +306,9 @@ pub fn instance(pod: &Pod, epoch: &str) -> Option<Instance> {
         ready,
         deleting: meta.deletion_timestamp.is_some(),
         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        // Lost nodes are not detected on Kubernetes yet (it needs the Node list in
+        // observe), so instance rebuild does not trigger here; see ARCHITECTURE.md.
+        node_lost: false,
         role: label(meta, ROLE_LABEL).map(str::to_string),
         role_version,
         probe: None,
@@ -319,6 +322,8 @@ pub fn volume(pvc: &PersistentVolumeClaim) -> Option<Volume> {
         claim: label(meta, CLAIM_LABEL)?.to_string(),
         ordinal: label(meta, ORDINAL_LABEL)?.parse().ok()?,
         deleting: meta.deletion_timestamp.is_some(),
+        // Whether the bound PersistentVolume is node-local is not read yet.
+        node_local: false,
     })
 }
 
@@ -559,7 +564,8 @@ mod tests {
             Some(Volume {
                 claim: "data".into(),
                 ordinal: 2,
-                deleting: false
+                deleting: false,
+                node_local: false,
             })
         );
         set.spec

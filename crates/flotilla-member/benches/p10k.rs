@@ -56,6 +56,7 @@ fn converged(r: &Revision) -> Observed {
                 ready: true,
                 deleting: false,
                 node: Some(format!("node-{}", o % 500)),
+                node_lost: false,
                 role: Some(role.into()),
                 role_version: 1,
                 probe: Some(ProbeResult {
@@ -81,6 +82,7 @@ fn sim() -> Arc<Sim> {
         node_groups: vec![NodeGroup { count: 500, free }],
         start_delay: Duration::from_secs(1),
         ready_delay: Duration::from_secs(1),
+        local_volumes: false,
     }))
 }
 

@@ -11,7 +11,7 @@
 //! elects its first ready instance, a switchover moves the role, and faults (kill an
 //! instance, fail a node, fail the next switchover) can be injected.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ pub struct SimConfig {
     pub start_delay: Duration,
     /// From running (or restarted in place) to ready.
     pub ready_delay: Duration,
+    /// Volumes are node-local (like local persistent volumes): bound to the node of the
+    /// first instance that uses them, which can then only run there.
+    pub local_volumes: bool,
 }
 
 #[derive(Debug)]
@@ -60,7 +63,8 @@ struct Pod {
 #[derive(Debug, Default)]
 struct SetSim {
     pods: BTreeMap<u32, Pod>,
-    volumes: BTreeSet<(String, u32)>,
+    /// Volumes by (claim, ordinal), with the node they are bound to (local storage).
+    volumes: BTreeMap<(String, u32), Option<usize>>,
     /// The exclusive role's holder, and the role names (exclusive, other).
     primary: Option<u32>,
     exclusive_role: Option<String>,
@@ -74,6 +78,7 @@ struct State {
     now: Duration,
     start_delay: Duration,
     ready_delay: Duration,
+    local_volumes: bool,
     nodes: Vec<Node>,
     sets: BTreeMap<String, SetSim>,
     writes: u64,
@@ -110,6 +115,7 @@ impl Sim {
                 now: Duration::ZERO,
                 start_delay: config.start_delay,
                 ready_delay: config.ready_delay,
+                local_volumes: config.local_volumes,
                 nodes,
                 sets: BTreeMap::new(),
                 writes: 0,
@@ -132,18 +138,23 @@ impl Sim {
             now,
             start_delay,
             ready_delay,
+            local_volumes,
             nodes,
             sets,
             ..
         } = &mut *st;
         for set in sets.values_mut() {
             let mut counts = per_node(set);
-            for pod in set.pods.values_mut() {
+            let SetSim { pods, volumes, .. } = &mut *set;
+            for (&ordinal, pod) in pods.iter_mut() {
                 if pod.node.is_none() && pod.phase == Phase::Pending {
-                    pod.node = place(nodes, pod, &counts);
+                    pod.node = place(nodes, pod, &counts, bound_node(volumes, ordinal));
                     if let Some(idx) = pod.node {
                         *counts.entry(idx).or_insert(0) += 1;
                         pod.since = *now;
+                        if *local_volumes {
+                            bind(volumes, ordinal, idx);
+                        }
                     }
                 }
                 if pod.phase == Phase::Pending
@@ -242,10 +253,16 @@ fn per_node(set: &SetSim) -> BTreeMap<usize, u32> {
 
 /// First fit for `pod`, preferring nodes with no instance of its set (`counts`), never
 /// past `maxInstancesPerNode`; reserves the resources it takes.
-fn place(nodes: &mut [Node], pod: &Pod, counts: &BTreeMap<usize, u32>) -> Option<usize> {
+fn place(
+    nodes: &mut [Node],
+    pod: &Pod,
+    counts: &BTreeMap<usize, u32>,
+    only: Option<usize>,
+) -> Option<usize> {
     let here = |i: usize| counts.get(&i).copied().unwrap_or(0);
     let fits = |i: usize, n: &Node| {
         !n.failed
+            && only.is_none_or(|o| o == i)
             && pod.max_per_node.is_none_or(|max| here(i) < max)
             && pod.requests.iter().all(|(r, need)| {
                 let have = n.allocatable.get(r).copied().unwrap_or_default();
@@ -266,6 +283,23 @@ fn place(nodes: &mut [Node], pod: &Pod, counts: &BTreeMap<usize, u32>) -> Option
     }
     node.pods += 1;
     Some(idx)
+}
+
+/// The node an ordinal's volumes are bound to, if any.
+fn bound_node(volumes: &BTreeMap<(String, u32), Option<usize>>, ordinal: u32) -> Option<usize> {
+    volumes
+        .iter()
+        .find(|((_, o), _)| *o == ordinal)
+        .and_then(|(_, node)| *node)
+}
+
+/// Binds an ordinal's unbound volumes to `node`.
+fn bind(volumes: &mut BTreeMap<(String, u32), Option<usize>>, ordinal: u32, node: usize) {
+    for ((_, o), bound) in volumes.iter_mut() {
+        if *o == ordinal && bound.is_none() {
+            *bound = Some(node);
+        }
+    }
 }
 
 /// Gives a deleted instance's resources back to its node.
@@ -298,6 +332,7 @@ impl Backend for Sim {
                 ready: p.ready,
                 deleting: false,
                 node: p.node.map(|i| st.nodes[i].name.clone()),
+                node_lost: p.node.is_some_and(|i| st.nodes[i].failed),
                 role: p.role.clone(),
                 role_version: p.role_version,
                 probe: None,
@@ -305,11 +340,12 @@ impl Backend for Sim {
             .collect();
         let volumes = s
             .volumes
-            .iter()
+            .keys()
             .map(|(claim, ordinal)| Volume {
                 claim: claim.clone(),
                 ordinal: *ordinal,
                 deleting: false,
+                node_local: st.local_volumes,
             })
             .collect();
         Ok(Observed {
@@ -326,6 +362,7 @@ impl Backend for Sim {
             nodes,
             sets,
             writes,
+            local_volumes,
             ..
         } = &mut *st;
         let s = sets.entry(key(set)).or_default();
@@ -343,10 +380,11 @@ impl Backend for Sim {
             .map(|r| r.name.clone());
         let applied = match action {
             Action::CreateVolume { ordinal, claim } => {
-                wrote(s.volumes.insert((claim.clone(), *ordinal)))
+                let key = (claim.clone(), *ordinal);
+                wrote(s.volumes.insert(key, None).is_none())
             }
             Action::DeleteVolume { ordinal, claim } => {
-                wrote(s.volumes.remove(&(claim.clone(), *ordinal)))
+                wrote(s.volumes.remove(&(claim.clone(), *ordinal)).is_some())
             }
             Action::Create { ordinal } => {
                 if s.pods.contains_key(ordinal) {
@@ -368,7 +406,12 @@ impl Backend for Sim {
                         requests,
                         max_per_node: set.spec.max_instances_per_node,
                     };
-                    pod.node = place(nodes, &pod, &per_node(s));
+                    pod.node = place(nodes, &pod, &per_node(s), bound_node(&s.volumes, *ordinal));
+                    if let Some(idx) = pod.node
+                        && *local_volumes
+                    {
+                        bind(&mut s.volumes, *ordinal, idx);
+                    }
                     s.pods.insert(*ordinal, pod);
                     Applied::Wrote
                 }

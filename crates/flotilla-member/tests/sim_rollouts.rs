@@ -32,6 +32,10 @@ spec:
 }
 
 fn sim(nodes: u32) -> Arc<Sim> {
+    sim_with(nodes, false)
+}
+
+fn sim_with(nodes: u32, local_volumes: bool) -> Arc<Sim> {
     let free = [("cpu", "4"), ("memory", "16Gi"), ("pods", "110")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
@@ -40,6 +44,7 @@ fn sim(nodes: u32) -> Arc<Sim> {
         node_groups: vec![NodeGroup { count: nodes, free }],
         start_delay: Duration::from_secs(2),
         ready_delay: Duration::from_secs(3),
+        local_volumes,
     }))
 }
 
@@ -259,4 +264,47 @@ async fn one_instance_per_node_keeps_instances_apart() {
     let nodes: std::collections::BTreeSet<String> =
         (0..4).filter_map(|o| c.backend().node_of(&s, o)).collect();
     assert_eq!(nodes.len(), 3);
+}
+
+#[tokio::test]
+async fn an_instance_stranded_with_local_volumes_waits_unless_rebuild_is_allowed() {
+    let rebuild_policy = |policy: &str| {
+        set(
+            "{ranges: [{start: 0, end: 2}]}",
+            "redis:7.2",
+            &format!("  instanceRebuild: {{whenNodeLost: {policy}}}\n"),
+        )
+    };
+    for (policy, rebuilt) in [("Wait", false), ("Rebuild", true)] {
+        let c = Controller::new(sim_with(4, true));
+        let s = rebuild_policy(policy);
+        assert!(drive(&c, &s, 30, |_| {}).await.converged);
+        let primary = primaries(&c, &s).await[0];
+        let victim = (0..3).find(|&o| o != primary).unwrap();
+        let node = c.backend().node_of(&s, victim).unwrap();
+        c.backend().fail_node(&node);
+        let mut saw = Vec::new();
+        let pass = drive(&c, &s, 30, |p| {
+            saw.extend(p.actions.iter().map(ToString::to_string))
+        })
+        .await;
+        assert_eq!(pass.converged, rebuilt, "{policy}: {pass:?}");
+        if rebuilt {
+            assert!(
+                saw.contains(&format!("delete-volume data-{victim}")),
+                "{saw:?}"
+            );
+            assert!(saw.contains(&format!("rebuild {victim}")), "{saw:?}");
+            assert_ne!(c.backend().node_of(&s, victim).unwrap(), node);
+        } else {
+            assert!(saw.is_empty(), "{saw:?}");
+            let why = pass.blocked.unwrap();
+            assert!(
+                why.contains(&format!(
+                    "instance {victim} is stranded on lost node {node}"
+                )),
+                "{why}"
+            );
+        }
+    }
 }
