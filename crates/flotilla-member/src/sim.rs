@@ -15,15 +15,28 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use flotilla_api::quantity::Amount;
+use flotilla_api::decode;
+use flotilla_api::quantity::{self, Amount};
 use flotilla_api::resources::{self, PODS, Requests};
-use flotilla_api::{CapacityModel, InstanceSet, InstanceSetStatus, NodeGroup};
+use flotilla_api::{CapacityModel, FieldError, InstanceSet, InstanceSetStatus, Invalid, NodeGroup};
 use flotilla_instanceset::{Action, Instance, Observed, Phase, Revision, Volume};
 
 use crate::backend::{Applied, Backend};
+use serde::Deserialize;
+
 use crate::{Error, Result};
 
 /// How a simulated member looks and behaves.
+///
+/// As a file (`--sim-config`), YAML or JSON:
+///
+/// ```yaml
+/// nodeGroups:                       # as in the Cluster capacity model
+/// - {count: 20, free: {cpu: "16", memory: 64Gi, pods: 110}}
+/// startDelayMs: 2000
+/// readyDelayMs: 1000
+/// localVolumes: false
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct SimConfig {
     /// Its nodes: `count` nodes each with `free` allocatable resources.
@@ -35,6 +48,62 @@ pub struct SimConfig {
     /// Volumes are node-local (like local persistent volumes): bound to the node of the
     /// first instance that uses them, which can then only run there.
     pub local_volumes: bool,
+}
+
+/// The file form of [`SimConfig`].
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SimConfigFile {
+    node_groups: Vec<NodeGroup>,
+    #[serde(default)]
+    start_delay_ms: u64,
+    #[serde(default)]
+    ready_delay_ms: u64,
+    #[serde(default)]
+    local_volumes: bool,
+}
+
+impl SimConfig {
+    /// Reads a simulated member's configuration (YAML or JSON); every problem names
+    /// its field. Unknown fields are refused: a typo here would silently change the
+    /// simulated cluster.
+    pub fn from_text(text: &str) -> Result<SimConfig, Invalid> {
+        let mut docs = decode::split(text)?;
+        if docs.len() != 1 {
+            return Err(Invalid::one(
+                "",
+                format!("expected one document, found {}", docs.len()),
+            ));
+        }
+        let decoded = decode::decode::<SimConfigFile>(docs.remove(0))?;
+        if let Some(w) = decoded.warnings.first() {
+            return Err(Invalid::one(w.path.clone(), "unknown field"));
+        }
+        let file = decoded.object;
+        let mut problems = Vec::new();
+        for (i, g) in file.node_groups.iter().enumerate() {
+            for (name, q) in &g.free {
+                if let Err(e) = quantity::parse(&q.0) {
+                    problems.push(FieldError::new(
+                        format!("nodeGroups[{i}].free.{name}"),
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+        if file.node_groups.iter().all(|g| g.count == 0) {
+            problems.push(FieldError::new("nodeGroups", "needs at least one node"));
+        }
+        if !problems.is_empty() {
+            return Err(Invalid(problems));
+        }
+        Ok(SimConfig {
+            node_groups: file.node_groups,
+            start_delay: Duration::from_millis(file.start_delay_ms),
+            ready_delay: Duration::from_millis(file.ready_delay_ms),
+            local_volumes: file.local_volumes,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -529,5 +598,41 @@ fn wrote(changed: bool) -> Applied {
         Applied::Wrote
     } else {
         Applied::Unchanged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_files_read_with_field_errors() {
+        let c = SimConfig::from_text(
+            "nodeGroups: [{count: 3, free: {cpu: '8', memory: 32Gi, pods: 110}}]\nstartDelayMs: 1500\nlocalVolumes: true\n",
+        )
+        .unwrap();
+        assert_eq!(c.node_groups[0].count, 3);
+        assert_eq!(c.start_delay, Duration::from_millis(1500));
+        assert!(c.local_volumes);
+        let e = SimConfig::from_text("nodeGroups: [{count: 1, free: {cpu: lots}}]\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "nodeGroups[0].free.cpu: \"lots\" is not a quantity (examples: \"2\", \"500m\", \"4Gi\", \"1e3\")"
+        );
+        let e = SimConfig::from_text("nodeGroups: []\nreadyDelay: 3\n").unwrap_err();
+        assert_eq!(e.to_string(), "readyDelay: unknown field");
+        let e = SimConfig::from_text("nodeGroups: [{count: many}]\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("nodeGroups[0].count: invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let c =
+            SimConfig::from_text(include_str!("../../../deploy/examples/sim-member.yaml")).unwrap();
+        assert_eq!(c.node_groups.iter().map(|g| g.count).sum::<u32>(), 24);
     }
 }
