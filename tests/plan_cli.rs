@@ -11,6 +11,13 @@ fn flotilla(args: &[&str]) -> Output {
         .expect("run flotilla")
 }
 
+/// Runs `flotilla plan -f SET --clusters CLUSTERS EXTRA...`.
+fn plan(set: &str, clusters: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["plan", "-f", set, "--clusters", clusters];
+    args.extend_from_slice(extra);
+    flotilla(&args)
+}
+
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples")
 }
@@ -29,19 +36,11 @@ fn example_set(replicas: u32) -> String {
 
 fn plan_json(set: &Path, previous: Option<&Path>) -> serde_json::Value {
     let clusters = examples().join("clusters.yaml");
-    let mut args = vec![
-        "plan",
-        "-f",
-        set.to_str().unwrap(),
-        "--clusters",
-        clusters.to_str().unwrap(),
-        "-o",
-        "json",
-    ];
+    let mut extra = vec!["-o", "json"];
     if let Some(p) = previous {
-        args.extend(["--previous", p.to_str().unwrap()]);
+        extra.extend(["--previous", p.to_str().unwrap()]);
     }
-    let out = flotilla(&args);
+    let out = plan(set.to_str().unwrap(), clusters.to_str().unwrap(), &extra);
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -134,15 +133,11 @@ fn invalid_sets_exit_2_with_every_field_error() {
         .replace("requests: {cpu: \"1\"", "requests: {cpu: lots");
     std::fs::write(&set, text).unwrap();
     let clusters = examples().join("clusters.yaml");
-    let out = flotilla(&[
-        "plan",
-        "-f",
+    let out = plan(
         set.to_str().unwrap(),
-        "--clusters",
         clusters.to_str().unwrap(),
-        "-o",
-        "json",
-    ]);
+        &["-o", "json"],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -165,13 +160,7 @@ fn type_errors_and_bad_clusters_exit_2_naming_the_field() {
     )
     .unwrap();
     let clusters = examples().join("clusters.yaml");
-    let out = flotilla(&[
-        "plan",
-        "-f",
-        set.to_str().unwrap(),
-        "--clusters",
-        clusters.to_str().unwrap(),
-    ]);
+    let out = plan(set.to_str().unwrap(), clusters.to_str().unwrap(), &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("spec.replicas: invalid value: integer `-3`")
@@ -183,13 +172,7 @@ fn type_errors_and_bad_clusters_exit_2_naming_the_field() {
         .unwrap()
         .replace("count: 5", "count: five");
     std::fs::write(&bad, text).unwrap();
-    let out = flotilla(&[
-        "plan",
-        "-f",
-        set.to_str().unwrap(),
-        "--clusters",
-        bad.to_str().unwrap(),
-    ]);
+    let out = plan(set.to_str().unwrap(), bad.to_str().unwrap(), &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -202,13 +185,11 @@ fn type_errors_and_bad_clusters_exit_2_naming_the_field() {
 
 #[test]
 fn table_output_is_readable() {
-    let out = flotilla(&[
-        "plan",
-        "-f",
+    let out = plan(
         examples().join("redis-shard.yaml").to_str().unwrap(),
-        "--clusters",
         examples().join("clusters.yaml").to_str().unwrap(),
-    ]);
+        &[],
+    );
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("CLUSTER"), "{text}");
@@ -227,13 +208,11 @@ fn unknown_fields_warn_but_do_not_fail() {
         ),
     )
     .unwrap();
-    let out = flotilla(&[
-        "plan",
-        "-f",
+    let out = plan(
         set.to_str().unwrap(),
-        "--clusters",
         examples().join("clusters.yaml").to_str().unwrap(),
-    ]);
+        &[],
+    );
     assert!(out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr)
