@@ -14,25 +14,130 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// What-if: where a FederatedInstanceSet would run, and what would not fit.
+    /// Run the server, the embedded store and three simulated members in one process.
     ///
-    /// Offline with `--clusters FILE` (a multi-document file of Cluster objects).
-    /// Exit codes: 0 planned (even if some instances do not fit), 2 invalid input.
-    Plan(PlanArgs),
-    /// Run the member agent.
+    /// The quickest way to try Flotilla: prints how to point the CLI at it.
+    Dev(DevArgs),
+    /// Run the federation server (user API and agent protocol over gRPC, health and
+    /// metrics over HTTP).
+    Server(ServerArgs),
+    /// Run the member agent: joined to a federation server (`--server`), or alone in
+    /// one Kubernetes cluster (`--standalone`).
     ///
-    /// `--standalone` runs the InstanceSet controller for every InstanceSet in one
-    /// Kubernetes cluster, with no federation, until Ctrl-C or SIGTERM. Joining a
-    /// federation server is not built yet: without `--standalone` it exits 2.
     /// Exit codes: 0 stopped on request, 1 failed, 2 bad usage.
     Agent(AgentArgs),
+    /// Register member clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Create or update the objects in a file (FederatedInstanceSets, Clusters).
+    Apply(ApplyArgs),
+    /// Show objects: a table, or `-o json|yaml` with their status.
+    Get(GetArgs),
+    /// Show one object in detail: placement, instances, conditions.
+    Describe(DescribeArgs),
+    /// Delete an object.
+    Delete(DeleteArgs),
+    /// What-if: where a FederatedInstanceSet would run, and what would not fit.
+    ///
+    /// Against the live clusters of a server, or offline with `--clusters FILE` (a
+    /// multi-document file of Cluster objects).
+    /// Exit codes: 0 planned (even if some instances do not fit), 2 invalid input.
+    Plan(PlanArgs),
+    /// The member clusters: readiness, capacity, instances.
+    Clusters(ClustersArgs),
+}
+
+/// Where the federation server is and how to authenticate to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The server's gRPC URL.
+    #[arg(long, env = "FLOTILLA_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
+    pub server: String,
+    /// The admin token (`flotilla server --admin-token`, or printed by `flotilla dev`).
+    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+/// Where `flotilla server` listens for gRPC by default, and where clients look.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7443";
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// gRPC address (user API and agents).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
+    pub listen: std::net::SocketAddr,
+    /// HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7080")]
+    pub http: std::net::SocketAddr,
+    /// etcd endpoints, comma-separated (production, HA).
+    #[arg(long, value_name = "URLS", value_delimiter = ',', conflicts_with = "data_dir")]
+    pub etcd_endpoints: Vec<String>,
+    /// Directory of the embedded store (single node). Default when neither is given:
+    /// `./flotilla-data`.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The token users present to the user API. Without it the server uses the one it
+    /// generated on its first start (kept in the store) and logs it.
+    #[arg(long, env = "FLOTILLA_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+    /// A cluster whose agent has not sent a heartbeat for this long goes Unknown.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub cluster_ttl_seconds: u64,
+    /// Log JSON lines instead of text (the filter is RUST_LOG, default `info`).
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Also apply the Redis example from deploy/examples/.
+    #[arg(long)]
+    pub example: bool,
+    /// gRPC address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
+    pub listen: std::net::SocketAddr,
+    /// HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7080")]
+    pub http: std::net::SocketAddr,
+    /// Keep the embedded store here (default: a temporary directory, removed on exit).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Register a member cluster; prints its agent token as the last line.
+    Add(ClusterAddArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterAddArgs {
+    /// The cluster's name (a DNS label).
+    pub name: String,
+    /// A label for placement (`region=eu`); repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
     /// Run without a federation: reconcile the cluster's InstanceSets directly.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["server", "cluster", "token", "sim_config"])]
     pub standalone: bool,
+    /// The federation server's gRPC URL.
+    #[arg(long, value_name = "URL", requires_all = ["cluster", "token"])]
+    pub server: Option<String>,
+    /// This member's cluster name, as registered with `flotilla cluster add`.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// This cluster's agent token, as printed by `flotilla cluster add`.
+    #[arg(long, env = "FLOTILLA_AGENT_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Run a simulated member described by this file instead of a Kubernetes cluster.
+    #[arg(long, value_name = "FILE", conflicts_with = "kubeconfig")]
+    pub sim_config: Option<PathBuf>,
     /// The kubeconfig to use (default: in-cluster config, then KUBECONFIG, then
     /// ~/.kube/config).
     #[arg(long, value_name = "PATH")]
@@ -49,6 +154,75 @@ pub struct AgentArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The objects (YAML or JSON, several documents allowed; `-` for stdin).
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Show progress until every instance of the applied sets is ready.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (exit 1).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub timeout_seconds: u64,
+    /// Validate and report what would change; store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// `federatedinstancesets` (`fis`), `clusters` or `instancesets`.
+    pub kind: String,
+    /// One object; every object of the kind when absent.
+    pub name: Option<String>,
+    /// Namespace of namespaced kinds (default: `default` for one object, all for a list).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Keep printing changes.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DescribeArgs {
+    pub kind: String,
+    pub name: String,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    pub kind: String,
+    pub name: String,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClustersArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Keep printing changes.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     /// The FederatedInstanceSet to plan (YAML or JSON; `-` for stdin).
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
@@ -62,6 +236,9 @@ pub struct PlanArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Used when planning against a live server (no `--clusters`).
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

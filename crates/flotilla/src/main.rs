@@ -3,8 +3,11 @@
 
 mod agent;
 mod cli;
+mod client;
+mod dev;
 mod input;
 mod plan;
+mod server;
 
 use std::process::ExitCode;
 
@@ -13,8 +16,16 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Plan(args) => plan::run(&args),
+        cli::Command::Dev(args) => dev::run(&args),
+        cli::Command::Server(args) => server::run(&args),
         cli::Command::Agent(args) => agent::run(&args),
+        cli::Command::Cluster(cli::ClusterCommand::Add(args)) => client::cluster_add(&args),
+        cli::Command::Apply(args) => client::apply(&args),
+        cli::Command::Get(args) => client::get(&args),
+        cli::Command::Describe(args) => client::describe(&args),
+        cli::Command::Delete(args) => client::delete(&args),
+        cli::Command::Plan(args) => plan::run(&args),
+        cli::Command::Clusters(args) => client::clusters(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
