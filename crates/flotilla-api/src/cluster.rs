@@ -49,6 +49,11 @@ pub struct ClusterStatus {
     /// Free resources, bucketed; absent = unknown (treated as unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<CapacityModel>,
+    /// `Ready`: `True` while the agent's heartbeat is current, `Unknown` once it
+    /// lapsed (the cluster gets no new instances; its running ones are left alone),
+    /// `False` before its agent first connected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<crate::status::Condition>,
 }
 
 /// Free capacity as node groups, so a 5,000-node cluster stays a few dozen rows.
