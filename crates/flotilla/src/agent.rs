@@ -113,6 +113,10 @@ mod tests {
             namespace: None,
             resync_seconds: 60,
             log_json: false,
+            server: None,
+            cluster: None,
+            token: None,
+            sim_config: None,
         };
         let e = run(&args).unwrap_err();
         assert_eq!(e.code(), 2);
@@ -127,6 +131,10 @@ mod tests {
             namespace: None,
             resync_seconds: 60,
             log_json: false,
+            server: None,
+            cluster: None,
+            token: None,
+            sim_config: None,
         };
         let e = run(&args).unwrap_err();
         assert_eq!(e.code(), 1);
