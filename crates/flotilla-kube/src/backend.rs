@@ -2,11 +2,14 @@
 //!
 //! ```text
 //!   observe       GET pods?labelSelector=flotilla.io/set=<set>, GET persistentvolumeclaims?…
+//!                 and only when a pod is not ready: GET nodes, GET persistentvolumes/<pv>
+//!                 for the claims of pods on a lost node or not scheduled (`locality`)
 //!   Create        POST pod            (409 AlreadyExists → Unchanged)
 //!   CreateVolume  POST pvc            (409 AlreadyExists → Unchanged)
 //!   UpdateInPlace GET pod, PATCH strategic merge of images/labels/annotations (equal → Unchanged)
 //!   SetRole       GET pod, PATCH merge of the role label and version annotations (equal → Unchanged)
-//!   Recreate, Delete, DeleteVolume    DELETE (404 → Unchanged)
+//!   Recreate, Delete, DeleteVolume    DELETE (404 → Unchanged); a rebuild's Recreate
+//!                 (node lost) with gracePeriodSeconds=0: no kubelet is left to finish it
 //!   Switchover    Redis REPLICAOF on the pods' IPs (already switched → Unchanged)
 //!   write_status  server-side apply of /status, manager `flotilla` (equal → no request)
 //!   probe_role    Redis ROLE on <podIP>:<roleProbe.redis.port>, or an exec probe's
@@ -15,7 +18,8 @@
 //! ```
 //!
 //! Every write names its end state, so repeating one is harmless, and each says whether
-//! it changed anything: a converged set costs two list requests and no write.
+//! it changed anything: a converged set costs two list requests and no write (its pods
+//! are ready, so no Node is read).
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,9 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use flotilla_api::object::API_VERSION;
 use flotilla_api::set::{RedisProbe, RoleProbe};
 use flotilla_api::{CapacityModel, InstanceSet, InstanceSetSpec, InstanceSetStatus, Kind as _};
-use flotilla_instanceset::{Action, Observed, instance_name, volume_name};
+use flotilla_instanceset::{Action, Observed, Why, instance_name, volume_name};
 use flotilla_member::{Applied, Backend, redis};
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::Client;
 use kube::api::{
     Api, AttachParams, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
@@ -36,6 +40,7 @@ use serde_json::json;
 
 use crate::capacity;
 use crate::error::{Error, Result, chain, status_code};
+use crate::locality::{self, NodeLoss};
 use crate::objects::{self, FIELD_MANAGER, namespace, selector};
 use crate::resource;
 
@@ -45,6 +50,8 @@ pub struct KubeBackend {
     client: Client,
     /// This process's role epoch (see [`objects::ROLE_EPOCH_ANNOTATION`]).
     epoch: String,
+    /// When a node counts as lost (see [`locality`]).
+    node_loss: NodeLoss,
 }
 
 impl fmt::Debug for KubeBackend {
@@ -52,6 +59,7 @@ impl fmt::Debug for KubeBackend {
         f.debug_struct("KubeBackend")
             .field("default_namespace", &self.client.default_namespace())
             .field("epoch", &self.epoch)
+            .field("node_loss", &self.node_loss)
             .finish()
     }
 }
@@ -71,7 +79,14 @@ impl KubeBackend {
         KubeBackend {
             client,
             epoch: epoch.into(),
+            node_loss: NodeLoss::default(),
         }
+    }
+
+    /// With another rule for lost nodes (default: [`NodeLoss::default`]).
+    pub fn with_node_loss(mut self, node_loss: NodeLoss) -> KubeBackend {
+        self.node_loss = node_loss;
+        self
     }
 
     /// The client.
@@ -135,7 +150,12 @@ impl KubeBackend {
     }
 
     /// Deletes `name`; a missing object is its end state already.
-    async fn delete<K>(&self, set: &InstanceSet, name: &str) -> Result<Applied>
+    async fn delete<K>(
+        &self,
+        set: &InstanceSet,
+        name: &str,
+        params: &DeleteParams,
+    ) -> Result<Applied>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -143,11 +163,7 @@ impl KubeBackend {
             + fmt::Debug,
         <K as kube::Resource>::DynamicType: Default,
     {
-        match self
-            .api::<K>(set)
-            .delete(name, &DeleteParams::default())
-            .await
-        {
+        match self.api::<K>(set).delete(name, params).await {
             Ok(_) => Ok(Applied::Wrote),
             Err(e) if status_code(&e) == Some(404) => Ok(Applied::Unchanged),
             Err(e) => Err(Error::kube(format!(
@@ -230,13 +246,32 @@ impl KubeBackend {
                     None => Ok(Applied::Unchanged),
                 }
             }
-            Action::Recreate { ordinal, .. } | Action::Delete { ordinal } => {
-                self.delete::<Pod>(set, &instance_name(set.name(), *ordinal))
+            Action::Recreate {
+                ordinal,
+                why: Why::NodeLost,
+            } => {
+                // Planned only for a pod on a lost node (instanceRebuild.whenNodeLost:
+                // Rebuild). A graceful deletion would wait for the node's kubelet for
+                // ever, so this one is forced, as `kubectl delete --force` does.
+                let force = DeleteParams::default().grace_period(0);
+                self.delete::<Pod>(set, &instance_name(set.name(), *ordinal), &force)
                     .await
             }
+            Action::Recreate { ordinal, .. } | Action::Delete { ordinal } => {
+                self.delete::<Pod>(
+                    set,
+                    &instance_name(set.name(), *ordinal),
+                    &DeleteParams::default(),
+                )
+                .await
+            }
             Action::DeleteVolume { ordinal, claim } => {
-                self.delete::<PersistentVolumeClaim>(set, &volume_name(claim, set.name(), *ordinal))
-                    .await
+                self.delete::<PersistentVolumeClaim>(
+                    set,
+                    &volume_name(claim, set.name(), *ordinal),
+                    &DeleteParams::default(),
+                )
+                .await
             }
             // `apply` sends switchovers to Redis; none reaches the API server.
             Action::Switchover { .. } => Err(Error::Unsupported(
@@ -415,6 +450,45 @@ impl KubeBackend {
         Ok(Applied::Wrote)
     }
 
+    /// Marks lost nodes and node-local volumes (see [`locality`]). Costs nothing when
+    /// every pod is ready; else one Node list and one GET per PersistentVolume bound
+    /// to a claim of a pod on a lost node or not scheduled.
+    async fn mark_lost(
+        &self,
+        observed: &mut Observed,
+        pods: &[Pod],
+        claims: &[PersistentVolumeClaim],
+    ) -> Result<()> {
+        if !pods.iter().any(locality::suspect) {
+            return Ok(());
+        }
+        let nodes = Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::kube("listing nodes"))?
+            .items;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let api = Api::<PersistentVolume>::all(self.client.clone());
+        let mut volumes = Vec::new();
+        for name in locality::volumes_to_read(pods, claims, &nodes, now, &self.node_loss) {
+            let pv = api
+                .get_opt(&name)
+                .await
+                .map_err(Error::kube(format!("reading persistentvolume {name}")))?;
+            volumes.extend(pv);
+        }
+        locality::mark(
+            observed,
+            pods,
+            claims,
+            &nodes,
+            &volumes,
+            now,
+            &self.node_loss,
+        );
+        Ok(())
+    }
+
     async fn free(&self) -> Result<CapacityModel> {
         let nodes = Api::<Node>::all(self.client.clone())
             .list(&ListParams::default())
@@ -452,14 +526,16 @@ impl Backend for KubeBackend {
     async fn observe(&self, set: &InstanceSet) -> flotilla_member::Result<Observed> {
         let pods = self.list::<Pod>(set).await?;
         let claims = self.list::<PersistentVolumeClaim>(set).await?;
-        Ok(Observed {
+        let mut observed = Observed {
             instances: pods
                 .iter()
                 .filter_map(|p| objects::instance(p, &self.epoch))
                 .collect(),
             volumes: claims.iter().filter_map(objects::volume).collect(),
             last_switchover: None,
-        })
+        };
+        self.mark_lost(&mut observed, &pods, &claims).await?;
+        Ok(observed)
     }
 
     async fn apply(&self, set: &InstanceSet, action: &Action) -> flotilla_member::Result<Applied> {

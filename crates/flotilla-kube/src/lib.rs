@@ -11,6 +11,7 @@
 //! - [`objects`]: the Pod and PVCs of an ordinal, what listed objects tell the planner,
 //!   and the patches, all pure.
 //! - [`capacity`]: the member's capacity model from Nodes and Pods, pure.
+//! - [`locality`]: lost nodes and node-local volumes (instance rebuild), pure.
 //! - [`backend`]: [`KubeBackend`], the requests.
 //! - [`resource`]: InstanceSets as dynamic objects of the CRD.
 //! - [`standalone`]: the agent loop that runs the controller for every InstanceSet in
@@ -24,6 +25,7 @@
 pub mod backend;
 pub mod capacity;
 mod error;
+pub mod locality;
 pub mod objects;
 pub mod resource;
 pub mod standalone;

@@ -268,6 +268,11 @@ pub fn claim(
     })
 }
 
+/// The ordinal an object's label says it belongs to.
+pub fn ordinal_of(meta: &ObjectMeta) -> Option<u32> {
+    label(meta, ORDINAL_LABEL)?.parse().ok()
+}
+
 fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.labels.as_ref()?.get(key).map(String::as_str)
 }
@@ -281,7 +286,7 @@ fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 /// [`ROLE_EPOCH_ANNOTATION`]).
 pub fn instance(pod: &Pod, epoch: &str) -> Option<Instance> {
     let meta = &pod.metadata;
-    let ordinal = label(meta, ORDINAL_LABEL)?.parse().ok()?;
+    let ordinal = ordinal_of(meta)?;
     let status = pod.status.as_ref();
     let phase = match status.and_then(|s| s.phase.as_deref()) {
         Some("Running") => Phase::Running,
@@ -306,8 +311,7 @@ pub fn instance(pod: &Pod, epoch: &str) -> Option<Instance> {
         ready,
         deleting: meta.deletion_timestamp.is_some(),
         node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-        // Lost nodes are not detected on Kubernetes yet (it needs the Node list in
-        // observe), so instance rebuild does not trigger here; see ARCHITECTURE.md.
+        // Needs the Node list: `locality::mark` sets it.
         node_lost: false,
         role: label(meta, ROLE_LABEL).map(str::to_string),
         role_version,
@@ -320,9 +324,9 @@ pub fn volume(pvc: &PersistentVolumeClaim) -> Option<Volume> {
     let meta = &pvc.metadata;
     Some(Volume {
         claim: label(meta, CLAIM_LABEL)?.to_string(),
-        ordinal: label(meta, ORDINAL_LABEL)?.parse().ok()?,
+        ordinal: ordinal_of(meta)?,
         deleting: meta.deletion_timestamp.is_some(),
-        // Whether the bound PersistentVolume is node-local is not read yet.
+        // Needs the bound PersistentVolume: `locality::mark` sets it.
         node_local: false,
     })
 }

@@ -4,8 +4,9 @@
 //! ```text
 //!   watch InstanceSets ─┐
 //!   watch Pods with a   ├─▶ kube-runtime Controller ──▶ reconcile(set):
-//!   flotilla.io/set     │     (one set at a time,         probe roles if periodSeconds passed
-//!   label (owner → set) ┘      requeue on a period)       flotilla_member::Controller::reconcile
+//!   flotilla.io/set     │     (one set at a time,         flotilla_member::Controller::pass:
+//!   label (owner → set) ┘      requeue on a period)       one observation, roles probed on it
+//!                                                         when periodSeconds passed, then plan
 //! ```
 //!
 //! kube-runtime's controller does the scheduling: a set is reconciled when it changes,
@@ -31,6 +32,7 @@ use kube::runtime::watcher;
 
 use crate::backend::KubeBackend;
 use crate::error::{Error, Result, chain};
+use crate::locality::NodeLoss;
 use crate::objects::{self, SET_LABEL};
 use crate::resource;
 
@@ -46,6 +48,8 @@ pub struct Options {
     pub retry: Duration,
     /// After shutdown is asked for, reconciles in flight get this long to finish.
     pub shutdown_grace: Duration,
+    /// When a node counts as lost, for instance rebuild (see [`crate::locality`]).
+    pub node_loss: NodeLoss,
 }
 
 impl Default for Options {
@@ -55,6 +59,7 @@ impl Default for Options {
             resync: Duration::from_secs(60),
             retry: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(20),
+            node_loss: NodeLoss::default(),
         }
     }
 }
@@ -104,7 +109,9 @@ pub async fn run(
     };
     let grace = options.shutdown_grace;
     let context = Arc::new(Context {
-        controller: Controller::new(Arc::new(KubeBackend::new(client))),
+        controller: Controller::new(Arc::new(
+            KubeBackend::new(client).with_node_loss(options.node_loss.clone()),
+        )),
         options,
         probed: Mutex::new(HashMap::new()),
     });
@@ -166,15 +173,11 @@ async fn reconcile(object: Arc<DynamicObject>, context: Arc<Context>) -> Result<
             return Ok(Requeue::await_change());
         }
     };
-    if let Some(period) = period
-        && context.probe_due(&key, period)
-        && let Err(e) = context.controller.probe_roles(&set).await
-    {
-        tracing::warn!(set = %key, error = %e, "role probes failed");
-    }
+    // A failed probe keeps the instance's previous result; it never fails the pass.
+    let probe = period.is_some_and(|period| context.probe_due(&key, period));
     let pass = context
         .controller
-        .reconcile(&set)
+        .pass(&set, probe)
         .await
         .map_err(|source| Error::Reconcile {
             set: key.clone(),
@@ -326,8 +329,8 @@ mod tests {
     async fn roles_are_probed_once_per_period_and_the_set_requeued_at_it() {
         let (context, mut handle) = context();
         let server = tokio::spawn(async move {
-            // First pass: the probe's observe, the reconcile's observe, the status.
-            for path in [PODS, PVCS, PODS, PVCS] {
+            // First pass: one observation (probes included), the status.
+            for path in [PODS, PVCS] {
                 empty_list(&mut handle, path).await;
             }
             status_apply(&mut handle).await;

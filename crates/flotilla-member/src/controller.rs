@@ -7,6 +7,12 @@
 //!   Plan.status  ──▶ backend.write_status, only when it changed
 //! ```
 //!
+//! [`Controller::pass`] does both with one observation: observe, probe the running
+//! instances it found (when asked), then plan from that same observation with the new
+//! results merged in. `probe_roles` then `reconcile` observe twice (on Kubernetes, four
+//! list requests instead of two); they remain for callers that probe and reconcile on
+//! different schedules.
+//!
 //! The controller keeps, per set, the newest probe result of every instance and the
 //! outcome of the last switchover; everything else is read back from the backend on
 //! every pass, so a crash between two writes costs nothing but a repeated pass.
@@ -16,7 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use flotilla_api::{InstanceSet, InstanceSetStatus, Valid};
-use flotilla_instanceset::{Action, Phase, ProbeResult, Revision, SwitchoverOutcome, prepare};
+use flotilla_instanceset::{
+    Action, Observed, Phase, ProbeResult, Revision, SwitchoverOutcome, prepare,
+};
 use tokio::sync::Mutex;
 
 use crate::backend::{Applied, Backend};
@@ -71,6 +79,25 @@ impl<B: Backend> Controller<B> {
     /// previous result (the instance may be restarting).
     pub async fn probe_roles(&self, set: &InstanceSet) -> Result<()> {
         let observed = self.backend.observe(set).await?;
+        self.probe_observed(set, &observed).await;
+        Ok(())
+    }
+
+    /// One pass over `set` from a single observation: observe, probe the role of every
+    /// running instance when `probe` is set (as [`Controller::probe_roles`] does), then
+    /// plan and commit as [`Controller::reconcile`] does, from that same observation with
+    /// the new probe results merged in. The observation is as old as the probes took:
+    /// harmless, since every action names its end state.
+    pub async fn pass(&self, set: &Valid<InstanceSet>, probe: bool) -> Result<Pass> {
+        let observed = self.backend.observe(set).await?;
+        if probe {
+            self.probe_observed(set, &observed).await;
+        }
+        self.reconcile_observed(set, observed).await
+    }
+
+    /// Probes the running instances of `observed` and keeps the newer results.
+    async fn probe_observed(&self, set: &InstanceSet, observed: &Observed) {
         let mut results = Vec::new();
         for inst in observed
             .instances
@@ -92,12 +119,21 @@ impl<B: Backend> Controller<B> {
                 *slot = result;
             }
         }
-        Ok(())
     }
 
     /// One reconcile pass over `set`.
     pub async fn reconcile(&self, set: &Valid<InstanceSet>) -> Result<Pass> {
-        let mut observed = self.backend.observe(set).await?;
+        let observed = self.backend.observe(set).await?;
+        self.reconcile_observed(set, observed).await
+    }
+
+    /// Plans from `observed` (with the kept probe results and switchover merged in) and
+    /// commits the plan.
+    async fn reconcile_observed(
+        &self,
+        set: &Valid<InstanceSet>,
+        mut observed: Observed,
+    ) -> Result<Pass> {
         let desired = Revision::of(&set.spec.template);
         {
             let sets = self.sets.lock().await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flotilla_api::decode::{AnyObject, decode_all};
 use flotilla_api::{InstanceSet, NodeGroup, Valid, validate};
-use flotilla_instanceset::Revision;
+use flotilla_instanceset::{Observed, Revision};
 use flotilla_member::sim::{Sim, SimConfig};
 use flotilla_member::{Backend, Controller, Pass};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -307,4 +307,95 @@ async fn an_instance_stranded_with_local_volumes_waits_unless_rebuild_is_allowed
             );
         }
     }
+}
+
+/// A backend that counts how often it is observed.
+struct Counting {
+    sim: Arc<Sim>,
+    observes: std::sync::atomic::AtomicUsize,
+}
+
+impl Backend for Counting {
+    async fn observe(&self, set: &InstanceSet) -> flotilla_member::Result<Observed> {
+        self.observes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.sim.observe(set).await
+    }
+    async fn apply(
+        &self,
+        set: &InstanceSet,
+        action: &flotilla_instanceset::Action,
+    ) -> flotilla_member::Result<flotilla_member::Applied> {
+        self.sim.apply(set, action).await
+    }
+    async fn write_status(
+        &self,
+        set: &InstanceSet,
+        status: &flotilla_api::InstanceSetStatus,
+    ) -> flotilla_member::Result<flotilla_member::Applied> {
+        self.sim.write_status(set, status).await
+    }
+    async fn probe_role(
+        &self,
+        set: &InstanceSet,
+        ordinal: u32,
+    ) -> flotilla_member::Result<Option<String>> {
+        self.sim.probe_role(set, ordinal).await
+    }
+    async fn capacity(&self) -> flotilla_member::Result<flotilla_api::CapacityModel> {
+        self.sim.capacity().await
+    }
+}
+
+#[tokio::test]
+async fn a_probing_pass_observes_once_and_plans_from_its_own_probes() {
+    let sim = sim(5);
+    let backend = Arc::new(Counting {
+        sim: Arc::clone(&sim),
+        observes: Default::default(),
+    });
+    let c = Controller::new(Arc::clone(&backend));
+    let s = set("{ranges: [{start: 0, end: 2}]}", "redis:7.2", "");
+    let mut passes = 0;
+    let mut labelled_in_the_probing_pass = false;
+    loop {
+        passes += 1;
+        assert!(passes <= 30, "did not converge");
+        let before = backend.observes.load(std::sync::atomic::Ordering::SeqCst);
+        let pass = c.pass(&s, true).await.unwrap();
+        let after = backend.observes.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            after - before,
+            1,
+            "one observation per pass, probes included"
+        );
+        // The first pass whose probes find a running primary labels it in that pass:
+        // the results are merged into the pass's own observation.
+        if pass.actions.iter().any(|a| {
+            let a = a.to_string();
+            a.starts_with("set-role") && a.ends_with("=primary")
+        }) {
+            labelled_in_the_probing_pass = true;
+        }
+        if pass.converged {
+            break;
+        }
+        sim.advance(Duration::from_secs(1));
+    }
+    assert!(labelled_in_the_probing_pass);
+    let o = sim.observe(&s).await.unwrap();
+    let primaries = o
+        .instances
+        .iter()
+        .filter(|i| i.role.as_deref() == Some("primary"))
+        .count();
+    assert_eq!(primaries, 1);
+    // Without probing, a pass is a plain reconcile: one observation too.
+    let before = backend.observes.load(std::sync::atomic::Ordering::SeqCst);
+    let pass = c.pass(&s, false).await.unwrap();
+    assert_eq!(pass.writes, 0);
+    assert_eq!(
+        backend.observes.load(std::sync::atomic::Ordering::SeqCst) - before,
+        1
+    );
 }
