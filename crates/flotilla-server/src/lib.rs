@@ -1,1 +1,281 @@
-//! The federation server.
+//! The federation server: the user API and the agent protocol over gRPC, the
+//! federation controller, cluster health, and `/metrics` `/healthz` `/readyz` over HTTP.
+//!
+//! ```text
+//!  flotilla CLI ──gRPC (admin token)──▶ api ──validate──▶ store ◀── controller
+//!                                                          ▲  │      (plan, slices,
+//!  agents ──gRPC stream (cluster token)──▶ agents ─────────┘  │       status)
+//!     ▲  heartbeats → lease, reports                          │
+//!     └────────────── slices of its cluster (watch) ◀─────────┘
+//! ```
+//!
+//! All state is in the [`Store`] (see [`keys`] for the layout); the server itself
+//! keeps only caches, so it can be killed at any moment and restarted, against etcd or
+//! the embedded file. Run one server per store: the federation controller does not
+//! elect a leader.
+
+mod agents;
+mod api;
+mod auth;
+mod controller;
+mod federation;
+mod http;
+pub mod keys;
+mod metrics;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use flotilla_proto::v1::agent_service_server::AgentServiceServer;
+use flotilla_proto::v1::federation_server::FederationServer;
+use flotilla_store::{Condition, Store};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
+
+pub use auth::generate as generate_token;
+
+/// How the server runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// gRPC address (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// HTTP address for metrics and health (port 0 picks a free one).
+    pub http: SocketAddr,
+    /// The user API's token; `None`: the one kept in the store, generated on the
+    /// first start.
+    pub admin_token: Option<String>,
+    /// A cluster without a heartbeat for this long goes Unknown.
+    pub cluster_ttl: Duration,
+    /// How often agents send heartbeats.
+    pub heartbeat: Duration,
+    /// History older than this is compacted away (agents further behind get a
+    /// snapshot when they reconnect).
+    pub history: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: ([127, 0, 0, 1], 7443).into(),
+            http: ([127, 0, 0, 1], 7080).into(),
+            admin_token: None,
+            cluster_ttl: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(2),
+            history: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    /// Where gRPC is served.
+    pub grpc: SocketAddr,
+    /// Where HTTP is served.
+    pub http: SocketAddr,
+    /// The user API's token.
+    pub admin_token: String,
+    stop: Option<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// The gRPC URL clients dial.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Stops serving and every background task.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Binds both ports and starts serving; returns once both listen.
+pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Running> {
+    let admin_token = admin_token(&*store, config.admin_token.clone()).await?;
+    let grpc = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening for gRPC on {}", config.listen))?;
+    let http_listener = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("listening for HTTP on {}", config.http))?;
+    let grpc_addr = grpc.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let presence = Arc::new(agents::Presence::default());
+    let (synced_tx, synced) = watch::channel(false);
+
+    let controller = controller::Controller {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        ttl: config.cluster_ttl,
+        synced: synced_tx,
+    };
+    let api = Arc::new(api::Api {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        presence: presence.clone(),
+    });
+    let agents = Arc::new(agents::Agents::new(
+        store.clone(),
+        metrics.clone(),
+        presence,
+        config.cluster_ttl,
+        config.heartbeat,
+    ));
+    let admin = auth::AdminAuth::new(&admin_token);
+    let federation =
+        FederationServer::with_interceptor(api::Service(api), move |req: tonic::Request<()>| {
+            admin.check(req.metadata())?;
+            Ok(req)
+        });
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(controller.run()));
+    tasks.push(tokio::spawn(compact(store.clone(), config.history)));
+    tasks.push(tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(federation)
+            .add_service(AgentServiceServer::new(agents::Service(agents)))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
+                let _ = stop_rx.await;
+                let _ = http_stop_tx.send(());
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    }));
+    let router = http::router(http::Http {
+        metrics,
+        store,
+        synced,
+    });
+    tasks.push(tokio::spawn(async move {
+        let result = axum::serve(http_listener, router)
+            .with_graceful_shutdown(async {
+                let _ = http_stop_rx.await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, "flotilla server listening");
+    Ok(Running {
+        grpc: grpc_addr,
+        http: http_addr,
+        admin_token,
+        stop: Some(stop_tx),
+        tasks,
+    })
+}
+
+/// The given token, else the stored one, else a new one (stored for the next start).
+async fn admin_token(store: &dyn Store, given: Option<String>) -> anyhow::Result<String> {
+    if let Some(t) = given {
+        anyhow::ensure!(!t.trim().is_empty(), "--admin-token: must not be empty");
+        return Ok(t);
+    }
+    if let Some(kv) = store.get(keys::ADMIN_TOKEN).await? {
+        return Ok(String::from_utf8_lossy(&kv.value).into_owned());
+    }
+    let token = auth::generate()?;
+    match store
+        .put(
+            keys::ADMIN_TOKEN,
+            Bytes::from(token.clone()),
+            Condition::Absent,
+            None,
+        )
+        .await
+    {
+        Ok(_) => Ok(token),
+        // Another server generated one first: use it.
+        Err(flotilla_store::Error::AlreadyExists { .. }) => {
+            let kv = store
+                .get(keys::ADMIN_TOKEN)
+                .await?
+                .context("the admin token vanished")?;
+            Ok(String::from_utf8_lossy(&kv.value).into_owned())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Forgets history older than `keep`, once a minute: watches (agents resuming) from
+/// before it get a snapshot instead.
+async fn compact(store: Arc<dyn Store>, keep: Duration) {
+    let mut seen: std::collections::VecDeque<(tokio::time::Instant, i64)> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let Ok(listing) = store.list(keys::ADMIN_TOKEN).await else {
+            continue;
+        };
+        let now = tokio::time::Instant::now();
+        seen.push_back((now, listing.revision));
+        let mut target = None;
+        while let Some(&(t, rev)) = seen.front() {
+            if now.duration_since(t) >= keep {
+                target = Some(rev);
+                seen.pop_front();
+            } else {
+                break;
+            }
+        }
+        if let Some(rev) = target
+            && let Err(e) = store.compact(rev).await
+        {
+            tracing::warn!(revision = rev, error = %e, "compaction failed");
+        }
+    }
+}
+
+/// A store failure as a gRPC status.
+pub(crate) fn store_status(e: flotilla_store::Error) -> Status {
+    use flotilla_store::Error as E;
+    match e {
+        E::AlreadyExists { .. } => Status::already_exists(e.to_string()),
+        E::Conflict { .. } => Status::aborted(format!("{e}; retry")),
+        E::Compacted { .. } | E::FutureRevision { .. } => Status::out_of_range(e.to_string()),
+        E::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+        E::Etcd { .. } | E::WatchClosed | E::WatchCancelled { .. } => {
+            Status::unavailable(format!("the store is unavailable: {e}"))
+        }
+        _ => Status::internal(e.to_string()),
+    }
+}

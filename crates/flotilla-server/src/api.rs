@@ -1,0 +1,972 @@
+//! The user API (`proto/flotilla/v1/federation.proto`): apply, get, list, delete,
+//! watch, plan, add cluster.
+//!
+//! Every write is decoded and validated first, all documents of an apply together: if
+//! any is invalid the call fails with every field error and nothing is stored. Writes
+//! are compare-and-swap on the revision read, retried a few times when another writer
+//! got in between, so concurrent applies never lose each other's changes silently.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flotilla_api::decode::{self, AnyObject};
+use flotilla_api::status::FederatedInstanceSetStatus;
+use flotilla_api::{
+    Cluster, ClusterSpec, ClusterStatus, FederatedInstanceSet, InstanceSet, InstanceSetStatus,
+    Invalid, Object, Valid, validate,
+};
+use flotilla_proto::v1::federation_server::Federation;
+use flotilla_proto::v1::watch_event::Type as EventType;
+use flotilla_proto::v1::{
+    AddClusterRequest, AddClusterResponse, Applied, ApplyRequest, ApplyResponse, DeleteRequest,
+    DeleteResponse, GetRequest, ListRequest, ListResponse, Object as WireObject, PlanRequest,
+    PlanResponse, WatchEvent, WatchRequest,
+};
+use flotilla_scheduler::{Inventory, Plan};
+use flotilla_store::{Condition, Error as StoreError, KeyValue, Store};
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::agents::Presence;
+use crate::federation::{self, Member};
+use crate::keys::{self, Key};
+use crate::metrics::Metrics;
+use crate::{auth, store_status};
+
+/// The kinds of the API, by plural name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiKind {
+    Sets,
+    Clusters,
+    InstanceSets,
+}
+
+impl ApiKind {
+    /// Accepts plurals, singulars, kinds and short names, case-insensitively.
+    pub fn parse(s: &str) -> Result<ApiKind, Status> {
+        match s.to_ascii_lowercase().as_str() {
+            "federatedinstancesets" | "federatedinstanceset" | "fis" => Ok(ApiKind::Sets),
+            "clusters" | "cluster" => Ok(ApiKind::Clusters),
+            "instancesets" | "instanceset" | "is" => Ok(ApiKind::InstanceSets),
+            other => Err(Status::invalid_argument(format!(
+                "kind: unknown kind {other:?}; use federatedinstancesets (fis), clusters or instancesets"
+            ))),
+        }
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            ApiKind::Sets => "federatedinstancesets",
+            ApiKind::Clusters => "clusters",
+            ApiKind::InstanceSets => "instancesets",
+        }
+    }
+
+    fn owns(self, key: &Key) -> Option<String> {
+        match (self, key) {
+            (ApiKind::Sets, Key::Set(k) | Key::SetStatus(k)) => Some(k.clone()),
+            (ApiKind::Clusters, Key::Cluster(n) | Key::ClusterStatus(n)) => Some(n.clone()),
+            (ApiKind::InstanceSets, Key::Slice { cluster, set } | Key::Report { cluster, set }) => {
+                Some(format!("{cluster}/{set}"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The user API service.
+#[derive(Debug)]
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub presence: Arc<Presence>,
+}
+
+fn invalid(e: Invalid) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn decode_json<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, Status> {
+    serde_json::from_slice(&kv.value)
+        .map_err(|e| Status::internal(format!("unreadable record {}: {e}", kv.key)))
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, Status> {
+    serde_json::to_string(value).map_err(|e| Status::internal(e.to_string()))
+}
+
+fn wire(json: String) -> WireObject {
+    WireObject { json }
+}
+
+/// Only what users may set, plus what the server keeps.
+fn user_meta(m: &ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        labels: m.labels.clone().filter(|l| !l.is_empty()),
+        annotations: m.annotations.clone().filter(|a| !a.is_empty()),
+        ..ObjectMeta::default()
+    }
+}
+
+fn now_time() -> Time {
+    Time(
+        jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or_else(|_| jiff::Timestamp::now()),
+    )
+}
+
+fn uid() -> Result<String, Status> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
+}
+
+/// A validated write of an apply.
+enum Write {
+    Set(Box<Valid<FederatedInstanceSet>>),
+    Cluster(Box<Valid<Cluster>>),
+}
+
+const RETRIES: usize = 8;
+
+impl Api {
+    fn done<T>(&self, method: &'static str, r: Result<T, Status>) -> Result<T, Status> {
+        let code = match &r {
+            Ok(_) => "OK".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.metrics
+            .api_requests
+            .get_or_create(&vec![("method", method.to_string()), ("code", code)])
+            .inc();
+        r
+    }
+
+    async fn apply_inner(&self, req: ApplyRequest) -> Result<ApplyResponse, Status> {
+        let docs = decode::decode_all(&req.document).map_err(invalid)?;
+        let many = docs.len() > 1;
+        let mut warnings: Vec<String> = docs
+            .iter()
+            .flat_map(|d| d.warnings.iter().map(|w| w.to_string()))
+            .collect();
+        let mut errors = Vec::new();
+        let mut writes = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, d) in docs.into_iter().enumerate() {
+            let label = format!(
+                "document {} ({} {})",
+                i + 1,
+                d.object.kind(),
+                d.object.name()
+            );
+            let tag = |e: Invalid| if many { e.in_document(&label) } else { e };
+            let result = match d.object {
+                AnyObject::FederatedInstanceSet(mut o) => {
+                    if o.status.take().is_some() {
+                        warnings.push(format!("{label}: status is written by Flotilla; ignored"));
+                    }
+                    o.metadata
+                        .namespace
+                        .get_or_insert_with(|| "default".to_string());
+                    validate::federated_instance_set(*o).map(|v| Write::Set(Box::new(v)))
+                }
+                AnyObject::Cluster(mut o) => {
+                    if o.status.take().is_some() {
+                        warnings.push(format!("{label}: status is written by Flotilla; ignored"));
+                    }
+                    match validate::cluster(*o) {
+                        Ok(c) => {
+                            let c = Box::new(c);
+                            let registered = self
+                                .store
+                                .get(&keys::cluster(c.name()))
+                                .await
+                                .map_err(store_status)?
+                                .is_some();
+                            if registered {
+                                Ok(Write::Cluster(c))
+                            } else {
+                                Err(Invalid::one(
+                                    "metadata.name",
+                                    format!(
+                                        "cluster {:?} is not registered; `flotilla cluster add {}` \
+                                         registers it and prints its agent token",
+                                        c.name(),
+                                        c.name()
+                                    ),
+                                ))
+                            }
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                AnyObject::InstanceSet(_) => Err(Invalid::one(
+                    "kind",
+                    "InstanceSets are the members' slices, written by the federation; apply the \
+                     FederatedInstanceSet instead",
+                )),
+            };
+            match result {
+                Ok(w) => {
+                    let id = match &w {
+                        Write::Set(s) => {
+                            format!("fis/{}/{}", s.namespace().unwrap_or("default"), s.name())
+                        }
+                        Write::Cluster(c) => format!("cluster/{}", c.name()),
+                    };
+                    if !seen.insert(id.clone()) {
+                        errors.extend(
+                            tag(Invalid::one(
+                                "metadata.name",
+                                format!("{id} appears twice in the input"),
+                            ))
+                            .0,
+                        );
+                    }
+                    writes.push(w);
+                }
+                Err(e) => errors.extend(tag(e).0),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(invalid(Invalid(errors)));
+        }
+        let mut applied = Vec::new();
+        for w in writes {
+            applied.push(match w {
+                Write::Set(s) => self.apply_set((*s).into_inner(), req.dry_run).await?,
+                Write::Cluster(c) => self.apply_cluster((*c).into_inner(), req.dry_run).await?,
+            });
+        }
+        Ok(ApplyResponse { applied, warnings })
+    }
+
+    async fn apply_set(&self, set: FederatedInstanceSet, dry_run: bool) -> Result<Applied, Status> {
+        let ns = set.namespace().unwrap_or("default").to_string();
+        let name = set.name().to_string();
+        let key = keys::set(&keys::set_key(&ns, &name));
+        for _ in 0..RETRIES {
+            let existing = self.store.get(&key).await.map_err(store_status)?;
+            let mut new: FederatedInstanceSet = Object {
+                metadata: user_meta(&set.metadata),
+                status: None,
+                ..set.clone()
+            };
+            let (result, condition) = match &existing {
+                None => {
+                    new.metadata.generation = Some(1);
+                    new.metadata.creation_timestamp = Some(now_time());
+                    new.metadata.uid = Some(uid()?);
+                    ("created", Condition::Absent)
+                }
+                Some(kv) => {
+                    let old: FederatedInstanceSet = decode_json(kv)?;
+                    let spec_changed = old.spec != new.spec;
+                    if !spec_changed
+                        && old.metadata.labels == new.metadata.labels
+                        && old.metadata.annotations == new.metadata.annotations
+                    {
+                        return Ok(applied(
+                            "FederatedInstanceSet",
+                            &ns,
+                            &name,
+                            "unchanged",
+                            old.metadata.generation,
+                            0,
+                        ));
+                    }
+                    let generation = old.metadata.generation.unwrap_or(1);
+                    new.metadata.generation = Some(generation + i64::from(spec_changed));
+                    new.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
+                    new.metadata.uid = old.metadata.uid.clone();
+                    ("configured", Condition::ModRevision(kv.mod_revision))
+                }
+            };
+            if dry_run {
+                return Ok(applied(
+                    "FederatedInstanceSet",
+                    &ns,
+                    &name,
+                    result,
+                    new.metadata.generation,
+                    0,
+                ));
+            }
+            let bytes = Bytes::from(to_json(&new)?);
+            match self.store.put(&key, bytes, condition, None).await {
+                Ok(rev) => {
+                    tracing::info!(set = %format!("{ns}/{name}"), result, revision = rev, "applied");
+                    return Ok(applied(
+                        "FederatedInstanceSet",
+                        &ns,
+                        &name,
+                        result,
+                        new.metadata.generation,
+                        rev,
+                    ));
+                }
+                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(store_status(e)),
+            }
+        }
+        Err(Status::aborted(format!(
+            "federatedinstancesets {ns}/{name} kept changing under this apply; try again"
+        )))
+    }
+
+    async fn apply_cluster(&self, cluster: Cluster, dry_run: bool) -> Result<Applied, Status> {
+        let name = cluster.name().to_string();
+        let key = keys::cluster(&name);
+        for _ in 0..RETRIES {
+            let kv = self
+                .store
+                .get(&key)
+                .await
+                .map_err(store_status)?
+                .ok_or_else(|| Status::not_found(format!("clusters {name:?} not found")))?;
+            let old: Cluster = decode_json(&kv)?;
+            let mut new = old.clone();
+            new.metadata.labels = cluster.metadata.labels.clone().filter(|l| !l.is_empty());
+            new.metadata.annotations = cluster
+                .metadata
+                .annotations
+                .clone()
+                .filter(|a| !a.is_empty());
+            new.spec = cluster.spec.clone();
+            if new == old {
+                return Ok(applied(
+                    "Cluster",
+                    "",
+                    &name,
+                    "unchanged",
+                    old.metadata.generation,
+                    0,
+                ));
+            }
+            if new.spec != old.spec {
+                new.metadata.generation = Some(old.metadata.generation.unwrap_or(1) + 1);
+            }
+            if dry_run {
+                return Ok(applied(
+                    "Cluster",
+                    "",
+                    &name,
+                    "configured",
+                    new.metadata.generation,
+                    0,
+                ));
+            }
+            match self
+                .store
+                .put(
+                    &key,
+                    Bytes::from(to_json(&new)?),
+                    Condition::ModRevision(kv.mod_revision),
+                    None,
+                )
+                .await
+            {
+                Ok(rev) => {
+                    return Ok(applied(
+                        "Cluster",
+                        "",
+                        &name,
+                        "configured",
+                        new.metadata.generation,
+                        rev,
+                    ));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_status(e)),
+            }
+        }
+        Err(Status::aborted(format!(
+            "clusters {name} kept changing under this apply; try again"
+        )))
+    }
+
+    /// One object as users see it, or `None` when it does not exist.
+    async fn object(&self, kind: ApiKind, id: &str) -> Result<Option<String>, Status> {
+        match kind {
+            ApiKind::Sets => {
+                let Some(kv) = self.store.get(&keys::set(id)).await.map_err(store_status)? else {
+                    return Ok(None);
+                };
+                let status = self
+                    .store
+                    .get(&keys::set_status(id))
+                    .await
+                    .map_err(store_status)?;
+                Ok(Some(self.set_json(&kv, status.as_ref())?))
+            }
+            ApiKind::Clusters => {
+                let Some(kv) = self
+                    .store
+                    .get(&keys::cluster(id))
+                    .await
+                    .map_err(store_status)?
+                else {
+                    return Ok(None);
+                };
+                let status = self
+                    .store
+                    .get(&keys::cluster_status(id))
+                    .await
+                    .map_err(store_status)?;
+                Ok(Some(self.cluster_json(&kv, status.as_ref())?))
+            }
+            ApiKind::InstanceSets => {
+                let Some((cluster, set)) = id.split_once('/') else {
+                    return Err(Status::invalid_argument(
+                        "name: an InstanceSet is named <cluster>/<set> (or <cluster>/<namespace>/<set>)",
+                    ));
+                };
+                let set = if set.contains('/') {
+                    set.to_string()
+                } else {
+                    keys::set_key("default", set)
+                };
+                let Some(kv) = self
+                    .store
+                    .get(&keys::slice(cluster, &set))
+                    .await
+                    .map_err(store_status)?
+                else {
+                    return Ok(None);
+                };
+                let report = self
+                    .store
+                    .get(&keys::report(cluster, &set))
+                    .await
+                    .map_err(store_status)?;
+                Ok(Some(slice_json(&kv, report.as_ref())?))
+            }
+        }
+    }
+
+    fn set_json(&self, kv: &KeyValue, status: Option<&KeyValue>) -> Result<String, Status> {
+        let mut set: FederatedInstanceSet = decode_json(kv)?;
+        set.metadata.resource_version = Some(kv.mod_revision.to_string());
+        set.status = status
+            .map(decode_json::<FederatedInstanceSetStatus>)
+            .transpose()?;
+        to_json(&set)
+    }
+
+    fn cluster_json(&self, kv: &KeyValue, status: Option<&KeyValue>) -> Result<String, Status> {
+        let mut c: Cluster = decode_json(kv)?;
+        c.metadata.resource_version = Some(kv.mod_revision.to_string());
+        let mut status: Option<ClusterStatus> = status.map(decode_json).transpose()?;
+        if let Some(s) = status.as_mut()
+            && let Some(t) = self.presence.last_heartbeat(c.name())
+            && s.ready
+        {
+            s.last_heartbeat_time = Some(t);
+        }
+        c.status = Some(status.unwrap_or_else(|| {
+            let mut s = ClusterStatus {
+                reason: Some("AgentNeverConnected".into()),
+                ..ClusterStatus::default()
+            };
+            federation::set_ready_condition(
+                &mut s,
+                "False",
+                "AgentNeverConnected",
+                format!(
+                    "no agent has connected yet: run `flotilla agent --server URL --cluster {} \
+                     --token TOKEN` in the member",
+                    c.name()
+                ),
+                "",
+            );
+            s.conditions[0].last_transition_time = None;
+            s
+        }));
+        to_json(&c)
+    }
+
+    async fn list_inner(&self, kind: ApiKind, namespace: &str) -> Result<ListResponse, Status> {
+        let (main, side) = match kind {
+            ApiKind::Sets => (keys::SETS, keys::SET_STATUS),
+            ApiKind::Clusters => (keys::CLUSTERS, keys::CLUSTER_STATUS),
+            ApiKind::InstanceSets => (keys::SLICES, keys::REPORTS),
+        };
+        let objects = self.store.list(main).await.map_err(store_status)?;
+        let extras = self.store.list(side).await.map_err(store_status)?;
+        let extra: HashMap<String, &KeyValue> = extras
+            .items
+            .iter()
+            .filter_map(|kv| kind.owns(&Key::parse(&kv.key)).map(|id| (id, kv)))
+            .collect();
+        let mut items = Vec::new();
+        for kv in &objects.items {
+            let Some(id) = kind.owns(&Key::parse(&kv.key)) else {
+                continue;
+            };
+            if !namespace.is_empty()
+                && kind != ApiKind::Clusters
+                && namespace_of(kind, &id) != namespace
+            {
+                continue;
+            }
+            let side = extra.get(&id).copied();
+            let json = match kind {
+                ApiKind::Sets => self.set_json(kv, side)?,
+                ApiKind::Clusters => self.cluster_json(kv, side)?,
+                ApiKind::InstanceSets => slice_json(kv, side)?,
+            };
+            items.push(wire(json));
+        }
+        Ok(ListResponse {
+            items,
+            revision: objects.revision,
+        })
+    }
+
+    async fn delete_inner(&self, req: DeleteRequest) -> Result<DeleteResponse, Status> {
+        let kind = ApiKind::parse(&req.kind)?;
+        match kind {
+            ApiKind::Sets => {
+                let ns = if req.namespace.is_empty() {
+                    "default"
+                } else {
+                    &req.namespace
+                };
+                let id = keys::set_key(ns, &req.name);
+                match self
+                    .store
+                    .delete(&keys::set(&id), None)
+                    .await
+                    .map_err(store_status)?
+                {
+                    Some(rev) => {
+                        tracing::info!(set = %id, revision = rev, "deleted");
+                        Ok(DeleteResponse { deleted: true })
+                    }
+                    None => Err(Status::not_found(format!(
+                        "federatedinstancesets {:?} not found in namespace {ns:?}",
+                        req.name
+                    ))),
+                }
+            }
+            ApiKind::Clusters => {
+                let name = &req.name;
+                // The token first: from here on its agent cannot reconnect.
+                self.store
+                    .delete(&keys::token(name), None)
+                    .await
+                    .map_err(store_status)?;
+                let deleted = self
+                    .store
+                    .delete(&keys::cluster(name), None)
+                    .await
+                    .map_err(store_status)?;
+                self.store
+                    .delete(&keys::cluster_status(name), None)
+                    .await
+                    .map_err(store_status)?;
+                self.store
+                    .delete(&keys::alive(name), None)
+                    .await
+                    .map_err(store_status)?;
+                match deleted {
+                    Some(_) => {
+                        tracing::info!(cluster = %name, "cluster deleted: its instances are placed again");
+                        Ok(DeleteResponse { deleted: true })
+                    }
+                    None => Err(Status::not_found(format!("clusters {name:?} not found"))),
+                }
+            }
+            ApiKind::InstanceSets => Err(Status::failed_precondition(
+                "InstanceSets are the members' slices, written by the federation: delete or \
+                 scale the FederatedInstanceSet instead",
+            )),
+        }
+    }
+
+    async fn plan_inner(&self, req: PlanRequest) -> Result<PlanResponse, Status> {
+        let mut docs = decode::split(&req.document).map_err(invalid)?;
+        if docs.len() != 1 {
+            return Err(Status::invalid_argument(format!(
+                "document: expected one FederatedInstanceSet, found {} documents",
+                docs.len()
+            )));
+        }
+        let decoded = decode::decode_kind::<
+            flotilla_api::FederatedInstanceSetSpec,
+            FederatedInstanceSetStatus,
+        >(docs.remove(0))
+        .map_err(invalid)?;
+        let warnings = decoded.warnings.iter().map(ToString::to_string).collect();
+        let mut set = decoded.object;
+        set.metadata
+            .namespace
+            .get_or_insert_with(|| "default".to_string());
+        let valid = validate::federated_instance_set(set).map_err(invalid)?;
+        let id = keys::set_key(valid.namespace().unwrap_or("default"), valid.name());
+        let clusters = self
+            .store
+            .list(keys::CLUSTERS)
+            .await
+            .map_err(store_status)?;
+        let statuses = self
+            .store
+            .list(keys::CLUSTER_STATUS)
+            .await
+            .map_err(store_status)?;
+        let alive = self.store.list(keys::ALIVE).await.map_err(store_status)?;
+        let reports = self.store.list(keys::REPORTS).await.map_err(store_status)?;
+        let clusters: Vec<Cluster> = clusters
+            .items
+            .iter()
+            .map(decode_json)
+            .collect::<Result<_, _>>()?;
+        let statuses: BTreeMap<String, ClusterStatus> = statuses
+            .items
+            .iter()
+            .filter_map(|kv| match Key::parse(&kv.key) {
+                Key::ClusterStatus(n) => decode_json(kv).ok().map(|s| (n, s)),
+                _ => None,
+            })
+            .collect();
+        let alive: BTreeSet<String> = alive
+            .items
+            .iter()
+            .filter_map(|kv| match Key::parse(&kv.key) {
+                Key::Alive(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let own: BTreeMap<String, InstanceSetStatus> = reports
+            .items
+            .iter()
+            .filter_map(|kv| match Key::parse(&kv.key) {
+                Key::Report { cluster, set } if set == id => {
+                    decode_json(kv).ok().map(|s| (cluster, s))
+                }
+                _ => None,
+            })
+            .collect();
+        let members: Vec<Member<'_>> = clusters
+            .iter()
+            .map(|c| Member {
+                cluster: c,
+                status: statuses.get(c.name()),
+                alive: alive.contains(c.name()),
+            })
+            .collect();
+        let own_refs = own.iter().map(|(c, s)| (c.clone(), s)).collect();
+        let valid_clusters = federation::clusters_for(&valid, &members, &own_refs);
+        let previous: Option<Plan> = match self
+            .store
+            .get(&keys::placement(&id))
+            .await
+            .map_err(store_status)?
+        {
+            Some(kv) => Some(decode_json(&kv)?),
+            None => None,
+        };
+        let inventory = Inventory::new(&valid_clusters);
+        let plan = inventory
+            .plan(&valid, previous.as_ref())
+            .or_else(|_| inventory.plan(&valid, None))
+            .map_err(invalid)?;
+        Ok(PlanResponse {
+            json: to_json(&plan)?,
+            warnings,
+        })
+    }
+
+    async fn add_cluster_inner(
+        &self,
+        req: AddClusterRequest,
+    ) -> Result<AddClusterResponse, Status> {
+        let mut cluster: Cluster = Object::new(&req.name, ClusterSpec::default());
+        if !req.labels.is_empty() {
+            cluster.metadata.labels = Some(req.labels.into_iter().collect());
+        }
+        cluster.metadata.generation = Some(1);
+        cluster.metadata.creation_timestamp = Some(now_time());
+        cluster.metadata.uid = Some(uid()?);
+        let cluster = validate::cluster(cluster).map_err(invalid)?.into_inner();
+        let name = cluster.name().to_string();
+        let key = keys::cluster(&name);
+        if self.store.get(&key).await.map_err(store_status)?.is_some() {
+            return Err(Status::already_exists(format!(
+                "cluster {name:?} already exists; `flotilla delete cluster {name}` first to register \
+                 it again with a new token"
+            )));
+        }
+        let token = auth::generate().map_err(|e| Status::internal(e.to_string()))?;
+        self.store
+            .put(
+                &keys::token(&name),
+                Bytes::from(auth::digest(&token)),
+                Condition::Any,
+                None,
+            )
+            .await
+            .map_err(store_status)?;
+        let rev = self
+            .store
+            .put(
+                &key,
+                Bytes::from(to_json(&cluster)?),
+                Condition::Absent,
+                None,
+            )
+            .await
+            .map_err(store_status)?;
+        tracing::info!(cluster = %name, revision = rev, "cluster registered");
+        let kv = self.store.get(&key).await.map_err(store_status)?;
+        let json = match kv {
+            Some(kv) => self.cluster_json(&kv, None)?,
+            None => to_json(&cluster)?,
+        };
+        Ok(AddClusterResponse {
+            cluster: Some(wire(json)),
+            token,
+        })
+    }
+
+    /// Streams the kind's objects: every current one, then changes.
+    async fn watch_inner(
+        self: Arc<Self>,
+        req: WatchRequest,
+        tx: mpsc::Sender<Result<WatchEvent, Status>>,
+    ) -> Result<(), Status> {
+        let kind = ApiKind::parse(&req.kind)?;
+        let wanted = |id: &str| -> bool {
+            (req.name.is_empty() || name_of(kind, id) == req.name)
+                && (req.namespace.is_empty()
+                    || kind == ApiKind::Clusters
+                    || namespace_of(kind, id) == req.namespace)
+        };
+        let listing = self.list_inner(kind, "").await?;
+        let mut known: HashMap<String, String> = HashMap::new();
+        for item in listing.items {
+            let id = id_of(kind, &item.json);
+            if wanted(&id) {
+                known.insert(id, item.json.clone());
+                send(&tx, EventType::Added, item.json).await?;
+            }
+        }
+        let mut watch = self
+            .store
+            .watch(keys::ROOT, listing.revision + 1)
+            .await
+            .map_err(store_status)?;
+        while let Some(event) = watch.next().await {
+            let event = event.map_err(store_status)?;
+            let Some(id) = kind.owns(&Key::parse(event.key())) else {
+                continue;
+            };
+            if !wanted(&id) {
+                continue;
+            }
+            match self.object(kind, &id).await? {
+                Some(json) => {
+                    let before = known.insert(id, json.clone());
+                    if before.as_deref() != Some(json.as_str()) {
+                        let t = if before.is_some() {
+                            EventType::Modified
+                        } else {
+                            EventType::Added
+                        };
+                        send(&tx, t, json).await?;
+                    }
+                }
+                None => {
+                    if let Some(last) = known.remove(&id) {
+                        send(&tx, EventType::Deleted, last).await?;
+                    }
+                }
+            }
+        }
+        Err(Status::unavailable("the store's watch ended; watch again"))
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<Result<WatchEvent, Status>>,
+    t: EventType,
+    json: String,
+) -> Result<(), Status> {
+    tx.send(Ok(WatchEvent {
+        r#type: t as i32,
+        object: Some(wire(json)),
+    }))
+    .await
+    .map_err(|_| Status::cancelled("the client went away"))
+}
+
+fn applied(
+    kind: &str,
+    ns: &str,
+    name: &str,
+    result: &str,
+    generation: Option<i64>,
+    revision: i64,
+) -> Applied {
+    Applied {
+        kind: kind.to_string(),
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        result: result.to_string(),
+        generation: generation.unwrap_or(0),
+        revision,
+    }
+}
+
+/// An object's id from its JSON, as [`ApiKind::owns`] names it.
+fn id_of(kind: ApiKind, json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let meta = &v["metadata"];
+    let name = meta["name"].as_str().unwrap_or_default();
+    let ns = meta["namespace"].as_str().unwrap_or("default");
+    match kind {
+        ApiKind::Sets => keys::set_key(ns, name),
+        ApiKind::Clusters => name.to_string(),
+        ApiKind::InstanceSets => {
+            let cluster = meta["labels"][federation::CLUSTER_LABEL]
+                .as_str()
+                .unwrap_or_default();
+            format!("{cluster}/{ns}/{name}")
+        }
+    }
+}
+
+fn name_of(kind: ApiKind, id: &str) -> &str {
+    match kind {
+        ApiKind::Clusters => id,
+        _ => id.rsplit('/').next().unwrap_or(id),
+    }
+}
+
+fn namespace_of(kind: ApiKind, id: &str) -> &str {
+    let parts: Vec<&str> = id.split('/').collect();
+    match (kind, parts.as_slice()) {
+        (ApiKind::Sets, [ns, _]) => ns,
+        (ApiKind::InstanceSets, [_, ns, _]) => ns,
+        _ => "",
+    }
+}
+
+fn slice_json(kv: &KeyValue, report: Option<&KeyValue>) -> Result<String, Status> {
+    let mut s: InstanceSet = decode_json(kv)?;
+    s.metadata.resource_version = Some(kv.mod_revision.to_string());
+    s.status = report.map(decode_json::<InstanceSetStatus>).transpose()?;
+    to_json(&s)
+}
+
+/// The gRPC service over the shared [`Api`].
+#[derive(Clone, Debug)]
+pub struct Service(pub Arc<Api>);
+
+type Events = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Federation for Service {
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let r = self.0.apply_inner(request.into_inner()).await;
+        self.0.done("Apply", r).map(Response::new)
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<WireObject>, Status> {
+        let req = request.into_inner();
+        let r = async {
+            let kind = ApiKind::parse(&req.kind)?;
+            let ns = if req.namespace.is_empty() {
+                "default"
+            } else {
+                &req.namespace
+            };
+            let id = match kind {
+                ApiKind::Sets => keys::set_key(ns, &req.name),
+                _ => req.name.clone(),
+            };
+            self.0.object(kind, &id).await?.map(wire).ok_or_else(|| {
+                Status::not_found(match kind {
+                    ApiKind::Clusters => format!("{} {:?} not found", kind.plural(), req.name),
+                    _ => format!(
+                        "{} {:?} not found in namespace {ns:?}",
+                        kind.plural(),
+                        req.name
+                    ),
+                })
+            })
+        }
+        .await;
+        self.0.done("Get", r).map(Response::new)
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let req = request.into_inner();
+        let r = match ApiKind::parse(&req.kind) {
+            Ok(kind) => self.0.list_inner(kind, &req.namespace).await,
+            Err(e) => Err(e),
+        };
+        self.0.done("List", r).map(Response::new)
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let r = self.0.delete_inner(request.into_inner()).await;
+        self.0.done("Delete", r).map(Response::new)
+    }
+
+    type WatchStream = Events;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Events>, Status> {
+        let req = request.into_inner();
+        let r = ApiKind::parse(&req.kind).map(|_| ());
+        self.0.done("Watch", r)?;
+        let (tx, rx) = mpsc::channel(64);
+        let api = self.0.clone();
+        tokio::spawn(async move {
+            let err_tx = tx.clone();
+            if let Err(status) = api.watch_inner(req, tx).await
+                && status.code() != tonic::Code::Cancelled
+            {
+                let _ = err_tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn plan(&self, request: Request<PlanRequest>) -> Result<Response<PlanResponse>, Status> {
+        let r = self.0.plan_inner(request.into_inner()).await;
+        self.0.done("Plan", r).map(Response::new)
+    }
+
+    async fn add_cluster(
+        &self,
+        request: Request<AddClusterRequest>,
+    ) -> Result<Response<AddClusterResponse>, Status> {
+        let r = self.0.add_cluster_inner(request.into_inner()).await;
+        self.0.done("AddCluster", r).map(Response::new)
+    }
+}

@@ -1,0 +1,702 @@
+//! The federation controller: keeps every member's slices and every set's status in
+//! line with the sets, the clusters and what agents report.
+//!
+//! ```text
+//!   list /flotilla/ ─▶ cache ─▶ watch /flotilla/ from the list's revision + 1
+//!                        │
+//!   set changed, report changed ─────────────▶ that set is dirty
+//!   cluster added/removed, heartbeat lapsed,
+//!   readiness or capacity changed ───────────▶ every set is dirty
+//!                        │
+//!   reconcile(set): plan (sticky, from the stored placement) ─▶ store placement
+//!                   ─▶ shrink/delete slices first, then grow/create them
+//!                   ─▶ aggregate reports ─▶ store status
+//! ```
+//!
+//! Everything it decides comes from the store, and every write is idempotent and
+//! compare-and-swap on the revision it read, so a crash (or `kill -9`) at any point is
+//! harmless: the next start lists the store and carries on. Slices shrink before they
+//! grow, and an ordinal joins a new member's slice only once its old member no longer
+//! reports it (see [`federation::slice_ordinals`]), so no ordinal runs in two clusters.
+//! The cache is written through: a write updates it at once, and watch events older
+//! than what the cache holds for a key are ignored.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use flotilla_api::status::FederatedInstanceSetStatus;
+use flotilla_api::{
+    Cluster, ClusterStatus, FederatedInstanceSet, InstanceSet, InstanceSetStatus, validate,
+};
+use flotilla_scheduler::{Inventory, Plan};
+use flotilla_store::{Condition, Event, KeyValue, Revision, Store};
+use futures::{FutureExt as _, StreamExt as _};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::federation::{self, Member};
+use crate::keys::{self, Key, SetKey};
+use crate::metrics::{Metrics, label};
+use crate::status;
+
+/// One cached record and the revision it was written at.
+#[derive(Clone, Debug)]
+struct Entry<T> {
+    value: T,
+    rev: Revision,
+}
+
+/// What the controller knows of the store.
+#[derive(Debug, Default)]
+struct Cache {
+    sets: BTreeMap<SetKey, Entry<FederatedInstanceSet>>,
+    statuses: BTreeMap<SetKey, Entry<FederatedInstanceSetStatus>>,
+    placements: BTreeMap<SetKey, Entry<Plan>>,
+    clusters: BTreeMap<String, Entry<Cluster>>,
+    cluster_status: BTreeMap<String, Entry<ClusterStatus>>,
+    alive: BTreeSet<String>,
+    /// By set, then cluster.
+    slices: BTreeMap<SetKey, BTreeMap<String, Entry<InstanceSet>>>,
+    /// By set, then cluster.
+    reports: BTreeMap<SetKey, BTreeMap<String, Entry<InstanceSetStatus>>>,
+    /// The newest revision seen for each store key (put or delete): older events for
+    /// the key are stale.
+    latest: HashMap<String, Revision>,
+}
+
+/// What an event made dirty.
+#[derive(Debug, PartialEq)]
+enum Dirty {
+    Nothing,
+    Set(SetKey),
+    AllSets,
+    /// A cluster's heartbeat lapsed: mark it Unknown, then every set.
+    Lost(String),
+}
+
+fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Option<T> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(key = %kv.key, error = %e, "unreadable record in the store; ignored");
+            None
+        }
+    }
+}
+
+impl Cache {
+    fn fresh(&mut self, key: &str, rev: Revision) -> bool {
+        match self.latest.get(key) {
+            Some(&seen) if seen >= rev => false,
+            _ => {
+                self.latest.insert(key.to_string(), rev);
+                true
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &Event) -> Dirty {
+        if !self.fresh(event.key(), event.revision()) {
+            return Dirty::Nothing;
+        }
+        match event {
+            Event::Put(kv) => self.put(kv),
+            Event::Delete { key, .. } => self.delete(key),
+        }
+    }
+
+    fn put(&mut self, kv: &KeyValue) -> Dirty {
+        let rev = kv.mod_revision;
+        match Key::parse(&kv.key) {
+            Key::Set(k) => {
+                if let Some(value) = decode(kv) {
+                    self.sets.insert(k.clone(), Entry { value, rev });
+                }
+                Dirty::Set(k)
+            }
+            Key::SetStatus(k) => {
+                if let Some(value) = decode(kv) {
+                    self.statuses.insert(k, Entry { value, rev });
+                }
+                Dirty::Nothing
+            }
+            Key::Placement(k) => {
+                if let Some(value) = decode(kv) {
+                    self.placements.insert(k, Entry { value, rev });
+                }
+                Dirty::Nothing
+            }
+            Key::Cluster(name) => {
+                if let Some(value) = decode(kv) {
+                    self.clusters.insert(name, Entry { value, rev });
+                }
+                Dirty::AllSets
+            }
+            Key::ClusterStatus(name) => {
+                let Some(value) = decode::<ClusterStatus>(kv) else {
+                    return Dirty::Nothing;
+                };
+                let changed = self
+                    .cluster_status
+                    .get(&name)
+                    .is_none_or(|old| matters(&old.value) != matters(&value));
+                self.cluster_status.insert(name, Entry { value, rev });
+                if changed {
+                    Dirty::AllSets
+                } else {
+                    Dirty::Nothing
+                }
+            }
+            Key::Alive(name) => {
+                if self.alive.insert(name) {
+                    Dirty::AllSets
+                } else {
+                    Dirty::Nothing
+                }
+            }
+            Key::Slice { cluster, set } => {
+                if let Some(value) = decode(kv) {
+                    self.slices
+                        .entry(set)
+                        .or_default()
+                        .insert(cluster, Entry { value, rev });
+                }
+                Dirty::Nothing
+            }
+            Key::Report { cluster, set } => {
+                if let Some(value) = decode(kv) {
+                    self.reports
+                        .entry(set.clone())
+                        .or_default()
+                        .insert(cluster, Entry { value, rev });
+                }
+                Dirty::Set(set)
+            }
+            Key::Token(_) | Key::Other => Dirty::Nothing,
+        }
+    }
+
+    fn delete(&mut self, key: &str) -> Dirty {
+        match Key::parse(key) {
+            Key::Set(k) => {
+                self.sets.remove(&k);
+                Dirty::Set(k)
+            }
+            Key::SetStatus(k) => {
+                self.statuses.remove(&k);
+                Dirty::Nothing
+            }
+            Key::Placement(k) => {
+                self.placements.remove(&k);
+                Dirty::Set(k)
+            }
+            Key::Cluster(name) => {
+                self.clusters.remove(&name);
+                Dirty::AllSets
+            }
+            Key::ClusterStatus(name) => {
+                self.cluster_status.remove(&name);
+                Dirty::AllSets
+            }
+            Key::Alive(name) => {
+                self.alive.remove(&name);
+                Dirty::Lost(name)
+            }
+            Key::Slice { cluster, set } => {
+                remove_nested(&mut self.slices, &set, &cluster);
+                Dirty::Set(set)
+            }
+            Key::Report { cluster, set } => {
+                remove_nested(&mut self.reports, &set, &cluster);
+                Dirty::Set(set)
+            }
+            Key::Token(_) | Key::Other => Dirty::Nothing,
+        }
+    }
+
+    /// Every set anything is stored for.
+    fn set_keys(&self) -> BTreeSet<SetKey> {
+        self.sets
+            .keys()
+            .chain(self.statuses.keys())
+            .chain(self.placements.keys())
+            .chain(self.slices.keys())
+            .chain(self.reports.keys())
+            .cloned()
+            .collect()
+    }
+}
+
+/// What of a cluster's status changes plans: readiness and capacity.
+fn matters(s: &ClusterStatus) -> (bool, Option<&flotilla_api::CapacityModel>) {
+    (s.ready, s.capacity.as_ref())
+}
+
+fn remove_nested<T>(map: &mut BTreeMap<SetKey, BTreeMap<String, T>>, set: &str, cluster: &str) {
+    if let Some(inner) = map.get_mut(set) {
+        inner.remove(cluster);
+        if inner.is_empty() {
+            map.remove(set);
+        }
+    }
+}
+
+/// The federation controller.
+#[derive(Debug)]
+pub struct Controller {
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    /// The cluster lease TTL, for messages.
+    pub ttl: Duration,
+    /// Set once the store was listed (readiness).
+    pub synced: watch::Sender<bool>,
+}
+
+impl Controller {
+    /// Runs until the task is dropped, re-listing after any store failure.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            if let Err(e) = self.sync_and_watch().await {
+                tracing::warn!(error = %format!("{e:#}"), "federation controller: store failed; listing again");
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn sync_and_watch(&self) -> anyhow::Result<()> {
+        let listing = self
+            .store
+            .list(keys::ROOT)
+            .await
+            .context("listing the store")?;
+        let mut cache = Cache::default();
+        for kv in &listing.items {
+            cache.fresh(&kv.key, kv.mod_revision);
+            cache.put(kv);
+        }
+        let mut dirty = cache.set_keys();
+        let mut lost: BTreeSet<String> = cache
+            .cluster_status
+            .iter()
+            .filter(|(name, s)| s.value.ready && !cache.alive.contains(*name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut retry: BTreeMap<SetKey, Instant> = BTreeMap::new();
+        let mut watch = self
+            .store
+            .watch(keys::ROOT, listing.revision + 1)
+            .await
+            .context("watching the store")?;
+        self.synced.send_replace(true);
+        tracing::info!(
+            revision = listing.revision,
+            sets = cache.sets.len(),
+            clusters = cache.clusters.len(),
+            "federation controller synced"
+        );
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            // Take in everything already delivered before acting on any of it.
+            while let Some(item) = watch.next().now_or_never() {
+                let event = item.context("the store's watch ended")??;
+                mark(&mut cache, &event, &mut dirty, &mut lost);
+            }
+            self.count_clusters(&cache);
+            if let Some(name) = lost.pop_first() {
+                if let Err(e) = self.mark_unknown(&mut cache, &name).await {
+                    tracing::warn!(cluster = %name, error = %format!("{e:#}"), "could not mark the cluster Unknown");
+                    lost.insert(name);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                dirty.extend(cache.set_keys());
+                continue;
+            }
+            if let Some(key) = dirty.pop_first() {
+                let started = Instant::now();
+                let result = self.reconcile(&mut cache, &key).await;
+                self.metrics
+                    .reconcile_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                match result {
+                    Ok(()) => {
+                        self.metrics
+                            .reconciles
+                            .get_or_create(&label("result", "ok"))
+                            .inc();
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .reconciles
+                            .get_or_create(&label("result", "error"))
+                            .inc();
+                        tracing::warn!(set = %key, error = %format!("{e:#}"), "reconcile failed; retrying");
+                        retry.insert(key, Instant::now() + Duration::from_millis(500));
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                item = watch.next() => {
+                    let event = item.context("the store's watch ended")??;
+                    mark(&mut cache, &event, &mut dirty, &mut lost);
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let due: Vec<SetKey> = retry.iter().filter(|(_, t)| **t <= now).map(|(k, _)| k.clone()).collect();
+                    for k in due {
+                        retry.remove(&k);
+                        dirty.insert(k);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_clusters(&self, cache: &Cache) {
+        let (mut ready, mut unknown, mut pending) = (0, 0, 0);
+        for name in cache.clusters.keys() {
+            match cache.cluster_status.get(name) {
+                Some(s) if s.value.ready && cache.alive.contains(name) => ready += 1,
+                Some(s) if s.value.last_heartbeat_time.is_some() => unknown += 1,
+                _ => pending += 1,
+            }
+        }
+        for (state, n) in [("ready", ready), ("unknown", unknown), ("pending", pending)] {
+            self.metrics
+                .clusters
+                .get_or_create(&label("state", state))
+                .set(n);
+        }
+    }
+
+    /// A cluster's heartbeat lapsed: its status says Unknown (once).
+    async fn mark_unknown(&self, cache: &mut Cache, name: &str) -> anyhow::Result<()> {
+        if cache.alive.contains(name) {
+            return Ok(());
+        }
+        let Some(entry) = cache.cluster_status.get(name) else {
+            return Ok(());
+        };
+        if !entry.value.ready {
+            return Ok(());
+        }
+        let status =
+            federation::unknown(entry.value.clone(), self.ttl.as_secs(), &federation::now());
+        tracing::warn!(cluster = %name, "no heartbeat within the lease: cluster is Unknown");
+        let key = keys::cluster_status(name);
+        let rev = put_json(
+            &*self.store,
+            &key,
+            &status,
+            Condition::ModRevision(entry.rev),
+        )
+        .await?;
+        cache.fresh(&key, rev);
+        cache
+            .cluster_status
+            .insert(name.to_string(), Entry { value: status, rev });
+        Ok(())
+    }
+
+    /// One pass over one set.
+    async fn reconcile(&self, cache: &mut Cache, key: &SetKey) -> anyhow::Result<()> {
+        let Some(entry) = cache.sets.get(key) else {
+            return self.clean_up(cache, key).await;
+        };
+        let set = entry.value.clone();
+        let valid = match validate::federated_instance_set(set.clone()) {
+            Ok(v) => v,
+            Err(e) => {
+                // Only validated sets are stored; one that is not was written by hand.
+                tracing::error!(set = %key, error = %e, "stored set is invalid; left alone");
+                return Ok(());
+            }
+        };
+        let reports: BTreeMap<String, &InstanceSetStatus> = cache
+            .reports
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|(c, e)| (c.clone(), &e.value))
+            .collect();
+        let members: Vec<Member<'_>> = cache
+            .clusters
+            .iter()
+            .map(|(name, c)| Member {
+                cluster: &c.value,
+                status: cache.cluster_status.get(name).map(|e| &e.value),
+                alive: cache.alive.contains(name),
+            })
+            .collect();
+        let clusters = federation::clusters_for(&set, &members, &reports);
+        let inventory = Inventory::new(&clusters);
+        let previous = cache.placements.get(key);
+        let plan = match inventory.plan(&valid, previous.map(|e| &e.value)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(set = %key, error = %e, "stored placement is inconsistent; planning afresh");
+                inventory.plan(&valid, None)?
+            }
+        };
+        let alive = |c: &str| cache.alive.contains(c);
+        let desired = federation::slice_ordinals(&plan, &reports, &alive);
+        let placement_write = (previous.map(|e| &e.value) != Some(&plan))
+            .then(|| (keys::placement(key), previous.map(|e| e.rev)));
+        let existing: BTreeMap<String, Entry<InstanceSet>> =
+            cache.slices.get(key).cloned().unwrap_or_default();
+
+        // Decide every write before making any.
+        let mut shrink = Vec::new();
+        let mut grow = Vec::new();
+        for (cluster, e) in &existing {
+            match desired.get(cluster) {
+                None => shrink.push((cluster.clone(), None, Some(e.rev))),
+                Some(ordinals) => {
+                    let have: BTreeSet<u32> = e.value.spec.ordinals.to_vec().into_iter().collect();
+                    let want: BTreeSet<u32> = ordinals.iter().copied().collect();
+                    let new = federation::slice(&set, cluster, ordinals, Some(&e.value));
+                    if new.spec == e.value.spec && new.metadata.labels == e.value.metadata.labels {
+                        continue;
+                    }
+                    if have.is_subset(&want) {
+                        grow.push((cluster.clone(), Some(new), Some(e.rev)));
+                    } else {
+                        shrink.push((cluster.clone(), Some(new), Some(e.rev)));
+                    }
+                }
+            }
+        }
+        for (cluster, ordinals) in &desired {
+            if !existing.contains_key(cluster) {
+                grow.push((
+                    cluster.clone(),
+                    Some(federation::slice(&set, cluster, ordinals, None)),
+                    None,
+                ));
+            }
+        }
+
+        if let Some((pkey, rev)) = placement_write {
+            let condition = rev.map_or(Condition::Absent, Condition::ModRevision);
+            let r = put_json(&*self.store, &pkey, &plan, condition).await?;
+            cache.fresh(&pkey, r);
+            cache.placements.insert(
+                key.clone(),
+                Entry {
+                    value: plan.clone(),
+                    rev: r,
+                },
+            );
+        }
+        for (cluster, slice, rev) in shrink.into_iter().chain(grow) {
+            self.write_slice(cache, key, &cluster, slice, rev).await?;
+        }
+
+        let slices: BTreeMap<String, InstanceSet> = cache
+            .slices
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|(c, e)| (c.clone(), e.value.clone()))
+            .collect();
+        let reports: BTreeMap<String, InstanceSetStatus> = cache
+            .reports
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|(c, _)| slices.contains_key(*c))
+            .map(|(c, e)| (c.clone(), e.value.clone()))
+            .collect();
+        let before = cache.statuses.get(key);
+        let now = federation::now();
+        let status = status::aggregate(&status::Inputs {
+            set: &set,
+            plan: &plan,
+            slices: &slices,
+            reports: &reports,
+            alive: &|c| cache.alive.contains(c),
+            previous: before.map(|e| &e.value),
+            now: &now,
+        });
+        if before.map(|e| &e.value) != Some(&status) {
+            let skey = keys::set_status(key);
+            let condition = before.map_or(Condition::Any, |e| Condition::ModRevision(e.rev));
+            let r = put_json(&*self.store, &skey, &status, condition).await?;
+            cache.fresh(&skey, r);
+            cache.statuses.insert(
+                key.clone(),
+                Entry {
+                    value: status,
+                    rev: r,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn write_slice(
+        &self,
+        cache: &mut Cache,
+        key: &SetKey,
+        cluster: &str,
+        slice: Option<InstanceSet>,
+        rev: Option<Revision>,
+    ) -> anyhow::Result<()> {
+        let skey = keys::slice(cluster, key);
+        self.metrics.slice_writes.inc();
+        match slice {
+            Some(s) => {
+                let condition = rev.map_or(Condition::Absent, Condition::ModRevision);
+                let r = put_json(&*self.store, &skey, &s, condition).await?;
+                tracing::debug!(set = %key, cluster, revision = r, "slice written");
+                cache.fresh(&skey, r);
+                cache
+                    .slices
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(cluster.to_string(), Entry { value: s, rev: r });
+            }
+            None => {
+                if let Some(r) = self.store.delete(&skey, rev).await? {
+                    cache.fresh(&skey, r);
+                }
+                tracing::debug!(set = %key, cluster, "slice deleted");
+                remove_nested(&mut cache.slices, key, cluster);
+                // Its report goes with it.
+                let rkey = keys::report(cluster, key);
+                if let Some(r) = self.store.delete(&rkey, None).await? {
+                    cache.fresh(&rkey, r);
+                }
+                remove_nested(&mut cache.reports, key, cluster);
+            }
+        }
+        Ok(())
+    }
+
+    /// The set is gone: remove its slices from every member, then its records.
+    async fn clean_up(&self, cache: &mut Cache, key: &SetKey) -> anyhow::Result<()> {
+        let clusters: Vec<(String, Revision)> = cache
+            .slices
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|(c, e)| (c.clone(), e.rev))
+            .collect();
+        for (cluster, rev) in clusters {
+            self.write_slice(cache, key, &cluster, None, Some(rev))
+                .await?;
+        }
+        let leftovers: Vec<String> = cache
+            .reports
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|(c, _)| keys::report(c, key))
+            .chain([keys::placement(key), keys::set_status(key)])
+            .collect();
+        for k in leftovers {
+            if let Some(r) = self.store.delete(&k, None).await? {
+                cache.fresh(&k, r);
+            }
+        }
+        cache.reports.remove(key);
+        cache.placements.remove(key);
+        cache.statuses.remove(key);
+        tracing::info!(set = %key, "set deleted: slices removed from every member");
+        Ok(())
+    }
+}
+
+fn mark(
+    cache: &mut Cache,
+    event: &Event,
+    dirty: &mut BTreeSet<SetKey>,
+    lost: &mut BTreeSet<String>,
+) {
+    match cache.apply(event) {
+        Dirty::Nothing => {}
+        Dirty::Set(k) => {
+            dirty.insert(k);
+        }
+        Dirty::AllSets => dirty.extend(cache.set_keys()),
+        Dirty::Lost(name) => {
+            lost.insert(name);
+        }
+    }
+}
+
+/// Writes `value` as JSON.
+pub async fn put_json<T: Serialize>(
+    store: &dyn Store,
+    key: &str,
+    value: &T,
+    condition: Condition,
+) -> anyhow::Result<Revision> {
+    let bytes = Bytes::from(serde_json::to_vec(value)?);
+    Ok(store.put(key, bytes, condition, None).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &str, rev: Revision) -> KeyValue {
+        KeyValue {
+            key: key.to_string(),
+            value: Bytes::from(value.to_string()),
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+            lease: None,
+        }
+    }
+
+    #[test]
+    fn stale_events_never_overwrite_what_the_cache_wrote() {
+        let mut c = Cache::default();
+        let k = keys::alive("a");
+        assert_eq!(c.apply(&Event::Put(kv(&k, "{}", 5))), Dirty::AllSets);
+        assert_eq!(
+            c.apply(&Event::Delete {
+                key: k.clone(),
+                revision: 7
+            }),
+            Dirty::Lost("a".into())
+        );
+        // The put at 5 delivered again (e.g. after a write-through): ignored.
+        assert_eq!(c.apply(&Event::Put(kv(&k, "{}", 5))), Dirty::Nothing);
+        assert!(!c.alive.contains("a"));
+        assert_eq!(c.apply(&Event::Put(kv(&k, "{}", 9))), Dirty::AllSets);
+    }
+
+    #[test]
+    fn a_heartbeat_that_changes_nothing_that_matters_dirties_nothing() {
+        let mut c = Cache::default();
+        let k = keys::cluster_status("a");
+        let s1 = r#"{"ready":true,"lastHeartbeatTime":"2026-01-01T00:00:00Z"}"#;
+        let s2 = r#"{"ready":true,"lastHeartbeatTime":"2026-01-01T00:00:05Z"}"#;
+        let s3 = r#"{"ready":false}"#;
+        assert_eq!(c.apply(&Event::Put(kv(&k, s1, 2))), Dirty::AllSets);
+        assert_eq!(c.apply(&Event::Put(kv(&k, s2, 3))), Dirty::Nothing);
+        assert_eq!(c.apply(&Event::Put(kv(&k, s3, 4))), Dirty::AllSets);
+        let r = keys::report("a", "default/r");
+        assert_eq!(
+            c.apply(&Event::Put(kv(&r, "{}", 5))),
+            Dirty::Set("default/r".into())
+        );
+        assert_eq!(
+            c.set_keys().into_iter().collect::<Vec<_>>(),
+            vec!["default/r".to_string()]
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! Prometheus metrics, served at `/metrics` on the HTTP port.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// User API calls by method and gRPC code.
+    pub api_requests: Family<Labels, Counter>,
+    /// Agent streams open now.
+    pub agent_sessions: Gauge,
+    /// Agent streams started, by how they started: `snapshot` or `resume`.
+    pub agent_streams: Family<Labels, Counter>,
+    /// Heartbeats received.
+    pub heartbeats: Counter,
+    /// Status reports received, and how many changed something.
+    pub reports: Family<Labels, Counter>,
+    /// Federation controller passes over one set, by result.
+    pub reconciles: Family<Labels, Counter>,
+    /// How long one pass over one set took.
+    pub reconcile_seconds: Histogram,
+    /// Slices written (put or deleted) for members.
+    pub slice_writes: Counter,
+    /// Registered clusters by readiness: `ready`, `unknown`, `pending`.
+    pub clusters: Family<Labels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("flotilla");
+        let m = Metrics {
+            api_requests: Family::default(),
+            agent_sessions: Gauge::default(),
+            agent_streams: Family::default(),
+            heartbeats: Counter::default(),
+            reports: Family::default(),
+            reconciles: Family::default(),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            slice_writes: Counter::default(),
+            clusters: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "api_requests",
+            "User API calls by method and code",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "agent_sessions",
+            "Agent streams open now",
+            m.agent_sessions.clone(),
+        );
+        registry.register(
+            "agent_streams",
+            "Agent streams started, by mode (snapshot or resume)",
+            m.agent_streams.clone(),
+        );
+        registry.register(
+            "heartbeats",
+            "Agent heartbeats received",
+            m.heartbeats.clone(),
+        );
+        registry.register(
+            "reports",
+            "Slice status reports received, by outcome",
+            m.reports.clone(),
+        );
+        registry.register(
+            "reconciles",
+            "Federation controller passes, by result",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_seconds",
+            "Duration of one federation controller pass over one set",
+            m.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "slice_writes",
+            "Member slices written or deleted",
+            m.slice_writes.clone(),
+        );
+        registry.register(
+            "clusters",
+            "Registered clusters by readiness",
+            m.clusters.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// One label.
+pub fn label(key: &'static str, value: impl Into<String>) -> Labels {
+    vec![(key, value.into())]
+}

@@ -1,0 +1,397 @@
+//! Aggregating what the agents report into `FederatedInstanceSet.status`: pure, so the
+//! rules are tested without a store.
+//!
+//! Conditions, each with a message that says what to do:
+//! - `Scheduled`: every instance has a cluster (`False`, `Unschedulable`, with the
+//!   scheduler's reasons, when some fit nowhere).
+//! - `Available`: every asked-for instance is ready.
+//! - `Progressing`: some member has not yet reported its current slice, or instances
+//!   are still being created, updated or readied.
+//! - `Degraded`: a cluster holding instances lost its heartbeat, instances fit nowhere,
+//!   or instances failed.
+
+use std::collections::BTreeMap;
+
+use flotilla_api::ordinals::display_list as ranges;
+use flotilla_api::status::{ClusterPlacementStatus, Condition, FederatedInstanceSetStatus};
+use flotilla_api::{FederatedInstanceSet, InstanceSet, InstanceSetStatus, InstanceStatus};
+use flotilla_scheduler::Plan;
+
+/// What the aggregation reads for one set.
+pub struct Inputs<'a> {
+    pub set: &'a FederatedInstanceSet,
+    pub plan: &'a Plan,
+    /// The slices as stored, by cluster.
+    pub slices: &'a BTreeMap<String, InstanceSet>,
+    /// What each member reported for its slice, by cluster.
+    pub reports: &'a BTreeMap<String, InstanceSetStatus>,
+    /// Whether each cluster's heartbeat is current.
+    pub alive: &'a dyn Fn(&str) -> bool,
+    /// The status before, to keep transition times of conditions that did not change.
+    pub previous: Option<&'a FederatedInstanceSetStatus>,
+    /// Now, RFC 3339.
+    pub now: &'a str,
+}
+
+impl std::fmt::Debug for Inputs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs")
+            .field("set", &self.set.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The set's status.
+pub fn aggregate(i: &Inputs<'_>) -> FederatedInstanceSetStatus {
+    let wanted = i.set.spec.replicas;
+    let mut clusters = Vec::new();
+    let mut instances = Vec::new();
+    let mut failed = Vec::new();
+    let mut waiting = Vec::new();
+    let mut stale = Vec::new();
+    let mut lost = Vec::new();
+    for cp in i.plan.placement.iter().filter(|c| !c.ordinals.is_empty()) {
+        let report = i.reports.get(&cp.cluster);
+        let by_ordinal: BTreeMap<u32, &InstanceStatus> = report
+            .map(|r| r.instances.iter().map(|s| (s.ordinal, s)).collect())
+            .unwrap_or_default();
+        let mut ready = 0;
+        for &ordinal in &cp.ordinals {
+            let mut s = by_ordinal
+                .get(&ordinal)
+                .map(|s| (*s).clone())
+                .unwrap_or(InstanceStatus {
+                    ordinal,
+                    ..InstanceStatus::default()
+                });
+            s.cluster = Some(cp.cluster.clone());
+            if s.ready {
+                ready += 1;
+            } else {
+                waiting.push(format!("{ordinal} ({})", cp.cluster));
+            }
+            if s.phase.as_deref() == Some("Failed") {
+                failed.push(format!("{ordinal} ({})", cp.cluster));
+            }
+            instances.push(s);
+        }
+        clusters.push(ClusterPlacementStatus {
+            cluster: cp.cluster.clone(),
+            ordinals: cp.ordinals.clone(),
+            ready_replicas: ready,
+        });
+        if !(i.alive)(&cp.cluster) {
+            lost.push(format!(
+                "{} (ordinals {})",
+                cp.cluster,
+                ranges(&cp.ordinals)
+            ));
+        }
+        let current = i
+            .slices
+            .get(&cp.cluster)
+            .map(|s| s.metadata.generation.unwrap_or(1));
+        let reported = report.and_then(|r| r.observed_generation);
+        let updated = report.is_some_and(|r| r.updated_replicas as usize >= cp.ordinals.len());
+        if current.is_none() || reported < current || !updated {
+            stale.push(cp.cluster.clone());
+        }
+    }
+    instances.sort_by_key(|s| s.ordinal);
+    let placed = instances.len() as u32;
+    let ready = instances.iter().filter(|s| s.ready).count() as u32;
+
+    let mut conditions = Vec::new();
+    let unschedulable = i.plan.unschedulable;
+    conditions.push(if unschedulable == 0 {
+        condition(
+            "Scheduled",
+            true,
+            "Scheduled",
+            format!(
+                "all {placed} instances placed on {} cluster(s)",
+                clusters.len()
+            ),
+        )
+    } else {
+        condition(
+            "Scheduled",
+            false,
+            "Unschedulable",
+            format!(
+                "{unschedulable} of {wanted} instances fit in no cluster: {}. Add capacity or \
+                 clusters, or relax the placement",
+                explain(&i.plan.messages)
+            ),
+        )
+    });
+    conditions.push(if ready >= wanted {
+        condition(
+            "Available",
+            true,
+            "AllReady",
+            format!("{ready}/{wanted} instances ready"),
+        )
+    } else {
+        condition(
+            "Available",
+            false,
+            "NotAllReady",
+            format!(
+                "{ready}/{wanted} instances ready; not ready: {}",
+                list(&waiting, "none placed yet")
+            ),
+        )
+    });
+    let progressing = !stale.is_empty() || ready < placed;
+    conditions.push(if progressing {
+        let mut why = Vec::new();
+        if !stale.is_empty() {
+            why.push(format!(
+                "waiting for {} to apply their slices",
+                stale.join(", ")
+            ));
+        }
+        if ready < placed {
+            why.push(format!("{} instance(s) not ready yet", placed - ready));
+        }
+        condition("Progressing", true, "RollingOut", why.join("; "))
+    } else {
+        condition(
+            "Progressing",
+            false,
+            "Converged",
+            "every member runs its current slice".to_string(),
+        )
+    });
+    let mut degraded = Vec::new();
+    let mut reason = "";
+    if !lost.is_empty() {
+        reason = "ClusterUnavailable";
+        degraded.push(format!(
+            "no heartbeat from {}: their instances are left alone and nothing new is placed \
+             there; check those agents (failover Reschedule moves the instances)",
+            lost.join(", ")
+        ));
+    }
+    if !failed.is_empty() {
+        reason = if reason.is_empty() {
+            "InstancesFailed"
+        } else {
+            reason
+        };
+        degraded.push(format!(
+            "instances failed: {} (their members recreate them)",
+            failed.join(", ")
+        ));
+    }
+    if unschedulable > 0 {
+        reason = if reason.is_empty() {
+            "Unschedulable"
+        } else {
+            reason
+        };
+        degraded.push(format!("{unschedulable} instance(s) have no cluster"));
+    }
+    conditions.push(if degraded.is_empty() {
+        condition("Degraded", false, "Healthy", "nothing is wrong".to_string())
+    } else {
+        condition("Degraded", true, reason, degraded.join("; "))
+    });
+    for c in &mut conditions {
+        let before = i
+            .previous
+            .and_then(|p| p.conditions.iter().find(|p| p.type_ == c.type_));
+        c.last_transition_time = match before {
+            Some(b) if b.status == c.status => b.last_transition_time.clone(),
+            _ => Some(i.now.to_string()),
+        };
+    }
+    FederatedInstanceSetStatus {
+        observed_generation: i.set.metadata.generation,
+        replicas: placed,
+        ready_replicas: ready,
+        unschedulable,
+        clusters,
+        instances,
+        conditions,
+    }
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: None,
+    }
+}
+
+fn explain(messages: &[String]) -> String {
+    if messages.is_empty() {
+        "no cluster has room".to_string()
+    } else {
+        messages.join("; ")
+    }
+}
+
+/// At most ten entries, then a count.
+fn list(items: &[String], empty: &str) -> String {
+    match items.len() {
+        0 => empty.to_string(),
+        n if n <= 10 => items.join(", "),
+        n => format!("{}, and {} more", items[..10].join(", "), n - 10),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_api::{FederatedInstanceSetSpec, InstanceSetSpec, Object};
+    use flotilla_scheduler::ClusterPlan;
+
+    fn set(replicas: u32) -> FederatedInstanceSet {
+        let mut s = Object::new(
+            "r",
+            FederatedInstanceSetSpec {
+                replicas,
+                ..FederatedInstanceSetSpec::default()
+            },
+        );
+        s.metadata.generation = Some(3);
+        s
+    }
+
+    fn plan(placement: &[(&str, &[u32])], unschedulable: u32) -> Plan {
+        Plan {
+            placement: placement
+                .iter()
+                .map(|(c, o)| ClusterPlan {
+                    cluster: c.to_string(),
+                    capacity: 10,
+                    ordinals: o.to_vec(),
+                })
+                .collect(),
+            unschedulable,
+            messages: vec!["cluster b: room for 1, 2 asked".into()],
+        }
+    }
+
+    fn slice(generation: i64) -> InstanceSet {
+        let mut s = Object::new("r", InstanceSetSpec::default());
+        s.metadata.generation = Some(generation);
+        s
+    }
+
+    fn report(generation: i64, ready: &[u32], all: &[u32]) -> InstanceSetStatus {
+        InstanceSetStatus {
+            observed_generation: Some(generation),
+            replicas: all.len() as u32,
+            ready_replicas: ready.len() as u32,
+            updated_replicas: all.len() as u32,
+            instances: all
+                .iter()
+                .map(|&o| InstanceStatus {
+                    ordinal: o,
+                    phase: Some("Running".into()),
+                    ready: ready.contains(&o),
+                    role: Some(if o == 0 { "primary" } else { "replica" }.into()),
+                    ..InstanceStatus::default()
+                })
+                .collect(),
+            ..InstanceSetStatus::default()
+        }
+    }
+
+    fn get<'a>(s: &'a FederatedInstanceSetStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn all_ready_everywhere_is_available_and_converged() {
+        let set = set(4);
+        let plan = plan(&[("a", &[0, 1]), ("b", &[2, 3])], 0);
+        let slices = BTreeMap::from([("a".to_string(), slice(1)), ("b".to_string(), slice(2))]);
+        let reports = BTreeMap::from([
+            ("a".to_string(), report(1, &[0, 1], &[0, 1])),
+            ("b".to_string(), report(2, &[2, 3], &[2, 3])),
+        ]);
+        let s = aggregate(&Inputs {
+            set: &set,
+            plan: &plan,
+            slices: &slices,
+            reports: &reports,
+            alive: &|_| true,
+            previous: None,
+            now: "2026-01-01T00:00:00Z",
+        });
+        assert_eq!((s.replicas, s.ready_replicas, s.unschedulable), (4, 4, 0));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.clusters[1].ordinals, vec![2, 3]);
+        assert_eq!(s.instances[2].cluster.as_deref(), Some("b"));
+        assert_eq!(s.instances[0].role.as_deref(), Some("primary"));
+        assert_eq!(get(&s, "Available").status, "True");
+        assert_eq!(get(&s, "Progressing").status, "False");
+        assert_eq!(get(&s, "Degraded").status, "False");
+        assert_eq!(get(&s, "Scheduled").status, "True");
+
+        // Same again later: transition times stay.
+        let again = aggregate(&Inputs {
+            set: &set,
+            plan: &plan,
+            slices: &slices,
+            reports: &reports,
+            alive: &|_| true,
+            previous: Some(&s),
+            now: "2026-01-01T00:05:00Z",
+        });
+        assert_eq!(again, s);
+    }
+
+    #[test]
+    fn a_stale_report_a_lost_cluster_and_unschedulable_instances_are_explained() {
+        let set = set(5);
+        let plan = plan(&[("a", &[0, 1]), ("b", &[2, 3])], 1);
+        let slices = BTreeMap::from([("a".to_string(), slice(2)), ("b".to_string(), slice(1))]);
+        let reports = BTreeMap::from([
+            ("a".to_string(), report(1, &[0], &[0, 1])),
+            ("b".to_string(), report(1, &[2, 3], &[2, 3])),
+        ]);
+        let s = aggregate(&Inputs {
+            set: &set,
+            plan: &plan,
+            slices: &slices,
+            reports: &reports,
+            alive: &|c| c != "b",
+            previous: None,
+            now: "2026-01-01T00:00:00Z",
+        });
+        assert_eq!((s.replicas, s.ready_replicas, s.unschedulable), (4, 3, 1));
+        let sched = get(&s, "Scheduled");
+        assert_eq!(
+            (sched.status.as_str(), sched.reason.as_str()),
+            ("False", "Unschedulable")
+        );
+        assert!(
+            sched.message.contains("room for 1, 2 asked"),
+            "{}",
+            sched.message
+        );
+        let avail = get(&s, "Available");
+        assert!(
+            avail.message.contains("3/5") && avail.message.contains("1 (a)"),
+            "{}",
+            avail.message
+        );
+        let prog = get(&s, "Progressing");
+        assert!(
+            prog.status == "True" && prog.message.contains("waiting for a"),
+            "{}",
+            prog.message
+        );
+        let deg = get(&s, "Degraded");
+        assert_eq!(deg.reason, "ClusterUnavailable");
+        assert!(deg.message.contains("b (ordinals 2-3)"), "{}", deg.message);
+    }
+}
