@@ -219,3 +219,61 @@ fn unknown_fields_warn_but_do_not_fail() {
             .contains("spec.placement.colour: unknown field, ignored")
     );
 }
+
+/// Runs `flotilla ARGS` with no FLOTILLA_SERVER/FLOTILLA_TOKEN from the environment.
+fn flotilla_clean_env(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .env_remove("FLOTILLA_SERVER")
+        .env_remove("FLOTILLA_TOKEN")
+        .output()
+        .expect("run flotilla")
+}
+
+/// A loopback URL nothing listens on.
+fn dead_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+#[test]
+fn live_plan_without_a_server_exits_1_naming_the_url() {
+    let set = examples().join("redis-shard.yaml");
+    let url = dead_server();
+    let out = flotilla_clean_env(&[
+        "plan",
+        "-f",
+        set.to_str().unwrap(),
+        "--server",
+        &url,
+        "--token",
+        "t",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains(&url), "stderr: {stderr}");
+    assert!(stderr.contains("flotilla dev"), "stderr: {stderr}");
+}
+
+#[test]
+fn client_usage_errors_exit_2_before_calling() {
+    let set = examples().join("redis-shard.yaml");
+    let url = dead_server();
+    let out = flotilla_clean_env(&["plan", "-f", set.to_str().unwrap(), "--server", &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("FLOTILLA_TOKEN"), "stderr: {stderr}");
+
+    let out = flotilla_clean_env(&["get", "pods", "--server", &url, "--token", "t"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("federatedinstancesets (fis)"),
+        "stderr: {stderr}"
+    );
+
+    let out = flotilla_clean_env(&[
+        "cluster", "add", "eu-1", "--label", "region", "--server", &url, "--token", "t",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

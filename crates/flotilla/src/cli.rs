@@ -54,7 +54,12 @@ pub struct ClientArgs {
     #[arg(long, env = "FLOTILLA_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
     pub server: String,
     /// The admin token (`flotilla server --admin-token`, or printed by `flotilla dev`).
-    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "FLOTILLA_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
 }
 
@@ -70,7 +75,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7080")]
     pub http: std::net::SocketAddr,
     /// etcd endpoints, comma-separated (production, HA).
-    #[arg(long, value_name = "URLS", value_delimiter = ',', conflicts_with = "data_dir")]
+    #[arg(
+        long,
+        value_name = "URLS",
+        value_delimiter = ',',
+        conflicts_with = "data_dir"
+    )]
     pub etcd_endpoints: Vec<String>,
     /// Directory of the embedded store (single node). Default when neither is given:
     /// `./flotilla-data`.
@@ -78,7 +88,12 @@ pub struct ServerArgs {
     pub data_dir: Option<PathBuf>,
     /// The token users present to the user API. Without it the server uses the one it
     /// generated on its first start (kept in the store) and logs it.
-    #[arg(long, env = "FLOTILLA_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "FLOTILLA_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub admin_token: Option<String>,
     /// A cluster whose agent has not sent a heartbeat for this long goes Unknown.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -133,7 +148,12 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAME")]
     pub cluster: Option<String>,
     /// This cluster's agent token, as printed by `flotilla cluster add`.
-    #[arg(long, env = "FLOTILLA_AGENT_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "FLOTILLA_AGENT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
     /// Run a simulated member described by this file instead of a Kubernetes cluster.
     #[arg(long, value_name = "FILE", conflicts_with = "kubeconfig")]

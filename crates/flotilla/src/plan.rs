@@ -1,4 +1,6 @@
-//! `flotilla plan`: the scheduler's answer for local files.
+//! `flotilla plan`: the scheduler's answer, offline for local files (`--clusters`) or
+//! from a federation server's live clusters (see [`crate::client::plan`]); both print
+//! through one [`render`].
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -11,12 +13,10 @@ use flotilla_scheduler::{Plan, UNLIMITED};
 use crate::cli::{Output, PlanArgs};
 use crate::input::{self, CliError};
 
+/// Runs `flotilla plan`: offline with `--clusters`, else against the server.
 pub fn run(args: &PlanArgs) -> Result<(), CliError> {
     let Some(clusters_path) = &args.clusters else {
-        return Err(CliError::input(
-            &args.file,
-            "planning against live clusters needs a federation server, which this build does not have yet; pass --clusters FILE for an offline plan",
-        ));
+        return crate::client::plan(args);
     };
     let set = read_set(&args.file)?;
     let clusters = read_clusters(clusters_path)?;
@@ -27,15 +27,19 @@ pub fn run(args: &PlanArgs) -> Result<(), CliError> {
             e,
         )
     })?;
-    let out = match args.output {
-        Output::Json => {
-            serde_json::to_string_pretty(&plan).map_err(|e| CliError::Failed(e.into()))? + "\n"
-        }
-        Output::Yaml => serde_yaml::to_string(&plan).map_err(|e| CliError::Failed(e.into()))?,
-        Output::Table => table(&plan),
-    };
-    print!("{out}");
+    print!("{}", render(&plan, args.output)?);
     Ok(())
+}
+
+/// A plan as `-o` asks: the table, or the JSON `--previous` reads, or that as YAML.
+pub fn render(plan: &Plan, output: Output) -> Result<String, CliError> {
+    Ok(match output {
+        Output::Json => {
+            serde_json::to_string_pretty(plan).map_err(|e| CliError::Failed(e.into()))? + "\n"
+        }
+        Output::Yaml => serde_yaml::to_string(plan).map_err(|e| CliError::Failed(e.into()))?,
+        Output::Table => table(plan),
+    })
 }
 
 /// Reads exactly one valid FederatedInstanceSet.
