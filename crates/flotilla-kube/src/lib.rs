@@ -14,6 +14,8 @@
 //! - [`locality`]: lost nodes and node-local volumes (instance rebuild), pure.
 //! - [`backend`]: [`KubeBackend`], the requests.
 //! - [`resource`]: InstanceSets as dynamic objects of the CRD.
+//! - [`rbac`]: every Kubernetes permission the agent needs, the source of its
+//!   ClusterRole (`deploy/agent/rbac.yaml`).
 //! - [`standalone`]: the agent loop that runs the controller for every InstanceSet in
 //!   the cluster (`flotilla agent --standalone`).
 //!
@@ -27,14 +29,16 @@ pub mod capacity;
 mod error;
 pub mod locality;
 pub mod objects;
+pub mod rbac;
 pub mod resource;
 pub mod standalone;
 
 pub use backend::KubeBackend;
 pub use error::{Error, Result};
 
-/// A client from a kubeconfig file, or, without one, from the environment (in-cluster
-/// service account, then `KUBECONFIG` / `~/.kube/config`).
+/// A client from a kubeconfig file, or, without one, from the environment (`KUBECONFIG`
+/// or `~/.kube/config` when present, else the in-cluster service account: what a pod
+/// of `deploy/agent/` uses).
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
