@@ -7,6 +7,7 @@ mod client;
 mod dev;
 mod input;
 mod plan;
+mod process;
 mod server;
 
 use std::process::ExitCode;
