@@ -102,6 +102,17 @@ impl Kind {
         self != Kind::Clusters
     }
 
+    /// The name to send for one object: a slice `CLUSTER/SET` with `-n NS` becomes
+    /// `CLUSTER/NS/SET`, as the server names slices outside `default`.
+    fn name_of_one(self, name: &str, namespace: Option<&str>) -> String {
+        match (self, namespace, name.split_once('/')) {
+            (Kind::InstanceSets, Some(ns), Some((cluster, set))) if !set.contains('/') => {
+                format!("{cluster}/{ns}/{set}")
+            }
+            _ => name.to_string(),
+        }
+    }
+
     /// The namespace to send for one object: `-n`, else `default` (empty for clusters).
     fn namespace_of_one(self, namespace: Option<&str>) -> String {
         if self.namespaced() {
@@ -638,7 +649,8 @@ async fn show(mut conn: Conn, query: &Query<'_>, mut io: Io<'_>) -> Result<(), C
     let (items, single) = match query.name {
         Some(name) if !query.slices_of_set() => {
             let namespace = kind.namespace_of_one(query.namespace);
-            (vec![conn.get_object(kind, name, &namespace).await?], true)
+            let name = kind.name_of_one(name, query.namespace);
+            (vec![conn.get_object(kind, &name, &namespace).await?], true)
         }
         _ => {
             let namespace = query.namespace.unwrap_or_default();
@@ -665,7 +677,8 @@ async fn show(mut conn: Conn, query: &Query<'_>, mut io: Io<'_>) -> Result<(), C
                     .namespace
                     .map_or_else(String::new, |ns| format!(" in namespace {ns}"));
                 let _ = writeln!(io.err, "no {}{place}", kind.plural());
-            } else {
+            }
+            if !items.is_empty() || query.watch {
                 io.print(&table.render())?;
             }
             widths = table.widths();
@@ -689,14 +702,14 @@ async fn show(mut conn: Conn, query: &Query<'_>, mut io: Io<'_>) -> Result<(), C
         .map(|o| (identity(o), o["metadata"]["resourceVersion"].clone()))
         .collect();
     let name = match query.name {
-        Some(name) if !query.slices_of_set() => name,
-        _ => "",
+        Some(name) if !query.slices_of_set() => kind.name_of_one(name, query.namespace),
+        _ => String::new(),
     };
     let namespace = match (query.namespace, name.is_empty()) {
         (ns, false) => kind.namespace_of_one(ns),
         (ns, true) => ns.unwrap_or_default().to_string(),
     };
-    let mut stream = conn.watch(kind, name, &namespace).await?;
+    let mut stream = conn.watch(kind, &name, &namespace).await?;
     loop {
         let event = match stream.message().await {
             Ok(Some(event)) => event,
@@ -773,7 +786,8 @@ async fn describe_to(args: &DescribeArgs, mut io: Io<'_>) -> Result<(), CliError
             render::describe_cluster(&render::ClusterView::of(&cluster), &instances, now())
         }
         Kind::InstanceSets if args.name.contains('/') => {
-            let slice = conn.get_object(kind, &args.name, &namespace).await?;
+            let name = kind.name_of_one(&args.name, args.namespace.as_deref());
+            let slice = conn.get_object(kind, &name, &namespace).await?;
             render::describe_slice(&SliceView::of(&slice), now())
         }
         Kind::InstanceSets => {
@@ -801,7 +815,7 @@ async fn delete_to(args: &DeleteArgs, mut io: Io<'_>) -> Result<(), CliError> {
     let mut conn = connect(&args.client).await?;
     let request = DeleteRequest {
         kind: kind.plural().into(),
-        name: args.name.clone(),
+        name: kind.name_of_one(&args.name, args.namespace.as_deref()),
         namespace: kind.namespace_of_one(args.namespace.as_deref()),
     };
     let deleted = match conn.client.delete(request).await {

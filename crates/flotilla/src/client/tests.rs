@@ -769,3 +769,134 @@ async fn an_unreachable_server_is_named() {
     );
     assert!(text.contains("flotilla dev"), "{text}");
 }
+
+/// The commands against the real federation server on the embedded store (no agents,
+/// so no cluster is ready and nothing runs: this checks the wire contract).
+#[tokio::test]
+async fn against_the_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = flotilla_store::EmbeddedStore::open(
+        dir.path().join("store"),
+        flotilla_store::EmbeddedOptions::default(),
+    )
+    .await
+    .unwrap();
+    let store: Arc<dyn flotilla_store::Store> = Arc::new(store);
+    let server = flotilla_server::start(
+        store,
+        flotilla_server::Config {
+            listen: ([127, 0, 0, 1], 0).into(),
+            http: ([127, 0, 0, 1], 0).into(),
+            admin_token: Some(TOKEN.into()),
+            ..flotilla_server::Config::default()
+        },
+    )
+    .await
+    .unwrap();
+    let url = server.url();
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/redis-shard.yaml");
+    let example = example.to_str().unwrap();
+
+    for name in ["a", "b"] {
+        let Command::Cluster(crate::cli::ClusterCommand::Add(args)) =
+            cli(&url, &["cluster", "add", name, "--label", "region=eu"])
+        else {
+            unreachable!()
+        };
+        let (result, out, _) = capture!(cluster_add_to(&args));
+        result.unwrap();
+        assert!(
+            out.starts_with(&format!("cluster.flotilla.io/{name} created\n")),
+            "{out}"
+        );
+        assert!(!out.lines().last().unwrap().trim().is_empty());
+    }
+
+    let Command::Apply(args) = cli(&url, &["apply", "-f", example]) else {
+        unreachable!()
+    };
+    let (result, out, _) = capture!(apply_to(&args));
+    result.unwrap();
+    assert_eq!(out, "federatedinstanceset.flotilla.io/redis-a created\n");
+
+    let Command::Get(args) = cli(&url, &["get", "fis", "-o", "json"]) else {
+        unreachable!()
+    };
+    let (result, out, _) = capture!(get_to(&args));
+    result.unwrap();
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["items"][0]["metadata"]["name"], "redis-a");
+
+    let Command::Get(args) = cli(&url, &["get", "fis"]) else {
+        unreachable!()
+    };
+    let (result, out, _) = capture!(get_to(&args));
+    result.unwrap();
+    assert!(
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("default     redis-a   12 "),
+        "{out}"
+    );
+
+    let Command::Clusters(args) = cli(&url, &["clusters"]) else {
+        unreachable!()
+    };
+    let (result, out, _) = capture!(clusters_to(&args));
+    result.unwrap();
+    assert!(
+        out.starts_with("NAME   READY   LABELS      INSTANCES"),
+        "{out}"
+    );
+    assert!(out.contains("\na      False   region=eu"), "{out}");
+
+    let Command::Describe(args) = cli(&url, &["describe", "fis", "redis-a"]) else {
+        unreachable!()
+    };
+    let (result, out, _) = capture!(describe_to(&args));
+    result.unwrap();
+    assert!(out.starts_with("Name:         redis-a\n"), "{out}");
+    assert!(out.contains("\nConditions:\n"), "{out}");
+
+    let Command::Plan(args) = cli(&url, &["plan", "-f", example, "-o", "json"]) else {
+        unreachable!()
+    };
+    let (result, out, _) = capture!(plan_to(&args));
+    result.unwrap();
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["placement"].as_array().unwrap().len(), 2, "{out}");
+
+    let bad = scratch_file(
+        "real-invalid",
+        &std::fs::read_to_string(example)
+            .unwrap()
+            .replace("replicas: 12", "replicas: -3"),
+    );
+    let Command::Apply(args) = cli(&url, &["apply", "-f", bad.to_str().unwrap()]) else {
+        unreachable!()
+    };
+    let (result, _, _) = capture!(apply_to(&args));
+    let e = result.unwrap_err();
+    assert_eq!(e.code(), 2, "{e}");
+    assert!(e.to_string().contains("spec.replicas"), "{e}");
+
+    let Command::Delete(args) = cli(&url, &["delete", "fis", "redis-a"]) else {
+        unreachable!()
+    };
+    let (result, out, _) = capture!(delete_to(&args));
+    result.unwrap();
+    assert_eq!(out, "federatedinstanceset.flotilla.io/redis-a deleted\n");
+    let (result, _, _) = capture!(delete_to(&args));
+    assert_eq!(result.unwrap_err().code(), 1);
+
+    let Command::Get(mut args) = cli(&url, &["get", "clusters"]) else {
+        unreachable!()
+    };
+    args.client.token = Some("wrong".into());
+    let (result, _, _) = capture!(get_to(&args));
+    let e = result.unwrap_err();
+    assert!(e.to_string().contains("refused the token"), "{e}");
+    server.stop().await;
+}
