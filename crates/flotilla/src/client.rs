@@ -661,6 +661,7 @@ async fn show(mut conn: Conn, query: &Query<'_>, mut io: Io<'_>) -> Result<(), C
                 .filter(|o| query.selects(o))
                 .collect();
             if items.is_empty()
+                && !query.watch
                 && let Some(name) = query.name
             {
                 return Err(not_found(kind, name));
