@@ -5,7 +5,9 @@
 //!        ▲ status (server-side apply)              │ prepare (pure) → Actions
 //!        │                                          ▼
 //!   KubeBackend ◀── observe: Pods + PVCs by label ── apply: create/patch/delete
-//!        │ Redis ROLE / REPLICAOF on pod IPs       capacity: Nodes − Pod requests
+//!        │          (+ Nodes, PVs when a pod is     capacity: Nodes − Pod requests
+//!        │           not ready: lost nodes)
+//!        │ Redis ROLE / REPLICAOF on pod IPs
 //! ```
 //!
 //! - [`objects`]: the Pod and PVCs of an ordinal, what listed objects tell the planner,

@@ -23,10 +23,12 @@ pub enum User {
     Backend,
     /// [`crate::standalone`]: kube-runtime's watches of InstanceSets and their pods.
     Standalone,
-    /// The federated agent (`crates/flotilla-agent`): applies the slices the server
-    /// sends as InstanceSet objects (server-side apply, which needs `create` as well as
-    /// `patch` when the object is new) and deletes the ones it no longer has. Not
-    /// exercised by this crate's tests.
+    /// The federated agent (`crates/flotilla-agent/src/kube.rs`): applies the slices the
+    /// server sends as InstanceSet objects (server-side apply, which needs `create` as
+    /// well as `patch` when the object is new), lists them (the Standalone rows cover
+    /// that) and deletes the ones it no longer has; it also reads `GET /version`, a
+    /// non-resource URL every authenticated user may read (`system:public-info-viewer`).
+    /// Not exercised by this crate's tests.
     FederatedAgent,
 }
 
@@ -174,13 +176,6 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         "watch",
         User::Standalone,
         "the controller's watch of the sets' pods (flotilla.io/set label)",
-    ),
-    p(
-        "flotilla.io",
-        "instancesets",
-        "get",
-        User::FederatedAgent,
-        "read a slice",
     ),
     p(
         "flotilla.io",
