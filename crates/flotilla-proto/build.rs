@@ -2,7 +2,9 @@
 //! `PROTOC`, which `cargo xtask` sets to the vendored binary.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not baked in with env!(): the compiled build script is shared
+    // by every checkout that builds into the same target directory.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = ["flotilla/v1/federation.proto", "flotilla/v1/agent.proto"].map(|f| root.join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
