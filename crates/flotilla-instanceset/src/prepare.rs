@@ -210,9 +210,23 @@ pub fn prepare(set: &Valid<InstanceSet>, observed: &Observed) -> Plan {
         }
     };
 
-    // Missing instances.
+    // Missing instances. One whose volume is still going away (a rebuild deleted it)
+    // waits: created now, it would mount a claim that vanishes and is never made again.
     for &ordinal in &slice {
         if instances.contains_key(&ordinal) {
+            continue;
+        }
+        let going = observed
+            .volumes
+            .iter()
+            .find(|v| v.ordinal == ordinal && v.deleting && claims.contains(&v.claim.as_str()));
+        if let Some(v) = going {
+            blocked.get_or_insert_with(|| {
+                format!(
+                    "instance {ordinal} waits for its volume {}-{ordinal} to finish deleting",
+                    v.claim
+                )
+            });
             continue;
         }
         for claim in &claims {

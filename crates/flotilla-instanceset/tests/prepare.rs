@@ -454,3 +454,27 @@ fn rebuild_deletes_local_volumes_and_the_instance_primary_after_a_switchover() {
     }
     check(&s, &o, "recreate-failed 1");
 }
+
+#[test]
+fn a_rebuilt_instance_waits_until_its_old_volume_is_gone_then_gets_a_new_one() {
+    let s = set(
+        ONE_TO_THREE,
+        "redis:7.2",
+        "  instanceRebuild: {whenNodeLost: Rebuild}\n",
+    );
+    // The rebuild deleted instance 1 and its volume; the claim is still terminating.
+    let mut o = stranded(&rev(&s), &[]);
+    o.instances.retain(|i| i.ordinal != 1);
+    for v in o.volumes.iter_mut().filter(|v| v.ordinal == 1) {
+        v.deleting = true;
+    }
+    let p = check(&s, &o, "");
+    let why = p.blocked.unwrap();
+    assert!(
+        why.contains("instance 1 waits for its volume data-1"),
+        "{why}"
+    );
+    // Gone: a new volume and the instance.
+    o.volumes.retain(|v| v.ordinal != 1);
+    check(&s, &o, "create-volume data-1; create 1");
+}
