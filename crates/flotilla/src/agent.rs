@@ -1,26 +1,30 @@
 //! `flotilla agent`: the member agent.
 //!
-//! With `--standalone` it runs the InstanceSet controller for every InstanceSet in one
-//! Kubernetes cluster, with no federation (`flotilla_kube::standalone`), until Ctrl-C
-//! or SIGTERM; reconciles in flight finish first. Without it the agent would dial a
-//! federation server, which does not exist yet, so it says so and exits 2.
+//! - `--server URL --cluster NAME --token TOKEN`: the federated agent
+//!   (`flotilla_agent::run`). It dials the federation server, holds the slices the
+//!   server gives this cluster and reports their status and the member's capacity,
+//!   until Ctrl-C or SIGTERM. The member is simulated with `--sim-config FILE`
+//!   (`SimMember`), else a Kubernetes cluster (`--kubeconfig PATH`, or the in-cluster /
+//!   `KUBECONFIG` configuration; `KubeMember`, which also runs the local InstanceSet
+//!   controller). Exit 1 when the server refuses the token on the first connection.
+//! - `--standalone`: the InstanceSet controller for every InstanceSet in one
+//!   Kubernetes cluster, with no federation (`flotilla_kube::standalone`), until Ctrl-C
+//!   or SIGTERM; reconciles in flight finish first.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_agent::{KubeMember, KubeMemberOptions, Member, SimMember};
 use flotilla_kube::standalone;
+use flotilla_member::sim::SimConfig;
 
 use crate::cli::AgentArgs;
-use crate::input::CliError;
+use crate::input::{self, CliError};
 
 /// Runs the agent; returns when it was asked to stop.
 pub fn run(args: &AgentArgs) -> Result<(), CliError> {
     if !args.standalone {
-        return Err(CliError::Usage(
-            "`flotilla agent` without --standalone joins a federation server, which is not built yet; \
-             use `flotilla agent --standalone [--kubeconfig PATH]` to run the InstanceSet controller \
-             for one cluster"
-                .into(),
-        ));
+        return federated(args);
     }
     logging(args.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -48,6 +52,127 @@ pub fn run(args: &AgentArgs) -> Result<(), CliError> {
         tracing::info!("standalone agent stopped");
         Ok(())
     })
+}
+
+/// What the federated agent runs on.
+enum MemberKind {
+    /// A simulated member configured by this file's contents.
+    Sim(SimConfig),
+    /// A Kubernetes cluster, through this kubeconfig (or the environment's).
+    Kube(Option<std::path::PathBuf>),
+}
+
+/// Checks the federated agent's arguments: every problem is a usage error (exit 2)
+/// before anything starts.
+fn federated_options(args: &AgentArgs) -> Result<(flotilla_agent::Options, MemberKind), CliError> {
+    let usage = |what: &str| {
+        CliError::Usage(format!(
+            "{what}; `flotilla agent` joins a federation server with \
+             --server URL --cluster NAME --token TOKEN (--sim-config FILE | --kubeconfig PATH), \
+             or runs without one with --standalone [--kubeconfig PATH]"
+        ))
+    };
+    let missing: Vec<&str> = [
+        ("--server", args.server.is_none()),
+        ("--cluster", args.cluster.is_none()),
+        ("--token (or FLOTILLA_AGENT_TOKEN)", args.token.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, absent)| absent.then_some(flag))
+    .collect();
+    if !missing.is_empty() {
+        return Err(usage(&format!("missing {}", missing.join(", "))));
+    }
+    if args.sim_config.is_some() && args.kubeconfig.is_some() {
+        return Err(usage(
+            "--sim-config and --kubeconfig exclude each other: the member is either simulated or a Kubernetes cluster",
+        ));
+    }
+    let cluster = args.cluster.clone().unwrap_or_default();
+    if cluster.is_empty() {
+        return Err(usage("--cluster is empty"));
+    }
+    let member = match &args.sim_config {
+        Some(path) => {
+            let text = input::read(path)?;
+            MemberKind::Sim(SimConfig::from_text(&text).map_err(|e| CliError::invalid(path, e))?)
+        }
+        None => MemberKind::Kube(args.kubeconfig.clone()),
+    };
+    let options = flotilla_agent::Options::new(
+        args.server.clone().unwrap_or_default(),
+        cluster,
+        args.token.clone().unwrap_or_default(),
+    );
+    Ok((options, member))
+}
+
+/// The federated agent, until Ctrl-C or SIGTERM.
+fn federated(args: &AgentArgs) -> Result<(), CliError> {
+    let (options, member) = federated_options(args)?;
+    logging(args.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CliError::Failed(anyhow::Error::new(e).context("starting the async runtime"))
+        })?;
+    runtime.block_on(async {
+        tracing::info!(
+            server = %options.server,
+            cluster = %options.cluster,
+            member = match member { MemberKind::Sim(_) => "simulated", MemberKind::Kube(_) => "kubernetes" },
+            "agent started"
+        );
+        match member {
+            MemberKind::Sim(config) => {
+                let member = SimMember::new(&config);
+                serve(options, member).await
+            }
+            MemberKind::Kube(kubeconfig) => {
+                let client = flotilla_kube::client(kubeconfig.as_deref())
+                    .await
+                    .map_err(failed)?;
+                let member = KubeMember::start(
+                    client,
+                    KubeMemberOptions {
+                        controller: standalone::Options {
+                            namespace: args.namespace.clone(),
+                            resync: Duration::from_secs(args.resync_seconds.max(1)),
+                            ..standalone::Options::default()
+                        },
+                        ..KubeMemberOptions::default()
+                    },
+                );
+                let served = serve(options, member.clone()).await;
+                member.shutdown().await;
+                served
+            }
+        }?;
+        tracing::info!("agent stopped");
+        Ok(())
+    })
+}
+
+/// Runs the session loop over `member` until shutdown.
+async fn serve<M: Member>(
+    options: flotilla_agent::Options,
+    member: Arc<M>,
+) -> Result<(), CliError> {
+    flotilla_agent::run(options, member, shutdown())
+        .await
+        .map_err(|e| {
+            let refused = e.is_refusal();
+            let e = anyhow::Error::new(e);
+            CliError::Failed(if refused {
+                e.context(
+                    "the federation server refused this agent: --token must be the token \
+                     `flotilla cluster add` printed for this --cluster",
+                )
+            } else {
+                e
+            })
+        })
 }
 
 fn failed(e: flotilla_kube::Error) -> CliError {
@@ -105,9 +230,9 @@ fn logging(json: bool) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn without_standalone_the_agent_refuses_with_exit_code_2() {
-        let args = AgentArgs {
+    /// Arguments with nothing set.
+    fn args() -> AgentArgs {
+        AgentArgs {
             standalone: false,
             kubeconfig: None,
             namespace: None,
@@ -117,10 +242,106 @@ mod tests {
             cluster: None,
             token: None,
             sim_config: None,
-        };
-        let e = run(&args).unwrap_err();
+        }
+    }
+
+    /// Arguments of a federated agent for cluster `a` on a simulated member.
+    fn federated_args(sim_config: &std::path::Path, server: &str) -> AgentArgs {
+        AgentArgs {
+            server: Some(server.into()),
+            cluster: Some("a".into()),
+            token: Some("s3cret".into()),
+            sim_config: Some(sim_config.into()),
+            ..args()
+        }
+    }
+
+    fn sim_config_file(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn without_server_cluster_and_token_the_agent_refuses_with_exit_code_2() {
+        let e = run(&args()).unwrap_err();
         assert_eq!(e.code(), 2);
-        assert!(e.to_string().contains("federation server"), "{e}");
+        let text = e.to_string();
+        for flag in ["--server", "--cluster", "--token", "--standalone"] {
+            assert!(text.contains(flag), "{text}");
+        }
+        let e = run(&AgentArgs {
+            server: Some("http://127.0.0.1:7443".into()),
+            ..args()
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), 2);
+        assert!(e.to_string().contains("missing --cluster, --token"), "{e}");
+    }
+
+    #[test]
+    fn a_simulated_member_and_a_kubeconfig_exclude_each_other_with_exit_code_2() {
+        let config = sim_config_file("nodeGroups: [{count: 1, free: {cpu: '4'}}]\n");
+        let e = run(&AgentArgs {
+            kubeconfig: Some("/tmp/kubeconfig".into()),
+            ..federated_args(config.path(), "http://127.0.0.1:7443")
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), 2);
+        assert!(
+            e.to_string().contains("--sim-config and --kubeconfig"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_sim_config_is_reported_by_field_with_exit_code_2() {
+        let config = sim_config_file("nodeGroups: [{count: 1, free: {cpu: lots}}]\n");
+        let e = run(&federated_args(config.path(), "http://127.0.0.1:7443")).unwrap_err();
+        assert_eq!(e.code(), 2);
+        assert!(e.to_string().contains("nodeGroups[0].free.cpu"), "{e}");
+    }
+
+    #[test]
+    fn a_token_refused_on_the_first_connection_exits_1_saying_so() {
+        use flotilla_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
+        use flotilla_proto::v1::{AgentMessage, ServerMessage};
+
+        struct Refuse;
+        #[tonic::async_trait]
+        impl AgentService for Refuse {
+            type SessionStream = tokio_stream::Empty<Result<ServerMessage, tonic::Status>>;
+            async fn session(
+                &self,
+                _: tonic::Request<tonic::Streaming<AgentMessage>>,
+            ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
+                Err(tonic::Status::unauthenticated("unknown token"))
+            }
+        }
+
+        // The refusing server runs on its own runtime: `run` builds one of its own.
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let _ = tonic::transport::Server::builder()
+                    .add_service(AgentServiceServer::new(Refuse))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .await;
+            });
+        });
+        let addr = addr_rx.recv().unwrap();
+        let config = sim_config_file("nodeGroups: [{count: 1, free: {cpu: '4'}}]\n");
+        let e = run(&federated_args(config.path(), &format!("http://{addr}"))).unwrap_err();
+        assert_eq!(e.code(), 1);
+        let text = e.to_string();
+        assert!(text.contains("refused this agent"), "{text}");
+        assert!(text.contains("unknown token"), "{text}");
     }
 
     #[test]
@@ -128,13 +349,21 @@ mod tests {
         let args = AgentArgs {
             standalone: true,
             kubeconfig: Some("/nonexistent/kubeconfig".into()),
-            namespace: None,
-            resync_seconds: 60,
-            log_json: false,
-            server: None,
-            cluster: None,
-            token: None,
-            sim_config: None,
+            ..args()
+        };
+        let e = run(&args).unwrap_err();
+        assert_eq!(e.code(), 1);
+        assert!(e.to_string().contains("/nonexistent/kubeconfig"), "{e}");
+    }
+
+    #[test]
+    fn a_federated_agent_on_a_missing_kubeconfig_fails_with_exit_code_1_naming_the_file() {
+        let args = AgentArgs {
+            server: Some("http://127.0.0.1:7443".into()),
+            cluster: Some("a".into()),
+            token: Some("t".into()),
+            kubeconfig: Some("/nonexistent/kubeconfig".into()),
+            ..args()
         };
         let e = run(&args).unwrap_err();
         assert_eq!(e.code(), 1);
