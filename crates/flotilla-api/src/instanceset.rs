@@ -46,6 +46,23 @@ pub struct InstanceSetSpec {
     pub max_instances_per_node: Option<u32>,
 }
 
+/// Annotation on a member's slice when the set's exclusive roles (its primary) live in
+/// another member cluster, named by the value: this member must not elect a holder of
+/// its own. The federation sets it on every slice but the one of the cluster that
+/// holds (or, with no holder yet, is to hold) the exclusive roles, so a federated set
+/// has one primary, not one per member. A Kubernetes member's real replication decides
+/// roles there; its probes report what is true, and two holders show as Degraded.
+pub const EXCLUSIVE_ROLES_ELSEWHERE: &str = "flotilla.io/exclusive-roles-elsewhere";
+
+/// Whether `set`'s exclusive roles are held in another member (see
+/// [`EXCLUSIVE_ROLES_ELSEWHERE`]).
+pub fn exclusive_roles_elsewhere(set: &InstanceSet) -> bool {
+    set.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(EXCLUSIVE_ROLES_ELSEWHERE))
+}
+
 impl Kind for InstanceSetSpec {
     const KIND: &'static str = "InstanceSet";
     const PLURAL: &'static str = "instancesets";

@@ -138,6 +138,8 @@ struct SetSim {
     primary: Option<u32>,
     exclusive_role: Option<String>,
     other_role: Option<String>,
+    /// The federation put the exclusive roles in another member: elect no holder here.
+    elsewhere: bool,
     fail_next_switchover: Option<String>,
     status: Option<InstanceSetStatus>,
 }
@@ -157,6 +159,16 @@ struct State {
 #[derive(Debug)]
 pub struct Sim {
     state: Mutex<State>,
+}
+
+/// Follows the federation's choice of the member holding the exclusive roles: a member
+/// told they are elsewhere steps its holder down (like a Redis primary demoted to a
+/// replica of the primary in the other cluster) and elects none.
+fn note_home(s: &mut SetSim, set: &InstanceSet) {
+    s.elsewhere = flotilla_api::instanceset::exclusive_roles_elsewhere(set);
+    if s.elsewhere {
+        s.primary = None;
+    }
 }
 
 fn key(set: &InstanceSet) -> String {
@@ -237,7 +249,7 @@ impl Sim {
                     pod.ready = true;
                 }
             }
-            if set.exclusive_role.is_some() && set.primary.is_none() {
+            if set.exclusive_role.is_some() && !set.elsewhere && set.primary.is_none() {
                 set.primary = set.pods.iter().find(|(_, p)| p.ready).map(|(&o, _)| o);
             }
         }
@@ -386,7 +398,10 @@ fn release(nodes: &mut [Node], pod: &Pod) {
 
 impl Backend for Sim {
     async fn observe(&self, set: &InstanceSet) -> Result<Observed> {
-        let st = self.lock();
+        let mut st = self.lock();
+        if let Some(s) = st.sets.get_mut(&key(set)) {
+            note_home(s, set);
+        }
         let Some(s) = st.sets.get(&key(set)) else {
             return Ok(Observed::default());
         };
@@ -435,6 +450,7 @@ impl Backend for Sim {
             ..
         } = &mut *st;
         let s = sets.entry(key(set)).or_default();
+        note_home(s, set);
         s.exclusive_role = set
             .spec
             .roles

@@ -43,6 +43,9 @@ use crate::keys::{self, Key, SetKey};
 use crate::metrics::{Metrics, label};
 use crate::status;
 
+/// Slice writes of one set in flight at once.
+const WRITES_IN_FLIGHT: usize = 128;
+
 /// One cached record and the revision it was written at.
 #[derive(Clone, Debug)]
 struct Entry<T> {
@@ -456,6 +459,13 @@ impl Controller {
             cache.slices.get(key).cloned().unwrap_or_default();
 
         // Decide every write before making any.
+        let home = {
+            let existing_refs: BTreeMap<String, &InstanceSet> = existing
+                .iter()
+                .map(|(c, e)| (c.clone(), &e.value))
+                .collect();
+            federation::exclusive_home(&set, &desired, &existing_refs, &reports, &alive)
+        };
         let mut shrink = Vec::new();
         let mut grow = Vec::new();
         for (cluster, e) in &existing {
@@ -464,8 +474,12 @@ impl Controller {
                 Some(ordinals) => {
                     let have: BTreeSet<u32> = e.value.spec.ordinals.to_vec().into_iter().collect();
                     let want: BTreeSet<u32> = ordinals.iter().copied().collect();
-                    let new = federation::slice(&set, cluster, ordinals, Some(&e.value));
-                    if new.spec == e.value.spec && new.metadata.labels == e.value.metadata.labels {
+                    let new =
+                        federation::slice(&set, cluster, ordinals, Some(&e.value), home.as_deref());
+                    if new.spec == e.value.spec
+                        && new.metadata.labels == e.value.metadata.labels
+                        && new.metadata.annotations == e.value.metadata.annotations
+                    {
                         continue;
                     }
                     if have.is_subset(&want) {
@@ -480,7 +494,13 @@ impl Controller {
             if !existing.contains_key(cluster) {
                 grow.push((
                     cluster.clone(),
-                    Some(federation::slice(&set, cluster, ordinals, None)),
+                    Some(federation::slice(
+                        &set,
+                        cluster,
+                        ordinals,
+                        None,
+                        home.as_deref(),
+                    )),
                     None,
                 ));
             }
@@ -498,9 +518,9 @@ impl Controller {
                 },
             );
         }
-        for (cluster, slice, rev) in shrink.into_iter().chain(grow) {
-            self.write_slice(cache, key, &cluster, slice, rev).await?;
-        }
+        // Shrinks and deletions are stored before any slice grows.
+        self.write_slices(cache, key, shrink).await?;
+        self.write_slices(cache, key, grow).await?;
 
         let slices: BTreeMap<String, InstanceSet> = cache
             .slices
@@ -544,43 +564,72 @@ impl Controller {
         Ok(())
     }
 
-    async fn write_slice(
+    /// Writes (or, for `None`, deletes) slices of one set, all at once: the store
+    /// commits concurrent writes together (one fsync for the embedded store, one raft
+    /// round for etcd), so a set spread over a hundred members costs about one write.
+    /// The cache takes every write that succeeded, even when another failed.
+    async fn write_slices(
         &self,
         cache: &mut Cache,
         key: &SetKey,
-        cluster: &str,
-        slice: Option<InstanceSet>,
-        rev: Option<Revision>,
+        writes: Vec<(String, Option<InstanceSet>, Option<Revision>)>,
     ) -> anyhow::Result<()> {
-        let skey = keys::slice(cluster, key);
-        self.metrics.slice_writes.inc();
-        match slice {
-            Some(s) => {
-                let condition = rev.map_or(Condition::Absent, Condition::ModRevision);
-                let r = put_json(&*self.store, &skey, &s, condition).await?;
-                tracing::debug!(set = %key, cluster, revision = r, "slice written");
-                cache.fresh(&skey, r);
-                cache
-                    .slices
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(cluster.to_string(), Entry { value: s, rev: r });
-            }
-            None => {
-                if let Some(r) = self.store.delete(&skey, rev).await? {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let store = &*self.store;
+        let results = futures::stream::iter(writes)
+            .map(|(cluster, slice, rev)| async move {
+                let skey = keys::slice(&cluster, key);
+                let result = match &slice {
+                    Some(s) => {
+                        let condition = rev.map_or(Condition::Absent, Condition::ModRevision);
+                        put_json(store, &skey, s, condition).await.map(Some)
+                    }
+                    None => {
+                        async {
+                            let deleted = store.delete(&skey, rev).await?;
+                            // Its report goes with it.
+                            store.delete(&keys::report(&cluster, key), None).await?;
+                            Ok(deleted)
+                        }
+                        .await
+                    }
+                };
+                (cluster, slice, result)
+            })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        let mut first_error = None;
+        for (cluster, slice, result) in results {
+            self.metrics.slice_writes.inc();
+            let skey = keys::slice(&cluster, key);
+            match (slice, result) {
+                (Some(s), Ok(Some(r))) => {
+                    tracing::debug!(set = %key, cluster, revision = r, "slice written");
                     cache.fresh(&skey, r);
+                    cache
+                        .slices
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(cluster, Entry { value: s, rev: r });
                 }
-                tracing::debug!(set = %key, cluster, "slice deleted");
-                remove_nested(&mut cache.slices, key, cluster);
-                // Its report goes with it.
-                let rkey = keys::report(cluster, key);
-                if let Some(r) = self.store.delete(&rkey, None).await? {
-                    cache.fresh(&rkey, r);
+                (None, Ok(r)) => {
+                    if let Some(r) = r {
+                        cache.fresh(&skey, r);
+                    }
+                    tracing::debug!(set = %key, cluster, "slice deleted");
+                    remove_nested(&mut cache.slices, key, &cluster);
+                    remove_nested(&mut cache.reports, key, &cluster);
                 }
-                remove_nested(&mut cache.reports, key, cluster);
+                (_, Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                (Some(_), Ok(None)) => {}
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The set is gone: remove its slices from every member, then its records.
@@ -592,10 +641,11 @@ impl Controller {
             .flatten()
             .map(|(c, e)| (c.clone(), e.rev))
             .collect();
-        for (cluster, rev) in clusters {
-            self.write_slice(cache, key, &cluster, None, Some(rev))
-                .await?;
-        }
+        let deletes = clusters
+            .into_iter()
+            .map(|(c, rev)| (c, None, Some(rev)))
+            .collect();
+        self.write_slices(cache, key, deletes).await?;
         let leftovers: Vec<String> = cache
             .reports
             .get(key)

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use flotilla_api::instanceset::EXCLUSIVE_ROLES_ELSEWHERE;
 use flotilla_api::quantity::Amount;
 use flotilla_api::resources::{self, PODS};
 use flotilla_api::status::Condition;
@@ -31,6 +32,13 @@ pub struct Member<'a> {
 /// ready only while its heartbeat is current, and with the room the set's own
 /// instances there take counted back in (agents report free capacity after every pod,
 /// this set's included, while the scheduler wants the room this set may use in all).
+///
+/// The add-back is exact when resources alone limit the set. With
+/// `maxInstancesPerNode`, the capacity model cannot say which nodes hold the set's
+/// instances: a node holding one still counts as room for `maxInstancesPerNode` more,
+/// so counting the instances back in too would place instances that can never
+/// schedule. Then nothing is added: the estimate is a lower bound (never more than
+/// fits), and the scheduler never plans below what already runs.
 pub fn clusters_for(
     set: &FederatedInstanceSet,
     members: &[Member<'_>],
@@ -54,6 +62,7 @@ pub fn clusters_for(
                 .map(|r| r.instances.len() as u32)
                 .unwrap_or(0);
             if own > 0
+                && set.spec.placement.max_instances_per_node.is_none()
                 && let Some(capacity) = status.capacity.as_mut()
             {
                 capacity.node_groups.push(own_room(own, &requests));
@@ -87,6 +96,7 @@ pub fn slice(
     cluster: &str,
     ordinals: &[u32],
     existing: Option<&InstanceSet>,
+    home: Option<&str>,
 ) -> InstanceSet {
     let mut s: InstanceSet = Object::new(set.name(), set.spec.slice(ordinals));
     s.metadata.namespace = Some(set.namespace().unwrap_or("default").to_string());
@@ -94,6 +104,12 @@ pub fn slice(
         (CLUSTER_LABEL.to_string(), cluster.to_string()),
         (SET_LABEL.to_string(), set.name().to_string()),
     ]));
+    if let Some(home) = home.filter(|h| *h != cluster) {
+        s.metadata.annotations = Some(BTreeMap::from([(
+            EXCLUSIVE_ROLES_ELSEWHERE.to_string(),
+            home.to_string(),
+        )]));
+    }
     s.metadata.generation = Some(match existing {
         Some(e) if e.spec == s.spec => e.metadata.generation.unwrap_or(1),
         Some(e) => e.metadata.generation.unwrap_or(1) + 1,
@@ -101,6 +117,66 @@ pub fn slice(
     });
     s.metadata.creation_timestamp = existing.and_then(|e| e.metadata.creation_timestamp.clone());
     s
+}
+
+/// The member cluster that holds the set's exclusive roles (its primary), if it has
+/// any: the one that already does while it is alive and keeps instances; else a live
+/// cluster whose member reports a holder (lowest ordinal first); else the live cluster
+/// of the lowest ordinal. Members other than this one elect no holder of their own
+/// (see [`EXCLUSIVE_ROLES_ELSEWHERE`]), so a federated set has one primary.
+pub fn exclusive_home(
+    set: &FederatedInstanceSet,
+    desired: &BTreeMap<String, Vec<u32>>,
+    existing: &BTreeMap<String, &InstanceSet>,
+    reports: &BTreeMap<String, &InstanceSetStatus>,
+    alive: &dyn Fn(&str) -> bool,
+) -> Option<String> {
+    let exclusive: BTreeSet<&str> = set
+        .spec
+        .roles
+        .iter()
+        .filter(|r| r.exclusive)
+        .map(|r| r.name.as_str())
+        .collect();
+    if exclusive.is_empty() || desired.is_empty() {
+        return None;
+    }
+    let usable = |c: &str| alive(c) && desired.contains_key(c);
+    let elsewhere = |s: &InstanceSet| {
+        s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EXCLUSIVE_ROLES_ELSEWHERE))
+            .cloned()
+    };
+    let bare: Vec<&String> = existing
+        .iter()
+        .filter(|(_, s)| elsewhere(s).is_none())
+        .map(|(c, _)| c)
+        .collect();
+    let previous = existing
+        .values()
+        .find_map(|s| elsewhere(s))
+        .or_else(|| (bare.len() == 1).then(|| bare[0].clone()));
+    if let Some(home) = previous.filter(|h| usable(h)) {
+        return Some(home);
+    }
+    let holder = reports
+        .iter()
+        .filter(|(c, _)| usable(c))
+        .flat_map(|(c, r)| r.instances.iter().map(move |i| (i, c)))
+        .filter(|(i, _)| i.role.as_deref().is_some_and(|r| exclusive.contains(r)))
+        .min_by_key(|(i, _)| i.ordinal)
+        .map(|(_, c)| c.clone());
+    let lowest = |live: bool| {
+        desired
+            .iter()
+            .filter(|(c, _)| !live || alive(c))
+            .filter_map(|(c, o)| o.first().map(|first| (*first, c)))
+            .min()
+            .map(|(_, c)| c.clone())
+    };
+    holder.or_else(|| lowest(true)).or_else(|| lowest(false))
 }
 
 /// The ordinals of each cluster's slice under `plan`, holding back any ordinal another
@@ -247,13 +323,22 @@ mod tests {
                 ..FederatedInstanceSetSpec::default()
             },
         );
-        let first = slice(&set, "a", &[0, 1], None);
+        let first = slice(&set, "a", &[0, 1], None, Some("a"));
+        assert!(
+            first.metadata.annotations.is_none(),
+            "the home slice elects"
+        );
+        let other = slice(&set, "b", &[2], None, Some("a"));
+        assert_eq!(
+            other.metadata.annotations.unwrap()[EXCLUSIVE_ROLES_ELSEWHERE],
+            "a"
+        );
         assert_eq!(first.metadata.generation, Some(1));
         assert_eq!(first.metadata.namespace.as_deref(), Some("default"));
         assert_eq!(first.metadata.labels.as_ref().unwrap()[CLUSTER_LABEL], "a");
-        let same = slice(&set, "a", &[0, 1], Some(&first));
+        let same = slice(&set, "a", &[0, 1], Some(&first), Some("a"));
         assert_eq!(same.metadata.generation, Some(1));
-        let grown = slice(&set, "a", &[0, 1, 2], Some(&first));
+        let grown = slice(&set, "a", &[0, 1, 2], Some(&first), Some("a"));
         assert_eq!(grown.metadata.generation, Some(2));
     }
 
@@ -291,6 +376,19 @@ mod tests {
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[1].count, 2);
         assert!(got[0].status.as_ref().unwrap().ready);
+        // With a per-node cap the model cannot say which nodes hold them: no add-back.
+        let mut capped = set.clone();
+        capped.spec.placement.max_instances_per_node = Some(1);
+        let got = clusters_for(&capped, &members, &reports);
+        let groups = &got[0]
+            .status
+            .as_ref()
+            .unwrap()
+            .capacity
+            .as_ref()
+            .unwrap()
+            .node_groups;
+        assert_eq!(groups.len(), 1);
         let dead = [Member {
             alive: false,
             ..members[0].clone()
@@ -302,5 +400,53 @@ mod tests {
                 .unwrap()
                 .ready
         );
+    }
+
+    #[test]
+    fn one_member_holds_the_exclusive_roles_and_keeps_them_while_alive() {
+        let mut set: FederatedInstanceSet = Object::new("r", FederatedInstanceSetSpec::default());
+        set.spec.roles = vec![flotilla_api::Role {
+            name: "primary".into(),
+            exclusive: true,
+            ..flotilla_api::Role::default()
+        }];
+        let desired =
+            BTreeMap::from([("a".to_string(), vec![2, 3]), ("b".to_string(), vec![0, 1])]);
+        let none = BTreeMap::new();
+        let no_reports = BTreeMap::new();
+        let all = |_: &str| true;
+        // Fresh: the cluster of the lowest ordinal.
+        assert_eq!(
+            exclusive_home(&set, &desired, &none, &no_reports, &all).as_deref(),
+            Some("b")
+        );
+        // A member already reports the holder: there.
+        let mut a = running(&[2, 3]);
+        a.instances[0].role = Some("primary".into());
+        let reports = BTreeMap::from([("a".to_string(), &a)]);
+        assert_eq!(
+            exclusive_home(&set, &desired, &none, &reports, &all).as_deref(),
+            Some("a")
+        );
+        // The slices say a: a stays home even when b reports a holder too.
+        let sa = slice(&set, "a", &[2, 3], None, Some("a"));
+        let sb = slice(&set, "b", &[0, 1], None, Some("a"));
+        let existing = BTreeMap::from([("a".to_string(), &sa), ("b".to_string(), &sb)]);
+        let mut b = running(&[0, 1]);
+        b.instances[0].role = Some("primary".into());
+        let both = BTreeMap::from([("b".to_string(), &b)]);
+        assert_eq!(
+            exclusive_home(&set, &desired, &existing, &both, &all).as_deref(),
+            Some("a")
+        );
+        // a lost its heartbeat: the role moves to a live member.
+        let not_a = |c: &str| c != "a";
+        assert_eq!(
+            exclusive_home(&set, &desired, &existing, &both, &not_a).as_deref(),
+            Some("b")
+        );
+        // No exclusive role: no home.
+        set.spec.roles.clear();
+        assert_eq!(exclusive_home(&set, &desired, &existing, &both, &all), None);
     }
 }

@@ -98,6 +98,29 @@ pub fn aggregate(i: &Inputs<'_>) -> FederatedInstanceSetStatus {
         }
     }
     instances.sort_by_key(|s| s.ordinal);
+    let exclusive: Vec<&str> = i
+        .set
+        .spec
+        .roles
+        .iter()
+        .filter(|r| r.exclusive)
+        .map(|r| r.name.as_str())
+        .collect();
+    let mut split = Vec::new();
+    for role in &exclusive {
+        let holders: Vec<String> = instances
+            .iter()
+            .filter(|s| s.role.as_deref() == Some(*role))
+            .map(|s| format!("{} ({})", s.ordinal, s.cluster.as_deref().unwrap_or("?")))
+            .collect();
+        if holders.len() > 1 {
+            split.push(format!(
+                "{} instances hold the exclusive role {role}: {}",
+                holders.len(),
+                holders.join(", ")
+            ));
+        }
+    }
     let placed = instances.len() as u32;
     let ready = instances.iter().filter(|s| s.ready).count() as u32;
 
@@ -172,6 +195,18 @@ pub fn aggregate(i: &Inputs<'_>) -> FederatedInstanceSetStatus {
             "no heartbeat from {}: their instances are left alone and nothing new is placed \
              there; check those agents (failover Reschedule moves the instances)",
             lost.join(", ")
+        ));
+    }
+    if !split.is_empty() {
+        reason = if reason.is_empty() {
+            "ExclusiveRoleSplit"
+        } else {
+            reason
+        };
+        degraded.push(format!(
+            "{}; the federation keeps the role in one member and the others step down \
+             (check replication if this persists)",
+            split.join("; ")
         ));
     }
     if !failed.is_empty() {
@@ -393,5 +428,38 @@ mod tests {
         let deg = get(&s, "Degraded");
         assert_eq!(deg.reason, "ClusterUnavailable");
         assert!(deg.message.contains("b (ordinals 2-3)"), "{}", deg.message);
+    }
+
+    #[test]
+    fn two_holders_of_an_exclusive_role_are_degraded() {
+        let mut set = set(4);
+        set.spec.roles = vec![flotilla_api::Role {
+            name: "primary".into(),
+            exclusive: true,
+            ..flotilla_api::Role::default()
+        }];
+        let plan = plan(&[("a", &[0, 1]), ("b", &[2, 3])], 0);
+        let slices = BTreeMap::from([("a".to_string(), slice(1)), ("b".to_string(), slice(1))]);
+        let mut b = report(1, &[2, 3], &[2, 3]);
+        b.instances[0].role = Some("primary".into());
+        let reports = BTreeMap::from([
+            ("a".to_string(), report(1, &[0, 1], &[0, 1])),
+            ("b".to_string(), b),
+        ]);
+        let s = aggregate(&Inputs {
+            set: &set,
+            plan: &plan,
+            slices: &slices,
+            reports: &reports,
+            alive: &|_| true,
+            previous: None,
+            now: "2026-01-01T00:00:00Z",
+        });
+        let deg = get(&s, "Degraded");
+        assert_eq!(
+            (deg.status.as_str(), deg.reason.as_str()),
+            ("True", "ExclusiveRoleSplit")
+        );
+        assert!(deg.message.contains("0 (a), 2 (b)"), "{}", deg.message);
     }
 }

@@ -14,7 +14,9 @@ use crate::process::{self, failed};
 
 pub fn run(args: &ServerArgs) -> Result<(), CliError> {
     if args.cluster_ttl_seconds == 0 {
-        return Err(CliError::Usage("--cluster-ttl-seconds: must be at least 1".into()));
+        return Err(CliError::Usage(
+            "--cluster-ttl-seconds: must be at least 1".into(),
+        ));
     }
     process::logging(args.log_json);
     process::runtime()?.block_on(async {
