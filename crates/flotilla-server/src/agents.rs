@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_api::{CapacityModel, ClusterStatus, InstanceSetStatus, validate};
@@ -64,6 +64,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A change of free capacity alone is stored at most this often per cluster.
+const CAPACITY_EVERY: Duration = Duration::from_secs(10);
+
 /// The agent service.
 #[derive(Debug)]
 pub struct Agents {
@@ -75,6 +78,8 @@ pub struct Agents {
     /// How often agents are asked to send one.
     pub heartbeat: Duration,
     leases: Mutex<HashMap<String, LeaseId>>,
+    /// When each cluster's status was last written for a capacity change.
+    capacity_written: Mutex<HashMap<String, Instant>>,
     sessions: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
     next: AtomicU64,
 }
@@ -94,6 +99,7 @@ impl Agents {
             ttl,
             heartbeat,
             leases: Mutex::new(HashMap::new()),
+            capacity_written: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
         }
@@ -186,7 +192,18 @@ impl Agents {
             .is_none_or(|t| jiff::Timestamp::now().duration_since(t).as_secs() >= 60);
         let mut compare = status.clone();
         compare.last_heartbeat_time = before.as_ref().and_then(|b| b.last_heartbeat_time.clone());
-        if before.as_ref() != Some(&compare) || stale_time {
+        compare.capacity = before.as_ref().and_then(|b| b.capacity.clone());
+        let changed = before.as_ref() != Some(&compare);
+        // Every instance placed changes the free capacity; storing each change would
+        // re-plan every set on every heartbeat. A capacity change alone is stored at
+        // most once per CAPACITY_EVERY per cluster.
+        let capacity_due = before.as_ref().and_then(|b| b.capacity.as_ref())
+            != status.capacity.as_ref()
+            && lock(&self.capacity_written)
+                .get(cluster)
+                .is_none_or(|t| t.elapsed() >= CAPACITY_EVERY);
+        if changed || capacity_due || stale_time {
+            lock(&self.capacity_written).insert(cluster.to_string(), Instant::now());
             status.last_heartbeat_time = Some(now);
             let condition = stored.as_ref().map_or(Condition::Absent, |kv| {
                 Condition::ModRevision(kv.mod_revision)

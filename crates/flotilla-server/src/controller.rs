@@ -6,7 +6,8 @@
 //!                        │
 //!   set changed, report changed ─────────────▶ that set is dirty
 //!   cluster added/removed, heartbeat lapsed,
-//!   readiness or capacity changed ───────────▶ every set is dirty
+//!   readiness changed ───────────────────────▶ every set is dirty
+//!   capacity changed ────────────────────────▶ every set, after urgent work
 //!                        │
 //!   reconcile(set): plan (sticky, from the stored placement) ─▶ store placement
 //!                   ─▶ shrink/delete slices first, then grow/create them
@@ -75,8 +76,14 @@ struct Cache {
 #[derive(Debug, PartialEq)]
 enum Dirty {
     Nothing,
+    /// The set's spec, placement or slices changed: it is urgent.
     Set(SetKey),
+    /// Only what its members report changed: its status can wait for urgent work.
+    Status(SetKey),
     AllSets,
+    /// A cluster's free capacity changed: every set may use it, none urgently (a set
+    /// whose own spec changed is urgent by itself).
+    AllSetsLater,
     /// A cluster's heartbeat lapsed: mark it Unknown, then every set.
     Lost(String),
 }
@@ -143,16 +150,14 @@ impl Cache {
                 let Some(value) = decode::<ClusterStatus>(kv) else {
                     return Dirty::Nothing;
                 };
-                let changed = self
-                    .cluster_status
-                    .get(&name)
-                    .is_none_or(|old| matters(&old.value) != matters(&value));
+                let dirty = match self.cluster_status.get(&name) {
+                    None => Dirty::AllSets,
+                    Some(old) if old.value.ready != value.ready => Dirty::AllSets,
+                    Some(old) if old.value.capacity != value.capacity => Dirty::AllSetsLater,
+                    Some(_) => Dirty::Nothing,
+                };
                 self.cluster_status.insert(name, Entry { value, rev });
-                if changed {
-                    Dirty::AllSets
-                } else {
-                    Dirty::Nothing
-                }
+                dirty
             }
             Key::Alive(name) => {
                 if self.alive.insert(name) {
@@ -177,7 +182,7 @@ impl Cache {
                         .or_default()
                         .insert(cluster, Entry { value, rev });
                 }
-                Dirty::Set(set)
+                Dirty::Status(set)
             }
             Key::Token(_) | Key::Other => Dirty::Nothing,
         }
@@ -215,7 +220,7 @@ impl Cache {
             }
             Key::Report { cluster, set } => {
                 remove_nested(&mut self.reports, &set, &cluster);
-                Dirty::Set(set)
+                Dirty::Status(set)
             }
             Key::Token(_) | Key::Other => Dirty::Nothing,
         }
@@ -234,9 +239,42 @@ impl Cache {
     }
 }
 
-/// What of a cluster's status changes plans: readiness and capacity.
-fn matters(s: &ClusterStatus) -> (bool, Option<&flotilla_api::CapacityModel>) {
-    (s.ready, s.capacity.as_ref())
+/// Sets to reconcile: urgent ones (spec, placement, clusters changed) before those
+/// whose members only reported, so distributing a change never waits behind status
+/// bookkeeping.
+#[derive(Debug, Default)]
+struct Queue {
+    urgent: BTreeSet<SetKey>,
+    status: BTreeSet<SetKey>,
+}
+
+impl Queue {
+    fn urgent(&mut self, key: SetKey) {
+        self.status.remove(&key);
+        self.urgent.insert(key);
+    }
+
+    fn status(&mut self, key: SetKey) {
+        if !self.urgent.contains(&key) {
+            self.status.insert(key);
+        }
+    }
+
+    fn all(&mut self, keys: BTreeSet<SetKey>) {
+        for k in keys {
+            self.urgent(k);
+        }
+    }
+
+    fn all_later(&mut self, keys: BTreeSet<SetKey>) {
+        for k in keys {
+            self.status(k);
+        }
+    }
+
+    fn pop(&mut self) -> Option<SetKey> {
+        self.urgent.pop_first().or_else(|| self.status.pop_first())
+    }
 }
 
 fn remove_nested<T>(map: &mut BTreeMap<SetKey, BTreeMap<String, T>>, set: &str, cluster: &str) {
@@ -287,7 +325,8 @@ impl Controller {
             cache.fresh(&kv.key, kv.mod_revision);
             cache.put(kv);
         }
-        let mut dirty = cache.set_keys();
+        let mut dirty = Queue::default();
+        dirty.all(cache.set_keys());
         let mut lost: BTreeSet<String> = cache
             .cluster_status
             .iter()
@@ -321,10 +360,10 @@ impl Controller {
                     lost.insert(name);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                dirty.extend(cache.set_keys());
+                dirty.all(cache.set_keys());
                 continue;
             }
-            if let Some(key) = dirty.pop_first() {
+            if let Some(key) = dirty.pop() {
                 let started = Instant::now();
                 let result = self.reconcile(&mut cache, &key).await;
                 self.metrics
@@ -358,7 +397,7 @@ impl Controller {
                     let due: Vec<SetKey> = retry.iter().filter(|(_, t)| **t <= now).map(|(k, _)| k.clone()).collect();
                     for k in due {
                         retry.remove(&k);
-                        dirty.insert(k);
+                        dirty.urgent(k);
                     }
                 }
             }
@@ -667,18 +706,13 @@ impl Controller {
     }
 }
 
-fn mark(
-    cache: &mut Cache,
-    event: &Event,
-    dirty: &mut BTreeSet<SetKey>,
-    lost: &mut BTreeSet<String>,
-) {
+fn mark(cache: &mut Cache, event: &Event, dirty: &mut Queue, lost: &mut BTreeSet<String>) {
     match cache.apply(event) {
         Dirty::Nothing => {}
-        Dirty::Set(k) => {
-            dirty.insert(k);
-        }
-        Dirty::AllSets => dirty.extend(cache.set_keys()),
+        Dirty::Set(k) => dirty.urgent(k),
+        Dirty::Status(k) => dirty.status(k),
+        Dirty::AllSets => dirty.all(cache.set_keys()),
+        Dirty::AllSetsLater => dirty.all_later(cache.set_keys()),
         Dirty::Lost(name) => {
             lost.insert(name);
         }
@@ -712,6 +746,18 @@ mod tests {
     }
 
     #[test]
+    fn urgent_sets_go_before_those_whose_members_only_reported() {
+        let mut q = Queue::default();
+        q.status("a".into());
+        q.status("c".into());
+        q.urgent("d".into());
+        q.urgent("c".into());
+        q.status("d".into());
+        let order: Vec<String> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(order, ["c", "d", "a"]);
+    }
+
+    #[test]
     fn stale_events_never_overwrite_what_the_cache_wrote() {
         let mut c = Cache::default();
         let k = keys::alive("a");
@@ -735,14 +781,16 @@ mod tests {
         let k = keys::cluster_status("a");
         let s1 = r#"{"ready":true,"lastHeartbeatTime":"2026-01-01T00:00:00Z"}"#;
         let s2 = r#"{"ready":true,"lastHeartbeatTime":"2026-01-01T00:00:05Z"}"#;
-        let s3 = r#"{"ready":false}"#;
+        let s3 = r#"{"ready":true,"capacity":{"nodeGroups":[]}}"#;
+        let s4 = r#"{"ready":false}"#;
         assert_eq!(c.apply(&Event::Put(kv(&k, s1, 2))), Dirty::AllSets);
         assert_eq!(c.apply(&Event::Put(kv(&k, s2, 3))), Dirty::Nothing);
-        assert_eq!(c.apply(&Event::Put(kv(&k, s3, 4))), Dirty::AllSets);
+        assert_eq!(c.apply(&Event::Put(kv(&k, s3, 4))), Dirty::AllSetsLater);
+        assert_eq!(c.apply(&Event::Put(kv(&k, s4, 5))), Dirty::AllSets);
         let r = keys::report("a", "default/r");
         assert_eq!(
-            c.apply(&Event::Put(kv(&r, "{}", 5))),
-            Dirty::Set("default/r".into())
+            c.apply(&Event::Put(kv(&r, "{}", 6))),
+            Dirty::Status("default/r".into())
         );
         assert_eq!(
             c.set_keys().into_iter().collect::<Vec<_>>(),

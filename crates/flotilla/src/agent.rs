@@ -20,19 +20,15 @@ use flotilla_member::sim::SimConfig;
 
 use crate::cli::AgentArgs;
 use crate::input::{self, CliError};
+use crate::process;
 
 /// Runs the agent; returns when it was asked to stop.
 pub fn run(args: &AgentArgs) -> Result<(), CliError> {
     if !args.standalone {
         return federated(args);
     }
-    logging(args.log_json);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            CliError::Failed(anyhow::Error::new(e).context("starting the async runtime"))
-        })?;
+    process::logging(args.log_json);
+    let runtime = process::runtime()?;
     runtime.block_on(async {
         let client = flotilla_kube::client(args.kubeconfig.as_deref())
             .await
@@ -110,13 +106,8 @@ fn federated_options(args: &AgentArgs) -> Result<(flotilla_agent::Options, Membe
 /// The federated agent, until Ctrl-C or SIGTERM.
 fn federated(args: &AgentArgs) -> Result<(), CliError> {
     let (options, member) = federated_options(args)?;
-    logging(args.log_json);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            CliError::Failed(anyhow::Error::new(e).context("starting the async runtime"))
-        })?;
+    process::logging(args.log_json);
+    let runtime = process::runtime()?;
     runtime.block_on(async {
         tracing::info!(
             server = %options.server,
@@ -179,51 +170,18 @@ fn failed(e: flotilla_kube::Error) -> CliError {
     CliError::Failed(anyhow::Error::new(e))
 }
 
-/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends a pod it stops).
+/// Resolves on Ctrl-C or SIGTERM. The signal is awaited on its own task so that the
+/// future handed to the controller is `Sync`.
 fn shutdown() -> impl Future<Output = ()> + Send + Sync + 'static {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = ctrl_c => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = ctrl_c.await;
-        }
+        process::stop_signal().await;
         tracing::info!("shutting down: letting reconciles in flight finish");
         let _ = tx.send(());
     });
     async move {
         let _ = rx.await;
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON on request.
-fn logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests) keeps the first subscriber.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }
 
 #[cfg(test)]
