@@ -182,6 +182,19 @@ impl Federation {
         self.agents.insert(name.to_string(), Proc(child));
     }
 
+    /// Waits until `n` clusters are ready (their agents connected and heartbeating).
+    fn wait_ready_clusters(&self, n: usize) {
+        eventually(&format!("{n} ready clusters"), || {
+            let v: Value = serde_json::from_str(&self.ok(&["clusters", "-o", "json"])).unwrap();
+            let items = v["items"].as_array().unwrap();
+            items
+                .iter()
+                .filter(|c| c["status"]["ready"] == true)
+                .count()
+                == n
+        });
+    }
+
     fn get(&self, kind: &str, name: &str) -> Value {
         serde_json::from_str(&self.ok(&["get", kind, name, "-o", "json"])).unwrap()
     }
@@ -320,17 +333,7 @@ fn apply_scale_and_delete_across_three_members() {
     f.member("eu", "eu", 3, None);
     f.member("us", "us", 4, None);
     f.member("ap", "ap", 2, None);
-    eventually("three ready clusters", || {
-        let out = f.ok(&["clusters", "-o", "json"]);
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["status"]["ready"] == true)
-            .count()
-            == 3
-    });
+    f.wait_ready_clusters(3);
 
     // Bad input and bad tokens: clear errors, nothing stored.
     let bad = f.file(
@@ -423,16 +426,7 @@ fn a_server_killed_mid_burst_converges_without_losing_acknowledged_writes() {
     let mut f = Federation::start(10);
     f.member("eu", "eu", 4, None);
     f.member("us", "us", 4, None);
-    eventually("two ready clusters", || {
-        let v: Value = serde_json::from_str(&f.ok(&["clusters", "-o", "json"])).unwrap();
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["status"]["ready"] == true)
-            .count()
-            == 2
-    });
+    f.wait_ready_clusters(2);
     let names = ["s0", "s1", "s2", "s3"];
     // The burst: each set applied at growing and shrinking sizes; the last size each
     // set was acknowledged at (exit 0), and the size of an apply cut short.

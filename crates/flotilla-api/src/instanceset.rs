@@ -70,6 +70,14 @@ impl Kind for InstanceSetSpec {
 }
 
 impl FederatedInstanceSetSpec {
+    /// The names of its exclusive roles (one holder each).
+    pub fn exclusive_roles(&self) -> impl Iterator<Item = &str> {
+        self.roles
+            .iter()
+            .filter(|r| r.exclusive)
+            .map(|r| r.name.as_str())
+    }
+
     /// The slice of this set that runs `ordinals` in one member.
     pub fn slice(&self, ordinals: &[u32]) -> InstanceSetSpec {
         InstanceSetSpec {

@@ -17,7 +17,7 @@ use flotilla_agent::{Options, SimMember};
 use flotilla_api::NodeGroup;
 use flotilla_member::sim::SimConfig;
 use flotilla_proto::v1::federation_client::FederationClient;
-use flotilla_proto::v1::{AddClusterRequest, ApplyRequest};
+use flotilla_proto::v1::{AddClusterRequest, ApplyRequest, GetRequest};
 use flotilla_store::testing::EtcdServer;
 use flotilla_store::{Condition, EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, Store};
 use futures::StreamExt as _;
@@ -65,8 +65,10 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Distribution latencies for `rounds` sets over `members` agents.
-async fn run(store: Arc<dyn Store>, label: &str, members: usize, rounds: usize) {
+/// Distribution latencies for `rounds` sets over `members` agents: back to back (the
+/// next apply while the members still converge the last set), or `settled` (each apply
+/// once the last set is ready everywhere).
+async fn run(store: Arc<dyn Store>, label: &str, members: usize, rounds: usize, settled: bool) {
     let server = flotilla_server::start(
         store.clone(),
         flotilla_server::Config {
@@ -161,6 +163,24 @@ async fn run(store: Arc<dyn Store>, label: &str, members: usize, rounds: usize) 
         }
         apply_only.push(returned - started);
         total.push(last.saturating_duration_since(returned));
+        if settled {
+            loop {
+                let o = api
+                    .get(authed(GetRequest {
+                        kind: "fis".into(),
+                        name: name.clone(),
+                        namespace: String::new(),
+                    }))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let v: serde_json::Value = serde_json::from_str(&o.json).unwrap();
+                if v["status"]["readyReplicas"].as_u64() == Some(2 * members as u64) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     // Baseline: one raw put seen by a watch on the same store.
@@ -185,8 +205,9 @@ async fn run(store: Arc<dyn Store>, label: &str, members: usize, rounds: usize) 
     }
     let (p50, p99) = (percentile(&total, 0.5), percentile(&total, 0.99));
     let raw50 = percentile(&raw, 0.5);
+    let mode = if settled { "settled" } else { "back to back" };
     println!(
-        "{label}: {members} members, {rounds} sets: apply returned → every member holds its slice: \
+        "{label} ({mode}): {members} members, {rounds} sets: apply returned → every member holds its slice: \
          P50 {} P99 {} (max {}); apply call P50 {}; raw store put→watch P50 {} \
          (distribution = {:.1}× the raw put); vs Karmada P50 612 ms: {:.0}× faster",
         ms(p50),
@@ -203,27 +224,32 @@ async fn run(store: Arc<dyn Store>, label: &str, members: usize, rounds: usize) 
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (members, rounds) = if full { (100, 50) } else { (5, 3) };
+    let (members, rounds) = if full { (100, 30) } else { (5, 3) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let embedded: Arc<dyn Store> = Arc::new(
-            EmbeddedStore::open(dir.path().join("bench.redb"), EmbeddedOptions::default())
-                .await
-                .unwrap(),
-        );
-        run(embedded, "embedded", members, rounds).await;
-        if full || std::env::var_os("FLOTILLA_BENCH_ETCD").is_some() {
-            let etcd = EtcdServer::start().await;
-            let store: Arc<dyn Store> = Arc::new(
-                EtcdStore::connect(&[etcd.endpoint()], EtcdOptions::default())
+        // A fresh store for every run: registered clusters and sets do not carry over.
+        for settled in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let embedded: Arc<dyn Store> = Arc::new(
+                EmbeddedStore::open(dir.path().join("bench.redb"), EmbeddedOptions::default())
                     .await
                     .unwrap(),
             );
-            run(store, "etcd", members, rounds).await;
+            run(embedded, "embedded", members, rounds, settled).await;
+        }
+        if full || std::env::var_os("FLOTILLA_BENCH_ETCD").is_some() {
+            for settled in [true, false] {
+                let etcd = EtcdServer::start().await;
+                let store: Arc<dyn Store> = Arc::new(
+                    EtcdStore::connect(&[etcd.endpoint()], EtcdOptions::default())
+                        .await
+                        .unwrap(),
+                );
+                run(store, "etcd", members, rounds, settled).await;
+            }
         }
     });
 }

@@ -403,36 +403,32 @@ impl Api {
         )))
     }
 
+    /// A record and its status (or report), or `None` when the record does not exist.
+    async fn with_status(
+        &self,
+        key: &str,
+        status: &str,
+    ) -> Result<Option<(KeyValue, Option<KeyValue>)>, Status> {
+        let Some(kv) = self.store.get(key).await.map_err(store_status)? else {
+            return Ok(None);
+        };
+        let status = self.store.get(status).await.map_err(store_status)?;
+        Ok(Some((kv, status)))
+    }
+
     /// One object as users see it, or `None` when it does not exist.
     async fn object(&self, kind: ApiKind, id: &str) -> Result<Option<String>, Status> {
         match kind {
-            ApiKind::Sets => {
-                let Some(kv) = self.store.get(&keys::set(id)).await.map_err(store_status)? else {
-                    return Ok(None);
-                };
-                let status = self
-                    .store
-                    .get(&keys::set_status(id))
-                    .await
-                    .map_err(store_status)?;
-                Ok(Some(self.set_json(&kv, status.as_ref())?))
-            }
-            ApiKind::Clusters => {
-                let Some(kv) = self
-                    .store
-                    .get(&keys::cluster(id))
-                    .await
-                    .map_err(store_status)?
-                else {
-                    return Ok(None);
-                };
-                let status = self
-                    .store
-                    .get(&keys::cluster_status(id))
-                    .await
-                    .map_err(store_status)?;
-                Ok(Some(self.cluster_json(&kv, status.as_ref())?))
-            }
+            ApiKind::Sets => self
+                .with_status(&keys::set(id), &keys::set_status(id))
+                .await?
+                .map(|(kv, st)| self.set_json(&kv, st.as_ref()))
+                .transpose(),
+            ApiKind::Clusters => self
+                .with_status(&keys::cluster(id), &keys::cluster_status(id))
+                .await?
+                .map(|(kv, st)| self.cluster_json(&kv, st.as_ref()))
+                .transpose(),
             ApiKind::InstanceSets => {
                 let Some((cluster, set)) = id.split_once('/') else {
                     return Err(Status::invalid_argument(
@@ -444,20 +440,10 @@ impl Api {
                 } else {
                     keys::set_key("default", set)
                 };
-                let Some(kv) = self
-                    .store
-                    .get(&keys::slice(cluster, &set))
-                    .await
-                    .map_err(store_status)?
-                else {
-                    return Ok(None);
-                };
-                let report = self
-                    .store
-                    .get(&keys::report(cluster, &set))
-                    .await
-                    .map_err(store_status)?;
-                Ok(Some(slice_json(&kv, report.as_ref())?))
+                self.with_status(&keys::slice(cluster, &set), &keys::report(cluster, &set))
+                    .await?
+                    .map(|(kv, st)| slice_json(&kv, st.as_ref()))
+                    .transpose()
             }
         }
     }

@@ -131,13 +131,7 @@ pub fn exclusive_home(
     reports: &BTreeMap<String, &InstanceSetStatus>,
     alive: &dyn Fn(&str) -> bool,
 ) -> Option<String> {
-    let exclusive: BTreeSet<&str> = set
-        .spec
-        .roles
-        .iter()
-        .filter(|r| r.exclusive)
-        .map(|r| r.name.as_str())
-        .collect();
+    let exclusive: BTreeSet<&str> = set.spec.exclusive_roles().collect();
     if exclusive.is_empty() || desired.is_empty() {
         return None;
     }

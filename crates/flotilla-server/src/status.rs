@@ -98,14 +98,7 @@ pub fn aggregate(i: &Inputs<'_>) -> FederatedInstanceSetStatus {
         }
     }
     instances.sort_by_key(|s| s.ordinal);
-    let exclusive: Vec<&str> = i
-        .set
-        .spec
-        .roles
-        .iter()
-        .filter(|r| r.exclusive)
-        .map(|r| r.name.as_str())
-        .collect();
+    let exclusive: Vec<&str> = i.set.spec.exclusive_roles().collect();
     let mut split = Vec::new();
     for role in &exclusive {
         let holders: Vec<String> = instances
@@ -187,51 +180,53 @@ pub fn aggregate(i: &Inputs<'_>) -> FederatedInstanceSetStatus {
             "every member runs its current slice".to_string(),
         )
     });
-    let mut degraded = Vec::new();
-    let mut reason = "";
+    // (reason, message) of every problem; the first one's reason names the condition.
+    let mut degraded: Vec<(&str, String)> = Vec::new();
     if !lost.is_empty() {
-        reason = "ClusterUnavailable";
-        degraded.push(format!(
-            "no heartbeat from {}: their instances are left alone and nothing new is placed \
-             there; check those agents (failover Reschedule moves the instances)",
-            lost.join(", ")
+        degraded.push((
+            "ClusterUnavailable",
+            format!(
+                "no heartbeat from {}: their instances are left alone and nothing new is \
+                 placed there; check those agents (failover Reschedule moves the instances)",
+                lost.join(", ")
+            ),
         ));
     }
     if !split.is_empty() {
-        reason = if reason.is_empty() {
-            "ExclusiveRoleSplit"
-        } else {
-            reason
-        };
-        degraded.push(format!(
-            "{}; the federation keeps the role in one member and the others step down \
-             (check replication if this persists)",
-            split.join("; ")
+        degraded.push((
+            "ExclusiveRoleSplit",
+            format!(
+                "{}; the federation keeps the role in one member and the others step down \
+                 (check replication if this persists)",
+                split.join("; ")
+            ),
         ));
     }
     if !failed.is_empty() {
-        reason = if reason.is_empty() {
-            "InstancesFailed"
-        } else {
-            reason
-        };
-        degraded.push(format!(
-            "instances failed: {} (their members recreate them)",
-            failed.join(", ")
+        degraded.push((
+            "InstancesFailed",
+            format!(
+                "instances failed: {} (their members recreate them)",
+                failed.join(", ")
+            ),
         ));
     }
     if unschedulable > 0 {
-        reason = if reason.is_empty() {
-            "Unschedulable"
-        } else {
-            reason
-        };
-        degraded.push(format!("{unschedulable} instance(s) have no cluster"));
+        degraded.push((
+            "Unschedulable",
+            format!("{unschedulable} instance(s) have no cluster"),
+        ));
     }
-    conditions.push(if degraded.is_empty() {
-        condition("Degraded", false, "Healthy", "nothing is wrong".to_string())
-    } else {
-        condition("Degraded", true, reason, degraded.join("; "))
+    conditions.push(match degraded.first() {
+        None => condition("Degraded", false, "Healthy", "nothing is wrong".to_string()),
+        Some((reason, _)) => {
+            let message = degraded
+                .iter()
+                .map(|(_, m)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            condition("Degraded", true, reason, message)
+        }
     });
     for c in &mut conditions {
         let before = i
