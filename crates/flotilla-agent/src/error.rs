@@ -38,15 +38,10 @@ pub enum Error {
     /// The server broke the protocol (e.g. no Welcome first).
     #[error("protocol violation: {0}")]
     Protocol(String),
-    /// A Kubernetes request failed.
-    #[error("{what}")]
-    Kube {
-        /// The request, e.g. `applying InstanceSet cache/redis`.
-        what: String,
-        /// The client's error.
-        #[source]
-        source: ::kube::Error,
-    },
+    /// A Kubernetes request failed (`flotilla_kube`'s error names the request, e.g.
+    /// `applying InstanceSet cache/redis`, and carries the client's error).
+    #[error(transparent)]
+    Kube(flotilla_kube::Error),
     /// The member backend failed.
     #[error("member")]
     Member(#[source] flotilla_member::Error),

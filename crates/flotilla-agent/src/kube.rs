@@ -23,21 +23,23 @@
 //! the Kubernetes generation each of its applies produced and reports the slice's
 //! federation generation once the controller has observed it (none before).
 //!
-//! Tested against a mock API server (`tower_test`) only, like `flotilla-kube`: nothing
-//! here has run against a real Kubernetes API server yet.
+//! Every Kubernetes request goes through [`FederatedSets`] (`flotilla_kube::federated`):
+//! this crate does not depend on kube. Those requests are tested exactly in
+//! `flotilla-kube` against a mock API server (`tower_test`); this module's tests drive
+//! [`KubeMember::sync`] over a fake cluster. Nothing here has run against a real
+//! Kubernetes API server yet.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use ::kube::Client;
-use ::kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use flotilla_api::object::API_VERSION;
 use flotilla_api::status::{Condition, InstanceSetStatus};
-use flotilla_api::{CapacityModel, InstanceSet, InstanceSetSpec, Kind as _};
-use flotilla_kube::{KubeBackend, resource, standalone};
-use flotilla_member::Backend as _;
-use serde_json::{Value, json};
+use flotilla_api::{CapacityModel, InstanceSet};
+use flotilla_kube::federated::{self, Mirrored};
+use flotilla_kube::{FederatedSets, standalone};
+use serde_json::Value;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -45,12 +47,7 @@ use tokio::time::Instant;
 use crate::member::{Held, Member, Statuses, set_key};
 use crate::{Error, Result};
 
-/// The label on every InstanceSet the agent writes: it came from the federation.
-pub const FEDERATED_LABEL: &str = "flotilla.io/federated";
-/// The annotation carrying the slice's generation in the federation.
-pub const GENERATION_ANNOTATION: &str = "flotilla.io/federation-generation";
-/// The field manager of the agent's writes.
-pub const FIELD_MANAGER: &str = "flotilla-agent";
+pub use flotilla_kube::federated::{FEDERATED_LABEL, FIELD_MANAGER, GENERATION_ANNOTATION};
 
 /// How a [`KubeMember`] runs.
 #[derive(Clone, Debug)]
@@ -85,9 +82,45 @@ pub struct KubeMember {
     stop: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
 }
 
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The requests a [`KubeMember`] makes: [`FederatedSets`]'s, or a fake in tests.
+trait Cluster: Send + Sync + 'static {
+    fn list(&self) -> BoxFuture<'_, flotilla_kube::Result<Vec<Mirrored>>>;
+    fn apply<'a>(&'a self, set: &'a InstanceSet) -> BoxFuture<'a, flotilla_kube::Result<Mirrored>>;
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, flotilla_kube::Result<bool>>;
+    fn capacity(&self) -> BoxFuture<'_, flotilla_member::Result<CapacityModel>>;
+    fn kubernetes_version(&self) -> BoxFuture<'_, flotilla_kube::Result<String>>;
+}
+
+impl Cluster for FederatedSets {
+    fn list(&self) -> BoxFuture<'_, flotilla_kube::Result<Vec<Mirrored>>> {
+        Box::pin(FederatedSets::list(self))
+    }
+    fn apply<'a>(&'a self, set: &'a InstanceSet) -> BoxFuture<'a, flotilla_kube::Result<Mirrored>> {
+        Box::pin(FederatedSets::apply(self, set))
+    }
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, flotilla_kube::Result<bool>> {
+        Box::pin(FederatedSets::delete(self, namespace, name))
+    }
+    fn capacity(&self) -> BoxFuture<'_, flotilla_member::Result<CapacityModel>> {
+        Box::pin(FederatedSets::capacity(self))
+    }
+    fn kubernetes_version(&self) -> BoxFuture<'_, flotilla_kube::Result<String>> {
+        Box::pin(FederatedSets::kubernetes_version(self))
+    }
+}
+
 struct Inner {
-    client: Client,
-    backend: KubeBackend,
+    cluster: Box<dyn Cluster>,
     options: KubeMemberOptions,
     desired: Mutex<Desired>,
     held: watch::Sender<Held>,
@@ -110,20 +143,24 @@ struct Desired {
 /// One apply this process made.
 #[derive(Debug, Clone)]
 struct AppliedSet {
-    /// The body sent.
+    /// The body sent ([`federated::body`]).
     body: Value,
     /// The object's Kubernetes generation after it.
     generation: Option<i64>,
 }
 
 impl KubeMember {
-    /// A member over `client` with no background work: [`KubeMember::sync`] must be
-    /// called to write anything (tests drive it this way).
-    pub fn new(client: Client, options: KubeMemberOptions) -> KubeMember {
+    /// A member over `sets` (`FederatedSets::new(flotilla_kube::client(..))`) with no
+    /// background work: [`KubeMember::sync`] must be called to write anything.
+    pub fn new(sets: FederatedSets, options: KubeMemberOptions) -> KubeMember {
+        KubeMember::over(Box::new(sets), options)
+    }
+
+    /// A member over any [`Cluster`] (tests use a fake), no background work.
+    fn over(cluster: Box<dyn Cluster>, options: KubeMemberOptions) -> KubeMember {
         KubeMember {
             inner: Arc::new(Inner {
-                backend: KubeBackend::new(client.clone()),
-                client,
+                cluster,
                 options,
                 desired: Mutex::new(Desired::default()),
                 held: watch::Sender::new(Held::new()),
@@ -138,8 +175,8 @@ impl KubeMember {
 
     /// A member that runs: the sync task and the local controller for every
     /// InstanceSet in the cluster. Must be called within a tokio runtime.
-    pub fn start(client: Client, options: KubeMemberOptions) -> Arc<KubeMember> {
-        let member = KubeMember::new(client.clone(), options.clone());
+    pub fn start(sets: FederatedSets, options: KubeMemberOptions) -> Arc<KubeMember> {
+        let member = KubeMember::new(sets.clone(), options.clone());
         tokio::spawn(syncer(
             Arc::downgrade(&member.inner),
             member.inner.wake.clone(),
@@ -149,7 +186,7 @@ impl KubeMember {
             let stop = async move {
                 let _ = rx.await;
             };
-            if let Err(e) = standalone::run(client, options.controller, stop).await {
+            if let Err(e) = sets.run_standalone(options.controller, stop).await {
                 tracing::error!(error = %e.chain(), "the local InstanceSet controller stopped");
             }
         });
@@ -230,7 +267,7 @@ impl Member for KubeMember {
         {
             return Ok(model.clone());
         }
-        let model = self.inner.backend.capacity().await.map_err(Error::Member)?;
+        let model = self.inner.cluster.capacity().await.map_err(Error::Member)?;
         *cached = Some((Instant::now(), model.clone()));
         Ok(model)
     }
@@ -240,17 +277,14 @@ impl Member for KubeMember {
         if let Some(v) = &*cached {
             return Ok(v.clone());
         }
-        let info = self
+        let version = self
             .inner
-            .client
-            .apiserver_version()
+            .cluster
+            .kubernetes_version()
             .await
-            .map_err(|source| Error::Kube {
-                what: "reading the API server's version".into(),
-                source,
-            })?;
-        *cached = Some(info.git_version.clone());
-        Ok(info.git_version)
+            .map_err(Error::Kube)?;
+        *cached = Some(version.clone());
+        Ok(version)
     }
 }
 
@@ -271,23 +305,10 @@ impl Inner {
     }
 
     async fn sync(&self) -> Result<()> {
-        let kind = resource::instance_sets();
-        let all: Api<DynamicObject> = Api::all_with(self.client.clone(), &kind);
-        let selector = format!("{FEDERATED_LABEL}=true");
-        let listed = all
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|source| Error::Kube {
-                what: "listing federated InstanceSets".into(),
-                source,
-            })?;
-        let mut actual: BTreeMap<String, DynamicObject> = BTreeMap::new();
-        for object in listed.items {
-            let key = crate::slice_key(
-                object.metadata.namespace.as_deref().unwrap_or("default"),
-                object.metadata.name.as_deref().unwrap_or_default(),
-            );
-            actual.insert(key, object);
+        let listed = self.cluster.list().await.map_err(Error::Kube)?;
+        let mut actual: BTreeMap<String, Mirrored> = BTreeMap::new();
+        for object in listed {
+            actual.insert(crate::slice_key(&object.namespace, &object.name), object);
         }
         let held = self.held.borrow().clone();
         let (complete, mut applied) = {
@@ -301,17 +322,17 @@ impl Inner {
         };
         let mut statuses = Statuses::new();
         for (key, set) in &held {
-            let body = body(set);
+            let body = federated::body(set);
             let fresh = applied.get(key).is_some_and(|a| a.body == body);
             let object = match actual.get(key) {
                 Some(object) if fresh => Some(object.clone()),
-                _ => match self.apply(set, &body).await {
+                _ => match self.cluster.apply(set).await {
                     Ok(object) => {
                         applied.insert(
                             key.clone(),
                             AppliedSet {
                                 body,
-                                generation: object.metadata.generation,
+                                generation: object.generation,
                             },
                         );
                         Some(object)
@@ -325,7 +346,7 @@ impl Inner {
                 },
             };
             if let Some(status) =
-                object.and_then(|o| status_of(&o, set, applied.get(key).and_then(|a| a.generation)))
+                object.and_then(|o| status_of(o, set, applied.get(key).and_then(|a| a.generation)))
             {
                 statuses.insert(key.clone(), status);
             }
@@ -334,15 +355,11 @@ impl Inner {
             if held.contains_key(key) || !complete {
                 continue;
             }
-            let namespace = object.metadata.namespace.as_deref().unwrap_or("default");
-            let name = object.metadata.name.as_deref().unwrap_or_default();
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.client.clone(), namespace, &kind);
-            match api.delete(name, &DeleteParams::background()).await {
-                Ok(_) => tracing::info!(set = %key, "deleted a slice no longer held"),
-                Err(::kube::Error::Api(s)) if s.code == 404 => {}
+            match self.cluster.delete(&object.namespace, &object.name).await {
+                Ok(true) => tracing::info!(set = %key, "deleted a slice no longer held"),
+                Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(set = %key, error = %e, "deleting a slice failed; retrying")
+                    tracing::warn!(set = %key, error = %e.chain(), "deleting a slice failed; retrying")
                 }
             }
             applied.remove(key);
@@ -362,55 +379,16 @@ impl Inner {
         });
         Ok(())
     }
-
-    async fn apply(&self, set: &InstanceSet, body: &Value) -> Result<DynamicObject> {
-        let namespace = set.namespace().unwrap_or("default");
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), namespace, &resource::instance_sets());
-        api.patch(
-            set.name(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .map_err(|source| Error::Kube {
-            what: format!("applying InstanceSet {}", set_key(set)),
-            source,
-        })
-    }
-}
-
-/// The object the agent applies for a slice: its name, labels (plus
-/// [`FEDERATED_LABEL`]), annotations (plus the federation generation) and spec; never
-/// the federation's uid, resource version or status.
-fn body(set: &InstanceSet) -> Value {
-    let mut labels = set.metadata.labels.clone().unwrap_or_default();
-    labels.insert(FEDERATED_LABEL.into(), "true".into());
-    let mut annotations = set.metadata.annotations.clone().unwrap_or_default();
-    if let Some(g) = set.metadata.generation {
-        annotations.insert(GENERATION_ANNOTATION.into(), g.to_string());
-    }
-    json!({
-        "apiVersion": API_VERSION,
-        "kind": InstanceSetSpec::KIND,
-        "metadata": {
-            "name": set.name(),
-            "namespace": set.namespace().unwrap_or("default"),
-            "labels": labels,
-            "annotations": annotations,
-        },
-        "spec": set.spec,
-    })
 }
 
 /// The slice's status as the local controller wrote it into `object`, with the
 /// federation's generation once the controller observed this process's last apply.
 fn status_of(
-    object: &DynamicObject,
+    object: Mirrored,
     slice: &InstanceSet,
     applied_generation: Option<i64>,
 ) -> Option<InstanceSetStatus> {
-    let mut status = resource::decode(object).ok()?.status?;
+    let mut status = object.status?;
     let observed = status.observed_generation;
     status.observed_generation = match (observed, applied_generation) {
         (Some(o), Some(a)) if o >= a => slice.metadata.generation,
@@ -454,22 +432,80 @@ async fn syncer(member: Weak<Inner>, wake: Arc<Notify>) {
 
 #[cfg(test)]
 mod tests {
-    //! [`KubeMember::sync`] against a mock API server (`tower_test`), not a real one:
-    //! the exact requests a pass makes, answered as an API server would.
+    //! [`KubeMember::sync`] over a fake cluster that records the calls a pass makes and
+    //! answers them as `FederatedSets` would. The exact Kubernetes requests behind
+    //! those calls are tested in `flotilla-kube` (`tests/federated.rs`).
 
-    use ::kube::client::Body;
-    use http::{Method, Request, Response};
+    use std::collections::VecDeque;
+
+    use serde_json::json;
 
     use super::*;
 
-    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+    /// One call a pass made.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Call {
+        List,
+        Apply(Value),
+        Delete(String, String),
+    }
 
-    fn member() -> (KubeMember, Handle) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
+    /// What the fake answers, in order, and what it was asked.
+    #[derive(Default)]
+    struct Script {
+        lists: VecDeque<Vec<Mirrored>>,
+        applies: VecDeque<flotilla_kube::Result<Mirrored>>,
+        calls: Vec<Call>,
+    }
+
+    #[derive(Clone, Default)]
+    struct Fake(Arc<Mutex<Script>>);
+
+    impl Fake {
+        fn script(&self) -> std::sync::MutexGuard<'_, Script> {
+            self.0.lock().unwrap()
+        }
+    }
+
+    impl Cluster for Fake {
+        fn list(&self) -> BoxFuture<'_, flotilla_kube::Result<Vec<Mirrored>>> {
+            let mut s = self.script();
+            s.calls.push(Call::List);
+            let items = s.lists.pop_front().expect("an expected list");
+            Box::pin(async move { Ok(items) })
+        }
+        fn apply<'a>(
+            &'a self,
+            set: &'a InstanceSet,
+        ) -> BoxFuture<'a, flotilla_kube::Result<Mirrored>> {
+            let mut s = self.script();
+            s.calls.push(Call::Apply(federated::body(set)));
+            let answer = s.applies.pop_front().expect("an expected apply");
+            Box::pin(async move { answer })
+        }
+        fn delete<'a>(
+            &'a self,
+            namespace: &'a str,
+            name: &'a str,
+        ) -> BoxFuture<'a, flotilla_kube::Result<bool>> {
+            self.script()
+                .calls
+                .push(Call::Delete(namespace.into(), name.into()));
+            Box::pin(async { Ok(true) })
+        }
+        fn capacity(&self) -> BoxFuture<'_, flotilla_member::Result<CapacityModel>> {
+            Box::pin(async { Err(flotilla_member::Error::Backend("no capacity here".into())) })
+        }
+        fn kubernetes_version(&self) -> BoxFuture<'_, flotilla_kube::Result<String>> {
+            Box::pin(async { Ok("v1.33.1".into()) })
+        }
+    }
+
+    fn member() -> (KubeMember, Fake) {
+        let fake = Fake::default();
         (
-            KubeMember::new(client, KubeMemberOptions::default()),
-            handle,
+            KubeMember::over(Box::new(fake.clone()), KubeMemberOptions::default()),
+            fake,
         )
     }
 
@@ -487,143 +523,116 @@ mod tests {
         .unwrap()
     }
 
-    fn reply(body: Value) -> Response<Body> {
-        Response::builder()
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap()
-    }
-
-    const LIST: &str = "/apis/flotilla.io/v1alpha1/instancesets";
-    const OBJECT: &str = "/apis/flotilla.io/v1alpha1/namespaces/cache/instancesets/redis";
-
-    /// Answers the list of federated InstanceSets with `items`.
-    async fn list(handle: &mut Handle, items: Vec<Value>) {
-        let (request, send) = handle.next_request().await.expect("a list");
-        assert_eq!(request.method(), Method::GET);
-        assert_eq!(request.uri().path(), LIST);
-        assert!(
-            request
-                .uri()
-                .query()
-                .unwrap_or_default()
-                .contains("labelSelector=flotilla.io%2Ffederated%3Dtrue"),
-            "{}",
-            request.uri()
-        );
-        send.send_response(reply(json!({
-            "apiVersion": "flotilla.io/v1alpha1", "kind": "InstanceSetList",
-            "metadata": {}, "items": items,
-        })));
-    }
-
     /// An InstanceSet as the API server holds it, at Kubernetes generation 4, with a
     /// status the local controller wrote.
-    fn stored(observed_generation: i64) -> Value {
-        json!({
-            "apiVersion": "flotilla.io/v1alpha1", "kind": "InstanceSet",
-            "metadata": {"name": "redis", "namespace": "cache", "uid": "member-uid",
-                         "generation": 4, "labels": {FEDERATED_LABEL: "true"}},
-            "spec": {"ordinals": {"ranges": [{"start": 0, "end": 2}]},
-                     "template": {"spec": {"containers": [{"name": "redis", "image": "redis:7"}]}}},
-            "status": {"observedGeneration": observed_generation, "replicas": 3, "readyReplicas": 2},
-        })
+    fn stored(observed_generation: i64) -> Mirrored {
+        Mirrored {
+            namespace: "cache".into(),
+            name: "redis".into(),
+            generation: Some(4),
+            status: Some(InstanceSetStatus {
+                observed_generation: Some(observed_generation),
+                replicas: 3,
+                ready_replicas: 2,
+                ..InstanceSetStatus::default()
+            }),
+        }
     }
 
     #[tokio::test]
     async fn a_held_slice_is_applied_and_its_status_read_back() {
-        let (member, mut handle) = member();
+        let (member, fake) = member();
         member.replace(vec![slice(7)]);
-        let server = tokio::spawn(async move {
-            list(&mut handle, vec![]).await;
-            let (request, send) = handle.next_request().await.expect("an apply");
-            assert_eq!(request.method(), Method::PATCH);
-            assert_eq!(request.uri().path(), OBJECT);
-            let query = request.uri().query().unwrap_or_default().to_string();
-            assert!(query.contains("fieldManager=flotilla-agent"), "{query}");
-            assert!(query.contains("force=true"), "{query}");
-            assert_eq!(
-                request.headers()["content-type"],
-                "application/apply-patch+yaml"
-            );
-            let body: Value =
-                serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap())
-                    .unwrap();
-            assert_eq!(body["metadata"]["labels"][FEDERATED_LABEL], "true");
-            assert_eq!(body["metadata"]["labels"]["app"], "redis");
-            assert_eq!(body["metadata"]["annotations"][GENERATION_ANNOTATION], "7");
-            assert!(body["metadata"].get("uid").is_none(), "{body}");
-            assert!(body.get("status").is_none(), "{body}");
-            assert_eq!(body["spec"]["ordinals"]["ranges"][0]["end"], 2);
+        {
+            let mut s = fake.script();
+            s.lists.push_back(vec![]);
             // The controller has not seen generation 4 yet.
-            send.send_response(reply(stored(3)));
+            s.applies.push_back(Ok(stored(3)));
             // Second pass: unchanged, so a list only; the controller caught up.
-            list(&mut handle, vec![stored(4)]).await;
-        });
+            s.lists.push_back(vec![stored(4)]);
+        }
         member.sync().await.unwrap();
         let status = member.statuses().borrow()["cache/redis"].clone();
         assert_eq!(status.ready_replicas, 2);
         assert_eq!(status.observed_generation, None);
         member.sync().await.unwrap();
-        tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .expect("every expected request came")
-            .unwrap();
         let status = member.statuses().borrow()["cache/redis"].clone();
         assert_eq!(
             status.observed_generation,
             Some(7),
             "the federation's generation"
         );
+        assert_eq!(
+            fake.script().calls,
+            vec![
+                Call::List,
+                Call::Apply(federated::body(&slice(7))),
+                Call::List
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_slice_is_applied_again() {
+        let (member, fake) = member();
+        member.replace(vec![slice(7)]);
+        {
+            let mut s = fake.script();
+            s.lists.push_back(vec![]);
+            s.applies.push_back(Ok(stored(4)));
+            s.lists.push_back(vec![stored(4)]);
+            s.applies.push_back(Ok(stored(4)));
+        }
+        member.sync().await.unwrap();
+        member.put(slice(8));
+        member.sync().await.unwrap();
+        assert_eq!(
+            fake.script().calls,
+            vec![
+                Call::List,
+                Call::Apply(federated::body(&slice(7))),
+                Call::List,
+                Call::Apply(federated::body(&slice(8))),
+            ]
+        );
     }
 
     #[tokio::test]
     async fn a_slice_no_longer_held_is_deleted_but_only_after_a_snapshot() {
-        let (member, mut handle) = member();
-        let server = tokio::spawn(async move {
+        let (member, fake) = member();
+        {
+            let mut s = fake.script();
             // Before any snapshot: the object is left alone.
-            list(&mut handle, vec![stored(4)]).await;
+            s.lists.push_back(vec![stored(4)]);
             // After an empty snapshot: deleted.
-            list(&mut handle, vec![stored(4)]).await;
-            let (request, send) = handle.next_request().await.expect("a delete");
-            assert_eq!(request.method(), Method::DELETE);
-            assert_eq!(request.uri().path(), OBJECT);
-            send.send_response(reply(json!({
-                "apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {},
-            })));
-        });
+            s.lists.push_back(vec![stored(4)]);
+        }
         member.sync().await.unwrap();
         member.replace(vec![]);
         member.sync().await.unwrap();
-        tokio::time::timeout(Duration::from_secs(5), server)
-            .await
-            .expect("every expected request came")
-            .unwrap();
+        assert_eq!(
+            fake.script().calls,
+            vec![
+                Call::List,
+                Call::List,
+                Call::Delete("cache".into(), "redis".into())
+            ]
+        );
         assert!(member.statuses().borrow().is_empty());
     }
 
     #[tokio::test]
     async fn a_refused_write_is_reported_as_degraded() {
-        let (member, mut handle) = member();
+        let (member, fake) = member();
         member.put(slice(1));
-        let server = tokio::spawn(async move {
-            list(&mut handle, vec![]).await;
-            let (_, send) = handle.next_request().await.expect("an apply");
-            send.send_response(
-                Response::builder()
-                    .status(404)
-                    .body(Body::from(
-                        serde_json::to_vec(&json!({
-                            "apiVersion": "v1", "kind": "Status", "status": "Failure",
-                            "message": "namespaces \"cache\" not found", "reason": "NotFound", "code": 404,
-                            "metadata": {},
-                        }))
-                        .unwrap(),
-                    ))
-                    .unwrap(),
-            );
-        });
+        {
+            let mut s = fake.script();
+            s.lists.push_back(vec![]);
+            s.applies.push_back(Err(flotilla_kube::Error::Unsupported(
+                "namespaces \"cache\" not found".into(),
+            )));
+        }
         member.sync().await.unwrap();
-        server.await.unwrap();
         let status = member.statuses().borrow()["cache/redis"].clone();
         assert_eq!(status.conditions[0].reason, "ApplyFailed");
         assert!(
@@ -633,5 +642,12 @@ mod tests {
             "{}",
             status.conditions[0].message
         );
+    }
+
+    #[tokio::test]
+    async fn the_version_is_read_once() {
+        let (member, _fake) = member();
+        assert_eq!(member.kubernetes_version().await.unwrap(), "v1.33.1");
+        assert_eq!(member.kubernetes_version().await.unwrap(), "v1.33.1");
     }
 }

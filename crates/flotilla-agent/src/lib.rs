@@ -23,7 +23,9 @@
 //! - [`SimMember`] ([`sim`]): the simulated member in real time, for `flotilla dev`,
 //!   the end-to-end tests and the server's benchmarks (many agents in one process).
 //! - [`KubeMember`] ([`kube`]): a Kubernetes member: slices become InstanceSet custom
-//!   resources, reconciled by the local controller of `flotilla-kube`.
+//!   resources, reconciled by the local controller of `flotilla-kube`. Every Kubernetes
+//!   request goes through `flotilla_kube::FederatedSets`; this crate does not depend on
+//!   kube.
 
 pub mod error;
 pub mod kube;

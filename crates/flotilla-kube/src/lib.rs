@@ -16,12 +16,17 @@
 //! - [`locality`]: lost nodes and node-local volumes (instance rebuild), pure.
 //! - [`backend`]: [`KubeBackend`], the requests.
 //! - [`resource`]: InstanceSets as dynamic objects of the CRD.
+//! - [`federated`]: [`FederatedSets`], the requests of the federated agent
+//!   (`flotilla-agent`'s `KubeMember`): its slices as InstanceSet objects, the API
+//!   server's version, capacity, the local controller.
 //! - [`rbac`]: every Kubernetes permission the agent needs, the source of its
 //!   ClusterRole (`deploy/agent/rbac.yaml`).
 //! - [`standalone`]: the agent loop that runs the controller for every InstanceSet in
 //!   the cluster (`flotilla agent --standalone`).
 //!
-//! This is the only crate of the workspace (with `xtask`) that knows kube. Its unit
+//! This is the only crate of the workspace (with `xtask`) that knows kube: other crates
+//! hold a client only as an opaque value from [`client`] and reach the API through this
+//! crate's types. Its unit
 //! tests and `tests/mock_api.rs` run against a mock API server (`tower_test`), never a
 //! real one; `tests/cluster.rs` holds `#[ignore = "needs cluster"]` tests that run
 //! against whatever `KUBECONFIG` points at.
@@ -29,6 +34,7 @@
 pub mod backend;
 pub mod capacity;
 mod error;
+pub mod federated;
 pub mod locality;
 pub mod objects;
 pub mod rbac;
@@ -37,6 +43,7 @@ pub mod standalone;
 
 pub use backend::KubeBackend;
 pub use error::{Error, Result};
+pub use federated::FederatedSets;
 
 /// A client from a kubeconfig file, or, without one, from the environment (`KUBECONFIG`
 /// or `~/.kube/config` when present, else the in-cluster service account: what a pod

@@ -2,9 +2,9 @@
 //! ClusterRole in `deploy/agent/rbac.yaml`.
 //!
 //! ```text
-//!   REQUIRED_PERMISSIONS ◀── tests/mock_api.rs: every request any mock scenario makes is
-//!          │                 granted by the table (request_attributes), and one test
-//!          │                 drives every code path and finds every Backend/Standalone row used
+//!   REQUIRED_PERMISSIONS ◀── tests/mock_api.rs, tests/federated.rs: every request any mock
+//!          │                 scenario makes is granted by the table (request_attributes),
+//!          │                 and one test drives every code path and finds every row used
 //!          ▼
 //!   deploy/agent/rbac.yaml ◀── tests/manifests.rs: the ClusterRole grants exactly the table
 //! ```
@@ -12,9 +12,11 @@
 //! What that proves, and what it does not: the requests are the ones this crate's code
 //! makes against a *mock* API server, mapped to RBAC attributes by
 //! [`request_attributes`] (a transcription of the API server's request-info rules, not
-//! the API server itself). Rows used by other crates ([`User::FederatedAgent`]) are
-//! declared here but not exercised by this crate's tests. Whether a real API server
-//! authorizes exactly these is only checked by running against one.
+//! the API server itself). Two rows are inferred rather than seen in a request:
+//! `pods/exec create` (the websocket upgrade is a GET) and `instancesets create` (a
+//! server-side apply is a PATCH, which the API server also authorizes as create when
+//! the object is new). Whether a real API server authorizes exactly these is only
+//! checked by running against one.
 
 /// Which part of the agent makes a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,12 +25,12 @@ pub enum User {
     Backend,
     /// [`crate::standalone`]: kube-runtime's watches of InstanceSets and their pods.
     Standalone,
-    /// The federated agent (`crates/flotilla-agent/src/kube.rs`): applies the slices the
-    /// server sends as InstanceSet objects (server-side apply, which needs `create` as
-    /// well as `patch` when the object is new), lists them (the Standalone rows cover
-    /// that) and deletes the ones it no longer has; it also reads `GET /version`, a
-    /// non-resource URL every authenticated user may read (`system:public-info-viewer`).
-    /// Not exercised by this crate's tests.
+    /// [`crate::federated`] (the federated agent's `KubeMember` in `flotilla-agent`):
+    /// applies the slices the server sends as InstanceSet objects (server-side apply,
+    /// which needs `create` as well as `patch` when the object is new), lists them (the
+    /// Standalone rows cover that) and deletes the ones it no longer has; it also reads
+    /// `GET /version`, a non-resource URL every authenticated user may read
+    /// (`system:public-info-viewer`).
     FederatedAgent,
 }
 

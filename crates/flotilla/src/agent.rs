@@ -125,7 +125,7 @@ fn federated(args: &AgentArgs) -> Result<(), CliError> {
                     .await
                     .map_err(failed)?;
                 let member = KubeMember::start(
-                    client,
+                    flotilla_kube::FederatedSets::new(client),
                     KubeMemberOptions {
                         controller: standalone::Options {
                             namespace: args.namespace.clone(),
