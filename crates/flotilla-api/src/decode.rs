@@ -87,7 +87,14 @@ pub fn decode<T: DeserializeOwned>(value: Value) -> Result<Decoded<T>, Invalid> 
         Err(e) => {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            Err(Invalid::one(path, e.inner().to_string()))
+            // A misspelt field is the usual cause of a missing one: name both.
+            let mut problems = vec![FieldError::new(path, e.inner().to_string())];
+            problems.extend(
+                warnings
+                    .into_iter()
+                    .map(|w| FieldError::new(w.path, "unknown field")),
+            );
+            Err(Invalid(problems))
         }
     }
 }
@@ -113,23 +120,49 @@ pub fn decode_any(value: Value) -> Result<Decoded<AnyObject>, Invalid> {
     })
 }
 
+/// Decodes every document of a file on its own, so that a caller can go on judging the
+/// documents that decoded when another did not. Each comes with its label
+/// ([`document_label`]); problems and warnings name their document when the file holds
+/// more than one. Only a file that is not YAML at all fails as a whole.
+pub fn decode_each(text: &str) -> Result<Vec<Document>, Invalid> {
+    let values = split(text)?;
+    let many = values.len() > 1;
+    let tag = |e: Invalid, label: &str| if many { e.in_document(label) } else { e };
+    Ok(values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let label = document_label(i, &value);
+            let decoded = match decode_any(value) {
+                Ok(mut d) => {
+                    d.warnings = tag(Invalid(d.warnings), &label).0;
+                    Ok(d)
+                }
+                Err(e) => Err(tag(e, &label)),
+            };
+            Document { label, decoded }
+        })
+        .collect())
+}
+
+/// One document of a file, as [`decode_each`] returns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    /// `document 2 (Cluster b)`.
+    pub label: String,
+    /// The object, or every problem found decoding it.
+    pub decoded: Result<Decoded<AnyObject>, Invalid>,
+}
+
 /// Decodes every document of a file. Errors from every document are reported, each
 /// naming its document when the file holds more than one.
 pub fn decode_all(text: &str) -> Result<Vec<Decoded<AnyObject>>, Invalid> {
-    let values = split(text)?;
-    let many = values.len() > 1;
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    for (i, value) in values.into_iter().enumerate() {
-        let label = document_label(i, &value);
-        match decode_any(value) {
-            Ok(mut d) => {
-                if many {
-                    d.warnings = Invalid(d.warnings).in_document(&label).0;
-                }
-                out.push(d)
-            }
-            Err(e) => errors.extend(if many { e.in_document(&label).0 } else { e.0 }),
+    for doc in decode_each(text)? {
+        match doc.decoded {
+            Ok(d) => out.push(d),
+            Err(e) => errors.extend(e.0),
         }
     }
     if errors.is_empty() {
@@ -268,6 +301,43 @@ mod tests {
                 .iter()
                 .any(|l| l.starts_with("document 2 (Cluster b): status.ready: invalid type")),
             "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_type_error_also_names_the_unknown_fields_beside_it() {
+        let text = "apiVersion: flotilla.io/v1alpha1\nkind: FederatedInstanceSet\nmetadata: {name: a}\nspec:\n  replica: 3\n  template: {spec: {containers: []}}\n";
+        let lines: Vec<String> = decode_all(text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "spec: missing field `replicas`",
+                "spec.replica: unknown field"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_document_is_decoded_on_its_own() {
+        let text = "apiVersion: flotilla.io/v1alpha1\nkind: Cluster\nmetadata: {name: a}\nspec: {taints: 3}\n---\napiVersion: flotilla.io/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec: {colour: red}\n";
+        let docs = decode_each(text).unwrap();
+        assert_eq!(docs[0].label, "document 1 (Cluster a)");
+        let err = docs[0].decoded.as_ref().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("document 1 (Cluster a): spec.taints: invalid type"),
+            "{err}"
+        );
+        let b = docs[1].decoded.as_ref().unwrap();
+        assert_eq!(b.object.name(), "b");
+        assert_eq!(
+            b.warnings[0].to_string(),
+            "document 2 (Cluster b): spec.colour: unknown field, ignored"
         );
     }
 

@@ -117,7 +117,8 @@ fn user_meta(m: &ObjectMeta) -> ObjectMeta {
     }
 }
 
-fn now_time() -> Time {
+/// Now, to the second, as object timestamps are kept.
+pub(crate) fn now_time() -> Time {
     Time(
         jiff::Timestamp::now()
             .round(jiff::Unit::Second)
@@ -161,23 +162,31 @@ impl Api {
     }
 
     async fn apply_inner(&self, req: ApplyRequest) -> Result<ApplyResponse, Status> {
-        let docs = decode::decode_all(&req.document).map_err(invalid)?;
+        // Every document is judged, also when another is broken, so that one answer
+        // names every problem in the file.
+        let docs = decode::decode_each(&req.document).map_err(invalid)?;
+        if docs.is_empty() {
+            return Err(invalid(Invalid::one(
+                "",
+                "no objects: the input holds no YAML or JSON document",
+            )));
+        }
         let many = docs.len() > 1;
-        let mut warnings: Vec<String> = docs
-            .iter()
-            .flat_map(|d| d.warnings.iter().map(|w| w.to_string()))
-            .collect();
+        let mut warnings = Vec::new();
         let mut errors = Vec::new();
         let mut writes = Vec::new();
         let mut seen = BTreeSet::new();
-        for (i, d) in docs.into_iter().enumerate() {
-            let label = format!(
-                "document {} ({} {})",
-                i + 1,
-                d.object.kind(),
-                d.object.name()
-            );
+        for doc in docs {
+            let label = doc.label;
             let tag = |e: Invalid| if many { e.in_document(&label) } else { e };
+            let d = match doc.decoded {
+                Ok(d) => d,
+                Err(e) => {
+                    errors.extend(e.0);
+                    continue;
+                }
+            };
+            warnings.extend(d.warnings.iter().map(ToString::to_string));
             let result = match d.object {
                 AnyObject::FederatedInstanceSet(mut o) => {
                     if o.status.take().is_some() {
@@ -461,9 +470,10 @@ impl Api {
         let mut c: Cluster = decode_json(kv)?;
         c.metadata.resource_version = Some(kv.mod_revision.to_string());
         let mut status: Option<ClusterStatus> = status.map(decode_json).transpose()?;
+        // The stored time moves only with readiness or capacity; the newest heartbeat
+        // this server saw is the true one, also for a cluster that has gone Unknown.
         if let Some(s) = status.as_mut()
             && let Some(t) = self.presence.last_heartbeat(c.name())
-            && s.ready
         {
             s.last_heartbeat_time = Some(t);
         }

@@ -41,6 +41,7 @@ use tokio::sync::watch;
 
 use crate::federation::{self, Member};
 use crate::keys::{self, Key, SetKey};
+use crate::leader;
 use crate::metrics::{Metrics, label};
 use crate::status;
 
@@ -298,14 +299,30 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Runs until the task is dropped, re-listing after any store failure.
-    pub async fn run(self) {
+    /// Runs until the task is dropped: while this server leads, lists and watches the
+    /// store (again after any store failure); stops at once when the lead is lost.
+    pub async fn run(self, mut election: watch::Receiver<leader::State>) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let started = Instant::now();
-            if let Err(e) = self.sync_and_watch().await {
-                tracing::warn!(error = %format!("{e:#}"), "federation controller: store failed; listing again");
+            if election
+                .wait_for(|s| *s == leader::State::Leading)
+                .await
+                .is_err()
+            {
+                return;
             }
+            let started = Instant::now();
+            tokio::select! {
+                result = self.sync_and_watch() => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %format!("{e:#}"), "federation controller: store failed; listing again");
+                    }
+                }
+                _ = election.wait_for(|s| *s != leader::State::Leading) => {
+                    tracing::info!("federation controller stopped: this server no longer leads");
+                }
+            }
+            self.synced.send_replace(false);
             if started.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_millis(100);
             }
@@ -531,17 +548,9 @@ impl Controller {
         }
         for (cluster, ordinals) in &desired {
             if !existing.contains_key(cluster) {
-                grow.push((
-                    cluster.clone(),
-                    Some(federation::slice(
-                        &set,
-                        cluster,
-                        ordinals,
-                        None,
-                        home.as_deref(),
-                    )),
-                    None,
-                ));
+                let mut new = federation::slice(&set, cluster, ordinals, None, home.as_deref());
+                new.metadata.creation_timestamp = Some(crate::api::now_time());
+                grow.push((cluster.clone(), Some(new), None));
             }
         }
 

@@ -1,5 +1,6 @@
 //! The HTTP port: `/metrics` (Prometheus), `/healthz` (the process serves) and
-//! `/readyz` (the store answers and the federation controller has loaded its state).
+//! `/readyz` (the store answers, and this server either follows a leader or leads with
+//! its federation controller's state loaded).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,8 @@ pub struct Http {
     pub store: Arc<dyn Store>,
     /// True once the controller has listed the store.
     pub synced: watch::Receiver<bool>,
+    /// Where this server stands in the leader election.
+    pub election: watch::Receiver<crate::leader::State>,
 }
 
 pub fn router(state: Http) -> Router {
@@ -41,11 +44,21 @@ async fn metrics(State(s): State<Http>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<Http>) -> (StatusCode, String) {
-    if !*s.synced.borrow() {
-        return (
+    let unready = |why: &str| {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the federation controller has not loaded the store yet\n".into(),
-        );
+            format!("not ready: {why}\n"),
+        )
+    };
+    match &*s.election.borrow() {
+        crate::leader::State::Campaigning => {
+            return unready("electing the server that runs the federation controller");
+        }
+        crate::leader::State::Leading if !*s.synced.borrow() => {
+            return unready("the federation controller has not loaded the store yet");
+        }
+        // A follower serves the API and agents; the leader's controller does the rest.
+        crate::leader::State::Leading | crate::leader::State::Following { .. } => {}
     }
     match tokio::time::timeout(
         Duration::from_secs(2),

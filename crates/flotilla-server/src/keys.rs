@@ -13,6 +13,8 @@
 //! /flotilla/slices/<cluster>/<ns>/<name>   InstanceSet: the member's slice (controller)
 //! /flotilla/reports/<cluster>/<ns>/<name>  the slice's status as the agent reports it
 //! /flotilla/admin-token                    the generated admin token (when none is given)
+//! /flotilla/leader                         the server whose controller runs, under its
+//!                                          lease (see `leader`)
 //! ```
 //!
 //! Names are DNS labels (validated before anything is stored), so `/` never appears
@@ -30,6 +32,7 @@ pub const ALIVE: &str = "/flotilla/alive/";
 pub const SLICES: &str = "/flotilla/slices/";
 pub const REPORTS: &str = "/flotilla/reports/";
 pub const ADMIN_TOKEN: &str = "/flotilla/admin-token";
+pub const LEADER: &str = "/flotilla/leader";
 
 /// A namespaced object's identity: `<namespace>/<name>`.
 pub type SetKey = String;
@@ -178,6 +181,7 @@ mod tests {
             }
         );
         assert_eq!(Key::parse(ADMIN_TOKEN), Key::Other);
+        assert_eq!(Key::parse(LEADER), Key::Other);
         assert_eq!(Key::parse("/flotilla/sets/too/many/parts"), Key::Other);
         assert!(slice("c", "ns/a").starts_with(&slices_of("c")));
         assert!(!slice("cc", "ns/a").starts_with(&slices_of("c")));

@@ -11,8 +11,9 @@
 //!
 //! All state is in the [`Store`] (see [`keys`] for the layout); the server itself
 //! keeps only caches, so it can be killed at any moment and restarted, against etcd or
-//! the embedded file. Run one server per store: the federation controller does not
-//! elect a leader.
+//! the embedded file. Any number of servers may share one etcd: they all serve the user
+//! API and agents, and the one that holds the leader lease runs the federation
+//! controller (see [`leader`]).
 
 mod agents;
 mod api;
@@ -21,6 +22,7 @@ mod controller;
 mod federation;
 mod http;
 pub mod keys;
+pub mod leader;
 mod metrics;
 mod status;
 
@@ -58,6 +60,9 @@ pub struct Config {
     /// History older than this is compacted away (agents further behind get a
     /// snapshot when they reconnect).
     pub history: Duration,
+    /// The leader lease's TTL: how long the servers go without a federation controller
+    /// when the leader dies without resigning.
+    pub leader_ttl: Duration,
 }
 
 impl Default for Config {
@@ -69,6 +74,7 @@ impl Default for Config {
             cluster_ttl: Duration::from_secs(10),
             heartbeat: Duration::from_secs(2),
             history: Duration::from_secs(600),
+            leader_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -82,6 +88,12 @@ pub struct Running {
     pub http: SocketAddr,
     /// The user API's token.
     pub admin_token: String,
+    /// This server's identity in the leader election.
+    pub identity: String,
+    /// Where this server stands in the leader election.
+    pub election: watch::Receiver<leader::State>,
+    store: Arc<dyn Store>,
+    lease: Arc<std::sync::Mutex<Option<flotilla_store::LeaseId>>>,
     stop: Option<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -92,7 +104,7 @@ impl Running {
         format!("http://{}", self.grpc)
     }
 
-    /// Stops serving and every background task.
+    /// Stops serving and every background task, and gives up the lead if it has it.
     pub async fn stop(mut self) {
         self.shutdown().await;
     }
@@ -105,6 +117,7 @@ impl Running {
             t.abort();
             let _ = t.await;
         }
+        leader::Elector::resign(&*self.store, &self.lease).await;
     }
 }
 
@@ -134,6 +147,17 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
     let metrics = Arc::new(metrics::Metrics::new());
     let presence = Arc::new(agents::Presence::default());
     let (synced_tx, synced) = watch::channel(false);
+    let identity = leader::identity(grpc_addr);
+    let (election_tx, election) = watch::channel(leader::State::Campaigning);
+    let lease = Arc::new(std::sync::Mutex::new(None));
+    let elector = leader::Elector {
+        store: store.clone(),
+        identity: identity.clone(),
+        ttl: config.leader_ttl,
+        state: election_tx,
+        metrics: metrics.clone(),
+        lease: lease.clone(),
+    };
 
     let controller = controller::Controller {
         store: store.clone(),
@@ -162,7 +186,8 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(controller.run()));
+    tasks.push(tokio::spawn(elector.run()));
+    tasks.push(tokio::spawn(controller.run(election.clone())));
     tasks.push(tokio::spawn(compact(store.clone(), config.history)));
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
@@ -181,8 +206,9 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
     }));
     let router = http::router(http::Http {
         metrics,
-        store,
+        store: store.clone(),
         synced,
+        election: election.clone(),
     });
     tasks.push(tokio::spawn(async move {
         let result = axum::serve(http_listener, router)
@@ -194,11 +220,15 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
             tracing::error!(error = %e, "HTTP server failed");
         }
     }));
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, "flotilla server listening");
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, %identity, "flotilla server listening");
     Ok(Running {
         grpc: grpc_addr,
         http: http_addr,
         admin_token,
+        identity,
+        election,
+        store,
+        lease,
         stop: Some(stop_tx),
         tasks,
     })

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub slice_writes: Counter,
     /// Registered clusters by readiness: `ready`, `unknown`, `pending`.
     pub clusters: Family<Labels, Gauge>,
+    /// 1 while this server leads (its federation controller runs), else 0.
+    pub leader: Gauge,
 }
 
 impl Metrics {
@@ -47,6 +49,7 @@ impl Metrics {
             reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             slice_writes: Counter::default(),
             clusters: Family::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -93,6 +96,11 @@ impl Metrics {
             "clusters",
             "Registered clusters by readiness",
             m.clusters.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this server leads and runs the federation controller",
+            m.leader.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -164,7 +164,7 @@ pub fn aggregate(i: &Inputs<'_>) -> FederatedInstanceSetStatus {
         let mut why = Vec::new();
         if !stale.is_empty() {
             why.push(format!(
-                "waiting for {} to apply their slices",
+                "waiting for {} to roll out their slices",
                 stale.join(", ")
             ));
         }

@@ -139,9 +139,12 @@ async fn the_user_api_refuses_bad_tokens_and_invalid_documents_and_stores_nothin
         Code::Unauthenticated
     );
 
-    // One bad document among good ones: every error, nothing stored.
+    // Bad documents among good ones: every error of every document (one that does not
+    // decode does not hide another's validation errors), nothing stored.
     let text = format!(
-        "{}---\napiVersion: flotilla.io/v1alpha1\nkind: FederatedInstanceSet\nmetadata: {{name: Bad_Name}}\nspec: {{replicas: -1}}\n",
+        "{}---\napiVersion: flotilla.io/v1alpha1\nkind: FederatedInstanceSet\nmetadata: {{name: Bad_Name}}\nspec: {{replicas: -1}}\n\
+         ---\napiVersion: flotilla.io/v1alpha1\nkind: FederatedInstanceSet\nmetadata: {{name: c}}\n\
+         spec: {{replicas: 2, template: {{spec: {{containers: []}}}}}}\n",
         set(3)
     );
     let err = api
@@ -158,6 +161,12 @@ async fn the_user_api_refuses_bad_tokens_and_invalid_documents_and_stores_nothin
     assert!(err.message().contains("spec.replicas"), "{}", err.message());
     assert!(err.message().contains("document 2"), "{}", err.message());
     assert!(
+        err.message()
+            .contains("document 3 (FederatedInstanceSet c): spec.template.spec.containers"),
+        "{}",
+        err.message()
+    );
+    assert!(
         api.list(list(ADMIN))
             .await
             .unwrap()
@@ -165,6 +174,20 @@ async fn the_user_api_refuses_bad_tokens_and_invalid_documents_and_stores_nothin
             .items
             .is_empty()
     );
+
+    // An input without a document is refused, not an empty success.
+    let err = api
+        .apply(authed(
+            ADMIN,
+            ApplyRequest {
+                document: "# nothing here\n---\n".into(),
+                dry_run: false,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("no objects"), "{}", err.message());
 
     // InstanceSets are not for users to write; a Cluster must be registered first.
     let err = api

@@ -194,6 +194,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Ends the lease now, deleting its keys (one revision for all of them).
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
 
+    /// Whether other processes can use this store at the same time (etcd), or it is
+    /// this process's alone (the embedded file, which one process opens at a time).
+    fn shared(&self) -> bool {
+        true
+    }
+
     /// Creates `key`; [`Error::AlreadyExists`] if it exists.
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision> {
         self.put(key, value, Condition::Absent, None).await

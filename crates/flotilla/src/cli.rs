@@ -98,6 +98,10 @@ pub struct ServerArgs {
     /// A cluster whose agent has not sent a heartbeat for this long goes Unknown.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub cluster_ttl_seconds: u64,
+    /// Servers sharing one etcd elect the one that runs the federation controller; a
+    /// leader that dies without stepping down is replaced after this long.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub leader_ttl_seconds: u64,
     /// Log JSON lines instead of text (the filter is RUST_LOG, default `info`).
     #[arg(long)]
     pub log_json: bool,

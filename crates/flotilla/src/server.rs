@@ -18,6 +18,11 @@ pub fn run(args: &ServerArgs) -> Result<(), CliError> {
             "--cluster-ttl-seconds: must be at least 1".into(),
         ));
     }
+    if args.leader_ttl_seconds < 2 {
+        return Err(CliError::Usage(
+            "--leader-ttl-seconds: must be at least 2 (etcd's shortest lease)".into(),
+        ));
+    }
     process::logging(args.log_json);
     process::runtime()?.block_on(async {
         let store: Arc<dyn Store> = if args.etcd_endpoints.is_empty() {
@@ -37,6 +42,7 @@ pub fn run(args: &ServerArgs) -> Result<(), CliError> {
             admin_token: args.admin_token.clone(),
             cluster_ttl: Duration::from_secs(args.cluster_ttl_seconds),
             heartbeat: heartbeat_for(Duration::from_secs(args.cluster_ttl_seconds)),
+            leader_ttl: Duration::from_secs(args.leader_ttl_seconds),
             ..flotilla_server::Config::default()
         };
         let generated = config.admin_token.is_none();

@@ -269,6 +269,11 @@ fn mismatched(done: Done) -> ! {
 
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
+    /// redb locks the file: no other process has it open while this one does.
+    fn shared(&self) -> bool {
+        false
+    }
+
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         check_key(key)?;
         let key = key.to_string();

@@ -161,6 +161,14 @@ impl SetView {
         if let Some(c) = self.condition("Degraded").filter(|c| is_true(c)) {
             let _ = write!(line, "; degraded: {}", reason_or_message(c));
         }
+        // All ready on the old template is not done: say what the rollout waits for.
+        if u64::from(status.ready_replicas) >= self.replicas()
+            && let Some(c) = self
+                .condition("Progressing")
+                .filter(|c| is_true(c) && !c.message.is_empty())
+        {
+            let _ = write!(line, "; {}", c.message);
+        }
         line
     }
 
@@ -895,6 +903,21 @@ mod tests {
         rolling["conditions"][1]["status"] = json!("True");
         assert!(!SetView::of(&set(rolling)).is_ready());
         assert_eq!(SetView::of(&set(converged())).phase(), "Ready");
+    }
+
+    #[test]
+    fn progress_says_what_a_rollout_on_ready_instances_waits_for() {
+        let mut rolling = converged();
+        rolling["conditions"][1] = json!({"type": "Progressing", "status": "True",
+            "reason": "RollingOut", "message": "waiting for a to roll out their slices"});
+        assert_eq!(
+            SetView::of(&set(rolling)).progress(),
+            "redis-shard: 6/6 ready (a: 3/3, b: 3/3); waiting for a to roll out their slices"
+        );
+        assert_eq!(
+            SetView::of(&set(converged())).progress(),
+            "redis-shard: 6/6 ready (a: 3/3, b: 3/3)"
+        );
     }
 
     #[test]
