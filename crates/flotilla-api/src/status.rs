@@ -91,6 +91,10 @@ pub struct InstanceSetStatus {
     /// Per ordinal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceStatus>,
+    /// Ordinals outside the slice whose instances still exist here (being removed).
+    /// The federation gives such an ordinal to another member only once it is gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaving: Vec<u32>,
     /// Conditions with reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -556,6 +556,12 @@ fn status(
                 revision: Some(i.revision.clone()),
             })
             .collect(),
+        // Reported so that the federation moves an ordinal only once it is gone here.
+        leaving: instances
+            .keys()
+            .filter(|o| !slice.contains(o))
+            .copied()
+            .collect(),
         conditions,
     }
 }

@@ -302,7 +302,22 @@ fn scale_in_deletes_replicas_and_switches_a_leaving_primary_over_first() {
         "switchover primary 0->1; delete 3",
     );
     let s = set("{ranges: [{start: 0, end: 1}]}", "redis:7.2", "");
-    check(&s, &observed(inst), "delete 2; delete 3");
+    let p = check(&s, &observed(inst), "delete 2; delete 3");
+    // Until they are gone, the status says they still exist outside the slice (the
+    // federation waits for that before placing them elsewhere); its counts are the
+    // slice's.
+    assert_eq!(p.status.leaving, [2, 3]);
+    assert_eq!(p.status.replicas, 2);
+    assert_eq!(
+        p.status
+            .instances
+            .iter()
+            .map(|i| i.ordinal)
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
+    let p = check(&s, &observed(healthy(&r)[..2].to_vec()), "");
+    assert!(p.status.leaving.is_empty());
 }
 
 #[test]

@@ -221,11 +221,35 @@ impl Agents {
 
     /// Renews the cluster's lease, granting a new one (and putting its alive key under
     /// it) when there is none or it ended.
+    ///
+    /// A live lease is not enough: the alive key must still be under it. Another
+    /// session (on this server or another) may have put the key under its own lease
+    /// since, or the cluster was deleted and registered again; renewing a lease that
+    /// holds no key would leave the cluster looking lost for ever.
     async fn renew(&self, cluster: &str) -> flotilla_store::Result<()> {
         let known = lock(&self.leases).get(cluster).copied();
         if let Some(lease) = known {
             match self.store.keep_alive(lease).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    let key = self.store.get(&keys::alive(cluster)).await?;
+                    if key.is_some_and(|kv| kv.lease == Some(lease)) {
+                        return Ok(());
+                    }
+                    self.store
+                        .put(
+                            &keys::alive(cluster),
+                            Bytes::from(lease.to_string()),
+                            Condition::Any,
+                            Some(lease),
+                        )
+                        .await?;
+                    tracing::info!(
+                        cluster,
+                        lease,
+                        "alive key put back under this session's lease"
+                    );
+                    return Ok(());
+                }
                 Err(StoreError::LeaseNotFound { .. }) => {}
                 Err(e) => return Err(e),
             }

@@ -126,9 +126,12 @@ pub(crate) fn now_time() -> Time {
     )
 }
 
+/// A random (version 4) UUID, as Kubernetes gives every object.
 fn uid() -> Result<String, Status> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
+    b[6] = (b[6] & 0x0f) | 0x40; // version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     Ok(format!(
         "{}-{}-{}-{}-{}",
@@ -964,5 +967,22 @@ impl Federation for Service {
     ) -> Result<Response<AddClusterResponse>, Status> {
         let r = self.0.add_cluster_inner(request.into_inner()).await;
         self.0.done("AddCluster", r).map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uids_are_version_4_uuids() {
+        let a = super::uid().unwrap();
+        let b = super::uid().unwrap();
+        assert_ne!(a, b);
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "{a}");
+        assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"), "{a}");
     }
 }

@@ -64,6 +64,10 @@ struct Cache {
     clusters: BTreeMap<String, Entry<Cluster>>,
     cluster_status: BTreeMap<String, Entry<ClusterStatus>>,
     alive: BTreeSet<String>,
+    /// Clusters counted in `alive` without a current lease because this controller has
+    /// just started: their agents get one cluster TTL to reconnect (a server that was
+    /// down longer than the TTL finds every lease lapsed) before they are lost.
+    presumed: BTreeSet<String>,
     /// By set, then cluster.
     slices: BTreeMap<SetKey, BTreeMap<String, Entry<InstanceSet>>>,
     /// By set, then cluster.
@@ -161,6 +165,7 @@ impl Cache {
                 dirty
             }
             Key::Alive(name) => {
+                self.presumed.remove(&name);
                 if self.alive.insert(name) {
                     Dirty::AllSets
                 } else {
@@ -350,6 +355,7 @@ impl Controller {
             .filter(|(name, s)| s.value.ready && !cache.alive.contains(*name))
             .map(|(name, _)| name.clone())
             .collect();
+        let grace_until = Instant::now() + self.ttl;
         let mut retry: BTreeMap<SetKey, Instant> = BTreeMap::new();
         let mut watch = self
             .store
@@ -369,6 +375,20 @@ impl Controller {
             while let Some(item) = watch.next().now_or_never() {
                 let event = item.context("the store's watch ended")??;
                 mark(&mut cache, &event, &mut dirty, &mut lost);
+            }
+            // Just started: a lapsed lease may only mean the agent has not reconnected
+            // yet. Count the cluster alive (as last stored) until the grace ends.
+            if Instant::now() < grace_until {
+                for name in std::mem::take(&mut lost) {
+                    cache.alive.insert(name.clone());
+                    cache.presumed.insert(name);
+                }
+            } else if !cache.presumed.is_empty() {
+                for name in std::mem::take(&mut cache.presumed) {
+                    tracing::info!(cluster = %name, "no agent reconnected within the cluster TTL of the controller's start");
+                    cache.alive.remove(&name);
+                    lost.insert(name);
+                }
             }
             self.count_clusters(&cache);
             if let Some(name) = lost.pop_first() {
@@ -508,47 +528,64 @@ impl Controller {
             }
         };
         let alive = |c: &str| cache.alive.contains(c);
-        let desired = federation::slice_ordinals(&plan, &reports, &alive);
         let placement_write = (previous.map(|e| &e.value) != Some(&plan))
             .then(|| (keys::placement(key), previous.map(|e| e.rev)));
         let existing: BTreeMap<String, Entry<InstanceSet>> =
             cache.slices.get(key).cloned().unwrap_or_default();
+        let existing_slices: BTreeMap<String, &InstanceSet> = existing
+            .iter()
+            .map(|(c, e)| (c.clone(), &e.value))
+            .collect();
+        let awaits =
+            |c: &str| federation::awaits(&set, cache.clusters.get(c).map(|e| &e.value), alive(c));
+        let desired = federation::slice_ordinals(&plan, &existing_slices, &reports, &awaits);
 
         // Decide every write before making any.
-        let home = {
-            let existing_refs: BTreeMap<String, &InstanceSet> = existing
-                .iter()
-                .map(|(c, e)| (c.clone(), &e.value))
-                .collect();
-            federation::exclusive_home(&set, &desired, &existing_refs, &reports, &alive)
-        };
+        let home = federation::exclusive_home(&set, &desired, &existing_slices, &reports, &alive);
         let mut shrink = Vec::new();
         let mut grow = Vec::new();
         for (cluster, e) in &existing {
-            match desired.get(cluster) {
-                None => shrink.push((cluster.clone(), None, Some(e.rev))),
-                Some(ordinals) => {
-                    let have: BTreeSet<u32> = e.value.spec.ordinals.to_vec().into_iter().collect();
-                    let want: BTreeSet<u32> = ordinals.iter().copied().collect();
-                    let new =
-                        federation::slice(&set, cluster, ordinals, Some(&e.value), home.as_deref());
-                    if new.spec == e.value.spec
-                        && new.metadata.labels == e.value.metadata.labels
-                        && new.metadata.annotations == e.value.metadata.annotations
-                    {
-                        continue;
-                    }
-                    if have.is_subset(&want) {
-                        grow.push((cluster.clone(), Some(new), Some(e.rev)));
-                    } else {
-                        shrink.push((cluster.clone(), Some(new), Some(e.rev)));
-                    }
-                }
+            let ordinals = desired.get(cluster).map_or(&[][..], Vec::as_slice);
+            let want: BTreeSet<u32> = ordinals.iter().copied().collect();
+            let leaving =
+                federation::next_leaving(Some(&e.value), &want, reports.get(cluster).copied());
+            // A member's slice goes only once it has nothing left to run or remove (or
+            // the cluster is gone): until then an empty slice says what is leaving.
+            if want.is_empty() && (leaving.is_empty() || !cache.clusters.contains_key(cluster)) {
+                shrink.push((cluster.clone(), None, Some(e.rev)));
+                continue;
+            }
+            let have: BTreeSet<u32> = e.value.spec.ordinals.to_vec().into_iter().collect();
+            let new = federation::slice(
+                &set,
+                cluster,
+                ordinals,
+                Some(&e.value),
+                home.as_deref(),
+                &leaving,
+            );
+            if new.spec == e.value.spec
+                && new.metadata.labels == e.value.metadata.labels
+                && new.metadata.annotations == e.value.metadata.annotations
+            {
+                continue;
+            }
+            if have.is_subset(&want) {
+                grow.push((cluster.clone(), Some(new), Some(e.rev)));
+            } else {
+                shrink.push((cluster.clone(), Some(new), Some(e.rev)));
             }
         }
         for (cluster, ordinals) in &desired {
             if !existing.contains_key(cluster) {
-                let mut new = federation::slice(&set, cluster, ordinals, None, home.as_deref());
+                let mut new = federation::slice(
+                    &set,
+                    cluster,
+                    ordinals,
+                    None,
+                    home.as_deref(),
+                    &BTreeSet::new(),
+                );
                 new.metadata.creation_timestamp = Some(crate::api::now_time());
                 grow.push((cluster.clone(), Some(new), None));
             }

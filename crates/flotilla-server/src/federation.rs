@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use flotilla_api::instanceset::EXCLUSIVE_ROLES_ELSEWHERE;
 use flotilla_api::quantity::Amount;
 use flotilla_api::resources::{self, PODS};
+use flotilla_api::set::FailoverPolicy;
 use flotilla_api::status::Condition;
 use flotilla_api::{
     Cluster, ClusterStatus, FederatedInstanceSet, InstanceSet, InstanceSetStatus, NodeGroup,
@@ -97,6 +98,7 @@ pub fn slice(
     ordinals: &[u32],
     existing: Option<&InstanceSet>,
     home: Option<&str>,
+    leaving: &BTreeSet<u32>,
 ) -> InstanceSet {
     let mut s: InstanceSet = Object::new(set.name(), set.spec.slice(ordinals));
     s.metadata.namespace = Some(set.namespace().unwrap_or("default").to_string());
@@ -104,12 +106,15 @@ pub fn slice(
         (CLUSTER_LABEL.to_string(), cluster.to_string()),
         (SET_LABEL.to_string(), set.name().to_string()),
     ]));
+    let mut annotations = BTreeMap::new();
     if let Some(home) = home.filter(|h| *h != cluster) {
-        s.metadata.annotations = Some(BTreeMap::from([(
-            EXCLUSIVE_ROLES_ELSEWHERE.to_string(),
-            home.to_string(),
-        )]));
+        annotations.insert(EXCLUSIVE_ROLES_ELSEWHERE.to_string(), home.to_string());
     }
+    if !leaving.is_empty() {
+        let list: Vec<u32> = leaving.iter().copied().collect();
+        annotations.insert(LEAVING_ANNOTATION.to_string(), leaving_text(&list));
+    }
+    s.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
     s.metadata.generation = Some(match existing {
         Some(e) if e.spec == s.spec => e.metadata.generation.unwrap_or(1),
         Some(e) => e.metadata.generation.unwrap_or(1) + 1,
@@ -173,25 +178,112 @@ pub fn exclusive_home(
     holder.or_else(|| lowest(true)).or_else(|| lowest(false))
 }
 
-/// The ordinals of each cluster's slice under `plan`, holding back any ordinal another
-/// live cluster still runs (its agent reports it): an instance moves only once its old
-/// member has removed it, so no ordinal ever runs in two clusters. A cluster whose
-/// heartbeat lapsed cannot confirm anything; its ordinals move when the plan moves
-/// them (failover `Reschedule`, a `NoExecute` taint, the cluster's removal).
+/// On a slice: ordinals taken out of it whose instances its member has not yet
+/// confirmed gone (`3,5-7`). Kept in the store with the slice, so that what another
+/// member may still run survives a restart of the server.
+pub const LEAVING_ANNOTATION: &str = "flotilla.io/leaving";
+
+fn leaving_text(sorted: &[u32]) -> String {
+    flotilla_api::ordinals::runs(sorted)
+        .into_iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The ordinals a slice says are still leaving it (an unreadable part reads as none:
+/// only the server writes it).
+pub fn leaving_of(slice: &InstanceSet) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    let text = slice
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LEAVING_ANNOTATION));
+    for part in text.into_iter().flat_map(|t| t.split(',')) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
+            out.extend(a..=b.min(a.saturating_add(1_000_000)));
+        }
+    }
+    out
+}
+
+/// Every ordinal a member may still run: those of its slice, those leaving it that
+/// it has not confirmed gone, and those its last report lists (in the slice or
+/// leaving it).
+pub fn held_by(slice: Option<&InstanceSet>, report: Option<&InstanceSetStatus>) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    if let Some(s) = slice {
+        out.extend(s.spec.ordinals.to_vec());
+        out.extend(leaving_of(s));
+    }
+    if let Some(r) = report {
+        out.extend(r.instances.iter().map(|i| i.ordinal));
+        out.extend(r.leaving.iter().copied());
+    }
+    out
+}
+
+/// The ordinals still leaving a member's next slice (of ordinals `next`): those it
+/// leaves now, and those that left before unless the member has confirmed them gone
+/// (its report describes the current slice's generation and no longer lists them).
+pub fn next_leaving(
+    existing: Option<&InstanceSet>,
+    next: &BTreeSet<u32>,
+    report: Option<&InstanceSetStatus>,
+) -> BTreeSet<u32> {
+    let Some(e) = existing else {
+        return BTreeSet::new();
+    };
+    let confirmed = report
+        .is_some_and(|r| r.observed_generation.unwrap_or(0) >= e.metadata.generation.unwrap_or(1));
+    let reported: BTreeSet<u32> = report
+        .map(|r| {
+            r.instances
+                .iter()
+                .map(|i| i.ordinal)
+                .chain(r.leaving.iter().copied())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out: BTreeSet<u32> = leaving_of(e)
+        .into_iter()
+        .filter(|o| !confirmed || reported.contains(o))
+        .collect();
+    out.extend(e.spec.ordinals.to_vec());
+    out.retain(|o| !next.contains(o));
+    out
+}
+
+/// The ordinals of each cluster's slice under `plan`, holding back any ordinal that
+/// another member may still run ([`held_by`]): an instance moves only once its old
+/// member has removed it and said so, so no ordinal ever runs in two clusters.
+/// `waits_for(cluster)` says whether that member's word is awaited: a live one always;
+/// one whose heartbeat lapsed unless the move is the point (failover `Reschedule`, a
+/// `NoExecute` taint, or the cluster's removal), since it cannot confirm anything.
 pub fn slice_ordinals(
     plan: &Plan,
+    slices: &BTreeMap<String, &InstanceSet>,
     reports: &BTreeMap<String, &InstanceSetStatus>,
-    alive: &dyn Fn(&str) -> bool,
+    waits_for: &dyn Fn(&str) -> bool,
 ) -> BTreeMap<String, Vec<u32>> {
-    let mut running: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
-    for (cluster, report) in reports {
-        if alive(cluster) {
-            for i in &report.instances {
-                running
-                    .entry(i.ordinal)
-                    .or_default()
-                    .insert(cluster.as_str());
-            }
+    // A member's slice is deleted only once it has confirmed that nothing is left (or
+    // its cluster is gone), so a report without a slice is a leftover: it holds nothing.
+    let mut holders: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
+    for (cluster, slice) in slices {
+        if !waits_for(cluster) {
+            continue;
+        }
+        let held = held_by(Some(*slice), reports.get(cluster).copied());
+        for o in held {
+            holders.entry(o).or_default().insert(cluster.as_str());
         }
     }
     plan.placement
@@ -202,15 +294,35 @@ pub fn slice_ordinals(
                 .iter()
                 .copied()
                 .filter(|o| {
-                    running
+                    holders
                         .get(o)
-                        .is_none_or(|holders| holders.iter().all(|h| *h == cp.cluster))
+                        .is_none_or(|h| h.iter().all(|h| *h == cp.cluster))
                 })
                 .collect();
             (cp.cluster.clone(), ordinals)
         })
         .filter(|(_, o): &(String, Vec<u32>)| !o.is_empty())
         .collect()
+}
+
+/// Whether the word of member `cluster` (`None`: no longer registered) is awaited
+/// before an ordinal it may run moves elsewhere ([`slice_ordinals`]): always while it
+/// is alive; once its heartbeat lapsed, only when moving its instances is not the point
+/// (failover `Keep` and no untolerated `NoExecute` taint). A lapsed member under
+/// `Keep` keeps its instances, so an ordinal it may run is not placed anywhere else,
+/// even after a scale-down and up again.
+pub fn awaits(set: &FederatedInstanceSet, cluster: Option<&Cluster>, alive: bool) -> bool {
+    if alive {
+        return true;
+    }
+    let Some(c) = cluster else {
+        return false;
+    };
+    let placement = &set.spec.placement;
+    placement.failover.policy != FailoverPolicy::Reschedule
+        && !c.spec.taints.iter().any(|t| {
+            t.effect == "NoExecute" && !flotilla_api::selector::tolerated(t, &placement.tolerations)
+        })
 }
 
 /// The status of a cluster whose heartbeat lapsed.
@@ -294,18 +406,91 @@ mod tests {
         }
     }
 
+    fn report(generation: i64, instances: &[u32], leaving: &[u32]) -> InstanceSetStatus {
+        InstanceSetStatus {
+            observed_generation: Some(generation),
+            leaving: leaving.to_vec(),
+            ..running(instances)
+        }
+    }
+
+    fn a_slice(ordinals: &[u32], generation: i64, leaving: &[u32]) -> InstanceSet {
+        let set = Object::new("r", flotilla_api::FederatedInstanceSetSpec::default());
+        let mut s = slice(
+            &set,
+            "x",
+            ordinals,
+            None,
+            None,
+            &leaving.iter().copied().collect(),
+        );
+        s.metadata.generation = Some(generation);
+        s
+    }
+
     #[test]
     fn an_ordinal_moves_only_after_its_old_member_dropped_it() {
         let plan = plan(&[("a", &[0, 1]), ("b", &[2, 3])]);
-        let a = running(&[0, 1, 3]); // 3 moved from a to b; a still runs it
-        let b = running(&[2]);
+        // 3 moved from a to b: a's slice no longer has it, but a still runs it.
+        let sa = a_slice(&[0, 1], 2, &[3]);
+        let sb = a_slice(&[2], 1, &[]);
+        let slices = BTreeMap::from([("a".to_string(), &sa), ("b".to_string(), &sb)]);
+        let a = report(1, &[0, 1, 3], &[]);
+        let b = report(1, &[2], &[]);
         let reports = BTreeMap::from([("a".to_string(), &a), ("b".to_string(), &b)]);
-        let got = slice_ordinals(&plan, &reports, &|_| true);
+        let got = slice_ordinals(&plan, &slices, &reports, &|_| true);
         assert_eq!(got["a"], vec![0, 1]);
         assert_eq!(got["b"], vec![2], "3 waits until a has removed it");
-        // a's heartbeat lapsed: it cannot confirm, the plan's move goes ahead.
-        let got = slice_ordinals(&plan, &reports, &|c| c != "a");
+        // a took the shrink and is removing 3: still held.
+        let a = report(2, &[0, 1], &[3]);
+        let reports = BTreeMap::from([("a".to_string(), &a), ("b".to_string(), &b)]);
+        assert_eq!(
+            slice_ordinals(&plan, &slices, &reports, &|_| true)["b"],
+            vec![2]
+        );
+        // An old report that happens not to list 3 proves nothing: the slice still says
+        // 3 is leaving a.
+        let stale = report(1, &[0, 1], &[]);
+        let reports = BTreeMap::from([("a".to_string(), &stale), ("b".to_string(), &b)]);
+        assert_eq!(
+            slice_ordinals(&plan, &slices, &reports, &|_| true)["b"],
+            vec![2]
+        );
+        // a's heartbeat lapsed and the move is the point (failover): it goes ahead.
+        let got = slice_ordinals(&plan, &slices, &reports, &|c| c != "a");
         assert_eq!(got["b"], vec![2, 3]);
+    }
+
+    #[test]
+    fn leaving_ordinals_are_kept_until_the_member_confirms_them_gone() {
+        let next: BTreeSet<u32> = [0, 1].into();
+        // Taken out now: leaving, whatever the report says.
+        let e = a_slice(&[0, 1, 2, 3], 1, &[]);
+        assert_eq!(next_leaving(Some(&e), &next, None), [2, 3].into());
+        // Next pass: the member has not reported the new generation yet.
+        let e = a_slice(&[0, 1], 2, &[2, 3]);
+        let old = report(1, &[0, 1], &[]);
+        assert_eq!(next_leaving(Some(&e), &next, Some(&old)), [2, 3].into());
+        // It has, and 2 is still being removed.
+        let now = report(2, &[0, 1], &[2]);
+        assert_eq!(next_leaving(Some(&e), &next, Some(&now)), [2].into());
+        // Both gone.
+        let done = report(2, &[0, 1], &[]);
+        assert!(next_leaving(Some(&e), &next, Some(&done)).is_empty());
+        // An ordinal coming back is no longer leaving.
+        let back: BTreeSet<u32> = [0, 1, 2].into();
+        assert_eq!(next_leaving(Some(&e), &back, Some(&now)), BTreeSet::new());
+        // The annotation reads back compactly.
+        let s = a_slice(&[], 3, &[2, 3, 4, 9]);
+        assert_eq!(
+            s.metadata.annotations.as_ref().unwrap()[LEAVING_ANNOTATION],
+            "2-4,9"
+        );
+        assert_eq!(leaving_of(&s), [2, 3, 4, 9].into());
+        assert_eq!(
+            held_by(Some(&s), Some(&report(3, &[], &[11]))),
+            [2, 3, 4, 9, 11].into()
+        );
     }
 
     #[test]
@@ -317,12 +502,13 @@ mod tests {
                 ..FederatedInstanceSetSpec::default()
             },
         );
-        let first = slice(&set, "a", &[0, 1], None, Some("a"));
+        let none = BTreeSet::new();
+        let first = slice(&set, "a", &[0, 1], None, Some("a"), &none);
         assert!(
             first.metadata.annotations.is_none(),
             "the home slice elects"
         );
-        let other = slice(&set, "b", &[2], None, Some("a"));
+        let other = slice(&set, "b", &[2], None, Some("a"), &none);
         assert_eq!(
             other.metadata.annotations.unwrap()[EXCLUSIVE_ROLES_ELSEWHERE],
             "a"
@@ -330,9 +516,9 @@ mod tests {
         assert_eq!(first.metadata.generation, Some(1));
         assert_eq!(first.metadata.namespace.as_deref(), Some("default"));
         assert_eq!(first.metadata.labels.as_ref().unwrap()[CLUSTER_LABEL], "a");
-        let same = slice(&set, "a", &[0, 1], Some(&first), Some("a"));
+        let same = slice(&set, "a", &[0, 1], Some(&first), Some("a"), &none);
         assert_eq!(same.metadata.generation, Some(1));
-        let grown = slice(&set, "a", &[0, 1, 2], Some(&first), Some("a"));
+        let grown = slice(&set, "a", &[0, 1, 2], Some(&first), Some("a"), &none);
         assert_eq!(grown.metadata.generation, Some(2));
     }
 
@@ -423,8 +609,8 @@ mod tests {
             Some("a")
         );
         // The slices say a: a stays home even when b reports a holder too.
-        let sa = slice(&set, "a", &[2, 3], None, Some("a"));
-        let sb = slice(&set, "b", &[0, 1], None, Some("a"));
+        let sa = slice(&set, "a", &[2, 3], None, Some("a"), &BTreeSet::new());
+        let sb = slice(&set, "b", &[0, 1], None, Some("a"), &BTreeSet::new());
         let existing = BTreeMap::from([("a".to_string(), &sa), ("b".to_string(), &sb)]);
         let mut b = running(&[0, 1]);
         b.instances[0].role = Some("primary".into());

@@ -29,7 +29,11 @@ struct Harness {
 }
 
 async fn start(ttl: Duration) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), ttl).await
+}
+
+/// A server on the embedded store in `dir` (a restart when it holds one already).
+async fn start_in(dir: tempfile::TempDir, ttl: Duration) -> Harness {
     let store: Arc<dyn Store> = Arc::new(
         EmbeddedStore::open(dir.path().join("s.redb"), EmbeddedOptions::default())
             .await
@@ -532,5 +536,82 @@ async fn agents_get_snapshots_then_changes_resume_from_their_revision_and_go_unk
         }
     })
     .await;
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_server_gives_agents_one_ttl_to_reconnect_before_it_moves_anything() {
+    let ttl = Duration::from_secs(2);
+    let h = start(ttl).await;
+    let mut api = FederationClient::new(channel(&h).await);
+    let token = api
+        .add_cluster(authed(
+            ADMIN,
+            AddClusterRequest {
+                name: "a".into(),
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut agent = connect(&h, "a", &token, 0).await.unwrap();
+    assert!(matches!(agent.next().await, Out::Welcome(_)));
+    assert!(matches!(agent.next().await, Out::Snapshot(_)));
+    agent.heartbeat().await;
+    eventually("cluster a ready", || {
+        let mut api = api.clone();
+        async move { get_json(&mut api, "clusters", "a").await["status"]["ready"] == true }
+    })
+    .await;
+    // Failover Reschedule: a cluster found lost would have its instances taken away.
+    let doc = set(2).replace(
+        "  template:",
+        "  placement: {failover: {policy: Reschedule}}\n  template:",
+    );
+    api.apply(authed(
+        ADMIN,
+        ApplyRequest {
+            document: doc,
+            dry_run: false,
+        },
+    ))
+    .await
+    .unwrap();
+    let Out::Change(c) = agent.next().await else {
+        panic!("a change")
+    };
+    let revision = c.revision;
+
+    // The server is down for longer than the TTL: the cluster's lease lapses.
+    drop(agent);
+    h.server.stop().await;
+    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    let h = start_in(h._dir, ttl).await;
+    let mut api = FederationClient::new(channel(&h).await);
+    assert_eq!(
+        get_json(&mut api, "clusters", "a").await["status"]["ready"],
+        true,
+        "not lost at once: its agent has not had the chance to reconnect"
+    );
+    // The agent comes back within the TTL and resumes: nothing was moved meanwhile, so
+    // there is nothing to resume with, and the cluster stays ready past the grace.
+    let mut agent = connect(&h, "a", &token, revision).await.unwrap();
+    let Out::Welcome(w) = agent.next().await else {
+        panic!("welcome first")
+    };
+    assert!(w.resumed);
+    let deadline = tokio::time::Instant::now() + ttl * 2;
+    while tokio::time::Instant::now() < deadline {
+        agent.heartbeat().await;
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(300), agent.rx.message()).await {
+            panic!("the slice was rewritten after the restart: {m:?}");
+        }
+    }
+    assert_eq!(
+        get_json(&mut api, "clusters", "a").await["status"]["ready"],
+        true
+    );
     h.server.stop().await;
 }
