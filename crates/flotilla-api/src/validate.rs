@@ -93,6 +93,21 @@ pub fn instance_set(set: InstanceSet) -> Result<Valid<InstanceSet>, Invalid> {
     header(&set, &mut e);
     let spec = &set.spec;
     ordinals(Some(&spec.ordinals), &[], &mut e);
+    // Planning lists a slice's ordinals: a range of two billion would take the whole
+    // agent down with it.
+    let count: u64 = spec
+        .ordinals
+        .ranges
+        .iter()
+        .map(|r| u64::from(r.end.saturating_sub(r.start)) + u64::from(r.start <= r.end))
+        .sum::<u64>()
+        + spec.ordinals.discrete.len() as u64;
+    if count > u64::from(MAX_REPLICAS) {
+        e.push(
+            "spec.ordinals",
+            format!("{count} ordinals, more than the limit of {MAX_REPLICAS}"),
+        );
+    }
     instance_name_length(set.name(), Some(&spec.ordinals), &mut e);
     workload(
         &spec.template,

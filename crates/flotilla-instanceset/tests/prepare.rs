@@ -493,3 +493,20 @@ fn a_rebuilt_instance_waits_until_its_old_volume_is_gone_then_gets_a_new_one() {
     o.volumes.retain(|v| v.ordinal != 1);
     check(&s, &o, "create-volume data-1; create 1");
 }
+
+#[test]
+fn a_slice_of_more_ordinals_than_a_set_may_have_is_refused_before_planning() {
+    let text = "apiVersion: flotilla.io/v1alpha1\nkind: InstanceSet\nmetadata: {name: r}\n\
+                spec:\n  ordinals: {ranges: [{start: 0, end: 2147483647}], discrete: [7]}\n  \
+                template: {spec: {containers: [{name: c, image: i}]}}\n";
+    let AnyObject::InstanceSet(s) = decode_all(text).unwrap().remove(0).object else {
+        panic!()
+    };
+    let err = validate::instance_set(*s).unwrap_err().to_string();
+    assert!(
+        err.contains("spec.ordinals: 2147483649 ordinals, more than the limit of 1000000"),
+        "{err}"
+    );
+    // At the limit is fine.
+    set("{ranges: [{start: 10, end: 1000009}]}", "redis:7.2", "");
+}
