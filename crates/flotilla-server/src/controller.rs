@@ -587,6 +587,11 @@ impl Controller {
                     &BTreeSet::new(),
                 );
                 new.metadata.creation_timestamp = Some(crate::api::now_time());
+                // A report left from an earlier slice of this set (written as that
+                // slice was deleted) must not read as describing the new one.
+                if let Some(old) = reports.get(cluster).and_then(|r| r.observed_generation) {
+                    new.metadata.generation = Some(old + 1);
+                }
                 grow.push((cluster.clone(), Some(new), None));
             }
         }
