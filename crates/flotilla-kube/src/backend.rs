@@ -6,7 +6,8 @@
 //!                 for the claims of pods on a lost node or not scheduled (`locality`)
 //!   Create        POST pod            (409 AlreadyExists → Unchanged)
 //!   CreateVolume  POST pvc            (409 AlreadyExists → Unchanged)
-//!   UpdateInPlace GET pod, PATCH strategic merge of images/labels/annotations (equal → Unchanged)
+//!   UpdateInPlace GET pod, PATCH strategic merge of images/labels/annotations (equal → Unchanged),
+//!                 recording the restarts it waits for (`objects::IN_PLACE_UPDATE_ANNOTATION`)
 //!   SetRole       GET pod, PATCH merge of the role label and version annotations (equal → Unchanged)
 //!   Recreate, Delete, DeleteVolume    DELETE (404 → Unchanged); a rebuild's Recreate
 //!                 (node lost) with gracePeriodSeconds=0: no kubelet is left to finish it

@@ -29,11 +29,14 @@ pub enum Error {
     #[error("finding a Kubernetes client configuration (in-cluster or KUBECONFIG)")]
     InferConfig(#[source] kube::config::InferConfigError),
     /// An InstanceSet from the API server does not decode into Flotilla's type.
-    #[error("InstanceSet {name} does not decode")]
+    #[error("InstanceSet {name} does not decode: {path}")]
     Decode {
         /// `<namespace>/<name>`.
         name: String,
-        /// The serde error, with its path.
+        /// The field that does not decode (`spec.template.spec.containers[0]…`), or `.`
+        /// for the whole object.
+        path: String,
+        /// The serde error.
         #[source]
         source: serde_json::Error,
     },

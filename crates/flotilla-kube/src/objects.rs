@@ -8,6 +8,18 @@
 //!   InstanceSet + Pod ──in_place_patch()──▶ strategic merge patch, or None when current
 //! ```
 //!
+//! # In-place updates
+//! The planner counts a pod as updated from its revision label and as ready from its
+//! Ready condition. Both would hold the moment an image patch lands: the kubelet
+//! restarts the container some time later, and until then the pod stays Ready on the
+//! old image. So the patch also records, in [`IN_PLACE_UPDATE_ANNOTATION`], the target
+//! revision and, for every container whose image it changes, that container's
+//! `imageID` and `restartCount` as they were. [`instance`] reports the pod not ready
+//! while any of those containers still shows both unchanged (or has no status): the
+//! rollout waits for the restart, as `maxUnavailable` and `Serial` mean it to. Once
+//! every one restarted or runs another image, the annotation is inert; nothing removes
+//! it, and the next in-place update overwrites it.
+//!
 //! Everything here is a plain function of its inputs so that the exact objects the
 //! backend sends can be unit-tested without an API server.
 //!
@@ -22,6 +34,10 @@
 //!   `minDomains` at the slice's size, the emptiest count is 0 whenever it matters
 //!   (fewer eligible nodes than instances make the scheduler treat it as 0; at least as
 //!   many nodes as instances leave one empty), so the bound is exactly N per node.
+//!   The API server refuses two constraints with one topologyKey and
+//!   whenUnsatisfiable, so a template's own `kubernetes.io/hostname` / `DoNotSchedule`
+//!   constraint is tightened into this one (the smaller maxSkew, at least this
+//!   minDomains, this set's selector) rather than joined by it.
 //! - Always → a *preferred* pod anti-affinity (weight 100) on `flotilla.io/set`, so the
 //!   scheduler fills nodes without the set first. Roles are not known when a pod is
 //!   created (they are probed later, and affinity cannot change on a running pod), so
@@ -35,10 +51,12 @@ use flotilla_api::set::Retention;
 use flotilla_api::{InstanceSet, Kind as _};
 use flotilla_instanceset::{Instance, Phase, Revision, Volume, instance_name, volume_name};
 use k8s_openapi::api::core::v1::{
-    Container, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm,
-    PodSpec, TopologySpreadConstraint, Volume as PodVolume, WeightedPodAffinityTerm,
+    Container, ContainerStatus, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod,
+    PodAffinityTerm, PodSpec, TopologySpreadConstraint, Volume as PodVolume,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -61,6 +79,9 @@ pub const ROLE_VERSION_ANNOTATION: &str = "flotilla.io/role-version";
 /// counter per controller, which restarts at 0 with the agent; a version written by
 /// another process is older than every probe this one takes, so it is read as 0.
 pub const ROLE_EPOCH_ANNOTATION: &str = "flotilla.io/role-epoch";
+/// On a pod patched in place: which restarts the patch is waiting for (see the
+/// module documentation), as JSON [`InPlaceUpdate`].
+pub const IN_PLACE_UPDATE_ANNOTATION: &str = "flotilla.io/in-place-update";
 /// The field manager of every write (server-side apply of status included).
 pub const FIELD_MANAGER: &str = "flotilla";
 /// The node topology key.
@@ -218,16 +239,32 @@ fn place(set: &InstanceSet, spec: &mut PodSpec) {
             .push(term),
         Some(n) => {
             let slice = set.spec.ordinals.to_vec().len().max(1);
-            spec.topology_spread_constraints
-                .get_or_insert_default()
-                .push(TopologySpreadConstraint {
+            let max_skew = i32::try_from(n).unwrap_or(i32::MAX);
+            let min_domains = i32::try_from(slice).unwrap_or(i32::MAX);
+            let constraints = spec.topology_spread_constraints.get_or_insert_default();
+            // The API server refuses two constraints with the same topologyKey and
+            // whenUnsatisfiable, so a template's own one over nodes is tightened into
+            // ours instead: the smaller skew, at least our minDomains, and our
+            // selector (without matchLabelKeys, which would narrow it), since the
+            // per-node bound is exact only counting this set's pods.
+            match constraints.iter_mut().find(|c| {
+                c.topology_key == HOSTNAME_TOPOLOGY && c.when_unsatisfiable == "DoNotSchedule"
+            }) {
+                Some(theirs) => {
+                    theirs.max_skew = theirs.max_skew.min(max_skew);
+                    theirs.min_domains = Some(theirs.min_domains.unwrap_or(0).max(min_domains));
+                    theirs.label_selector = Some(same_set);
+                    theirs.match_label_keys = None;
+                }
+                None => constraints.push(TopologySpreadConstraint {
                     label_selector: Some(same_set),
-                    max_skew: i32::try_from(n).unwrap_or(i32::MAX),
-                    min_domains: Some(i32::try_from(slice).unwrap_or(i32::MAX)),
+                    max_skew,
+                    min_domains: Some(min_domains),
                     topology_key: HOSTNAME_TOPOLOGY.to_string(),
                     when_unsatisfiable: "DoNotSchedule".to_string(),
                     ..TopologySpreadConstraint::default()
-                });
+                }),
+            }
         }
         None => {}
     }
@@ -297,7 +334,8 @@ pub fn instance(pod: &Pod, epoch: &str) -> Option<Instance> {
     };
     let ready = status
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        && !restart_pending(pod);
     let same_epoch = annotation(meta, ROLE_EPOCH_ANNOTATION) == Some(epoch);
     let role_version = annotation(meta, ROLE_VERSION_ANNOTATION)
         .filter(|_| same_epoch)
@@ -317,6 +355,74 @@ pub fn instance(pod: &Pod, epoch: &str) -> Option<Instance> {
         role_version,
         probe: None,
     })
+}
+
+/// What an in-place patch waits for: the revision it brings the pod to, and the
+/// containers it changed the image of, each as it was before the patch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InPlaceUpdate {
+    /// The revision label the patch set.
+    pub revision: String,
+    /// By container name (containers and restartable init containers share one name
+    /// space in a pod).
+    pub containers: BTreeMap<String, ContainerBefore>,
+}
+
+/// A container's status when its image was patched.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerBefore {
+    /// `status.containerStatuses[].imageID` (empty when it had no status).
+    #[serde(default, rename = "imageID")]
+    pub image_id: String,
+    /// `status.containerStatuses[].restartCount` (0 when it had no status).
+    #[serde(default, rename = "restartCount")]
+    pub restart_count: i32,
+}
+
+impl ContainerBefore {
+    fn of(status: Option<&ContainerStatus>) -> ContainerBefore {
+        ContainerBefore {
+            image_id: status.map(|s| s.image_id.clone()).unwrap_or_default(),
+            restart_count: status.map_or(0, |s| s.restart_count),
+        }
+    }
+}
+
+/// The status of the container `name`, whether a container or an init container.
+fn container_status<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .chain(status.init_container_statuses.iter())
+        .flatten()
+        .find(|s| s.name == name)
+}
+
+/// Whether an in-place patch of this pod's current revision still waits for a
+/// container to restart on its new image: the container shows the imageID and
+/// restart count it had before the patch, or no status at all. An annotation that does
+/// not parse is someone else's doing and is ignored.
+pub fn restart_pending(pod: &Pod) -> bool {
+    let meta = &pod.metadata;
+    let Some(update) = annotation(meta, IN_PLACE_UPDATE_ANNOTATION)
+        .and_then(|a| serde_json::from_str::<InPlaceUpdate>(a).ok())
+    else {
+        return false;
+    };
+    if label(meta, REVISION_LABEL) != Some(update.revision.as_str()) {
+        // Written for another revision: a later patch or a recreated pod supersedes it.
+        return false;
+    }
+    update
+        .containers
+        .iter()
+        .any(|(name, before)| match container_status(pod, name) {
+            None => true,
+            Some(now) => {
+                now.image_id == before.image_id && now.restart_count == before.restart_count
+            }
+        })
 }
 
 /// What a listed PVC tells the planner; `None` without claim and ordinal labels.
@@ -344,7 +450,7 @@ pub fn in_place_patch(set: &InstanceSet, ordinal: u32, pod: &Pod) -> Option<Valu
             .collect::<BTreeMap<_, _>>()
     };
     let labels = changed(pod_labels(set, ordinal, &revision), meta.labels.as_ref());
-    let annotations = changed(template_annotations(set), meta.annotations.as_ref());
+    let mut annotations = changed(template_annotations(set), meta.annotations.as_ref());
     let template = set.spec.template.spec.as_ref();
     let running = pod.spec.as_ref();
     let containers = image_changes(
@@ -357,6 +463,41 @@ pub fn in_place_patch(set: &InstanceSet, ordinal: u32, pod: &Pod) -> Option<Valu
     );
     if labels.is_empty() && annotations.is_empty() && containers.is_empty() && init.is_empty() {
         return None;
+    }
+    // The restarts this patch causes, so that the pod does not count as updated and
+    // ready before they happen (see the module documentation). An init container that
+    // is not a sidecar has run to completion and is not restarted for a new image, so
+    // only containers and sidecars are waited for.
+    let sidecars: Vec<&str> = template
+        .and_then(|t| t.init_containers.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| c.name.as_str())
+        .collect();
+    let restarted: BTreeMap<String, ContainerBefore> = containers
+        .iter()
+        .chain(init.iter().filter(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|name| sidecars.contains(&name))
+        }))
+        .filter_map(|c| c["name"].as_str())
+        .map(|name| {
+            (
+                name.to_string(),
+                ContainerBefore::of(container_status(pod, name)),
+            )
+        })
+        .collect();
+    if !restarted.is_empty() {
+        let update = InPlaceUpdate {
+            revision: revision.revision.clone(),
+            containers: restarted,
+        };
+        // Plain strings and integers: serializing them cannot fail.
+        let text = serde_json::to_string(&update).unwrap_or_default();
+        annotations.insert(IN_PLACE_UPDATE_ANNOTATION.to_string(), text);
     }
     let mut patch = json!({});
     if !labels.is_empty() {
@@ -548,6 +689,76 @@ mod tests {
     }
 
     #[test]
+    fn a_template_spread_over_nodes_is_tightened_not_duplicated() {
+        let mut set = set(Some(3));
+        let theirs = |max_skew: i32, min_domains: Option<i32>| TopologySpreadConstraint {
+            label_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([("app".into(), "redis".into())])),
+                match_expressions: None,
+            }),
+            match_label_keys: Some(vec!["pod-template-hash".into()]),
+            max_skew,
+            min_domains,
+            topology_key: HOSTNAME_TOPOLOGY.into(),
+            when_unsatisfiable: "DoNotSchedule".into(),
+            ..TopologySpreadConstraint::default()
+        };
+        let zones = TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "topology.kubernetes.io/zone".into(),
+            when_unsatisfiable: "DoNotSchedule".into(),
+            ..TopologySpreadConstraint::default()
+        };
+        let template = set.spec.template.spec.as_mut().unwrap();
+        template.topology_spread_constraints = Some(vec![zones.clone(), theirs(5, None)]);
+        let spread = pod(&set, 0)
+            .unwrap()
+            .spec
+            .unwrap()
+            .topology_spread_constraints
+            .unwrap();
+        assert_eq!(
+            spread.len(),
+            2,
+            "no second hostname/DoNotSchedule: {spread:?}"
+        );
+        assert_eq!(spread[0], zones, "other constraints are left alone");
+        let node = &spread[1];
+        assert_eq!(node.max_skew, 3, "the smaller skew");
+        assert_eq!(node.min_domains, Some(4), "the slice's size");
+        assert_eq!(
+            node.label_selector.as_ref().unwrap().match_labels,
+            Some(BTreeMap::from([(SET_LABEL.into(), "redis".into())]))
+        );
+        assert_eq!(node.match_label_keys, None);
+
+        // Tighter already: kept as tight.
+        let template = set.spec.template.spec.as_mut().unwrap();
+        template.topology_spread_constraints = Some(vec![theirs(1, Some(9))]);
+        let spread = pod(&set, 0)
+            .unwrap()
+            .spec
+            .unwrap()
+            .topology_spread_constraints
+            .unwrap();
+        assert_eq!(spread.len(), 1);
+        assert_eq!((spread[0].max_skew, spread[0].min_domains), (1, Some(9)));
+
+        // ScheduleAnyway over nodes is another pair: ours is added beside it.
+        let mut soft = theirs(1, None);
+        soft.when_unsatisfiable = "ScheduleAnyway".into();
+        let template = set.spec.template.spec.as_mut().unwrap();
+        template.topology_spread_constraints = Some(vec![soft]);
+        let spread = pod(&set, 0)
+            .unwrap()
+            .spec
+            .unwrap()
+            .topology_spread_constraints
+            .unwrap();
+        assert_eq!(spread.len(), 2);
+    }
+
+    #[test]
     fn claims_are_labelled_and_owned_only_when_deleted_with_the_set() {
         let mut set = set(None);
         let template = set.spec.volume_claim_templates[0].clone();
@@ -642,12 +853,147 @@ mod tests {
         new.spec.template.spec.as_mut().unwrap().containers[0].image = Some("redis:7.4".into());
         let rev = Revision::of(&new.spec.template);
         let patch = in_place_patch(&new, 0, &pod).unwrap();
+        let waiting = InPlaceUpdate {
+            revision: rev.revision.clone(),
+            containers: BTreeMap::from([("redis".into(), ContainerBefore::default())]),
+        };
+        let waiting = serde_json::to_string(&waiting).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&waiting).unwrap(),
+            json!({
+                "revision": rev.revision,
+                "containers": {"redis": {"imageID": "", "restartCount": 0}},
+            })
+        );
         assert_eq!(
             patch,
             json!({
-                "metadata": {"labels": {REVISION_LABEL: rev.revision}},
+                "metadata": {
+                    "labels": {REVISION_LABEL: rev.revision},
+                    "annotations": {IN_PLACE_UPDATE_ANNOTATION: waiting},
+                },
                 "spec": {"containers": [{"name": "redis", "image": "redis:7.4"}]},
             })
         );
+    }
+
+    fn with_container(mut pod: Pod, name: &str, image_id: &str, restarts: i32) -> Pod {
+        let status = pod.status.get_or_insert_default();
+        let statuses = status.container_statuses.get_or_insert_default();
+        statuses.retain(|s| s.name != name);
+        statuses.push(ContainerStatus {
+            name: name.into(),
+            image_id: image_id.into(),
+            restart_count: restarts,
+            ..ContainerStatus::default()
+        });
+        pod
+    }
+
+    /// The pod as the API server returns it after `patch`: labels and annotations
+    /// merged, images replaced by container name.
+    fn patched(mut pod: Pod, patch: &Value) -> Pod {
+        let meta = &mut pod.metadata;
+        for (key, map) in [
+            ("labels", meta.labels.get_or_insert_default()),
+            ("annotations", meta.annotations.get_or_insert_default()),
+        ] {
+            for (k, v) in patch["metadata"][key].as_object().into_iter().flatten() {
+                map.insert(k.clone(), v.as_str().unwrap().to_string());
+            }
+        }
+        for change in patch["spec"]["containers"].as_array().into_iter().flatten() {
+            let spec = pod.spec.as_mut().unwrap();
+            let c = spec
+                .containers
+                .iter_mut()
+                .find(|c| c.name == change["name"])
+                .unwrap();
+            c.image = change["image"].as_str().map(str::to_string);
+        }
+        pod
+    }
+
+    #[test]
+    fn an_in_place_update_counts_as_ready_only_once_its_containers_restarted() {
+        let old = set(None);
+        let before = with_container(running(pod(&old, 0).unwrap(), true), "redis", "sha-old", 2);
+        let mut new = old.clone();
+        new.spec.template.spec.as_mut().unwrap().containers[0].image = Some("redis:7.4".into());
+        let patch = in_place_patch(&new, 0, &before).unwrap();
+        let recorded: InPlaceUpdate = serde_json::from_str(
+            patch["metadata"]["annotations"][IN_PLACE_UPDATE_ANNOTATION]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            recorded.containers["redis"],
+            ContainerBefore {
+                image_id: "sha-old".into(),
+                restart_count: 2
+            },
+            "the patch records the container as it was"
+        );
+        // Right after the patch: new revision label, Ready still True, same container.
+        let after = patched(before, &patch);
+        let rev = Revision::of(&new.spec.template).revision;
+        let inst = instance(&after, "e").unwrap();
+        assert_eq!(inst.revision, rev);
+        assert!(
+            !inst.ready,
+            "the kubelet has not restarted the container yet"
+        );
+        // No container status (the kubelet is between reports): still waiting.
+        let mut no_status = after.clone();
+        no_status.status.as_mut().unwrap().container_statuses = None;
+        assert!(!instance(&no_status, "e").unwrap().ready);
+        // Restarted (same image ID: the new tag is the same image), or a new image ID.
+        let restarted = with_container(after.clone(), "redis", "sha-old", 3);
+        assert!(instance(&restarted, "e").unwrap().ready);
+        let new_image = with_container(after.clone(), "redis", "sha-new", 2);
+        assert!(instance(&new_image, "e").unwrap().ready);
+        // Restarted but not ready yet: not ready, from the Ready condition.
+        let mut starting = restarted.clone();
+        starting
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "False".into();
+        assert!(!instance(&starting, "e").unwrap().ready);
+        // A record of another revision (a later label-only patch) is inert.
+        let mut other = after;
+        other
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(REVISION_LABEL.into(), "other".into());
+        assert!(instance(&other, "e").unwrap().ready);
+    }
+
+    #[test]
+    fn a_patch_of_labels_only_waits_for_no_restart() {
+        let old = set(None);
+        let pod = running(pod(&old, 0).unwrap(), true);
+        let mut new = old.clone();
+        new.spec
+            .template
+            .metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("tier".into(), "cache".into());
+        let patch = in_place_patch(&new, 0, &pod).unwrap();
+        assert!(
+            patch["metadata"].get("annotations").is_none(),
+            "no image changes, no restart to wait for: {patch}"
+        );
+        assert!(instance(&patched(pod, &patch), "e").unwrap().ready);
     }
 }

@@ -12,11 +12,14 @@
 //! What that proves, and what it does not: the requests are the ones this crate's code
 //! makes against a *mock* API server, mapped to RBAC attributes by
 //! [`request_attributes`] (a transcription of the API server's request-info rules, not
-//! the API server itself). Two rows are inferred rather than seen in a request:
-//! `pods/exec create` (the websocket upgrade is a GET) and `instancesets create` (a
-//! server-side apply is a PATCH, which the API server also authorizes as create when
-//! the object is new). Whether a real API server authorizes exactly these is only
-//! checked by running against one.
+//! the API server itself). Rows marked [`Checked::Implied`] are checked by the API
+//! server on top of another request, so no request shows them: `pods/exec create` (the
+//! websocket upgrade is a GET), `instancesets create` (a server-side apply is a PATCH,
+//! which the API server also authorizes as create when the object is new) and
+//! `instancesets/finalizers update` (the OwnerReferencesPermissionEnforcement admission
+//! plugin, on a create whose owner reference sets `blockOwnerDeletion`); the test that
+//! finds every row used checks that the request each one rides on was made. Whether a
+//! real API server authorizes exactly these is only checked by running against one.
 
 /// Which part of the agent makes a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -34,6 +37,18 @@ pub enum User {
     FederatedAgent,
 }
 
+/// How the API server comes to check a permission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// It authorizes one of the agent's requests with it: the mock tests see that
+    /// request.
+    Request,
+    /// It checks it on top of another request of the agent's (an admission plugin, or
+    /// a second authorization of the same request), named here; no client-side mock
+    /// can see that.
+    Implied(&'static str),
+}
+
 /// One permission: a verb on a resource (`resource/subresource`) of an API group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Permission {
@@ -47,6 +62,8 @@ pub struct Permission {
     pub user: User,
     /// What for.
     pub why: &'static str,
+    /// Whether a request of the agent's shows it.
+    pub checked: Checked,
 }
 
 const fn p(
@@ -62,6 +79,22 @@ const fn p(
         verb,
         user,
         why,
+        checked: Checked::Request,
+    }
+}
+
+/// A row the API server checks on top of the request `on`.
+const fn implied(
+    api_group: &'static str,
+    resource: &'static str,
+    verb: &'static str,
+    user: User,
+    why: &'static str,
+    on: &'static str,
+) -> Permission {
+    Permission {
+        checked: Checked::Implied(on),
+        ..p(api_group, resource, verb, user, why)
     }
 }
 
@@ -109,12 +142,13 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         User::Backend,
         "exec role probes: the websocket upgrade is a GET, authorized as get",
     ),
-    p(
+    implied(
         "",
         "pods/exec",
         "create",
         User::Backend,
         "exec role probes: API servers with AuthorizePodWebsocketUpgradeCreatePermission (1.35+) also ask for create",
+        "the exec websocket upgrade (GET pods/<pod>/exec)",
     ),
     p(
         "",
@@ -158,6 +192,14 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         User::Backend,
         "status by server-side apply",
     ),
+    implied(
+        "flotilla.io",
+        "instancesets/finalizers",
+        "update",
+        User::Backend,
+        "pods (and PVCs owned by the set) name the set as owner with blockOwnerDeletion: true; the OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift and many hardened clusters) refuses that without update on the owner's finalizers",
+        "creating a pod or PVC (POST) whose owner reference sets blockOwnerDeletion",
+    ),
     p(
         "flotilla.io",
         "instancesets",
@@ -179,12 +221,13 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         User::Standalone,
         "the controller's watch of the sets' pods (flotilla.io/set label)",
     ),
-    p(
+    implied(
         "flotilla.io",
         "instancesets",
         "create",
         User::FederatedAgent,
         "server-side apply of a new slice",
+        "the server-side apply (PATCH) of an InstanceSet that does not exist yet",
     ),
     p(
         "flotilla.io",

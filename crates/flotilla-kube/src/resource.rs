@@ -33,10 +33,19 @@ pub fn decode(object: &DynamicObject) -> Result<InstanceSet> {
     );
     let value = serde_json::to_value(object).map_err(|source| Error::Decode {
         name: name.clone(),
+        path: ".".to_string(),
         source,
     })?;
-    let mut set: InstanceSet =
-        serde_json::from_value(value).map_err(|source| Error::Decode { name, source })?;
+    // Through serde_path_to_error, so that the error names the field: the pod template
+    // is opaque to the CRD's schema, so the API server accepts what only this finds.
+    let mut set: InstanceSet = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        Error::Decode {
+            name,
+            path,
+            source: e.into_inner(),
+        }
+    })?;
     // Lists and watch events may leave out the type fields of their items.
     set.api_version = API_VERSION.to_string();
     set.kind = InstanceSetSpec::KIND.to_string();
@@ -76,5 +85,28 @@ mod tests {
         .unwrap();
         let e = decode(&object).unwrap_err();
         assert!(e.chain().contains("cache/redis"), "{}", e.chain());
+        assert!(e.chain().contains("spec.ordinals.ranges"), "{}", e.chain());
+    }
+
+    #[test]
+    fn a_template_field_of_the_wrong_type_is_named() {
+        // The CRD keeps the template opaque, so the API server accepts this.
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "redis", "namespace": "cache"},
+            "spec": {
+                "ordinals": {"ranges": [{"start": 0, "end": 0}]},
+                "template": {"spec": {"containers": [
+                    {"name": "redis", "ports": [{"containerPort": "6379"}]},
+                ]}},
+            },
+        }))
+        .unwrap();
+        let e = decode(&object).unwrap_err();
+        assert!(
+            e.chain()
+                .contains("spec.template.spec.containers[0].ports[0].containerPort"),
+            "{}",
+            e.chain()
+        );
     }
 }

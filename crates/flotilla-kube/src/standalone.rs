@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_api::status::{Condition, InstanceSetStatus};
-use flotilla_api::{InstanceSet, validate};
+use flotilla_api::{InstanceSet, InstanceSetSpec, validate};
 use flotilla_member::{Backend as _, Controller};
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
@@ -68,25 +68,38 @@ impl Default for Options {
 struct Context {
     controller: Controller<KubeBackend>,
     options: Options,
-    /// When each set's roles were last probed, by `<namespace>/<name>`.
-    probed: Mutex<HashMap<String, Instant>>,
+    /// When each set's roles were last probed, by `<namespace>/<name>`, with the
+    /// `metadata.uid` of the object probed: a set deleted and created again under the
+    /// same name is another object, due for a probe at once. (Without a finalizer its
+    /// deletion may never be seen: the object just goes.)
+    probed: Mutex<HashMap<String, (Option<String>, Instant)>>,
 }
 
 impl Context {
     /// Whether `set`'s roles are due for a probe; marks them probed now if so.
-    fn probe_due(&self, key: &str, period: Duration) -> bool {
+    fn probe_due(&self, set: &InstanceSet, period: Duration) -> bool {
         let mut probed = self
             .probed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        match probed.get(key) {
-            Some(last) if now.duration_since(*last) < period => false,
+        let uid = &set.metadata.uid;
+        match probed.get(&objects::set_key(set)) {
+            Some((of, last)) if of == uid && now.duration_since(*last) < period => false,
             _ => {
-                probed.insert(key.to_string(), now);
+                probed.insert(objects::set_key(set), (uid.clone(), now));
                 true
             }
         }
+    }
+
+    /// Forgets everything kept for a deleted set.
+    async fn forget(&self, set: &InstanceSet) {
+        self.probed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&objects::set_key(set));
+        self.controller.forget(set).await;
     }
 }
 
@@ -153,13 +166,24 @@ pub async fn run(
 
 /// One pass over one set: decode, validate, probe roles when due, reconcile.
 async fn reconcile(object: Arc<DynamicObject>, context: Arc<Context>) -> Result<Requeue> {
-    let set = resource::decode(&object)?;
-    let key = objects::set_key(&set);
-    if set.metadata.deletion_timestamp.is_some() {
+    if object.metadata.deletion_timestamp.is_some() {
         // Its pods go with it (owner references); nothing to do but forget it.
-        context.controller.forget(&set).await;
+        context.forget(&carrier(&object)).await;
         return Ok(Requeue::await_change());
     }
+    let set = match resource::decode(&object) {
+        Ok(set) => set,
+        // The pod template is opaque to the CRD's schema, so the API server accepts
+        // objects that do not decode (`containerPort: "6379"`). Retrying cannot help:
+        // say why in the status and wait for the object to change.
+        Err(e) => {
+            let why = e.chain();
+            tracing::warn!(set = %object_key(&object), error = %why, "InstanceSet does not decode; not reconciling it");
+            report_invalid(&context, &carrier(&object), &why).await?;
+            return Ok(Requeue::await_change());
+        }
+    };
+    let key = objects::set_key(&set);
     let period = set
         .spec
         .role_probe
@@ -174,7 +198,7 @@ async fn reconcile(object: Arc<DynamicObject>, context: Arc<Context>) -> Result<
         }
     };
     // A failed probe keeps the instance's previous result; it never fails the pass.
-    let probe = period.is_some_and(|period| context.probe_due(&key, period));
+    let probe = period.is_some_and(|period| context.probe_due(&set, period));
     let pass = context
         .controller
         .pass(&set, probe)
@@ -199,6 +223,31 @@ async fn reconcile(object: Arc<DynamicObject>, context: Arc<Context>) -> Result<
         options.retry
     };
     Ok(Requeue::requeue(period.map_or(next, |p| p.min(next))))
+}
+
+/// `<namespace>/<name>` of an API object.
+fn object_key(object: &DynamicObject) -> String {
+    format!(
+        "{}/{}",
+        object.metadata.namespace.as_deref().unwrap_or("default"),
+        object.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// An InstanceSet with the object's metadata and (when it decodes) status but an empty
+/// spec: what is needed to write the status of an object whose spec does not decode,
+/// or to forget one. Keeping the status it has lets an unchanged report write nothing.
+fn carrier(object: &DynamicObject) -> InstanceSet {
+    let mut set = InstanceSet::new(
+        object.metadata.name.as_deref().unwrap_or_default(),
+        InstanceSetSpec::default(),
+    );
+    set.metadata = object.metadata.clone();
+    set.status = object
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok());
+    set
 }
 
 /// Says in the set's status why it is not reconciled.
@@ -348,6 +397,101 @@ mod tests {
             .unwrap();
         assert_eq!(first, Requeue::requeue(Duration::from_secs(7)));
         assert_eq!(second, Requeue::requeue(Duration::from_secs(7)));
+    }
+
+    /// A set whose template the CRD's schema lets through (it is opaque there) but
+    /// that does not decode: a port given as a string.
+    fn undecodable() -> Value {
+        json!({
+            "apiVersion": "flotilla.io/v1alpha1",
+            "kind": "InstanceSet",
+            "metadata": {"name": "redis", "namespace": "cache", "uid": "u", "generation": 3},
+            "spec": {
+                "ordinals": {"ranges": [{"start": 0, "end": 1}]},
+                "template": {"spec": {"containers": [
+                    {"name": "redis", "image": "redis:7", "ports": [{"containerPort": "6379"}]},
+                ]}},
+            },
+        })
+    }
+
+    #[tokio::test]
+    async fn a_set_that_does_not_decode_is_reported_in_its_status_and_waits_for_a_change() {
+        let (context, mut handle) = context();
+        let server = tokio::spawn(async move {
+            let status = status_apply(&mut handle).await;
+            // `handle` is dropped here: the second reconcile must make no request.
+            status
+        });
+        let object = undecodable();
+        let requeue = reconcile(
+            Arc::new(serde_json::from_value(object.clone()).unwrap()),
+            context.clone(),
+        )
+        .await
+        .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(1), server)
+            .await
+            .expect("the status was written")
+            .unwrap();
+        assert_eq!(requeue, Requeue::await_change(), "no retry loop");
+        assert_eq!(status["observedGeneration"], 3, "{status}");
+        let condition = &status["conditions"][0];
+        assert_eq!(condition["type"], "Degraded");
+        assert_eq!(condition["status"], "True");
+        assert_eq!(condition["reason"], "Invalid");
+        let message = condition["message"].as_str().unwrap();
+        assert!(
+            message.contains("spec.template.spec.containers[0].ports[0].containerPort")
+                && message.contains("invalid type"),
+            "{message}"
+        );
+        // Its pods change, say: the same object, now carrying that status, is
+        // reconciled again and nothing is written.
+        let mut reported = object;
+        reported["status"] = status;
+        let requeue = reconcile(Arc::new(serde_json::from_value(reported).unwrap()), context)
+            .await
+            .unwrap();
+        assert_eq!(requeue, Requeue::await_change());
+    }
+
+    #[tokio::test]
+    async fn a_set_created_again_under_its_name_is_probed_and_reported_afresh() {
+        let (context, mut handle) = context();
+        let server = tokio::spawn(async move {
+            // The first object: lists, its status.
+            for path in [PODS, PVCS] {
+                empty_list(&mut handle, path).await;
+            }
+            status_apply(&mut handle).await;
+            // Deleted without a deletion ever seen, created again: another uid, whose
+            // status is still to be written.
+            for path in [PODS, PVCS] {
+                empty_list(&mut handle, path).await;
+            }
+            status_apply(&mut handle).await;
+        });
+        let first = object(json!({}));
+        reconcile(first.clone(), context.clone()).await.unwrap();
+        let mut again = (*first).clone();
+        again.metadata.uid = Some("u2".into());
+        reconcile(Arc::new(again.clone()), context.clone())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(1), server)
+            .await
+            .expect("every expected request came")
+            .unwrap();
+        // The probe period starts again for the new object.
+        let period = Duration::from_secs(60);
+        let old = resource::decode(&first).unwrap();
+        let new = resource::decode(&again).unwrap();
+        assert!(!context.probe_due(&new, period), "just probed");
+        assert!(
+            context.probe_due(&old, period),
+            "another object than the last probed"
+        );
     }
 
     #[tokio::test]

@@ -17,8 +17,8 @@ use flotilla_api::set::NodeLost;
 use flotilla_api::{InstanceSet, InstanceSetSpec, Valid, validate};
 use flotilla_instanceset::{Action, Observed, Revision, prepare};
 use flotilla_kube::objects::{
-    self, CLAIM_LABEL, ORDINAL_LABEL, REVISION_LABEL, ROLE_EPOCH_ANNOTATION, ROLE_LABEL,
-    ROLE_VERSION_ANNOTATION, SET_LABEL, SHAPE_LABEL,
+    self, CLAIM_LABEL, IN_PLACE_UPDATE_ANNOTATION, ORDINAL_LABEL, REVISION_LABEL,
+    ROLE_EPOCH_ANNOTATION, ROLE_LABEL, ROLE_VERSION_ANNOTATION, SET_LABEL, SHAPE_LABEL,
 };
 use flotilla_kube::{KubeBackend, rbac};
 use flotilla_member::{Applied, Backend, Controller};
@@ -181,6 +181,10 @@ enum Scenario {
     /// Nothing exists: every ordinal gets its PVC then its pod, then the status is
     /// applied.
     CreateMissing { ordinals: Vec<u32> },
+    /// Nothing exists and the API server refuses the pod of `refused` (403, as a
+    /// PodSecurity or webhook refusal is): every other claim and pod is still created,
+    /// and the status says which create failed and why.
+    CreateOneRefused { ordinals: Vec<u32>, refused: u32 },
     /// Everything exists and is current, and the status says so: two lists, no write.
     Converged {
         pods: Vec<Pod>,
@@ -245,6 +249,42 @@ impl ApiServerVerifier {
                     })
                     .await
                 }
+                Scenario::CreateOneRefused { ordinals, refused } => {
+                    let mut this = self.list(PODS, "PodList", Vec::<Pod>::new()).await;
+                    this = this
+                        .list(PVCS, "PersistentVolumeClaimList", Vec::<Pod>::new())
+                        .await;
+                    for o in ordinals {
+                        this = this.create_claim(o).await;
+                        this = if o == refused {
+                            this.refuse_create(
+                                PODS,
+                                "pods \"redis-1\" is forbidden: violates PodSecurity \"restricted:latest\"",
+                            )
+                            .await
+                        } else {
+                            this.create_pod(o).await
+                        };
+                    }
+                    this.apply_status(move |status| {
+                        let degraded = status["conditions"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .find(|c| c["type"] == "Degraded")
+                            .unwrap()
+                            .clone();
+                        assert_eq!(degraded["status"], "True", "{status}");
+                        assert_eq!(degraded["reason"], "ApplyFailed", "{status}");
+                        let message = degraded["message"].as_str().unwrap();
+                        assert!(
+                            message.contains(&format!("create {refused}"))
+                                && message.contains("violates PodSecurity"),
+                            "{message}"
+                        );
+                    })
+                    .await
+                }
                 Scenario::Converged { pods, claims } => {
                     self.list(PODS, "PodList", pods)
                         .await
@@ -273,7 +313,21 @@ impl ApiServerVerifier {
                             &format!("{PODS}/redis-{ordinal}"),
                             "application/strategic-merge-patch+json",
                             json!({
-                                "metadata": {"labels": {REVISION_LABEL: revision}},
+                                "metadata": {
+                                    "labels": {REVISION_LABEL: revision},
+                                    // What the patch waits for: the container had no
+                                    // status yet in this scenario.
+                                    "annotations": {IN_PLACE_UPDATE_ANNOTATION:
+                                        serde_json::to_string(&objects::InPlaceUpdate {
+                                            revision: revision.clone(),
+                                            containers: BTreeMap::from([(
+                                                "redis".to_string(),
+                                                objects::ContainerBefore::default(),
+                                            )]),
+                                        })
+                                        .unwrap(),
+                                    },
+                                },
                                 "spec": {"containers": [{"name": "redis", "image": image}]},
                             }),
                         )
@@ -576,6 +630,18 @@ impl ApiServerVerifier {
         self
     }
 
+    /// A POST to `path` refused with 403 and `message`.
+    async fn refuse_create(mut self, path: &str, message: &str) -> Self {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri().path(), path);
+        send.send_response(respond(
+            StatusCode::FORBIDDEN,
+            status_body(403, "Forbidden", message),
+        ));
+        self
+    }
+
     async fn conflict(mut self, path: &str) -> Self {
         let (request, send) = self.next().await;
         assert_eq!(request.method(), Method::POST);
@@ -849,6 +915,26 @@ async fn a_new_set_creates_a_claim_and_a_pod_for_every_ordinal() {
 }
 
 #[tokio::test]
+async fn a_refused_pod_create_leaves_the_rest_of_the_plan_applied_and_says_why() {
+    let (backend, server) = testcontext();
+    let server = server.run(Scenario::CreateOneRefused {
+        ordinals: vec![0, 1, 5],
+        refused: 1,
+    });
+    let controller = Controller::new(Arc::new(backend));
+    let e = controller
+        .reconcile(&Set::test().valid())
+        .await
+        .unwrap_err();
+    timeout_after_1s(server).await;
+    let e = e.to_string();
+    assert!(
+        e.contains("creating Pod cache/redis-1") && e.contains("violates PodSecurity"),
+        "the pass fails, so that it is retried: {e}"
+    );
+}
+
+#[tokio::test]
 async fn a_converged_set_costs_two_lists_and_no_write() {
     let (backend, server) = testcontext();
     let set = Set::test();
@@ -884,6 +970,82 @@ async fn a_new_image_is_patched_in_place_highest_ordinal_first() {
     timeout_after_1s(server).await;
     assert_eq!(pass.actions, [Action::UpdateInPlace { ordinal: 5 }]);
     assert_eq!(pass.writes, 2, "the patch and the status");
+}
+
+/// `pod` as the API server returns it once `patch` (an in-place patch) landed and
+/// before the kubelet acted on it: Ready still True, the container as it was.
+fn patched_in_place(mut pod: Pod, patch: &Value) -> Pod {
+    for (k, v) in patch["metadata"]["labels"].as_object().unwrap() {
+        pod.metadata
+            .labels
+            .get_or_insert_default()
+            .insert(k.clone(), v.as_str().unwrap().into());
+    }
+    for (k, v) in patch["metadata"]["annotations"].as_object().unwrap() {
+        pod.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(k.clone(), v.as_str().unwrap().into());
+    }
+    let image = patch["spec"]["containers"][0]["image"].as_str().unwrap();
+    pod.spec.as_mut().unwrap().containers[0].image = Some(image.into());
+    pod
+}
+
+fn container_status(mut pod: Pod, image_id: &str, restarts: i32) -> Pod {
+    pod.status.as_mut().unwrap().container_statuses =
+        Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+            name: "redis".into(),
+            image: "redis".into(),
+            image_id: image_id.into(),
+            restart_count: restarts,
+            ready: true,
+            ..Default::default()
+        }]);
+    pod
+}
+
+/// The rollout waits for the kubelet: a pod patched in place whose container has not
+/// restarted yet is not ready, so (maxUnavailable 1) the next pass patches nothing;
+/// once it restarted, the next pod is patched.
+#[tokio::test]
+async fn an_in_place_update_waits_for_the_container_to_restart() {
+    let old = Set::test();
+    let pods: Vec<Pod> = old
+        .running_pods(&[0, 1, 5])
+        .into_iter()
+        .map(|p| container_status(p, "sha256:old", 0))
+        .collect();
+    let claims = old.claims(&[0, 1, 5]);
+    let new = old.image("redis:7.4");
+    let patch = objects::in_place_patch(&new.0, 5, &pods[2]).expect("ordinal 5 is outdated");
+    let mut waiting = pods.clone();
+    waiting[2] = patched_in_place(pods[2].clone(), &patch);
+
+    let (client, seen, server) = fake_api(answer_from(waiting.clone(), claims.clone()));
+    let controller = Controller::new(Arc::new(KubeBackend::with_epoch(client, "test")));
+    let pass = controller.reconcile(&new.valid()).await.unwrap();
+    drop(controller);
+    finished(server).await;
+    assert!(pass.actions.is_empty(), "{:?}", pass.actions);
+    assert!(!pass.converged);
+    let requests = seen.lock().unwrap().clone();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.starts_with(&format!("PATCH {PODS}"))),
+        "{requests:?}"
+    );
+
+    // The kubelet restarted it on the new image: ordinal 1 is next.
+    let mut restarted = waiting;
+    restarted[2] = container_status(restarted[2].clone(), "sha256:new", 1);
+    let (client, _seen, server) = fake_api(answer_from(restarted, claims));
+    let controller = Controller::new(Arc::new(KubeBackend::with_epoch(client, "test")));
+    let pass = controller.reconcile(&new.valid()).await.unwrap();
+    drop(controller);
+    finished(server).await;
+    assert_eq!(pass.actions, [Action::UpdateInPlace { ordinal: 1 }]);
 }
 
 #[tokio::test]
@@ -1470,22 +1632,53 @@ async fn every_permission_the_agent_holds_is_used() {
         })
         .collect::<Option<_>>()
         .expect("every request but /version is a resource request");
-    let held: std::collections::BTreeSet<(String, String, String)> = rbac::REQUIRED_PERMISSIONS
+    let row = |p: &rbac::Permission| (p.api_group.into(), p.resource.into(), p.verb.into());
+    let held: std::collections::BTreeSet<(String, String, String)> =
+        rbac::REQUIRED_PERMISSIONS.iter().map(row).collect();
+    // Rows the API server checks on top of another request (rbac::Checked::Implied): no
+    // request shows them, so each is counted used once the request it rides on was made.
+    let implied: std::collections::BTreeSet<(String, String, String)> = rbac::REQUIRED_PERMISSIONS
         .iter()
-        .map(|p| (p.api_group.into(), p.resource.into(), p.verb.into()))
+        .filter(|p| matches!(p.checked, rbac::Checked::Implied(_)))
+        .map(row)
         .collect();
-    // pods/exec: the request is a GET (authorized as get); API servers with
-    // AuthorizePodWebsocketUpgradeCreatePermission also check create on the same
-    // request, which no client-side mock can show.
+    assert!(
+        used.is_disjoint(&implied),
+        "a row marked implied is requested outright: {:?}",
+        used.intersection(&implied).collect::<Vec<_>>()
+    );
+    let made = |prefix: &str| seen.lock().unwrap().iter().any(|r| r.starts_with(prefix));
     let mut used = used;
-    used.insert(("".into(), "pods/exec".into(), "create".into()));
-    // A server-side apply (a PATCH, authorized as patch) of an object that does not
-    // exist yet creates it, and the API server then also checks create: the federated
-    // apply above needs it for a new slice, which no client-side mock can show.
-    let federated_apply = seen.lock().unwrap().iter().any(|r| {
-        r.starts_with("PATCH /apis/flotilla.io/v1alpha1/namespaces/cache/instancesets/redis?")
-    });
-    assert!(federated_apply, "the federated apply was made");
-    used.insert(("flotilla.io".into(), "instancesets".into(), "create".into()));
+    for (group, resource, verb) in &implied {
+        let rides_on = match (group.as_str(), resource.as_str(), verb.as_str()) {
+            // pods/exec: the request is a GET (authorized as get); API servers with
+            // AuthorizePodWebsocketUpgradeCreatePermission also check create on it.
+            ("", "pods/exec", "create") => made(&format!("GET {PODS}/redis-0/exec?")),
+            // A server-side apply (a PATCH, authorized as patch) of an object that does
+            // not exist yet creates it, and the API server then also checks create: the
+            // federated apply above needs it for a new slice.
+            ("flotilla.io", "instancesets", "create") => {
+                made("PATCH /apis/flotilla.io/v1alpha1/namespaces/cache/instancesets/redis?")
+            }
+            // OwnerReferencesPermissionEnforcement: creating a pod whose owner
+            // reference sets blockOwnerDeletion needs update on the owner's finalizers.
+            ("flotilla.io", "instancesets/finalizers", "update") => {
+                let blocks = objects::pod(&set.0, 0)
+                    .unwrap()
+                    .metadata
+                    .owner_references
+                    .unwrap()
+                    .iter()
+                    .any(|o| o.block_owner_deletion == Some(true));
+                blocks && made(&format!("POST {PODS}?"))
+            }
+            other => panic!("no request known to imply {other:?}"),
+        };
+        assert!(
+            rides_on,
+            "the request that implies {resource} {verb} was made"
+        );
+        used.insert((group.clone(), resource.clone(), verb.clone()));
+    }
     assert_eq!(used, held);
 }
