@@ -11,9 +11,12 @@
 //!   SetRole       GET pod, PATCH merge of the role label and version annotations (equal → Unchanged)
 //!   Recreate, Delete, DeleteVolume    DELETE (404 → Unchanged); a rebuild's Recreate
 //!                 (node lost) with gracePeriodSeconds=0: no kubelet is left to finish it
-//!   Switchover    Redis REPLICAOF on the pods' IPs (already switched → Unchanged)
+//!   Switchover    Redis REPLICAOF on the pods (already switched → Unchanged), replicas
+//!                 pointed at the new primary's pod IP
+//!   (Redis)       reached on the pod IP, or with PodAccess::PortForward through
+//!                 GET pods/<pod>/portforward (`access`; a kubeconfig picks it by default)
 //!   write_status  server-side apply of /status, manager `flotilla` (equal → no request)
-//!   probe_role    Redis ROLE on <podIP>:<roleProbe.redis.port>, or an exec probe's
+//!   probe_role    GET pod, Redis ROLE on its roleProbe.redis.port, or an exec probe's
 //!                 command through the pods/exec subresource
 //!   capacity      GET nodes, GET pods (all namespaces, not terminated)
 //! ```
@@ -39,6 +42,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use crate::access::{self, PodAccess, PodDial};
 use crate::capacity;
 use crate::error::{Error, Result, chain, status_code};
 use crate::locality::{self, NodeLoss};
@@ -53,6 +57,8 @@ pub struct KubeBackend {
     epoch: String,
     /// When a node counts as lost (see [`locality`]).
     node_loss: NodeLoss,
+    /// How Redis ports are reached, resolved (see [`access`]).
+    pod_access: PodAccess,
 }
 
 impl fmt::Debug for KubeBackend {
@@ -61,6 +67,7 @@ impl fmt::Debug for KubeBackend {
             .field("default_namespace", &self.client.default_namespace())
             .field("epoch", &self.epoch)
             .field("node_loss", &self.node_loss)
+            .field("pod_access", &self.pod_access)
             .finish()
     }
 }
@@ -81,6 +88,32 @@ impl KubeBackend {
             client,
             epoch: epoch.into(),
             node_loss: NodeLoss::default(),
+            pod_access: access::resolve(PodAccess::Auto, access::recorded()),
+        }
+    }
+
+    /// Reaching Redis ports as `pod_access` says (default [`PodAccess::Auto`]: port-forward
+    /// when [`crate::client`] built the client from a kubeconfig, else the pod IP).
+    pub fn with_pod_access(mut self, pod_access: PodAccess) -> KubeBackend {
+        self.pod_access = access::resolve(pod_access, access::recorded());
+        self
+    }
+
+    /// How Redis ports are reached: [`PodAccess::Direct`] or [`PodAccess::PortForward`].
+    pub fn pod_access(&self) -> PodAccess {
+        self.pod_access
+    }
+
+    /// A dialer for the Redis port `port` of `pods` (by pod name).
+    fn dial(&self, set: &InstanceSet, pods: &[&Pod], port: u16) -> PodDial {
+        PodDial {
+            api: self.api::<Pod>(set),
+            access: self.pod_access,
+            port,
+            addrs: pods
+                .iter()
+                .filter_map(|p| Some((p.metadata.name.clone()?, pod_addr(p, port)?)))
+                .collect(),
         }
     }
 
@@ -290,32 +323,45 @@ impl KubeBackend {
             )
         })?;
         let pods = self.list::<Pod>(set).await.map_err(|e| e.chain())?;
-        let addr_of = |ordinal: u32| -> Option<String> {
-            pods.iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .find(|p| objects::instance(p, "").is_some_and(|i| i.ordinal == ordinal))
-                .and_then(|p| pod_addr(p, redis.port))
+        let live: Vec<(u32, &Pod)> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| Some((objects::instance(p, "")?.ordinal, p)))
+            .collect();
+        let dial = self.dial(
+            set,
+            &live.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
+            redis.port,
+        );
+        // An ordinal's pod name, once it has an IP (the replicas replicate from it).
+        let reachable = |ordinal: u32| -> Option<(String, String)> {
+            let pod = live.iter().find(|(o, _)| *o == ordinal)?.1;
+            Some((pod.metadata.name.clone()?, pod_addr(pod, redis.port)?))
         };
-        let primary =
-            addr_of(to).ok_or_else(|| Error::NoPodIp(instance_name(set.name(), to)).to_string())?;
+        let (primary, primary_addr) = reachable(to)
+            .ok_or_else(|| Error::NoPodIp(instance_name(set.name(), to)).to_string())?;
         // Already done (a repeated pass): the new primary says so and the old one does not.
-        if redis::role(&primary, timeout).await.ok().as_deref() == Some("master") {
-            let old = match addr_of(from) {
-                Some(addr) => redis::role(&addr, timeout).await.ok(),
+        if redis::role_via(&dial, &primary, timeout)
+            .await
+            .ok()
+            .as_deref()
+            == Some("master")
+        {
+            let old = match reachable(from) {
+                Some((old, _)) => redis::role_via(&dial, &old, timeout).await.ok(),
                 None => None,
             };
             if old.as_deref() != Some("master") {
                 return Ok(Applied::Unchanged);
             }
         }
-        let replicas: Vec<String> = pods
+        let replicas: Vec<String> = live
             .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| objects::instance(p, "").is_some_and(|i| i.ordinal != to))
-            .filter_map(|p| pod_addr(p, redis.port))
+            .filter(|(o, _)| *o != to)
+            .filter_map(|(o, _)| Some(reachable(*o)?.0))
             .collect();
         let replicas: Vec<&str> = replicas.iter().map(String::as_str).collect();
-        redis::switchover(&primary, &replicas, timeout)
+        redis::switchover_via(&dial, &primary, &primary_addr, &replicas, timeout)
             .await
             .map_err(|e| chain(&e))?;
         Ok(Applied::Wrote)
@@ -354,9 +400,11 @@ impl KubeBackend {
             .await
             .map_err(|e| failed(e.chain()))?
             .ok_or_else(|| failed(Error::NoPod(instance.clone()).to_string()))?;
-        let addr = pod_addr(&pod, redis.port)
-            .ok_or_else(|| failed(Error::NoPodIp(instance.clone()).to_string()))?;
-        let answer = redis::role(&addr, timeout).await?;
+        if pod_addr(&pod, redis.port).is_none() {
+            return Err(failed(Error::NoPodIp(instance.clone()).to_string()));
+        }
+        let dial = self.dial(set, &[&pod], redis.port);
+        let answer = redis::role_via(&dial, &instance, timeout).await?;
         Ok(Some(redis::map_role(&answer, &redis.role_map)))
     }
 

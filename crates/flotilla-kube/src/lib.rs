@@ -7,7 +7,7 @@
 //!   KubeBackend ◀── observe: Pods + PVCs by label ── apply: create/patch/delete
 //!        │          (+ Nodes, PVs when a pod is     capacity: Nodes − Pod requests
 //!        │           not ready: lost nodes)
-//!        │ Redis ROLE / REPLICAOF on pod IPs
+//!        │ Redis ROLE / REPLICAOF on pod IPs, or through pods/portforward
 //! ```
 //!
 //! - [`objects`]: the Pod and PVCs of an ordinal, what listed objects tell the planner,
@@ -15,6 +15,7 @@
 //! - [`capacity`]: the member's capacity model from Nodes and Pods, pure.
 //! - [`locality`]: lost nodes and node-local volumes (instance rebuild), pure.
 //! - [`backend`]: [`KubeBackend`], the requests.
+//! - [`access`]: how Redis ports are reached, pod IP or the API server's port-forward.
 //! - [`resource`]: InstanceSets as dynamic objects of the CRD.
 //! - [`federated`]: [`FederatedSets`], the requests of the federated agent
 //!   (`flotilla-agent`'s `KubeMember`): its slices as InstanceSet objects, the API
@@ -31,6 +32,7 @@
 //! real one; `tests/cluster.rs` holds `#[ignore = "needs cluster"]` tests that run
 //! against whatever `KUBECONFIG` points at.
 
+pub mod access;
 pub mod backend;
 pub mod capacity;
 mod error;
@@ -41,26 +43,50 @@ pub mod rbac;
 pub mod resource;
 pub mod standalone;
 
+pub use access::PodAccess;
 pub use backend::KubeBackend;
 pub use error::{Error, Result};
 pub use federated::FederatedSets;
 
 /// A client from a kubeconfig file, or, without one, from the environment (`KUBECONFIG`
 /// or `~/.kube/config` when present, else the in-cluster service account: what a pod
-/// of `deploy/agent/` uses).
+/// of `deploy/agent/` uses). Which of these it used decides how a backend built
+/// afterwards reaches pods by default ([`PodAccess::Auto`]): a kubeconfig means the
+/// process may be outside the cluster, so port-forward; the service account, pod IPs.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
-    let config = match kubeconfig {
+    let (config, source) = match kubeconfig {
         Some(path) => {
             let loading = |source| Error::Kubeconfig {
                 path: path.display().to_string(),
                 source,
             };
             let file = kube::config::Kubeconfig::read_from(path).map_err(loading)?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(loading)?
+            let config = kube::Config::from_custom_kubeconfig(
+                file,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(loading)?;
+            (config, access::ConfigSource::Kubeconfig)
         }
-        None => kube::Config::infer().await.map_err(Error::InferConfig)?,
+        None => {
+            let config = kube::Config::infer().await.map_err(Error::InferConfig)?;
+            // `infer` takes the environment's kubeconfig when one loads, else the
+            // in-cluster config; asking the first question again tells which it took.
+            let from_kubeconfig =
+                kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions::default())
+                    .await
+                    .is_ok();
+            let source = if from_kubeconfig {
+                access::ConfigSource::Kubeconfig
+            } else {
+                access::ConfigSource::InCluster
+            };
+            (config, source)
+        }
     };
-    kube::Client::try_from(config).map_err(Error::kube("building a Kubernetes client"))
+    let client =
+        kube::Client::try_from(config).map_err(Error::kube("building a Kubernetes client"))?;
+    access::record(source);
+    Ok(client)
 }

@@ -13,8 +13,8 @@
 //! makes against a *mock* API server, mapped to RBAC attributes by
 //! [`request_attributes`] (a transcription of the API server's request-info rules, not
 //! the API server itself). Rows marked [`Checked::Implied`] are checked by the API
-//! server on top of another request, so no request shows them: `pods/exec create` (the
-//! websocket upgrade is a GET), `instancesets create` (a server-side apply is a PATCH,
+//! server on top of another request, so no request shows them: `pods/exec create` and
+//! `pods/portforward create` (the websocket upgrade is a GET), `instancesets create` (a server-side apply is a PATCH,
 //! which the API server also authorizes as create when the object is new) and
 //! `instancesets/finalizers update` (the OwnerReferencesPermissionEnforcement admission
 //! plugin, on a create whose owner reference sets `blockOwnerDeletion`); the test that
@@ -149,6 +149,21 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         User::Backend,
         "exec role probes: API servers with AuthorizePodWebsocketUpgradeCreatePermission (1.35+) also ask for create",
         "the exec websocket upgrade (GET pods/<pod>/exec)",
+    ),
+    p(
+        "",
+        "pods/portforward",
+        "get",
+        User::Backend,
+        "Redis probes and switchovers with PodAccess::PortForward (the default from a kubeconfig): the websocket upgrade is a GET, authorized as get",
+    ),
+    implied(
+        "",
+        "pods/portforward",
+        "create",
+        User::Backend,
+        "Redis through port-forward: API servers with AuthorizePodWebsocketUpgradeCreatePermission (1.35+) also ask for create",
+        "the port-forward websocket upgrade (GET pods/<pod>/portforward)",
     ),
     p(
         "",
@@ -335,6 +350,12 @@ mod tests {
             "/api/v1/namespaces/cache/pods/redis-0/exec",
             Some("command=x"),
             Some(("", "pods/exec", "get")),
+        );
+        check(
+            "GET",
+            "/api/v1/namespaces/cache/pods/redis-0/portforward",
+            Some("&ports=6379"),
+            Some(("", "pods/portforward", "get")),
         );
         check(
             "POST",

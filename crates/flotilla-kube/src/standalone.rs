@@ -30,6 +30,7 @@ use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{Action as Requeue, Controller as Runtime};
 use kube::runtime::watcher;
 
+use crate::access::PodAccess;
 use crate::backend::KubeBackend;
 use crate::error::{Error, Result, chain};
 use crate::locality::NodeLoss;
@@ -50,6 +51,8 @@ pub struct Options {
     pub shutdown_grace: Duration,
     /// When a node counts as lost, for instance rebuild (see [`crate::locality`]).
     pub node_loss: NodeLoss,
+    /// How Redis ports are reached (default [`PodAccess::Auto`]: see [`crate::access`]).
+    pub pod_access: PodAccess,
 }
 
 impl Default for Options {
@@ -60,6 +63,7 @@ impl Default for Options {
             retry: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(20),
             node_loss: NodeLoss::default(),
+            pod_access: PodAccess::default(),
         }
     }
 }
@@ -121,10 +125,12 @@ pub async fn run(
         ),
     };
     let grace = options.shutdown_grace;
+    let backend = KubeBackend::new(client)
+        .with_node_loss(options.node_loss.clone())
+        .with_pod_access(options.pod_access);
+    tracing::info!(pod_access = ?backend.pod_access(), "reaching Redis ports");
     let context = Arc::new(Context {
-        controller: Controller::new(Arc::new(
-            KubeBackend::new(client).with_node_loss(options.node_loss.clone()),
-        )),
+        controller: Controller::new(Arc::new(backend)),
         options,
         probed: Mutex::new(HashMap::new()),
     });

@@ -20,7 +20,7 @@ use flotilla_kube::objects::{
     self, CLAIM_LABEL, IN_PLACE_UPDATE_ANNOTATION, ORDINAL_LABEL, REVISION_LABEL,
     ROLE_EPOCH_ANNOTATION, ROLE_LABEL, ROLE_VERSION_ANNOTATION, SET_LABEL, SHAPE_LABEL,
 };
-use flotilla_kube::{KubeBackend, rbac};
+use flotilla_kube::{KubeBackend, PodAccess, rbac};
 use flotilla_member::{Applied, Backend, Controller};
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::{
@@ -1233,6 +1233,79 @@ async fn a_role_probe_asks_the_pod_ip_and_maps_the_answer() {
     assert_eq!(redis.commands(), ["ROLE"]);
 }
 
+/// Port-forwarded Redis (the agent outside the cluster). The websocket stream of a
+/// successful port-forward cannot be mocked here (tower-test answers plain HTTP, no
+/// upgrade); this checks the requests, and that a refusal fails the probe naming the
+/// pod. RESP over the stream is tested in flotilla-member (`redis`, over in-memory
+/// streams); the two together only against a real cluster.
+#[tokio::test]
+async fn a_port_forwarded_probe_asks_the_portforward_subresource_of_the_pod() {
+    let (set, pods) = redis_set(6390);
+    let (backend, mut server) = testcontext();
+    let backend = backend.with_pod_access(PodAccess::PortForward);
+    assert_eq!(backend.pod_access(), PodAccess::PortForward);
+    let server = tokio::spawn(async move {
+        let (request, send) = server.next().await;
+        assert_eq!(request.uri().path(), format!("{PODS}/redis-1"));
+        send.send_response(ok(json!(pods[1])));
+        let (request, send) = server.next().await;
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri().path(), format!("{PODS}/redis-1/portforward"));
+        let query = request.uri().query().unwrap_or_default().to_string();
+        assert!(query.contains("ports=6390"), "{query}");
+        send.send_response(respond(
+            StatusCode::FORBIDDEN,
+            status_body(403, "Forbidden", "pods/portforward is forbidden"),
+        ));
+    });
+    let e = backend.probe_role(&set.0, 1).await.unwrap_err();
+    timeout_after_1s(server).await;
+    let e = format!(
+        "{e}: {}",
+        std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(e.contains("redis-1"), "{e}");
+    assert!(e.contains("port-forward to pod redis-1 port 6390"), "{e}");
+}
+
+/// A switchover through port-forward asks the new primary first (its role, then
+/// `REPLICAOF NO ONE`), each over a port-forward of its own; when that is refused, no
+/// other pod is touched and the switchover fails.
+#[tokio::test]
+async fn a_port_forwarded_switchover_that_is_refused_stops_at_the_new_primary() {
+    let (set, pods) = redis_set(6390);
+    let (backend, mut server) = testcontext();
+    let backend = backend.with_pod_access(PodAccess::PortForward);
+    let server = tokio::spawn(async move {
+        let (request, send) = server.next().await;
+        assert_eq!(request.uri().path(), PODS);
+        send.send_response(list_of("PodList", json!(pods)));
+        for _ in 0..2 {
+            let (request, send) = server.next().await;
+            assert_eq!(request.uri().path(), format!("{PODS}/redis-1/portforward"));
+            send.send_response(respond(
+                StatusCode::FORBIDDEN,
+                status_body(403, "Forbidden", "pods/portforward is forbidden"),
+            ));
+        }
+        // Dropping the server here: any further request fails the switchover anyway,
+        // and `timeout_after_1s` has already seen the two above.
+    });
+    let switchover = Action::Switchover {
+        role: "primary".into(),
+        from: 0,
+        to: 1,
+    };
+    let e = backend.apply(&set.0, &switchover).await.unwrap_err();
+    timeout_after_1s(server).await;
+    let e = e.to_string();
+    assert!(e.contains("redis-1"), "{e}");
+    assert!(e.contains("port-forward"), "{e}");
+    assert!(!e.contains("redis-0") && !e.contains("redis-5"), "{e}");
+}
+
 /// The websocket stream of a successful exec cannot be mocked here; this checks the
 /// request and that a refusal fails the probe, naming the pod. A running exec probe is
 /// only exercised by the cluster tests.
@@ -1512,6 +1585,10 @@ async fn every_permission_the_agent_holds_is_used() {
                     "compiler": "gc", "platform": "linux/amd64",
                 })),
                 ("GET", "/api/v1/persistentvolumes/pv-0") => ok(local_pv("pv-0", "node-0")),
+                ("GET", p) if p.ends_with("/portforward") => respond(
+                    StatusCode::FORBIDDEN,
+                    status_body(403, "Forbidden", "no port-forward here"),
+                ),
                 ("GET", p) if p.ends_with("/exec") => respond(
                     StatusCode::FORBIDDEN,
                     status_body(403, "Forbidden", "no exec here"),
@@ -1577,6 +1654,16 @@ async fn every_permission_the_agent_holds_is_used() {
     exec.0.spec.role_probe =
         Some(serde_json::from_value(json!({"exec": {"command": ["cat", "/role"]}})).unwrap());
     backend.probe_role(&exec.0, 0).await.unwrap_err();
+    // A Redis probe through the API server (the agent outside the cluster).
+    let mut forwarded = set.clone();
+    forwarded.0.spec.role_probe =
+        Some(serde_json::from_value(json!({"redis": {"port": 6379}})).unwrap());
+    backend
+        .clone()
+        .with_pod_access(PodAccess::PortForward)
+        .probe_role(&forwarded.0, 0)
+        .await
+        .unwrap_err();
     backend.capacity().await.unwrap();
     // The federated agent: list, apply, delete, version, capacity.
     let federated = flotilla_kube::FederatedSets::new(client.clone());
@@ -1654,6 +1741,8 @@ async fn every_permission_the_agent_holds_is_used() {
             // pods/exec: the request is a GET (authorized as get); API servers with
             // AuthorizePodWebsocketUpgradeCreatePermission also check create on it.
             ("", "pods/exec", "create") => made(&format!("GET {PODS}/redis-0/exec?")),
+            // pods/portforward: likewise a GET upgraded to a websocket.
+            ("", "pods/portforward", "create") => made(&format!("GET {PODS}/redis-0/portforward?")),
             // A server-side apply (a PATCH, authorized as patch) of an object that does
             // not exist yet creates it, and the API server then also checks create: the
             // federated apply above needs it for a new slice.

@@ -1,13 +1,16 @@
 //! Talking to Redis instances: the `ROLE` probe and the commands of a switchover.
 //!
-//! A minimal RESP2 client over one TCP connection per call: the probe runs every few
-//! seconds per instance, so a connection pool would buy nothing, and a fresh
-//! connection never carries state from a previous call.
+//! A minimal RESP2 client over one stream per call: the probe runs every few seconds
+//! per instance, so a connection pool would buy nothing, and a fresh stream never
+//! carries state from a previous call. The stream is anything [`Dial`] opens: a TCP
+//! connection ([`Tcp`], what the address-taking functions use), or for instance a
+//! Kubernetes port-forward (the Kubernetes backend's own dialer). [`Connection`] speaks
+//! RESP over any `AsyncRead + AsyncWrite` stream.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::{Error, Result};
@@ -38,26 +41,82 @@ impl Reply {
     }
 }
 
-/// Sends one command to `addr` and reads its reply, within `timeout`.
+/// Opens a byte stream to an instance's Redis port, named by an instance string whose
+/// meaning is the dialer's own (an address for [`Tcp`]).
+pub trait Dial: Sync {
+    /// The stream it opens.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send;
+    /// Opens a stream to `instance`.
+    fn dial(&self, instance: &str) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+/// Dials an instance string as a TCP address `host:port`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tcp;
+
+impl Dial for Tcp {
+    type Stream = TcpStream;
+    async fn dial(&self, instance: &str) -> std::io::Result<TcpStream> {
+        TcpStream::connect(instance).await
+    }
+}
+
+/// RESP over one stream: commands are answered in order.
+#[derive(Debug)]
+pub struct Connection<S> {
+    stream: BufReader<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    /// A connection over `stream`.
+    pub fn new(stream: S) -> Connection<S> {
+        Connection {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    /// Sends one command and reads its reply.
+    pub async fn command(&mut self, args: &[&str]) -> std::io::Result<Reply> {
+        self.stream.write_all(&encode(args)).await?;
+        self.stream.flush().await?;
+        read_reply(&mut self.stream).await
+    }
+}
+
+/// A command as a RESP array of bulk strings.
+fn encode(args: &[&str]) -> Vec<u8> {
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    req
+}
+
+/// Sends one command to `addr` (TCP) and reads its reply, within `timeout`.
 pub async fn command(addr: &str, args: &[&str], timeout: Duration) -> Result<Reply> {
+    command_via(&Tcp, addr, args, timeout).await
+}
+
+/// Opens a stream to `instance` with `dial`, sends one command and reads its reply; all
+/// within `timeout`.
+pub async fn command_via<D: Dial>(
+    dial: &D,
+    instance: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Reply> {
     let io = |source| Error::Io {
-        addr: addr.to_string(),
+        addr: instance.to_string(),
         source,
     };
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-        }
-        stream.write_all(&req).await.map_err(io)?;
-        let mut reader = BufReader::new(stream);
-        read_reply(&mut reader).await.map_err(io)
+        let stream = dial.dial(instance).await.map_err(io)?;
+        Connection::new(stream).command(args).await.map_err(io)
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| Error::Io {
-            addr: addr.to_string(),
+            addr: instance.to_string(),
             source: std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no answer within {timeout:?}"),
@@ -109,24 +168,37 @@ fn read_reply<'a, R: AsyncBufReadExt + Unpin + Send>(
     })
 }
 
-/// Redis's own name for its role (`master`, `slave`, `sentinel`), from `ROLE`.
+/// Redis's own name for its role (`master`, `slave`, `sentinel`), from `ROLE` over TCP.
 pub async fn role(addr: &str, timeout: Duration) -> Result<String> {
-    match command(addr, &["ROLE"], timeout).await? {
+    role_via(&Tcp, addr, timeout).await
+}
+
+/// [`role`] of the instance `dial` reaches as `instance`.
+pub async fn role_via<D: Dial>(dial: &D, instance: &str, timeout: Duration) -> Result<String> {
+    role_of(
+        instance,
+        command_via(dial, instance, &["ROLE"], timeout).await?,
+    )
+}
+
+/// The role in `instance`'s answer to `ROLE`.
+pub fn role_of(instance: &str, reply: Reply) -> Result<String> {
+    match reply {
         Reply::Array(Some(items)) => {
             items
                 .first()
                 .and_then(Reply::as_text)
                 .ok_or_else(|| Error::Probe {
-                    instance: addr.to_string(),
+                    instance: instance.to_string(),
                     reason: "ROLE answered an empty array".into(),
                 })
         }
         Reply::Error(e) => Err(Error::Probe {
-            instance: addr.to_string(),
+            instance: instance.to_string(),
             reason: e,
         }),
         other => Err(Error::Probe {
-            instance: addr.to_string(),
+            instance: instance.to_string(),
             reason: format!("unexpected ROLE reply {other:?}"),
         }),
     }
@@ -142,17 +214,39 @@ pub fn map_role(answer: &str, role_map: &BTreeMap<String, String>) -> String {
 }
 
 /// Makes the instance at `new_primary` the primary and points every address in
-/// `replicas` at it. Each step is idempotent; an error answer stops the switchover.
+/// `replicas` at it (TCP). Each step is idempotent; an error answer stops the
+/// switchover.
 pub async fn switchover(new_primary: &str, replicas: &[&str], timeout: Duration) -> Result<()> {
+    switchover_via(&Tcp, new_primary, new_primary, replicas, timeout).await
+}
+
+/// [`switchover`] through `dial`: `new_primary` and `replicas` are instance strings of
+/// `dial`'s, and `replicate_from` is the address `host:port` (a bracketed IPv6 host is
+/// unbracketed) the replicas are told to replicate from, which they, not this process,
+/// must reach.
+pub async fn switchover_via<D: Dial>(
+    dial: &D,
+    new_primary: &str,
+    replicate_from: &str,
+    replicas: &[&str],
+    timeout: Duration,
+) -> Result<()> {
+    let (host, port) = replicate_from
+        .rsplit_once(':')
+        .ok_or_else(|| Error::Switchover(format!("bad address {replicate_from}")))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     expect_ok(
         new_primary,
-        command(new_primary, &["REPLICAOF", "NO", "ONE"], timeout).await?,
+        command_via(dial, new_primary, &["REPLICAOF", "NO", "ONE"], timeout).await?,
     )?;
-    let (host, port) = new_primary
-        .rsplit_once(':')
-        .ok_or_else(|| Error::Switchover(format!("bad address {new_primary}")))?;
     for r in replicas {
-        expect_ok(r, command(r, &["REPLICAOF", host, port], timeout).await?)?;
+        expect_ok(
+            r,
+            command_via(dial, r, &["REPLICAOF", host, port], timeout).await?,
+        )?;
     }
     Ok(())
 }
@@ -161,5 +255,251 @@ fn expect_ok(addr: &str, reply: Reply) -> Result<()> {
     match reply {
         Reply::Simple(s) if s.starts_with("OK") => Ok(()),
         other => Err(Error::Switchover(format!("{addr} answered {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::DuplexStream;
+
+    /// A scripted server on the far end of an in-memory stream: reads each command,
+    /// records it, and writes the next canned answer (raw RESP bytes).
+    fn scripted(
+        answers: &[&'static [u8]],
+    ) -> (DuplexStream, tokio::task::JoinHandle<Vec<Vec<u8>>>) {
+        let (client, server) = tokio::io::duplex(64);
+        let answers: Vec<&'static [u8]> = answers.to_vec();
+        let task = tokio::spawn(async move {
+            let mut server = BufReader::new(server);
+            let mut seen = Vec::new();
+            for answer in answers {
+                seen.push(read_command(&mut server).await);
+                server.write_all(answer).await.unwrap();
+                server.flush().await.unwrap();
+            }
+            seen
+        });
+        (client, task)
+    }
+
+    /// One command as the server reads it: the raw bytes of its RESP array.
+    async fn read_command(r: &mut BufReader<DuplexStream>) -> Vec<u8> {
+        let mut raw = Vec::new();
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        raw.extend_from_slice(line.as_bytes());
+        let n: usize = line.trim_start_matches('*').trim_end().parse().unwrap();
+        for _ in 0..n {
+            let mut len = String::new();
+            r.read_line(&mut len).await.unwrap();
+            raw.extend_from_slice(len.as_bytes());
+            let n: usize = len.trim_start_matches('$').trim_end().parse().unwrap();
+            let mut buf = vec![0; n + 2];
+            r.read_exact(&mut buf).await.unwrap();
+            raw.extend_from_slice(&buf);
+        }
+        raw
+    }
+
+    #[tokio::test]
+    async fn a_connection_sends_resp_arrays_and_reads_every_reply_type_in_order() {
+        let (stream, server) = scripted(&[
+            b"*3\r\n$6\r\nmaster\r\n:42\r\n*0\r\n",
+            b"+OK\r\n",
+            b"-ERR no\r\n",
+            b"$-1\r\n",
+            b"*-1\r\n",
+            b"$5\r\nhe\r\no\r\n",
+        ]);
+        let mut c = Connection::new(stream);
+        assert_eq!(
+            c.command(&["ROLE"]).await.unwrap(),
+            Reply::Array(Some(vec![
+                Reply::Bulk(Some(b"master".to_vec())),
+                Reply::Integer(42),
+                Reply::Array(Some(vec![])),
+            ]))
+        );
+        assert_eq!(
+            c.command(&["REPLICAOF", "10.0.0.2", "6379"]).await.unwrap(),
+            Reply::Simple("OK".into())
+        );
+        assert_eq!(
+            c.command(&["X"]).await.unwrap(),
+            Reply::Error("ERR no".into())
+        );
+        assert_eq!(c.command(&["X"]).await.unwrap(), Reply::Bulk(None));
+        assert_eq!(c.command(&["X"]).await.unwrap(), Reply::Array(None));
+        assert_eq!(
+            c.command(&["X"]).await.unwrap(),
+            Reply::Bulk(Some(b"he\r\no".to_vec())),
+            "a bulk string is read by its length, not up to a line end"
+        );
+        let seen = server.await.unwrap();
+        assert_eq!(seen[0], b"*1\r\n$4\r\nROLE\r\n");
+        assert_eq!(
+            seen[1],
+            b"*3\r\n$9\r\nREPLICAOF\r\n$8\r\n10.0.0.2\r\n$4\r\n6379\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_or_garbled_stream_is_an_error_not_a_reply() {
+        let (stream, server) = tokio::io::duplex(64);
+        drop(server);
+        let e = Connection::new(stream)
+            .command(&["ROLE"])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::BrokenPipe
+            ),
+            "{e:?}"
+        );
+        let (stream, _server) = scripted(&[b"?what\r\n"]);
+        let e = Connection::new(stream)
+            .command(&["ROLE"])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    /// What each instance was sent, as `(instance, raw command)`.
+    type Sent = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+    /// Dials instance names to scripted in-memory servers, recording what each was sent.
+    #[derive(Default)]
+    struct Scripted {
+        answers: BTreeMap<&'static str, &'static [u8]>,
+        seen: Sent,
+    }
+
+    impl Dial for Scripted {
+        type Stream = DuplexStream;
+        async fn dial(&self, instance: &str) -> std::io::Result<DuplexStream> {
+            let answer = *self.answers.get(instance).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "no such instance")
+            })?;
+            let (stream, server) = scripted(&[answer]);
+            let seen = Arc::clone(&self.seen);
+            let instance = instance.to_string();
+            tokio::spawn(async move {
+                for command in server.await.unwrap() {
+                    seen.lock().unwrap().push((instance.clone(), command));
+                }
+            });
+            Ok(stream)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_switchover_through_a_dialer_tells_the_replicas_the_primary_address() {
+        let dial = Scripted {
+            answers: BTreeMap::from([
+                ("redis-1", b"+OK\r\n" as &[u8]),
+                ("redis-0", b"+OK\r\n"),
+                ("redis-5", b"+OK\r\n"),
+            ]),
+            ..Scripted::default()
+        };
+        let t = Duration::from_secs(1);
+        switchover_via(
+            &dial,
+            "redis-1",
+            "[fd00::1]:6379",
+            &["redis-0", "redis-5"],
+            t,
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut seen = dial.seen.lock().unwrap().clone();
+        seen.sort();
+        let repoint = b"*3\r\n$9\r\nREPLICAOF\r\n$7\r\nfd00::1\r\n$4\r\n6379\r\n".to_vec();
+        assert_eq!(
+            seen,
+            [
+                ("redis-0".to_string(), repoint.clone()),
+                (
+                    "redis-1".to_string(),
+                    b"*3\r\n$9\r\nREPLICAOF\r\n$2\r\nNO\r\n$3\r\nONE\r\n".to_vec()
+                ),
+                ("redis-5".to_string(), repoint),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_stops_a_switchover_and_a_silent_instance_times_out() {
+        let dial = Scripted {
+            answers: BTreeMap::from([("redis-1", b"-READONLY no\r\n" as &[u8])]),
+            ..Scripted::default()
+        };
+        let e = switchover_via(
+            &dial,
+            "redis-1",
+            "10.0.0.2:6379",
+            &["redis-0"],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("redis-1"), "{e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            dial.seen.lock().unwrap().len(),
+            1,
+            "no replica was repointed"
+        );
+
+        struct Silent;
+        impl Dial for Silent {
+            type Stream = DuplexStream;
+            async fn dial(&self, _: &str) -> std::io::Result<DuplexStream> {
+                let (stream, server) = tokio::io::duplex(64);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    drop(server);
+                });
+                Ok(stream)
+            }
+        }
+        let e = role_via(&Silent, "redis-0", Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        match e {
+            Error::Io { addr, source } => {
+                assert_eq!(addr, "redis-0");
+                assert_eq!(source.kind(), std::io::ErrorKind::TimedOut);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn role_reads_the_first_element_of_the_role_array() {
+        let dial = Scripted {
+            answers: BTreeMap::from([
+                (
+                    "a",
+                    b"*3\r\n$5\r\nslave\r\n$8\r\n10.0.0.1\r\n:6379\r\n" as &[u8],
+                ),
+                ("b", b"*0\r\n"),
+                ("c", b"-NOPERM\r\n"),
+            ]),
+            ..Scripted::default()
+        };
+        let t = Duration::from_secs(1);
+        assert_eq!(role_via(&dial, "a", t).await.unwrap(), "slave");
+        for bad in ["b", "c"] {
+            assert!(
+                matches!(role_via(&dial, bad, t).await, Err(Error::Probe { .. })),
+                "{bad}"
+            );
+        }
     }
 }
