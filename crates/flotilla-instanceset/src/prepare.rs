@@ -123,7 +123,7 @@ pub fn volume_name(claim: &str, set: &str, ordinal: u32) -> String {
 /// Plans the next steps for `set` given what is `observed`.
 pub fn prepare(set: &Valid<InstanceSet>, observed: &Observed) -> Plan {
     let spec = &set.spec;
-    let desired = Revision::of(&spec.template);
+    let desired = Revision::of(spec);
     let slice: BTreeSet<u32> = spec.ordinals.to_vec().into_iter().collect();
     let instances: BTreeMap<u32, &Instance> =
         observed.instances.iter().map(|i| (i.ordinal, i)).collect();

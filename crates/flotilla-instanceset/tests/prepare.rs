@@ -30,7 +30,7 @@ spec:
 }
 
 fn rev(s: &Valid<InstanceSet>) -> Revision {
-    Revision::of(&s.spec.template)
+    Revision::of(&s.spec)
 }
 
 /// A running, ready instance of revision `r` labelled with `role` (version 1).

@@ -156,7 +156,7 @@ fn template_annotations(set: &InstanceSet) -> BTreeMap<String, String> {
 /// labels, placement rules, and the set as its controlling owner.
 pub fn pod(set: &InstanceSet, ordinal: u32) -> Result<Pod> {
     let name = instance_name(set.name(), ordinal);
-    let revision = Revision::of(&set.spec.template);
+    let revision = Revision::of(&set.spec);
     let annotations = template_annotations(set);
     let mut spec = set.spec.template.spec.clone().unwrap_or_default();
     spec.hostname = Some(name.clone());
@@ -442,7 +442,7 @@ pub fn volume(pvc: &PersistentVolumeClaim) -> Option<Volume> {
 /// annotations are added or changed, never removed: the pod does not record which of
 /// its labels came from the template, and other controllers may have added their own.
 pub fn in_place_patch(set: &InstanceSet, ordinal: u32, pod: &Pod) -> Option<Value> {
-    let revision = Revision::of(&set.spec.template);
+    let revision = Revision::of(&set.spec);
     let meta = &pod.metadata;
     let changed = |want: BTreeMap<String, String>, have: Option<&BTreeMap<String, String>>| {
         want.into_iter()
@@ -620,7 +620,7 @@ mod tests {
         assert_eq!(labels["app"], "redis");
         assert_eq!(labels[SET_LABEL], "redis");
         assert_eq!(labels[ORDINAL_LABEL], "7");
-        let rev = Revision::of(&set.spec.template);
+        let rev = Revision::of(&set.spec);
         assert_eq!(labels[REVISION_LABEL], rev.revision);
         assert_eq!(labels[SHAPE_LABEL], rev.shape);
         assert!(!labels.contains_key(ROLE_LABEL));
@@ -836,7 +836,7 @@ mod tests {
         assert_eq!(inst.node.as_deref(), Some("n1"));
         assert_eq!(inst.role.as_deref(), Some("primary"));
         assert_eq!(inst.role_version, 9);
-        assert_eq!(inst.revision, Revision::of(&set.spec.template).revision);
+        assert_eq!(inst.revision, Revision::of(&set.spec).revision);
         assert_eq!(
             instance(&pod, "e2").unwrap().role_version,
             0,
@@ -851,7 +851,7 @@ mod tests {
         assert_eq!(in_place_patch(&old, 0, &pod), None);
         let mut new = old.clone();
         new.spec.template.spec.as_mut().unwrap().containers[0].image = Some("redis:7.4".into());
-        let rev = Revision::of(&new.spec.template);
+        let rev = Revision::of(&new.spec);
         let patch = in_place_patch(&new, 0, &pod).unwrap();
         let waiting = InPlaceUpdate {
             revision: rev.revision.clone(),
@@ -937,7 +937,7 @@ mod tests {
         );
         // Right after the patch: new revision label, Ready still True, same container.
         let after = patched(before, &patch);
-        let rev = Revision::of(&new.spec.template).revision;
+        let rev = Revision::of(&new.spec).revision;
         let inst = instance(&after, "e").unwrap();
         assert_eq!(inst.revision, rev);
         assert!(

@@ -577,7 +577,7 @@ impl ApiServerVerifier {
         let meta = &body["metadata"];
         assert_eq!(meta["name"], name);
         assert_eq!(meta["namespace"], NS);
-        let revision = Revision::of(&Set::test().0.spec.template);
+        let revision = Revision::of(&Set::test().0.spec);
         assert_eq!(
             meta["labels"],
             json!({
@@ -957,7 +957,7 @@ async fn a_new_image_is_patched_in_place_highest_ordinal_first() {
     let pods = old.running_pods(&[0, 1, 5]);
     let claims = old.claims(&[0, 1, 5]);
     let new = old.image("redis:7.4");
-    let revision = Revision::of(&new.0.spec.template).revision;
+    let revision = Revision::of(&new.0.spec).revision;
     let server = server.run(Scenario::InPlaceImage {
         pods,
         claims,

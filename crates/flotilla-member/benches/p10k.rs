@@ -89,11 +89,11 @@ fn sim() -> Arc<Sim> {
 fn bench(c: &mut Criterion) {
     let v1 = set("redis:7.2");
     let v2 = set("redis:7.4");
-    let r1 = Revision::of(&v1.spec.template);
+    let r1 = Revision::of(&v1.spec);
     let steady = converged(&r1);
     let mut mid = steady.clone();
     for i in mid.instances.iter_mut().skip(N as usize / 2) {
-        i.revision = Revision::of(&v2.spec.template).revision;
+        i.revision = Revision::of(&v2.spec).revision;
     }
     assert!(prepare(&v1, &steady).actions.is_empty());
 

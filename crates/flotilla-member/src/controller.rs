@@ -143,7 +143,7 @@ impl<B: Backend> Controller<B> {
         set: &Valid<InstanceSet>,
         mut observed: Observed,
     ) -> Result<Pass> {
-        let desired = Revision::of(&set.spec.template);
+        let desired = Revision::of(&set.spec);
         {
             let sets = self.sets.lock().await;
             if let Some(state) = sets.get(&key(set)).filter(|s| s.uid == set.metadata.uid) {

@@ -482,7 +482,7 @@ impl Backend for Sim {
                     };
                     let mut pod = Pod {
                         node: None,
-                        revision: Revision::of(&set.spec.template),
+                        revision: Revision::of(&set.spec),
                         phase: Phase::Pending,
                         ready: false,
                         since: now,
@@ -529,7 +529,7 @@ impl Backend for Sim {
                 }
             }
             Action::UpdateInPlace { ordinal } => {
-                let desired = Revision::of(&set.spec.template);
+                let desired = Revision::of(&set.spec);
                 match s.pods.get_mut(ordinal) {
                     Some(p) if p.revision != desired => {
                         p.revision = desired;

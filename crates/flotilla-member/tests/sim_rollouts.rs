@@ -184,7 +184,7 @@ async fn a_failed_switchover_stops_the_rollout_before_the_primary() {
     let p = o.instances.iter().find(|i| i.ordinal == primary).unwrap();
     assert_eq!(
         p.revision,
-        Revision::of(&old.spec.template).revision,
+        Revision::of(&old.spec).revision,
         "the primary must not be updated"
     );
     let degraded = c
