@@ -94,6 +94,15 @@ pub fn runs(sorted: &[u32]) -> Vec<(u32, u32)> {
 
 /// `0-3, 7, 9-10`: a short human form of a list of ordinals.
 pub fn display_list(ordinals: &[u32]) -> String {
+    joined_runs(ordinals, ", ")
+}
+
+/// `0-3,7,9-10`: the same without spaces, for labels and annotations.
+pub fn compact_list(ordinals: &[u32]) -> String {
+    joined_runs(ordinals, ",")
+}
+
+fn joined_runs(ordinals: &[u32], separator: &str) -> String {
     let mut sorted = ordinals.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
@@ -107,7 +116,7 @@ pub fn display_list(ordinals: &[u32]) -> String {
             }
         })
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(separator)
 }
 
 /// The usable ordinals of a set, ascending: its space (default `0..=MAX_ORDINAL`)

@@ -112,7 +112,10 @@ pub fn slice(
     }
     if !leaving.is_empty() {
         let list: Vec<u32> = leaving.iter().copied().collect();
-        annotations.insert(LEAVING_ANNOTATION.to_string(), leaving_text(&list));
+        annotations.insert(
+            LEAVING_ANNOTATION.to_string(),
+            flotilla_api::ordinals::compact_list(&list),
+        );
     }
     s.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
     s.metadata.generation = Some(match existing {
@@ -182,20 +185,6 @@ pub fn exclusive_home(
 /// confirmed gone (`3,5-7`). Kept in the store with the slice, so that what another
 /// member may still run survives a restart of the server.
 pub const LEAVING_ANNOTATION: &str = "flotilla.io/leaving";
-
-fn leaving_text(sorted: &[u32]) -> String {
-    flotilla_api::ordinals::runs(sorted)
-        .into_iter()
-        .map(|(a, b)| {
-            if a == b {
-                a.to_string()
-            } else {
-                format!("{a}-{b}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
 
 /// The ordinals a slice says are still leaving it (an unreadable part reads as none:
 /// only the server writes it).
