@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::object::{Kind, Object};
 use crate::ordinals::Ordinals;
+use crate::redis::RedisSpec;
 use crate::set::{
     FederatedInstanceSetSpec, InstanceRebuild, RetentionPolicy, Role, RoleProbe, UpdateStrategy,
 };
@@ -44,6 +45,10 @@ pub struct InstanceSetSpec {
     /// At most this many instances on one node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_instances_per_node: Option<u32>,
+    /// The Redis engine's settings, with `minReplicasToWrite` resolved for the whole
+    /// federated set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
 }
 
 /// Annotation on a member's slice when the set's exclusive roles (its primary) live in
@@ -92,6 +97,11 @@ impl FederatedInstanceSetSpec {
                 .clone(),
             instance_rebuild: self.instance_rebuild,
             max_instances_per_node: self.placement.max_instances_per_node,
+            redis: self.redis.as_ref().map(|r| RedisSpec {
+                min_replicas_to_write: Some(r.min_replicas_to_write_for(self.replicas)),
+                shard_replicas: Some(self.replicas),
+                ..r.clone()
+            }),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod instanceset;
 pub mod object;
 pub mod ordinals;
 pub mod quantity;
+pub mod redis;
 pub mod resources;
 pub mod selector;
 pub mod set;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::object::{Kind, Object};
 use crate::ordinals::Ordinals;
+use crate::redis::RedisSpec;
 use crate::status::FederatedInstanceSetStatus;
 
 /// A stateful, role-aware set split across member clusters by ordinal ranges.
@@ -50,6 +51,9 @@ pub struct FederatedInstanceSetSpec {
     /// Where instances may run and how they are divided between clusters.
     #[serde(default)]
     pub placement: Placement,
+    /// Run the instances as one Redis shard (replication, fencing, failover, config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
 }
 
 impl Kind for FederatedInstanceSetSpec {

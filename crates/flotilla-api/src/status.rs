@@ -25,6 +25,9 @@ pub struct FederatedInstanceSetStatus {
     /// Per ordinal: where it runs, its role, whether it is ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceStatus>,
+    /// A Redis set's primary: the instance every other one replicates from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<PrimaryStatus>,
     /// Scheduled, Available, Progressing, Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -67,6 +70,53 @@ pub struct InstanceStatus {
     /// The template revision it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// Its address, `host:port` of the port named `redis` (else the first container
+    /// port), as its member announces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// What Redis itself says, for a Redis set's running instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisInstanceStatus>,
+}
+
+/// A Redis set's primary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrimaryStatus {
+    /// Its ordinal.
+    pub ordinal: u32,
+    /// The member it runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Its address, `host:port`.
+    pub endpoint: String,
+}
+
+/// One Redis instance as `INFO` describes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisInstanceStatus {
+    /// Redis's own role: `master` or `slave`.
+    pub role: String,
+    /// For a replica: the `host:port` it replicates from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// For a replica: its link to that primary is up.
+    #[serde(default)]
+    pub link_up: bool,
+    /// Its replication offset (`master_repl_offset` of a primary, the processed offset
+    /// of a replica).
+    #[serde(default)]
+    pub offset: u64,
+    /// Keys in all its databases (0: the dataset is empty).
+    #[serde(default)]
+    pub keys: u64,
+    /// For a primary: the replicas connected to it, `host:port`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+    /// The user's parameters as the instance runs them (`CONFIG GET`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: std::collections::BTreeMap<String, String>,
 }
 
 /// The state of one member's slice.

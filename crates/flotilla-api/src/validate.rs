@@ -47,8 +47,9 @@ impl<T> AsRef<T> for Valid<T> {
 
 /// Validates a federated set.
 pub fn federated_instance_set(
-    set: FederatedInstanceSet,
+    mut set: FederatedInstanceSet,
 ) -> Result<Valid<FederatedInstanceSet>, Invalid> {
+    redis_defaults(&mut set.spec);
     let mut e = Errors::default();
     header(&set, &mut e);
     let spec = &set.spec;
@@ -84,7 +85,116 @@ pub fn federated_instance_set(
         &mut e,
     );
     placement(&spec.placement, spec.replicas, &mut e);
+    if let Some(r) = &spec.redis {
+        redis(r, &spec.roles, &mut e);
+        if r.shard_replicas.is_some() {
+            e.push(
+                "spec.redis.shardReplicas",
+                "written by Flotilla in the members' slices; leave it out (spec.replicas says how many)",
+            );
+        }
+        let wanted = r.min_replicas_to_write_for(spec.replicas);
+        if wanted >= spec.replicas.max(1) {
+            e.push(
+                "spec.redis.minReplicasToWrite",
+                format!(
+                    "{wanted} is more than the {} replica(s) a set of {} instance(s) has: the primary would refuse every write",
+                    spec.replicas.saturating_sub(1),
+                    spec.replicas
+                ),
+            );
+        }
+    }
     e.into_result().map(|()| Valid(set))
+}
+
+/// `spec.redis` implies the roles and their probe: `primary` (exclusive, updated last)
+/// and `secondary`, probed with `ROLE` on the Redis port. Filled in when absent.
+fn redis_defaults(spec: &mut crate::FederatedInstanceSetSpec) {
+    if spec.redis.is_none() {
+        return;
+    }
+    if spec.roles.is_empty() {
+        spec.roles = vec![
+            crate::Role {
+                name: crate::redis::PRIMARY.to_string(),
+                update_priority: 2,
+                exclusive: true,
+            },
+            crate::Role {
+                name: crate::redis::SECONDARY.to_string(),
+                update_priority: 1,
+                exclusive: false,
+            },
+        ];
+    }
+    if spec.role_probe.is_none() {
+        let port = crate::redis::port_of(&spec.template);
+        spec.role_probe = Some(RoleProbe {
+            redis: Some(crate::set::RedisProbe {
+                port,
+                role_map: BTreeMap::from([
+                    ("master".to_string(), crate::redis::PRIMARY.to_string()),
+                    ("slave".to_string(), crate::redis::SECONDARY.to_string()),
+                ]),
+            }),
+            exec: None,
+            period_seconds: 2,
+            timeout_seconds: 1,
+        });
+    }
+}
+
+/// `spec.redis` on its own: known, user-settable parameters with one-line values,
+/// sentinels that can reach a quorum, and one exclusive role (the primary).
+fn redis(r: &crate::redis::RedisSpec, roles: &[crate::Role], e: &mut Errors) {
+    use crate::redis::{Param, param};
+    for (name, value) in &r.config {
+        let path = format!("spec.redis.config.{name}");
+        match param(name) {
+            None => e.push(
+                path,
+                "unknown Redis parameter (Flotilla knows Redis 7's parameters by their redis.conf names)",
+            ),
+            Some(Param::Owned(why)) => e.push(path, format!("set by Flotilla: {why}")),
+            Some(Param::User(_)) => {
+                if value.trim().is_empty() {
+                    e.push(path, "needs a value");
+                } else if value.contains(['\n', '\r', '"']) {
+                    e.push(path, "must be one line without double quotes");
+                }
+            }
+        }
+    }
+    if let Some(s) = &r.sentinel {
+        if s.replicas == 0 {
+            e.push("spec.redis.sentinel.replicas", "must be at least 1");
+        }
+        if s.quorum == 0 || s.quorum > s.replicas {
+            e.push(
+                "spec.redis.sentinel.quorum",
+                format!("must be between 1 and replicas ({})", s.replicas),
+            );
+        }
+        if s.down_after_milliseconds < 100 {
+            e.push(
+                "spec.redis.sentinel.downAfterMilliseconds",
+                "must be at least 100",
+            );
+        }
+        if s.failover_timeout_milliseconds < 1000 {
+            e.push(
+                "spec.redis.sentinel.failoverTimeoutMilliseconds",
+                "must be at least 1000",
+            );
+        }
+    }
+    if roles.iter().filter(|r| r.exclusive).count() != 1 {
+        e.push(
+            "spec.roles",
+            "a Redis set needs exactly one exclusive role (its primary); leave roles out to get primary and secondary",
+        );
+    }
 }
 
 /// Validates a member slice.
@@ -119,6 +229,9 @@ pub fn instance_set(set: InstanceSet) -> Result<Valid<InstanceSet>, Invalid> {
     );
     if spec.max_instances_per_node == Some(0) {
         e.push("spec.maxInstancesPerNode", "must be at least 1");
+    }
+    if let Some(r) = &spec.redis {
+        redis(r, &spec.roles, &mut e);
     }
     e.into_result().map(|()| Valid(set))
 }

@@ -39,6 +39,10 @@ pub struct Instance {
     pub role_version: u64,
     /// The newest role probe result.
     pub probe: Option<ProbeResult>,
+    /// Its address, `host:port` of the port named `redis` (else the first container
+    /// port), once it has one.
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// Lifecycle phases, as Kubernetes names pod phases.

@@ -554,6 +554,8 @@ fn status(
                 ready: i.ready,
                 node: i.node.clone(),
                 revision: Some(i.revision.clone()),
+                endpoint: i.endpoint.clone(),
+                redis: None,
             })
             .collect(),
         // Reported so that the federation moves an ordinal only once it is gone here.

@@ -50,6 +50,7 @@ fn up(ordinal: u32, r: &Revision, role: &str) -> Instance {
             role: Some(role.to_string()),
             version: 1,
         }),
+        endpoint: None,
     }
 }
 

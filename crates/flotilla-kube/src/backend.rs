@@ -575,10 +575,15 @@ impl Backend for KubeBackend {
     async fn observe(&self, set: &InstanceSet) -> flotilla_member::Result<Observed> {
         let pods = self.list::<Pod>(set).await?;
         let claims = self.list::<PersistentVolumeClaim>(set).await?;
+        let port = flotilla_api::redis::port_of(&set.spec.template);
         let mut observed = Observed {
             instances: pods
                 .iter()
-                .filter_map(|p| objects::instance(p, &self.epoch))
+                .filter_map(|p| {
+                    let mut i = objects::instance(p, &self.epoch)?;
+                    i.endpoint = pod_addr(p, port);
+                    Some(i)
+                })
                 .collect(),
             volumes: claims.iter().filter_map(objects::volume).collect(),
             last_switchover: None,

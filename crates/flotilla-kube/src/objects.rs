@@ -354,6 +354,8 @@ pub fn instance(pod: &Pod, epoch: &str) -> Option<Instance> {
         role: label(meta, ROLE_LABEL).map(str::to_string),
         role_version,
         probe: None,
+        // Needs the set's port: the backend's observe sets it.
+        endpoint: None,
     })
 }
 

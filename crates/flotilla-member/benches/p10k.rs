@@ -63,6 +63,7 @@ fn converged(r: &Revision) -> Observed {
                     role: Some(role.into()),
                     version: 1,
                 }),
+                endpoint: None,
             }
         })
         .collect();

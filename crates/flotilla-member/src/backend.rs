@@ -5,7 +5,10 @@ use std::future::Future;
 use flotilla_api::{CapacityModel, InstanceSet, InstanceSetStatus};
 use flotilla_instanceset::{Action, Observed};
 
-use crate::Result;
+use std::time::Duration;
+
+use crate::redis::Reply;
+use crate::{Error, Result};
 
 /// Whether a request changed anything. Converged sets must cost zero writes, so every
 /// backend says when an action's end state already held.
@@ -47,4 +50,23 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Free capacity, bucketed into node groups, for the federation's scheduler.
     fn capacity(&self) -> impl Future<Output = Result<CapacityModel>> + Send;
+
+    /// Sends one command to the Redis port of instance `ordinal` of a `spec.redis` set
+    /// and reads its reply, within `timeout`. The Redis engine runs everything it does
+    /// to instances through this (probes, replication, switchovers, config).
+    fn redis(
+        &self,
+        set: &InstanceSet,
+        ordinal: u32,
+        args: &[&str],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Reply>> + Send {
+        let _ = (args, timeout);
+        let instance = format!("{}-{ordinal}", set.name());
+        async move {
+            Err(Error::Unsupported(format!(
+                "{instance}: this member cannot reach Redis instances"
+            )))
+        }
+    }
 }

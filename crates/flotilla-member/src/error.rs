@@ -14,6 +14,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The backend cannot do this at all.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// The backend refused or failed a request.
     #[error("backend: {0}")]
     Backend(String),

@@ -420,6 +420,15 @@ impl Backend for Sim {
                 role: p.role.clone(),
                 role_version: p.role_version,
                 probe: None,
+                // Simulated instances have no network: a name that says where it is.
+                endpoint: p.node.map(|i| {
+                    format!(
+                        "{}-{ordinal}.{}.sim:{}",
+                        set.name(),
+                        st.nodes[i].name,
+                        flotilla_api::redis::port_of(&set.spec.template)
+                    )
+                }),
             })
             .collect();
         let volumes = s

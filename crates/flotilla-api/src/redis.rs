@@ -1,0 +1,477 @@
+//! `spec.redis`: a set whose instances Flotilla runs as one Redis shard.
+//!
+//! With `spec.redis`, Flotilla owns the Redis command line of every instance (port,
+//! bind address, `dir` in the data volume, announced address, fencing) and adds the
+//! user's `config`, judged by the parameter table below: a *dynamic* parameter is
+//! applied to running instances with `CONFIG SET`; a *static* one needs a restart (a
+//! role-aware rolling restart); an *immutable* one cannot change once the set exists
+//! (it names files or structures the data already on disk depends on). Parameters
+//! Flotilla sets itself, and unknown ones, are refused.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How a set's instances form a Redis deployment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// How the instances relate; only `Replication` (one primary, every other instance
+    /// its replica) for now.
+    #[serde(default)]
+    pub mode: RedisMode,
+    /// Sentinels for automatic failover, run as the companion set `<set>-sentinel`.
+    /// Without them there is no automatic failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelSpec>,
+    /// The primary refuses writes unless at least this many replicas are connected
+    /// with a lag of at most 10 s (`min-replicas-to-write`); default 1 when the set
+    /// has more than one instance, else 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas_to_write: Option<u32>,
+    /// Redis parameters (`redis.conf` names) and their values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Which address each instance announces to its replicas and sentinels.
+    #[serde(default)]
+    pub announce: Announce,
+    /// Written by Flotilla in each member's slice: how many instances the whole
+    /// federated set has (a member sees only its own). Not set by users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_replicas: Option<u32>,
+}
+
+/// Redis deployment modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RedisMode {
+    /// One primary in the whole federation; every other instance replicates from it.
+    #[default]
+    Replication,
+}
+
+/// The address an instance announces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Announce {
+    /// Its own address (a pod IP; a process member's loopback address).
+    #[default]
+    #[serde(alias = "PodIP")]
+    PodIp,
+    /// A per-instance DNS name from a headless Service (Kubernetes members):
+    /// `<set>-<ordinal>.<set>.<namespace>.svc`.
+    Hostname,
+}
+
+/// Sentinels that watch the shard and fail it over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SentinelSpec {
+    /// How many sentinels run.
+    #[serde(default = "default_sentinels")]
+    pub replicas: u32,
+    /// Sentinels that must agree the primary is down before a failover.
+    #[serde(default = "default_quorum")]
+    pub quorum: u32,
+    /// How long the primary must be unreachable before a sentinel thinks it down.
+    #[serde(default = "default_down_after")]
+    pub down_after_milliseconds: u64,
+    /// Sentinel's `failover-timeout`.
+    #[serde(default = "default_failover_timeout")]
+    pub failover_timeout_milliseconds: u64,
+}
+
+impl Default for SentinelSpec {
+    fn default() -> Self {
+        SentinelSpec {
+            replicas: default_sentinels(),
+            quorum: default_quorum(),
+            down_after_milliseconds: default_down_after(),
+            failover_timeout_milliseconds: default_failover_timeout(),
+        }
+    }
+}
+
+fn default_sentinels() -> u32 {
+    3
+}
+fn default_quorum() -> u32 {
+    2
+}
+fn default_down_after() -> u64 {
+    5000
+}
+fn default_failover_timeout() -> u64 {
+    60_000
+}
+
+impl RedisSpec {
+    /// `min-replicas-to-write` for a set of `replicas` instances.
+    pub fn min_replicas_to_write_for(&self, replicas: u32) -> u32 {
+        self.min_replicas_to_write
+            .unwrap_or(u32::from(replicas > 1))
+    }
+}
+
+/// The role name of a Redis set's primary (implied when the set names no roles).
+pub const PRIMARY: &str = "primary";
+/// The role name of a Redis set's replicas.
+pub const SECONDARY: &str = "secondary";
+
+/// The Redis port of a template: its container port named `redis`, else the first
+/// container port, else 6379.
+pub fn port_of(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> u16 {
+    let ports: Vec<&k8s_openapi::api::core::v1::ContainerPort> = template
+        .spec
+        .iter()
+        .flat_map(|p| &p.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .collect();
+    ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("redis"))
+        .or(ports.first())
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .unwrap_or(6379)
+}
+
+/// On every slice of a Redis set: the primary as the federation knows it,
+/// `<ordinal>=<host:port>`. Members wire replication to it; the federation moves it
+/// only to follow Sentinel, a planned switchover, or to keep data safe.
+pub const PRIMARY_ANNOTATION: &str = "flotilla.io/redis-primary";
+
+/// The primary a slice names (see [`PRIMARY_ANNOTATION`]): its ordinal and address.
+pub fn primary_of(set: &crate::InstanceSet) -> Option<(u32, String)> {
+    let text = set.metadata.annotations.as_ref()?.get(PRIMARY_ANNOTATION)?;
+    let (ordinal, endpoint) = text.split_once('=')?;
+    Some((ordinal.trim().parse().ok()?, endpoint.trim().to_string()))
+}
+
+/// The annotation value naming `ordinal` at `endpoint` as the primary.
+pub fn primary_annotation(ordinal: u32, endpoint: &str) -> String {
+    format!("{ordinal}={endpoint}")
+}
+
+/// `min-replicas-max-lag`: how far behind (seconds) a replica may be and still count
+/// for `min-replicas-to-write`.
+pub const MIN_REPLICAS_MAX_LAG_SECONDS: u32 = 10;
+
+/// How a Redis parameter may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamClass {
+    /// `CONFIG SET` on running instances: no restart, no new revision.
+    Dynamic,
+    /// Takes effect on a restart: a role-aware rolling restart.
+    Static,
+    /// Fixed once the set exists.
+    Immutable,
+}
+
+impl ParamClass {
+    /// The name used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamClass::Dynamic => "dynamic",
+            ParamClass::Static => "static",
+            ParamClass::Immutable => "immutable",
+        }
+    }
+}
+
+/// What a parameter is to Flotilla.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Param {
+    /// The user may set it; it changes as its class says.
+    User(ParamClass),
+    /// Flotilla sets it itself (with the reason): the user may not.
+    Owned(&'static str),
+}
+
+/// Parameters Flotilla sets on every instance, with why.
+const OWNED: &[(&str, &str)] = &[
+    ("port", "the port comes from the container port named redis"),
+    ("bind", "Flotilla binds every instance to its own address"),
+    (
+        "bind-source-addr",
+        "Flotilla binds every instance to its own address",
+    ),
+    ("dir", "Flotilla puts the data in the instance's volume"),
+    ("daemonize", "instances run in the foreground"),
+    ("supervised", "instances run in the foreground"),
+    ("pidfile", "Flotilla tracks the process itself"),
+    ("logfile", "logs go to the instance's log"),
+    ("include", "Flotilla renders the whole configuration"),
+    ("replicaof", "Flotilla wires replication"),
+    ("slaveof", "Flotilla wires replication"),
+    (
+        "replica-announce-ip",
+        "Flotilla announces the instance's address",
+    ),
+    (
+        "slave-announce-ip",
+        "Flotilla announces the instance's address",
+    ),
+    (
+        "replica-announce-port",
+        "Flotilla announces the instance's address",
+    ),
+    (
+        "slave-announce-port",
+        "Flotilla announces the instance's address",
+    ),
+    (
+        "min-replicas-to-write",
+        "set spec.redis.minReplicasToWrite instead",
+    ),
+    (
+        "min-slaves-to-write",
+        "set spec.redis.minReplicasToWrite instead",
+    ),
+    ("min-replicas-max-lag", "fencing allows a lag of 10 s"),
+    ("min-slaves-max-lag", "fencing allows a lag of 10 s"),
+    ("cluster-enabled", "only mode Replication is supported"),
+    ("cluster-config-file", "only mode Replication is supported"),
+    (
+        "protected-mode",
+        "replicas and sentinels connect from other addresses",
+    ),
+    ("unixsocket", "instances are reached over TCP"),
+    ("unixsocketperm", "instances are reached over TCP"),
+    (
+        "requirepass",
+        "authentication is not supported yet: probes and replication would be locked out",
+    ),
+    (
+        "masterauth",
+        "authentication is not supported yet: probes and replication would be locked out",
+    ),
+    (
+        "aclfile",
+        "authentication is not supported yet: probes and replication would be locked out",
+    ),
+    (
+        "replica-read-only",
+        "replicas stay read-only so that no write bypasses the primary",
+    ),
+    (
+        "slave-read-only",
+        "replicas stay read-only so that no write bypasses the primary",
+    ),
+    (
+        "rename-command",
+        "Flotilla needs ROLE, INFO, CONFIG, REPLICAOF and FAILOVER",
+    ),
+];
+
+/// Redis 7 parameters a user may set, by class. Dynamic ones are those `CONFIG SET`
+/// accepts; static ones Redis reads only at start; immutable ones name the files and
+/// structures the data on disk depends on (changing them would start an instance
+/// without its data).
+const TABLE: &[(&str, ParamClass)] = {
+    use ParamClass::{Dynamic as D, Immutable as I, Static as S};
+    &[
+        ("active-defrag-cycle-max", D),
+        ("active-defrag-cycle-min", D),
+        ("active-defrag-ignore-bytes", D),
+        ("active-defrag-max-scan-fields", D),
+        ("active-defrag-threshold-lower", D),
+        ("active-defrag-threshold-upper", D),
+        ("active-expire-effort", D),
+        ("activedefrag", D),
+        ("activerehashing", D),
+        ("always-show-logo", S),
+        ("aof-load-truncated", D),
+        ("aof-rewrite-incremental-fsync", D),
+        ("aof-timestamp-enabled", D),
+        ("aof-use-rdb-preamble", D),
+        ("appenddirname", I),
+        ("appendfilename", I),
+        ("appendfsync", D),
+        ("appendonly", D),
+        ("auto-aof-rewrite-min-size", D),
+        ("auto-aof-rewrite-percentage", D),
+        ("busy-reply-threshold", D),
+        ("client-output-buffer-limit", D),
+        ("client-query-buffer-limit", D),
+        ("crash-log-enabled", D),
+        ("crash-memcheck-enabled", D),
+        ("databases", I),
+        ("dbfilename", I),
+        ("disable-thp", S),
+        ("dynamic-hz", D),
+        ("enable-debug-command", S),
+        ("enable-module-command", S),
+        ("enable-protected-configs", S),
+        ("hash-max-listpack-entries", D),
+        ("hash-max-listpack-value", D),
+        ("hash-max-ziplist-entries", D),
+        ("hash-max-ziplist-value", D),
+        ("hll-sparse-max-bytes", D),
+        ("hz", D),
+        ("io-threads", S),
+        ("io-threads-do-reads", S),
+        ("jemalloc-bg-thread", D),
+        ("latency-monitor-threshold", D),
+        ("latency-tracking", D),
+        ("latency-tracking-info-percentiles", D),
+        ("lazyfree-lazy-eviction", D),
+        ("lazyfree-lazy-expire", D),
+        ("lazyfree-lazy-server-del", D),
+        ("lazyfree-lazy-user-del", D),
+        ("lazyfree-lazy-user-flush", D),
+        ("lfu-decay-time", D),
+        ("lfu-log-factor", D),
+        ("list-compress-depth", D),
+        ("list-max-listpack-size", D),
+        ("list-max-ziplist-size", D),
+        ("loglevel", D),
+        ("lua-time-limit", D),
+        ("maxclients", D),
+        ("maxmemory", D),
+        ("maxmemory-clients", D),
+        ("maxmemory-eviction-tenacity", D),
+        ("maxmemory-policy", D),
+        ("maxmemory-samples", D),
+        ("no-appendfsync-on-rewrite", D),
+        ("notify-keyspace-events", D),
+        ("oom-score-adj", D),
+        ("oom-score-adj-values", D),
+        ("proto-max-bulk-len", D),
+        ("rdb-del-sync-files", D),
+        ("rdb-save-incremental-fsync", D),
+        ("rdbchecksum", S),
+        ("rdbcompression", D),
+        ("repl-backlog-size", D),
+        ("repl-backlog-ttl", D),
+        ("repl-disable-tcp-nodelay", D),
+        ("repl-diskless-load", D),
+        ("repl-diskless-sync", D),
+        ("repl-diskless-sync-delay", D),
+        ("repl-diskless-sync-max-replicas", D),
+        ("repl-ping-replica-period", D),
+        ("repl-timeout", D),
+        ("replica-ignore-maxmemory", D),
+        ("replica-lazy-flush", D),
+        ("replica-priority", D),
+        ("replica-serve-stale-data", D),
+        ("save", D),
+        ("set-max-intset-entries", D),
+        ("set-max-listpack-entries", D),
+        ("set-max-listpack-value", D),
+        ("set-proc-title", S),
+        ("slowlog-log-slower-than", D),
+        ("slowlog-max-len", D),
+        ("stop-writes-on-bgsave-error", D),
+        ("stream-node-max-bytes", D),
+        ("stream-node-max-entries", D),
+        ("syslog-enabled", S),
+        ("syslog-facility", S),
+        ("syslog-ident", S),
+        ("tcp-backlog", S),
+        ("tcp-keepalive", D),
+        ("timeout", D),
+        ("tracking-table-max-keys", D),
+        ("zset-max-listpack-entries", D),
+        ("zset-max-listpack-value", D),
+        ("zset-max-ziplist-entries", D),
+        ("zset-max-ziplist-value", D),
+    ]
+};
+
+/// What `name` is to Flotilla; `None` for a parameter it does not know.
+pub fn param(name: &str) -> Option<Param> {
+    if let Some((_, why)) = OWNED.iter().find(|(n, _)| *n == name) {
+        return Some(Param::Owned(why));
+    }
+    TABLE
+        .binary_search_by(|(n, _)| n.cmp(&name))
+        .ok()
+        .map(|i| Param::User(TABLE[i].1))
+}
+
+/// The class of a parameter the user may set.
+pub fn class(name: &str) -> Option<ParamClass> {
+    match param(name) {
+        Some(Param::User(c)) => Some(c),
+        _ => None,
+    }
+}
+
+/// The user's parameters of one class.
+pub fn config_of_class(config: &BTreeMap<String, String>, c: ParamClass) -> BTreeMap<&str, &str> {
+    config
+        .iter()
+        .filter(|(k, _)| class(k) == Some(c))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// The problems of a change from `old` to `new` that no rollout can make, as
+/// `(field, reason)`: an immutable parameter changed, added or removed, or the mode or
+/// the sentinels' existence changed.
+pub fn immutable_changes(old: &RedisSpec, new: &RedisSpec) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let names: std::collections::BTreeSet<&String> =
+        old.config.keys().chain(new.config.keys()).collect();
+    for name in names {
+        if class(name) == Some(ParamClass::Immutable)
+            && old.config.get(name) != new.config.get(name)
+        {
+            out.push((
+                format!("spec.redis.config.{name}"),
+                "immutable once the set exists".to_string(),
+            ));
+        }
+    }
+    if old.mode != new.mode {
+        out.push((
+            "spec.redis.mode".to_string(),
+            "immutable once the set exists".to_string(),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_sorted_and_disjoint_from_the_owned_parameters() {
+        assert!(
+            TABLE.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted, no repeats"
+        );
+        for (name, _) in OWNED {
+            assert!(
+                TABLE.binary_search_by(|(n, _)| n.cmp(name)).is_err(),
+                "{name} is owned and in the table"
+            );
+        }
+        assert_eq!(param("maxmemory"), Some(Param::User(ParamClass::Dynamic)));
+        assert_eq!(param("io-threads"), Some(Param::User(ParamClass::Static)));
+        assert_eq!(param("databases"), Some(Param::User(ParamClass::Immutable)));
+        assert!(matches!(param("port"), Some(Param::Owned(_))));
+        assert_eq!(param("maxmemroy"), None);
+    }
+
+    #[test]
+    fn immutable_changes_name_the_field() {
+        let old = RedisSpec {
+            config: BTreeMap::from([("databases".into(), "16".into())]),
+            ..RedisSpec::default()
+        };
+        let mut new = old.clone();
+        new.config.insert("maxmemory".into(), "1gb".into());
+        assert!(immutable_changes(&old, &new).is_empty());
+        new.config.insert("databases".into(), "32".into());
+        assert_eq!(
+            immutable_changes(&old, &new),
+            [(
+                "spec.redis.config.databases".to_string(),
+                "immutable once the set exists".to_string()
+            )]
+        );
+        new.config.remove("databases");
+        assert_eq!(immutable_changes(&old, &new).len(), 1, "removing it too");
+    }
+}
