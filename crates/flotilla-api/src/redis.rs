@@ -151,6 +151,20 @@ pub fn primary_annotation(ordinal: u32, endpoint: &str) -> String {
     format!("{ordinal}={endpoint}")
 }
 
+/// On the slice of the member running the primary, when that instance is a replica
+/// with no working link and the federation decided it must take over (it holds the
+/// most data): `<ordinal>=<run_id>`. The member promotes it only while it is that very
+/// process (`INFO server` run_id), so a decision about one process never promotes the
+/// next one to run there.
+pub const PROMOTE_ANNOTATION: &str = "flotilla.io/redis-promote";
+
+/// The promotion a slice asks for (see [`PROMOTE_ANNOTATION`]).
+pub fn promote_of(set: &crate::InstanceSet) -> Option<(u32, String)> {
+    let text = set.metadata.annotations.as_ref()?.get(PROMOTE_ANNOTATION)?;
+    let (ordinal, run_id) = text.split_once('=')?;
+    Some((ordinal.trim().parse().ok()?, run_id.trim().to_string()))
+}
+
 /// `min-replicas-max-lag`: how far behind (seconds) a replica may be and still count
 /// for `min-replicas-to-write`.
 pub const MIN_REPLICAS_MAX_LAG_SECONDS: u32 = 10;

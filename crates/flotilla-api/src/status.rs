@@ -114,6 +114,9 @@ pub struct RedisInstanceStatus {
     /// For a primary: the replicas connected to it, `host:port`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<String>,
+    /// The Redis process's `run_id` (another one: it restarted).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub run_id: String,
     /// The user's parameters as the instance runs them (`CONFIG GET`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub config: std::collections::BTreeMap<String, String>,

@@ -26,6 +26,15 @@ struct Made<'a> {
     template: &'a PodTemplateSpec,
     claims: &'a [PersistentVolumeClaim],
     max_per_node: Option<u32>,
+    /// What a Redis instance reads only when it starts: the mode, the announced
+    /// address and the static and immutable parameters. Dynamic ones are applied to
+    /// running instances (`CONFIG SET`) and so are not part of the revision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<(
+        flotilla_api::redis::RedisMode,
+        flotilla_api::redis::Announce,
+        std::collections::BTreeMap<&'a str, &'a str>,
+    )>,
 }
 
 impl Revision {
@@ -48,10 +57,22 @@ impl Revision {
                 c.image = None;
             }
         }
+        let redis = spec.redis.as_ref().map(|r| {
+            let mut restart = flotilla_api::redis::config_of_class(
+                &r.config,
+                flotilla_api::redis::ParamClass::Static,
+            );
+            restart.extend(flotilla_api::redis::config_of_class(
+                &r.config,
+                flotilla_api::redis::ParamClass::Immutable,
+            ));
+            (r.mode, r.announce, restart)
+        });
         let made = |template| Made {
             template,
             claims: &spec.volume_claim_templates,
             max_per_node: spec.max_instances_per_node,
+            redis: redis.clone(),
         };
         Revision {
             revision: hash(&made(template)),
@@ -135,5 +156,31 @@ mod tests {
             assert_ne!(base.revision, other.revision);
             assert_ne!(base.shape, other.shape, "recreated, not updated in place");
         }
+    }
+
+    #[test]
+    fn static_redis_parameters_restart_dynamic_ones_do_not() {
+        use flotilla_api::redis::RedisSpec;
+        let with = |config: &[(&str, &str)], min: u32| {
+            let mut s = spec(template("redis:7.2", "a", "redis-server"));
+            s.redis = Some(RedisSpec {
+                config: config
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                min_replicas_to_write: Some(min),
+                ..RedisSpec::default()
+            });
+            Revision::of(&s)
+        };
+        let base = with(&[("maxmemory", "1gb")], 1);
+        assert_eq!(
+            base,
+            with(&[("maxmemory", "2gb")], 0),
+            "dynamic: CONFIG SET"
+        );
+        let restart = with(&[("maxmemory", "1gb"), ("io-threads", "2")], 1);
+        assert_ne!(base.revision, restart.revision);
+        assert_ne!(base.shape, restart.shape, "static: a restart");
     }
 }

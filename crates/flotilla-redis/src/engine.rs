@@ -1,1 +1,430 @@
-//! (being written)
+//! The member's side of the Redis engine: from the slice and what each local instance
+//! says (`INFO`), the commands that wire it into the shard.
+//!
+//! ```text
+//!   primary P (slice annotation, or the member's own newer switchover)
+//!   for each local instance with an INFO answer:
+//!     it is P:   master ─ ok
+//!                replica, unlinked, and the federation asks to promote this process
+//!                        ─ REPLICAOF NO ONE            (never with Sentinel: it decides)
+//!     not P:     replica of P ─ ok
+//!                replica of another ─ REPLICAOF P      (with Sentinel: only if unlinked)
+//!                master with P as an online replica ─ FAILOVER TO P TIMEOUT …
+//!                master otherwise ─ REPLICAOF P        (with Sentinel: only if empty)
+//!   dynamic config differs from what this process was given ─ CONFIG SET
+//! ```
+//!
+//! A master is never demoted towards an instance that is not a caught-up replica of it
+//! unless the federation named that instance: the federation compares every member's
+//! offsets before it names a primary (see [`crate::primary`]), which one member cannot.
+
+use std::collections::BTreeMap;
+
+use flotilla_api::InstanceSet;
+use flotilla_api::redis::{ParamClass, config_of_class, primary_of, promote_of};
+
+use crate::info::Info;
+use crate::launch::split_addr;
+
+/// How long a planned switchover may pause writes while the new primary catches up.
+pub const FAILOVER_TIMEOUT_MS: u64 = 10_000;
+
+/// The shard's primary as a member sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Primary {
+    /// Its ordinal.
+    pub ordinal: u32,
+    /// Its address, `host:port`.
+    pub endpoint: String,
+}
+
+/// One local instance that answered `INFO`.
+#[derive(Clone, Copy, Debug)]
+pub struct Local<'a> {
+    /// Its ordinal.
+    pub ordinal: u32,
+    /// Its address.
+    pub endpoint: &'a str,
+    /// What it said.
+    pub info: &'a Info,
+}
+
+/// A command for one instance, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// The instance.
+    pub ordinal: u32,
+    /// The command and its arguments.
+    pub args: Vec<String>,
+    /// Why, for the log.
+    pub why: String,
+}
+
+/// A switchover this member made, not yet reflected by the federation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalSwitchover {
+    /// The old primary.
+    pub from: u32,
+    /// The new one, and its address.
+    pub to: Primary,
+}
+
+/// The primary the member wires to: the federation's, unless this member switched it
+/// over from that very instance since (the federation follows once it sees the
+/// reports).
+pub fn primary(set: &InstanceSet, local: Option<&LocalSwitchover>) -> Option<Primary> {
+    let named = primary_of(set).map(|(ordinal, endpoint)| Primary { ordinal, endpoint });
+    match (named, local) {
+        (Some(p), Some(s)) if p.ordinal == s.from => Some(s.to.clone()),
+        (None, Some(s)) => Some(s.to.clone()),
+        (named, _) => named,
+    }
+}
+
+/// The role label of a local instance: the primary role only for the primary while
+/// Redis says it is a master; the secondary role for replicas; none for a master that
+/// is not the primary (it is about to be demoted). So no two instances are labelled
+/// primary even while several answer `master` (a new shard, a failover in progress).
+pub fn role(
+    primary: Option<&Primary>,
+    local: &Local<'_>,
+    role_map: &BTreeMap<String, String>,
+) -> Option<String> {
+    let mapped = |r: &str| role_map.get(r).cloned().unwrap_or_else(|| r.to_string());
+    match local.info.status.role.as_str() {
+        "master" if primary.is_some_and(|p| p.ordinal == local.ordinal) => Some(mapped("master")),
+        "master" => None,
+        "slave" => Some(mapped("slave")),
+        _ => None,
+    }
+}
+
+/// The replication commands for the local instances.
+pub fn replication(set: &InstanceSet, primary: &Primary, locals: &[Local<'_>]) -> Vec<Command> {
+    let sentinel = set
+        .spec
+        .redis
+        .as_ref()
+        .is_some_and(|r| r.sentinel.is_some());
+    let promote = promote_of(set);
+    let Some((host, port)) = split_addr(&primary.endpoint) else {
+        return Vec::new();
+    };
+    let replicaof = |ordinal: u32, why: String| Command {
+        ordinal,
+        args: vec!["REPLICAOF".into(), host.into(), port.into()],
+        why,
+    };
+    let mut out = Vec::new();
+    for l in locals {
+        let s = &l.info.status;
+        if l.info.failing_over {
+            continue; // a FAILOVER is running on it: let it finish
+        }
+        if l.ordinal == primary.ordinal {
+            let asked = promote
+                .as_ref()
+                .is_some_and(|(o, run)| *o == l.ordinal && *run == l.info.run_id);
+            if s.role == "slave" && l.info.unlinked() && asked && !sentinel {
+                out.push(Command {
+                    ordinal: l.ordinal,
+                    args: vec!["REPLICAOF".into(), "NO".into(), "ONE".into()],
+                    why: format!(
+                        "the federation made {} the primary: it holds the most data",
+                        l.ordinal
+                    ),
+                });
+            }
+            continue;
+        }
+        match s.role.as_str() {
+            "slave" if s.master.as_deref() == Some(primary.endpoint.as_str()) => {}
+            "slave" if !sentinel || !s.link_up => out.push(replicaof(
+                l.ordinal,
+                format!(
+                    "replicates from {}, the primary is {} at {}",
+                    s.master.as_deref().unwrap_or("?"),
+                    primary.ordinal,
+                    primary.endpoint
+                ),
+            )),
+            "master"
+                if l.info
+                    .replicas
+                    .iter()
+                    .any(|(a, state, _)| *a == primary.endpoint && state == "online") =>
+            {
+                out.push(Command {
+                    ordinal: l.ordinal,
+                    args: vec![
+                        "FAILOVER".into(),
+                        "TO".into(),
+                        host.into(),
+                        port.into(),
+                        "TIMEOUT".into(),
+                        FAILOVER_TIMEOUT_MS.to_string(),
+                    ],
+                    why: format!(
+                        "hands the primary over to {} at {}",
+                        primary.ordinal, primary.endpoint
+                    ),
+                })
+            }
+            "master" if !sentinel || s.keys == 0 => out.push(replicaof(
+                l.ordinal,
+                format!(
+                    "is a master, the primary is {} at {}",
+                    primary.ordinal, primary.endpoint
+                ),
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The dynamic parameters every instance of the set should run with: the user's
+/// dynamic ones and the fencing.
+pub fn dynamic_config(set: &InstanceSet) -> BTreeMap<String, String> {
+    let Some(redis) = &set.spec.redis else {
+        return BTreeMap::new();
+    };
+    let mut out: BTreeMap<String, String> = config_of_class(&redis.config, ParamClass::Dynamic)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    out.insert(
+        "min-replicas-to-write".into(),
+        redis.min_replicas_to_write.unwrap_or(0).to_string(),
+    );
+    out
+}
+
+/// `CONFIG SET` of every parameter of `want` (one command; Redis 7 sets them
+/// atomically).
+pub fn config_set(ordinal: u32, want: &BTreeMap<String, String>) -> Option<Command> {
+    if want.is_empty() {
+        return None;
+    }
+    let mut args = vec!["CONFIG".to_string(), "SET".to_string()];
+    for (k, v) in want {
+        args.push(k.clone());
+        args.push(v.clone());
+    }
+    Some(Command {
+        ordinal,
+        args,
+        why: "the set's dynamic config changed".into(),
+    })
+}
+
+/// The `FAILOVER TO` a planned switchover from `from` sends, when `to` (at
+/// `to_endpoint`) is one of its online replicas; else why it cannot go yet.
+pub fn failover_to(from: &Info, to_endpoint: &str) -> Result<Vec<String>, String> {
+    if from.status.role != "master" {
+        return Err(format!("the old primary is a {}", from.status.role));
+    }
+    if !from
+        .replicas
+        .iter()
+        .any(|(a, state, _)| a == to_endpoint && state == "online")
+    {
+        return Err(format!(
+            "{to_endpoint} is not an online replica of the old primary"
+        ));
+    }
+    let (host, port) =
+        split_addr(to_endpoint).ok_or_else(|| format!("bad address {to_endpoint}"))?;
+    Ok(vec![
+        "FAILOVER".into(),
+        "TO".into(),
+        host.into(),
+        port.into(),
+        "TIMEOUT".into(),
+        FAILOVER_TIMEOUT_MS.to_string(),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_api::redis::{PRIMARY_ANNOTATION, PROMOTE_ANNOTATION, RedisSpec, SentinelSpec};
+    use flotilla_api::{InstanceSetSpec, Object};
+
+    use super::*;
+    use crate::info::parse;
+
+    fn set(annotations: &[(&str, &str)], sentinel: bool) -> InstanceSet {
+        let mut s: InstanceSet = Object::new(
+            "cache",
+            InstanceSetSpec {
+                redis: Some(RedisSpec {
+                    sentinel: sentinel.then(SentinelSpec::default),
+                    ..RedisSpec::default()
+                }),
+                ..InstanceSetSpec::default()
+            },
+        );
+        s.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        s
+    }
+
+    fn master(replicas: &[&str], keys: u64) -> Info {
+        let mut text = String::from("run_id:r1\nrole:master\nmaster_repl_offset:100\n");
+        for (i, r) in replicas.iter().enumerate() {
+            let (h, p) = r.split_once(':').unwrap();
+            text.push_str(&format!(
+                "slave{i}:ip={h},port={p},state=online,offset=100,lag=0\n"
+            ));
+        }
+        text.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\n"));
+        parse(&text)
+    }
+
+    fn replica(of: &str, up: bool) -> Info {
+        let (h, p) = of.split_once(':').unwrap();
+        parse(&format!(
+            "run_id:r2\nrole:slave\nmaster_host:{h}\nmaster_port:{p}\nmaster_link_status:{}\nslave_repl_offset:90\n",
+            if up { "up" } else { "down" }
+        ))
+    }
+
+    fn check(set: &InstanceSet, locals: &[(u32, &str, Info)], expect: &[&str]) {
+        let p = primary(set, None).unwrap();
+        let locals: Vec<Local<'_>> = locals
+            .iter()
+            .map(|(o, e, i)| Local {
+                ordinal: *o,
+                endpoint: e,
+                info: i,
+            })
+            .collect();
+        let got: Vec<String> = replication(set, &p, &locals)
+            .iter()
+            .map(|c| format!("{} {}", c.ordinal, c.args.join(" ")))
+            .collect();
+        assert_eq!(got, expect);
+    }
+
+    const A: &str = "127.0.1.1:6379";
+    const B: &str = "127.0.1.2:6379";
+    const C: &str = "127.0.1.3:6379";
+
+    #[test]
+    fn a_new_shard_is_wired_to_the_named_primary() {
+        let s = set(&[(PRIMARY_ANNOTATION, "0=127.0.1.1:6379")], false);
+        check(
+            &s,
+            &[
+                (0, A, master(&[], 0)),
+                (1, B, master(&[], 0)),
+                (2, C, replica(A, true)),
+            ],
+            &["1 REPLICAOF 127.0.1.1 6379"],
+        );
+    }
+
+    #[test]
+    fn replicas_follow_a_moved_primary_and_a_master_hands_over_to_its_replica() {
+        let s = set(&[(PRIMARY_ANNOTATION, "1=127.0.1.2:6379")], false);
+        check(
+            &s,
+            &[(0, A, master(&[B, C], 5)), (2, C, replica(A, true))],
+            &[
+                "0 FAILOVER TO 127.0.1.2 6379 TIMEOUT 10000",
+                "2 REPLICAOF 127.0.1.2 6379",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_held_back_primary_is_promoted_only_when_the_federation_names_its_process() {
+        let held = replica(A, false);
+        let s = set(&[(PRIMARY_ANNOTATION, "0=127.0.1.1:6379")], false);
+        check(&s, &[(0, A, held.clone())], &[]);
+        let other_run = set(
+            &[
+                (PRIMARY_ANNOTATION, "0=127.0.1.1:6379"),
+                (PROMOTE_ANNOTATION, "0=r1"),
+            ],
+            false,
+        );
+        check(&other_run, &[(0, A, held.clone())], &[]);
+        let this_run = set(
+            &[
+                (PRIMARY_ANNOTATION, "0=127.0.1.1:6379"),
+                (PROMOTE_ANNOTATION, "0=r2"),
+            ],
+            false,
+        );
+        check(&this_run, &[(0, A, held.clone())], &["0 REPLICAOF NO ONE"]);
+        let sentinel = set(
+            &[
+                (PRIMARY_ANNOTATION, "0=127.0.1.1:6379"),
+                (PROMOTE_ANNOTATION, "0=r2"),
+            ],
+            true,
+        );
+        check(&sentinel, &[(0, A, held)], &[]);
+    }
+
+    #[test]
+    fn with_sentinel_a_master_with_data_and_a_linked_replica_are_left_to_it() {
+        let s = set(&[(PRIMARY_ANNOTATION, "0=127.0.1.1:6379")], true);
+        check(
+            &s,
+            &[
+                (1, B, master(&[], 7)),
+                (2, C, replica(B, true)),
+                (3, "127.0.1.4:6379", master(&[], 0)),
+                (4, "127.0.1.5:6379", replica(B, false)),
+            ],
+            &["3 REPLICAOF 127.0.1.1 6379", "4 REPLICAOF 127.0.1.1 6379"],
+        );
+    }
+
+    #[test]
+    fn a_local_switchover_outranks_the_stale_name_of_its_old_primary() {
+        let s = set(&[(PRIMARY_ANNOTATION, "0=127.0.1.1:6379")], false);
+        let sw = LocalSwitchover {
+            from: 0,
+            to: Primary {
+                ordinal: 1,
+                endpoint: B.into(),
+            },
+        };
+        assert_eq!(primary(&s, Some(&sw)).unwrap().ordinal, 1);
+        let moved = set(&[(PRIMARY_ANNOTATION, "2=127.0.1.3:6379")], false);
+        assert_eq!(primary(&moved, Some(&sw)).unwrap().ordinal, 2);
+    }
+
+    #[test]
+    fn only_the_primary_is_labelled_primary() {
+        let map = BTreeMap::from([
+            ("master".to_string(), "primary".to_string()),
+            ("slave".to_string(), "secondary".to_string()),
+        ]);
+        let p = Primary {
+            ordinal: 0,
+            endpoint: A.into(),
+        };
+        let m = master(&[], 0);
+        let r = replica(A, true);
+        let l = |o, info| Local {
+            ordinal: o,
+            endpoint: A,
+            info,
+        };
+        assert_eq!(role(Some(&p), &l(0, &m), &map).as_deref(), Some("primary"));
+        assert_eq!(role(Some(&p), &l(1, &m), &map), None);
+        assert_eq!(role(None, &l(0, &m), &map), None);
+        assert_eq!(
+            role(Some(&p), &l(2, &r), &map).as_deref(),
+            Some("secondary")
+        );
+    }
+}

@@ -1,1 +1,380 @@
-//! (being written)
+//! The federation's side of the Redis engine: which instance is the shard's primary,
+//! from every member's report.
+//!
+//! ```text
+//!   none yet ─▶ the lowest ordinal of the home member, once it runs
+//!   P master, staying ─▶ P (its address as reported)
+//!   P master, leaving (scale-in, moved away) ─▶ its caught-up replica with the highest
+//!        offset (P's member then hands over with FAILOVER TO)
+//!   P empty while another instance holds data ─▶ the holder with the highest offset
+//!   P replica linked to M (a switchover, Sentinel) ─▶ M
+//!   P replica, unlinked (restarted and held back) ─▶ without Sentinel, the instance with
+//!        the highest offset, with a promotion for that very process; with Sentinel, wait
+//!   P down ─▶ with Sentinel, the master its replicas follow; without, P (PrimaryLost)
+//! ```
+
+use flotilla_api::status::{PrimaryStatus, RedisInstanceStatus};
+
+/// One instance as the federation sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Seen<'a> {
+    /// Its ordinal.
+    pub ordinal: u32,
+    /// The member it runs in.
+    pub cluster: &'a str,
+    /// Its address.
+    pub endpoint: Option<&'a str>,
+    /// Ready, by its member's word.
+    pub ready: bool,
+    /// Its ordinal stays in the set's placement (not being removed).
+    pub staying: bool,
+    /// What Redis says, if its member could ask.
+    pub redis: Option<&'a RedisInstanceStatus>,
+}
+
+/// What the federation decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// The primary.
+    pub primary: Option<PrimaryStatus>,
+    /// Promote this process (`(ordinal, run_id)`): the primary is an unlinked replica
+    /// that must take over.
+    pub promote: Option<(u32, String)>,
+    /// Why the shard has no working primary, for the Degraded condition.
+    pub problem: Option<String>,
+}
+
+fn status(s: &Seen<'_>) -> Option<PrimaryStatus> {
+    Some(PrimaryStatus {
+        ordinal: s.ordinal,
+        cluster: Some(s.cluster.to_string()),
+        endpoint: s.endpoint?.to_string(),
+    })
+}
+
+/// Chooses the primary (see the module documentation). `first` is the ordinal a new
+/// shard starts with (the lowest of the home member); `sentinel`: Sentinel decides
+/// failovers.
+pub fn choose(
+    previous: Option<&PrimaryStatus>,
+    seen: &[Seen<'_>],
+    first: Option<u32>,
+    sentinel: bool,
+) -> Decision {
+    let by_ordinal = |o: u32| seen.iter().find(|s| s.ordinal == o);
+    let by_endpoint = |e: &str| seen.iter().find(|s| s.endpoint == Some(e));
+    let someone_has_data = |but: u32| {
+        seen.iter()
+            .any(|s| s.ordinal != but && redis(s).is_some_and(|r| r.keys > 0))
+    };
+    let followed = || followed(seen);
+    let keep = |p: &PrimaryStatus, problem: Option<String>| Decision {
+        primary: Some(p.clone()),
+        promote: None,
+        problem,
+    };
+
+    let Some(p) = previous else {
+        let start = first.and_then(by_ordinal).filter(|s| redis(s).is_some());
+        return match start {
+            Some(s) => take_over(*s),
+            None => Decision::default(),
+        };
+    };
+    let Some(s) = by_ordinal(p.ordinal).filter(|s| redis(s).is_some()) else {
+        // Down, not reported, or no longer placed.
+        if sentinel && let Some(m) = followed() {
+            return take_over(m);
+        }
+        let gone = by_ordinal(p.ordinal).is_none();
+        if gone && let Some(b) = best(seen.iter()) {
+            return take_over(b);
+        }
+        return keep(
+            p,
+            Some(format!(
+                "primary {} ({}) is not running{}",
+                p.ordinal,
+                p.cluster.as_deref().unwrap_or("?"),
+                if sentinel {
+                    "; waiting for Sentinel to fail over"
+                } else {
+                    ": there is no automatic failover without spec.redis.sentinel; bring it back or switch over"
+                }
+            )),
+        );
+    };
+    let r = redis(s).expect("filtered above");
+    let moved = |s: &Seen<'_>| PrimaryStatus {
+        ordinal: p.ordinal,
+        cluster: Some(s.cluster.to_string()),
+        endpoint: s.endpoint.unwrap_or(&p.endpoint).to_string(),
+    };
+    if r.role == "master" {
+        if r.keys == 0 && someone_has_data(s.ordinal) {
+            let holders = seen
+                .iter()
+                .filter(|o| o.ordinal != s.ordinal && redis(o).is_some_and(|r| r.keys > 0));
+            if let Some(b) = best(holders) {
+                return take_over(b);
+            }
+        }
+        if !s.staying {
+            let linked = seen.iter().filter(|o| {
+                redis(o).is_some_and(|r| {
+                    r.role == "slave" && r.link_up && r.master.as_deref() == s.endpoint
+                })
+            });
+            if let Some(b) = best(linked) {
+                return take_over(b);
+            }
+        }
+        return keep(&moved(s), None);
+    }
+    // P is a replica.
+    if r.link_up
+        && let Some(m) = r.master.as_deref().and_then(by_endpoint)
+        && redis(m).is_some_and(|r| r.role == "master")
+    {
+        return take_over(*m);
+    }
+    if sentinel {
+        if let Some(m) = followed() {
+            return take_over(m);
+        }
+        return keep(
+            &moved(s),
+            Some(format!(
+                "primary {} is a replica without a primary; waiting for Sentinel",
+                p.ordinal
+            )),
+        );
+    }
+    match best(seen.iter()) {
+        Some(b) => take_over(b),
+        None => keep(&moved(s), None),
+    }
+}
+
+/// What Redis says of `s`, when it is ready and has an address.
+fn redis<'a>(s: &Seen<'a>) -> Option<&'a RedisInstanceStatus> {
+    s.redis.filter(|_| s.ready && s.endpoint.is_some())
+}
+
+/// The instance with the most data among `candidates` that stay: highest offset, then
+/// keys, then the lowest ordinal.
+fn best<'a, 'b>(candidates: impl Iterator<Item = &'b Seen<'a>>) -> Option<Seen<'a>>
+where
+    'a: 'b,
+{
+    candidates
+        .filter(|s| s.staying)
+        .filter_map(|s| Some((s, redis(s)?)))
+        .max_by(|(a, ra), (b, rb)| {
+            ra.offset
+                .cmp(&rb.offset)
+                .then(ra.keys.cmp(&rb.keys))
+                .then(b.ordinal.cmp(&a.ordinal))
+        })
+        .map(|(s, _)| *s)
+}
+
+/// `s` becomes the primary; promoted when it is a replica without a link.
+fn take_over(s: Seen<'_>) -> Decision {
+    let promote = redis(&s)
+        .filter(|r| r.role == "slave" && !r.link_up)
+        .map(|r| (s.ordinal, r.run_id.clone()));
+    Decision {
+        primary: status(&s),
+        promote,
+        problem: None,
+    }
+}
+
+/// With Sentinel: the master that linked replicas follow is the one it elected (the one
+/// most replicas follow, then the lowest ordinal).
+fn followed<'a>(seen: &[Seen<'a>]) -> Option<Seen<'a>> {
+    seen.iter()
+        .filter(|s| redis(s).is_some_and(|r| r.role == "master"))
+        .map(|m| {
+            let followers = seen
+                .iter()
+                .filter_map(redis)
+                .filter(|r| r.role == "slave" && r.link_up && r.master.as_deref() == m.endpoint)
+                .count();
+            (followers, m)
+        })
+        .filter(|(n, _)| *n > 0)
+        .min_by_key(|(n, m)| (std::cmp::Reverse(*n), m.ordinal))
+        .map(|(_, m)| *m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `"0@a master keys=3 offset=10 replicas=1"`, `"1@b slave of=0 up offset=9"`,
+    /// flags: `down` (not ready), `leaving`.
+    fn parse(spec: &str) -> (Seen<'static>, RedisInstanceStatus) {
+        let mut words = spec.split_whitespace();
+        let head = words.next().unwrap();
+        let (o, c) = head.split_once('@').unwrap();
+        let ordinal: u32 = o.parse().unwrap();
+        let mut r = RedisInstanceStatus {
+            run_id: format!("run{ordinal}"),
+            ..RedisInstanceStatus::default()
+        };
+        let mut ready = true;
+        let mut staying = true;
+        for w in words {
+            match w.split_once('=') {
+                Some(("keys", n)) => r.keys = n.parse().unwrap(),
+                Some(("offset", n)) => r.offset = n.parse().unwrap(),
+                Some(("of", n)) => r.master = Some(format!("10.0.0.{n}:6379")),
+                _ => match w {
+                    "master" | "slave" => r.role = w.to_string(),
+                    "up" => r.link_up = true,
+                    "down" => ready = false,
+                    "leaving" => staying = false,
+                    other => panic!("{other}"),
+                },
+            }
+        }
+        let endpoint: &'static str = Box::leak(format!("10.0.0.{ordinal}:6379").into_boxed_str());
+        let cluster: &'static str = Box::leak(c.to_string().into_boxed_str());
+        (
+            Seen {
+                ordinal,
+                cluster,
+                endpoint: Some(endpoint),
+                ready,
+                staying,
+                redis: None,
+            },
+            r,
+        )
+    }
+
+    /// Runs `choose` and renders `"primary 1 promote 1"` or `"none"`, plus the problem.
+    fn check(previous: Option<u32>, instances: &[&str], sentinel: bool, expect: &str) {
+        let parsed: Vec<(Seen<'static>, RedisInstanceStatus)> =
+            instances.iter().map(|s| parse(s)).collect();
+        let seen: Vec<Seen<'_>> = parsed
+            .iter()
+            .map(|(s, r)| Seen {
+                redis: Some(r),
+                ..*s
+            })
+            .collect();
+        let prev = previous.map(|o| PrimaryStatus {
+            ordinal: o,
+            cluster: Some("a".into()),
+            endpoint: format!("10.0.0.{o}:6379"),
+        });
+        let d = choose(prev.as_ref(), &seen, Some(0), sentinel);
+        let mut got = match &d.primary {
+            Some(p) => format!("primary {}", p.ordinal),
+            None => "none".into(),
+        };
+        if let Some((o, run)) = &d.promote {
+            assert_eq!(*run, format!("run{o}"));
+            got.push_str(&format!(" promote {o}"));
+        }
+        if d.problem.is_some() {
+            got.push_str(" problem");
+        }
+        assert_eq!(got, expect, "{instances:?}");
+    }
+
+    #[test]
+    fn a_new_shard_starts_with_the_first_ordinal_once_it_runs() {
+        check(None, &["0@a master", "1@b master"], false, "primary 0");
+        check(None, &["0@a master down", "1@b master"], false, "none");
+    }
+
+    #[test]
+    fn a_running_primary_stays_and_a_leaving_one_hands_over_to_its_best_replica() {
+        let shard = [
+            "0@a master keys=5 offset=10",
+            "1@b slave of=0 up offset=9",
+            "2@b slave of=0 up offset=10",
+        ];
+        check(Some(0), &shard, false, "primary 0");
+        check(
+            Some(0),
+            &["0@a master keys=5 offset=10 leaving", shard[1], shard[2]],
+            false,
+            "primary 2",
+        );
+    }
+
+    #[test]
+    fn an_empty_primary_never_stays_while_another_instance_holds_data() {
+        check(
+            Some(0),
+            &[
+                "0@a master keys=0 offset=0",
+                "1@b slave of=0 offset=50 keys=9",
+                "2@b slave of=0 offset=40 keys=9",
+            ],
+            false,
+            "primary 1 promote 1",
+        );
+    }
+
+    #[test]
+    fn a_held_back_primary_gives_way_to_the_instance_with_the_most_data() {
+        let held = "0@a slave of=0 offset=30 keys=9";
+        check(
+            Some(0),
+            &[
+                held,
+                "1@b slave of=0 offset=50 keys=9",
+                "2@c slave of=0 offset=45 keys=9",
+            ],
+            false,
+            "primary 1 promote 1",
+        );
+        check(
+            Some(0),
+            &[
+                "0@a slave of=0 offset=60 keys=9",
+                "1@b slave of=0 offset=50 keys=9",
+            ],
+            false,
+            "primary 0 promote 0",
+        );
+        check(
+            Some(0),
+            &[held, "1@b slave of=0 offset=50 keys=9"],
+            true,
+            "primary 0 problem",
+        );
+    }
+
+    #[test]
+    fn the_federation_follows_a_switchover_and_sentinel() {
+        check(
+            Some(0),
+            &[
+                "0@a slave of=1 up",
+                "1@b master keys=3",
+                "2@c slave of=1 up",
+            ],
+            false,
+            "primary 1",
+        );
+        check(
+            Some(0),
+            &["0@a master down", "1@b master keys=3", "2@c slave of=1 up"],
+            true,
+            "primary 1",
+        );
+        check(
+            Some(0),
+            &["0@a master down", "1@b slave of=0", "2@c slave of=0"],
+            false,
+            "primary 0 problem",
+        );
+    }
+}
