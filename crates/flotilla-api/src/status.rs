@@ -104,13 +104,15 @@ pub struct RedisInstanceStatus {
     /// For a replica: its link to that primary is up.
     #[serde(default)]
     pub link_up: bool,
-    /// Its replication offset (`master_repl_offset` of a primary, the processed offset
-    /// of a replica).
+    /// For a replica without a working link: the replication offset it stopped at,
+    /// which the federation compares to choose who takes over. 0 otherwise (it moves
+    /// with every write, and a report that changed with every write would be a write
+    /// storm).
     #[serde(default)]
     pub offset: u64,
-    /// Keys in all its databases (0: the dataset is empty).
+    /// Its dataset is empty (no key in any database).
     #[serde(default)]
-    pub keys: u64,
+    pub empty: bool,
     /// For a primary: the replicas connected to it, `host:port`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<String>,

@@ -170,7 +170,7 @@ pub fn replication(set: &InstanceSet, primary: &Primary, locals: &[Local<'_>]) -
                     ),
                 })
             }
-            "master" if !sentinel || s.keys == 0 => out.push(replicaof(
+            "master" if !sentinel || l.info.keys == 0 => out.push(replicaof(
                 l.ordinal,
                 format!(
                     "is a master, the primary is {} at {}",

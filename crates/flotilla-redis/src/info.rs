@@ -11,6 +11,11 @@ pub struct Info {
     pub status: RedisInstanceStatus,
     /// The process's `run_id`: another one means the instance restarted.
     pub run_id: String,
+    /// Its replication offset as it is now (the status carries it only while it
+    /// stands still: see `RedisInstanceStatus::offset`).
+    pub offset: u64,
+    /// Keys in all its databases.
+    pub keys: u64,
     /// For a primary: its replicas as `(host:port, state, offset)`.
     pub replicas: Vec<(String, String, u64)>,
     /// A `FAILOVER` is in progress (`master_failover_state` other than `no-failover`).
@@ -51,9 +56,16 @@ pub fn parse(text: &str) -> Info {
             status.master = Some(join(h, p));
         }
         status.link_up = get("master_link_status") == Some("up");
-        status.offset = number("slave_repl_offset");
+    }
+    let offset = if role == "slave" {
+        number("slave_repl_offset")
     } else {
-        status.offset = number("master_repl_offset");
+        number("master_repl_offset")
+    };
+    if role == "slave" && !status.link_up {
+        status.offset = offset;
+    }
+    if role != "slave" {
         for (k, v) in &fields {
             let Some(n) = k.strip_prefix("slave") else {
                 continue;
@@ -76,7 +88,7 @@ pub fn parse(text: &str) -> Info {
             .map(|(a, _, _)| a.clone())
             .collect();
     }
-    status.keys = fields
+    let keys = fields
         .iter()
         .filter(|(k, _)| k.starts_with("db") && k[2..].parse::<u32>().is_ok())
         .filter_map(|(_, v)| {
@@ -85,9 +97,12 @@ pub fn parse(text: &str) -> Info {
                 .and_then(|n| n.parse::<u64>().ok())
         })
         .sum();
+    status.empty = keys == 0;
     status.run_id = get("run_id").unwrap_or_default().to_string();
     Info {
         run_id: status.run_id.clone(),
+        offset,
+        keys,
         status,
         replicas,
         failing_over: get("master_failover_state").is_some_and(|s| s != "no-failover"),
@@ -122,8 +137,10 @@ mod tests {
             "# Server\r\nredis_version:7.0.15\r\nrun_id:abc\r\n# Replication\r\nrole:master\r\nconnected_slaves:2\r\nslave0:ip=127.0.1.2,port=6379,state=online,offset=420,lag=0\r\nslave1:ip=127.0.1.3,port=6379,state=wait_bgsave,offset=0,lag=0\r\nmaster_failover_state:no-failover\r\nmaster_repl_offset:420\r\n# Keyspace\r\ndb0:keys=10,expires=0,avg_ttl=0\r\ndb3:keys=5,expires=1,avg_ttl=9\r\n",
         );
         assert_eq!(i.status.role, "master");
-        assert_eq!(i.status.offset, 420);
-        assert_eq!(i.status.keys, 15);
+        assert_eq!(i.offset, 420);
+        assert_eq!(i.status.offset, 0, "a primary's offset moves: not reported");
+        assert_eq!(i.keys, 15);
+        assert!(!i.status.empty);
         assert_eq!(i.status.replicas, ["127.0.1.2:6379"], "online ones only");
         assert_eq!(i.replicas.len(), 2);
         assert_eq!(i.run_id, "abc");
@@ -136,8 +153,8 @@ mod tests {
         let i = parse(text);
         assert_eq!(i.status.master.as_deref(), Some("127.0.1.1:6379"));
         assert!(!i.status.link_up && i.unlinked());
-        assert_eq!(i.status.offset, 77);
-        assert_eq!(i.status.keys, 0);
+        assert_eq!(i.status.offset, 77, "an unlinked replica's offset stands still");
+        assert!(i.status.empty);
         assert!(i.held_back("127.0.1.1:6379"));
         assert!(!i.held_back("127.0.1.2:6379"));
         let v6 =

@@ -65,7 +65,7 @@ pub fn choose(
     let by_endpoint = |e: &str| seen.iter().find(|s| s.endpoint == Some(e));
     let someone_has_data = |but: u32| {
         seen.iter()
-            .any(|s| s.ordinal != but && redis(s).is_some_and(|r| r.keys > 0))
+            .any(|s| s.ordinal != but && redis(s).is_some_and(|r| !r.empty))
     };
     let followed = || followed(seen);
     let keep = |p: &PrimaryStatus, problem: Option<String>| Decision {
@@ -111,10 +111,10 @@ pub fn choose(
         endpoint: s.endpoint.unwrap_or(&p.endpoint).to_string(),
     };
     if r.role == "master" {
-        if r.keys == 0 && someone_has_data(s.ordinal) {
+        if r.empty && someone_has_data(s.ordinal) {
             let holders = seen
                 .iter()
-                .filter(|o| o.ordinal != s.ordinal && redis(o).is_some_and(|r| r.keys > 0));
+                .filter(|o| o.ordinal != s.ordinal && redis(o).is_some_and(|r| !r.empty));
             if let Some(b) = best(holders) {
                 return take_over(b);
             }
@@ -161,8 +161,9 @@ fn redis<'a>(s: &Seen<'a>) -> Option<&'a RedisInstanceStatus> {
     s.redis.filter(|_| s.ready && s.endpoint.is_some())
 }
 
-/// The instance with the most data among `candidates` that stay: highest offset, then
-/// keys, then the lowest ordinal.
+/// The instance with the most data among `candidates` that stay: highest offset (of the
+/// unlinked: linked ones report none, and a `FAILOVER TO` waits for its target to catch
+/// up), then not empty, then the lowest ordinal.
 fn best<'a, 'b>(candidates: impl Iterator<Item = &'b Seen<'a>>) -> Option<Seen<'a>>
 where
     'a: 'b,
@@ -173,7 +174,7 @@ where
         .max_by(|(a, ra), (b, rb)| {
             ra.offset
                 .cmp(&rb.offset)
-                .then(ra.keys.cmp(&rb.keys))
+                .then(rb.empty.cmp(&ra.empty))
                 .then(b.ordinal.cmp(&a.ordinal))
         })
         .map(|(s, _)| *s)
@@ -228,7 +229,7 @@ mod tests {
         let mut staying = true;
         for w in words {
             match w.split_once('=') {
-                Some(("keys", n)) => r.keys = n.parse().unwrap(),
+                Some(("keys", n)) => r.empty = n == "0",
                 Some(("offset", n)) => r.offset = n.parse().unwrap(),
                 Some(("of", n)) => r.master = Some(format!("10.0.0.{n}:6379")),
                 _ => match w {
