@@ -4,6 +4,8 @@
 //! - [`controller`]: the InstanceSet controller's loop: observe, prepare (the pure
 //!   planner of `flotilla-instanceset`), commit each action idempotently, write status
 //!   only when it changed, and probe roles with versioned results.
+//! - [`nodes`]: nodes from node groups, first-fit placement and free capacity, shared
+//!   by the members that schedule instances themselves (simulated, process).
 //! - [`redis`]: Redis `ROLE` probes and switchovers over RESP.
 //! - [`sim`]: the simulated member (KWOK-like, in memory) that `flotilla dev`, the
 //!   end-to-end tests and the scale benchmarks run on.
@@ -11,6 +13,7 @@
 pub mod backend;
 pub mod controller;
 mod error;
+pub mod nodes;
 pub mod redis;
 pub mod sim;
 

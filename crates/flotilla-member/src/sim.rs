@@ -5,9 +5,9 @@
 //! are scheduled first-fit on nodes with room for their requests, one `pods` slot
 //! each, never more than `maxInstancesPerNode` of a set on a node, and preferably on a
 //! node with none of the set yet (so instances of different roles do not share a
-//! node while there are enough nodes). Time is logical: [`Sim::advance`] moves it, so
-//! tests are exact and fast; `Pending` turns `Running` after `start_delay`, `Running`
-//! turns ready after `ready_delay`. Roles are simulated: a set with an exclusive role
+//! node while there are enough nodes): the shared model of [`crate::nodes`]. Time is
+//! logical: [`Sim::advance`] moves it, so tests are exact and fast; `Pending` turns
+//! `Running` after `start_delay`, `Running` turns ready after `ready_delay`. Roles are simulated: a set with an exclusive role
 //! elects its first ready instance, a switchover moves the role, and faults (kill an
 //! instance, fail a node, fail the next switchover) can be injected.
 
@@ -16,12 +16,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use flotilla_api::decode;
-use flotilla_api::quantity::{self, Amount};
-use flotilla_api::resources::{self, PODS, Requests};
+use flotilla_api::quantity;
 use flotilla_api::{CapacityModel, FieldError, InstanceSet, InstanceSetStatus, Invalid, NodeGroup};
 use flotilla_instanceset::{Action, Instance, Observed, Phase, Revision, Volume};
 
 use crate::backend::{Applied, Backend};
+use crate::nodes::{Demand, Nodes, per_node as count_per_node};
 use serde::Deserialize;
 
 use crate::{Error, Result};
@@ -107,15 +107,6 @@ impl SimConfig {
 }
 
 #[derive(Debug)]
-struct Node {
-    name: String,
-    allocatable: Requests,
-    used: Requests,
-    pods: u32,
-    failed: bool,
-}
-
-#[derive(Debug)]
 struct Pod {
     node: Option<usize>,
     revision: Revision,
@@ -125,8 +116,7 @@ struct Pod {
     since: Duration,
     role: Option<String>,
     role_version: u64,
-    requests: Requests,
-    max_per_node: Option<u32>,
+    demand: Demand,
 }
 
 #[derive(Debug, Default)]
@@ -150,7 +140,7 @@ struct State {
     start_delay: Duration,
     ready_delay: Duration,
     local_volumes: bool,
-    nodes: Vec<Node>,
+    nodes: Nodes,
     sets: BTreeMap<String, SetSim>,
     writes: u64,
 }
@@ -178,26 +168,13 @@ fn key(set: &InstanceSet) -> String {
 impl Sim {
     /// A member with the configured nodes, at time zero.
     pub fn new(config: &SimConfig) -> Sim {
-        let mut nodes = Vec::new();
-        for (g, group) in config.node_groups.iter().enumerate() {
-            let allocatable = resources::free_resources(&group.free);
-            for i in 0..group.count {
-                nodes.push(Node {
-                    name: format!("node-{g}-{i}"),
-                    allocatable: allocatable.clone(),
-                    used: Requests::new(),
-                    pods: 0,
-                    failed: false,
-                });
-            }
-        }
         Sim {
             state: Mutex::new(State {
                 now: Duration::ZERO,
                 start_delay: config.start_delay,
                 ready_delay: config.ready_delay,
                 local_volumes: config.local_volumes,
-                nodes,
+                nodes: Nodes::new(&config.node_groups),
                 sets: BTreeMap::new(),
                 writes: 0,
             }),
@@ -229,7 +206,7 @@ impl Sim {
             let SetSim { pods, volumes, .. } = &mut *set;
             for (&ordinal, pod) in pods.iter_mut() {
                 if pod.node.is_none() && pod.phase == Phase::Pending {
-                    pod.node = place(nodes, pod, &counts, bound_node(volumes, ordinal));
+                    pod.node = nodes.place(&pod.demand, &counts, bound_node(volumes, ordinal));
                     if let Some(idx) = pod.node {
                         *counts.entry(idx).or_insert(0) += 1;
                         pod.since = *now;
@@ -281,10 +258,9 @@ impl Sim {
     /// Fails a node: every instance on it fails, and nothing is scheduled there again.
     pub fn fail_node(&self, name: &str) {
         let mut st = self.lock();
-        let Some(idx) = st.nodes.iter().position(|n| n.name == name) else {
+        let Some(idx) = st.nodes.fail(name) else {
             return;
         };
-        st.nodes[idx].failed = true;
         for set in st.sets.values_mut() {
             for pod in set.pods.values_mut().filter(|p| p.node == Some(idx)) {
                 pod.phase = Phase::Failed;
@@ -306,7 +282,7 @@ impl Sim {
     pub fn node_of(&self, set: &InstanceSet, ordinal: u32) -> Option<String> {
         let st = self.lock();
         let idx = st.sets.get(&key(set))?.pods.get(&ordinal)?.node?;
-        Some(st.nodes[idx].name.clone())
+        Some(st.nodes.name(idx).to_string())
     }
 
     /// The last status written for `set`.
@@ -325,45 +301,7 @@ impl Sim {
 
 /// Instances of one set per node index.
 fn per_node(set: &SetSim) -> BTreeMap<usize, u32> {
-    let mut counts = BTreeMap::new();
-    for idx in set.pods.values().filter_map(|p| p.node) {
-        *counts.entry(idx).or_insert(0) += 1;
-    }
-    counts
-}
-
-/// First fit for `pod`, preferring nodes with no instance of its set (`counts`), never
-/// past `maxInstancesPerNode`; reserves the resources it takes.
-fn place(
-    nodes: &mut [Node],
-    pod: &Pod,
-    counts: &BTreeMap<usize, u32>,
-    only: Option<usize>,
-) -> Option<usize> {
-    let here = |i: usize| counts.get(&i).copied().unwrap_or(0);
-    let fits = |i: usize, n: &Node| {
-        !n.failed
-            && only.is_none_or(|o| o == i)
-            && pod.max_per_node.is_none_or(|max| here(i) < max)
-            && pod.requests.iter().all(|(r, need)| {
-                let have = n.allocatable.get(r).copied().unwrap_or_default();
-                let used = n.used.get(r).copied().unwrap_or_default();
-                have.saturating_sub(used) >= *need
-            })
-            && n.allocatable
-                .get(PODS)
-                .is_none_or(|max| u128::from(n.pods) < max.fits(Amount::units(1)).unwrap_or(0))
-    };
-    let idx = (0..nodes.len())
-        .find(|&i| here(i) == 0 && fits(i, &nodes[i]))
-        .or_else(|| (0..nodes.len()).find(|&i| fits(i, &nodes[i])))?;
-    let node = &mut nodes[idx];
-    for (r, need) in &pod.requests {
-        let e = node.used.entry(r.clone()).or_default();
-        *e = e.saturating_add(*need);
-    }
-    node.pods += 1;
-    Some(idx)
+    count_per_node(set.pods.values().filter_map(|p| p.node))
 }
 
 /// The node an ordinal's volumes are bound to, if any.
@@ -380,19 +318,6 @@ fn bind(volumes: &mut BTreeMap<(String, u32), Option<usize>>, ordinal: u32, node
         if *o == ordinal && bound.is_none() {
             *bound = Some(node);
         }
-    }
-}
-
-/// Gives a deleted instance's resources back to its node.
-fn release(nodes: &mut [Node], pod: &Pod) {
-    if let Some(idx) = pod.node {
-        let node = &mut nodes[idx];
-        for (r, need) in &pod.requests {
-            if let Some(e) = node.used.get_mut(r) {
-                *e = e.saturating_sub(*need);
-            }
-        }
-        node.pods = node.pods.saturating_sub(1);
     }
 }
 
@@ -415,8 +340,8 @@ impl Backend for Sim {
                 phase: p.phase,
                 ready: p.ready,
                 deleting: false,
-                node: p.node.map(|i| st.nodes[i].name.clone()),
-                node_lost: p.node.is_some_and(|i| st.nodes[i].failed),
+                node: p.node.map(|i| st.nodes.name(i).to_string()),
+                node_lost: p.node.is_some_and(|i| st.nodes.is_failed(i)),
                 role: p.role.clone(),
                 role_version: p.role_version,
                 probe: None,
@@ -425,7 +350,7 @@ impl Backend for Sim {
                     format!(
                         "{}-{ordinal}.{}.sim:{}",
                         set.name(),
-                        st.nodes[i].name,
+                        st.nodes.name(i),
                         flotilla_api::redis::port_of(&set.spec.template)
                     )
                 }),
@@ -484,11 +409,8 @@ impl Backend for Sim {
                 if s.pods.contains_key(ordinal) {
                     Applied::Unchanged
                 } else {
-                    let requests = match &set.spec.template.spec {
-                        Some(pod) => resources::pod_requests(pod)
-                            .map_err(|e| Error::Backend(e.to_string()))?,
-                        None => Requests::new(),
-                    };
+                    let demand =
+                        Demand::of(&set.spec).map_err(|e| Error::Backend(e.to_string()))?;
                     let mut pod = Pod {
                         node: None,
                         revision: Revision::of(&set.spec),
@@ -497,10 +419,10 @@ impl Backend for Sim {
                         since: now,
                         role: None,
                         role_version: 0,
-                        requests,
-                        max_per_node: set.spec.max_instances_per_node,
+                        demand,
                     };
-                    pod.node = place(nodes, &pod, &per_node(s), bound_node(&s.volumes, *ordinal));
+                    pod.node =
+                        nodes.place(&pod.demand, &per_node(s), bound_node(&s.volumes, *ordinal));
                     if let Some(idx) = pod.node
                         && *local_volumes
                     {
@@ -552,7 +474,9 @@ impl Backend for Sim {
             Action::Recreate { ordinal, .. } | Action::Delete { ordinal } => {
                 match s.pods.remove(ordinal) {
                     Some(p) => {
-                        release(nodes, &p);
+                        if let Some(idx) = p.node {
+                            nodes.release(idx, &p.demand);
+                        }
                         if matches!(action, Action::Delete { .. }) && s.primary == Some(*ordinal) {
                             s.primary = None;
                         }
@@ -599,22 +523,7 @@ impl Backend for Sim {
     }
 
     async fn capacity(&self) -> Result<CapacityModel> {
-        let st = self.lock();
-        let free = st.nodes.iter().filter(|n| !n.failed).map(|n| {
-            let mut free: BTreeMap<String, Amount> = n
-                .allocatable
-                .iter()
-                .map(|(r, have)| {
-                    let used = n.used.get(r).copied().unwrap_or_default();
-                    (r.clone(), have.saturating_sub(used))
-                })
-                .collect();
-            if let Some(p) = free.get_mut(PODS) {
-                *p = p.saturating_sub(Amount::units(u64::from(n.pods)));
-            }
-            free
-        });
-        Ok(CapacityModel::from_nodes(free))
+        Ok(self.lock().nodes.capacity())
     }
 }
 
