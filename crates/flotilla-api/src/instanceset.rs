@@ -49,6 +49,9 @@ pub struct InstanceSetSpec {
     /// federated set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSpec>,
+    /// The shard a companion sentinel set watches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_for: Option<crate::redis::SentinelFor>,
 }
 
 /// Annotation on a member's slice when the set's exclusive roles (its primary) live in
@@ -102,6 +105,7 @@ impl FederatedInstanceSetSpec {
                 shard_replicas: Some(self.replicas),
                 ..r.clone()
             }),
+            sentinel_for: self.sentinel_for.clone(),
         }
     }
 }

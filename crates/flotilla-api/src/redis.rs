@@ -42,6 +42,25 @@ pub struct RedisSpec {
     pub shard_replicas: Option<u32>,
 }
 
+/// On a companion set `<set>-sentinel`, which Flotilla creates for a Redis set with
+/// sentinels: the shard its sentinels watch. Written by Flotilla only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SentinelFor {
+    /// The Redis set's name (same namespace); also the name sentinels know it by.
+    pub set: String,
+    /// Quorum and timings.
+    pub sentinel: SentinelSpec,
+}
+
+/// The name of the companion sentinel set of `set`.
+pub fn sentinel_set_name(set: &str) -> String {
+    format!("{set}-sentinel")
+}
+
+/// The port sentinels listen on.
+pub const SENTINEL_PORT: u16 = 26379;
+
 /// Redis deployment modes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum RedisMode {

@@ -54,6 +54,10 @@ pub struct FederatedInstanceSetSpec {
     /// Run the instances as one Redis shard (replication, fencing, failover, config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSpec>,
+    /// On the companion set Flotilla runs for a Redis set's sentinels: the shard they
+    /// watch. Written by Flotilla, never by users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_for: Option<crate::redis::SentinelFor>,
 }
 
 impl Kind for FederatedInstanceSetSpec {

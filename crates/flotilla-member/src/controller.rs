@@ -35,6 +35,7 @@ use flotilla_instanceset::{
 use tokio::sync::Mutex;
 
 use crate::backend::{Applied, Backend};
+use crate::engine::{self, EngineState};
 use crate::{Error, Result};
 
 /// What one reconcile pass did.
@@ -58,6 +59,8 @@ struct SetState {
     probes: BTreeMap<u32, ProbeResult>,
     last_switchover: Option<SwitchoverOutcome>,
     last_status: Option<InstanceSetStatus>,
+    /// The Redis engine's memory (`spec.redis` sets).
+    engine: EngineState,
 }
 
 /// Reconciles InstanceSets against one backend.
@@ -144,17 +147,38 @@ impl<B: Backend> Controller<B> {
         mut observed: Observed,
     ) -> Result<Pass> {
         let desired = Revision::of(&set.spec);
+        // A Redis set: what every running instance says, asked before any lock.
+        let redis = match set.spec.redis {
+            Some(_) => Some(engine::observe(&*self.backend, set, &observed).await),
+            None => None,
+        };
+        let mut engine_state;
         {
-            let sets = self.sets.lock().await;
-            if let Some(state) = sets.get(&key(set)).filter(|s| s.uid == set.metadata.uid) {
-                for inst in &mut observed.instances {
-                    if let Some(p) = state.probes.get(&inst.ordinal)
-                        && inst.probe.as_ref().is_none_or(|q| p.version > q.version)
-                    {
-                        inst.probe = Some(p.clone());
-                    }
+            let mut sets = self.sets.lock().await;
+            let state = state_of(&mut sets, set);
+            for inst in &mut observed.instances {
+                if let Some(p) = state.probes.get(&inst.ordinal)
+                    && inst.probe.as_ref().is_none_or(|q| p.version > q.version)
+                {
+                    inst.probe = Some(p.clone());
                 }
-                observed.last_switchover = state.last_switchover.clone();
+            }
+            observed.last_switchover = state.last_switchover.clone();
+            state.engine.settle(set);
+            engine_state = state.engine.clone();
+        }
+        let primary = flotilla_redis::engine::primary(set, engine_state.switchover.as_ref());
+        if let Some(seen) = &redis {
+            // Redis says who is what; the label names one primary only.
+            let roles = engine::roles(set, primary.as_ref(), seen);
+            for inst in &mut observed.instances {
+                if let Some(role) = roles.get(&inst.ordinal) {
+                    let version = self.probe_version.fetch_add(1, Ordering::SeqCst) + 1;
+                    inst.probe = Some(ProbeResult {
+                        role: role.clone(),
+                        version,
+                    });
+                }
             }
         }
         let mut plan = prepare(set, &observed);
@@ -173,7 +197,18 @@ impl<B: Backend> Controller<B> {
             {
                 continue;
             }
-            match self.backend.apply(set, action).await {
+            let applied = match (action, &redis) {
+                (Action::Switchover { from, to, .. }, Some(seen)) => {
+                    engine::switchover(&*self.backend, set, seen, *from, *to)
+                        .await
+                        .map(|(applied, done)| {
+                            engine_state.switchover = Some(done);
+                            applied
+                        })
+                }
+                _ => self.backend.apply(set, action).await,
+            };
+            match applied {
                 Ok(Applied::Wrote) => writes += 1,
                 Ok(Applied::Unchanged) => {}
                 Err(Error::Switchover(message)) => {
@@ -206,11 +241,31 @@ impl<B: Backend> Controller<B> {
                 });
             }
         }
+        let mut wired = 0;
+        if let Some(seen) = &redis {
+            let primary =
+                flotilla_redis::engine::primary(set, engine_state.switchover.as_ref());
+            wired =
+                engine::wire(&*self.backend, set, primary.as_ref(), seen, &mut engine_state).await;
+            writes += wired;
+            engine::report(&mut plan.status, seen);
+        }
+        if set.spec.sentinel_for.is_some() {
+            // Running sentinels of this pass's observation; one created in this pass
+            // is registered in a later one, once it runs.
+            let (sent, seen) = engine::sentinels(&*self.backend, set, &observed).await;
+            wired += sent;
+            writes += sent;
+            engine::report_sentinels(&mut plan.status, &seen);
+        }
         if !failures.is_empty() {
             report_failures(&mut plan.status, &failures);
         }
         let mut sets = self.sets.lock().await;
         let state = state_of(&mut sets, set);
+        if redis.is_some() {
+            state.engine = engine_state;
+        }
         // Until the next probe sees the new roles, planning the same switchover again
         // is harmless: a switchover names its end state (`to` holds the role).
         if let Some(outcome) = switchover {
@@ -237,6 +292,7 @@ impl<B: Backend> Controller<B> {
         }
         let n = set.spec.ordinals.to_vec().len() as u32;
         let converged = plan.actions.is_empty()
+            && wired == 0
             && plan.status.ready_replicas == n
             && plan.status.updated_replicas == n;
         Ok(Pass {

@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod controller;
+mod engine;
 mod error;
 pub mod nodes;
 pub mod redis;

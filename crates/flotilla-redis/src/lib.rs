@@ -17,5 +17,6 @@ pub mod engine;
 pub mod info;
 pub mod launch;
 pub mod primary;
+pub mod sentinel;
 
 pub use launch::{Bind, Start, config_file, server_args, server_config, split_addr, startup};

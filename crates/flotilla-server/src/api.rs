@@ -127,7 +127,7 @@ pub(crate) fn now_time() -> Time {
 }
 
 /// A random (version 4) UUID, as Kubernetes gives every object.
-fn uid() -> Result<String, Status> {
+pub(crate) fn uid() -> Result<String, Status> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
     b[6] = (b[6] & 0x0f) | 0x40; // version 4
@@ -198,7 +198,23 @@ impl Api {
                     o.metadata
                         .namespace
                         .get_or_insert_with(|| "default".to_string());
-                    validate::federated_instance_set(*o).map(|v| Write::Set(Box::new(v)))
+                    if o.spec.sentinel_for.is_some() {
+                        errors.extend(
+                            tag(Invalid::one(
+                                "spec.sentinelFor",
+                                "written by Flotilla on the sentinel sets it runs; set spec.redis.sentinel instead",
+                            ))
+                            .0,
+                        );
+                        continue;
+                    }
+                    match validate::federated_instance_set(*o) {
+                        Ok(v) => match self.changes_no_rollout_can_make(&v).await? {
+                            None => Ok(Write::Set(Box::new(v))),
+                            Some(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    }
                 }
                 AnyObject::Cluster(mut o) => {
                     if o.status.take().is_some() {
@@ -269,6 +285,47 @@ impl Api {
             });
         }
         Ok(ApplyResponse { applied, warnings })
+    }
+
+    /// What in `set` may not change from the stored set of its name: immutable Redis
+    /// parameters, the Redis mode, and whether it is a Redis set at all.
+    async fn changes_no_rollout_can_make(
+        &self,
+        set: &FederatedInstanceSet,
+    ) -> Result<Option<Invalid>, Status> {
+        let ns = set.namespace().unwrap_or("default");
+        let key = keys::set(&keys::set_key(ns, set.name()));
+        let Some(kv) = self.store.get(&key).await.map_err(store_status)? else {
+            return Ok(None);
+        };
+        let old: FederatedInstanceSet = decode_json(&kv)?;
+        if let Some(watched) = &old.spec.sentinel_for {
+            return Ok(Some(Invalid::one(
+                "metadata.name",
+                format!(
+                    "{} is the sentinel set Flotilla runs for {}; change spec.redis.sentinel of {} instead",
+                    set.name(),
+                    watched.set,
+                    watched.set
+                ),
+            )));
+        }
+        let problems: Vec<(String, String)> = match (&old.spec.redis, &set.spec.redis) {
+            (Some(a), Some(b)) => flotilla_api::redis::immutable_changes(a, b),
+            (None, None) => Vec::new(),
+            _ => vec![(
+                "spec.redis".to_string(),
+                "cannot be added to or removed from a set that exists (its instances' data and command line depend on it)".to_string(),
+            )],
+        };
+        Ok((!problems.is_empty()).then(|| {
+            Invalid(
+                problems
+                    .into_iter()
+                    .map(|(path, why)| flotilla_api::FieldError::new(path, why))
+                    .collect(),
+            )
+        }))
     }
 
     async fn apply_set(&self, set: FederatedInstanceSet, dry_run: bool) -> Result<Applied, Status> {

@@ -30,7 +30,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use flotilla_api::status::FederatedInstanceSetStatus;
 use flotilla_api::{
-    Cluster, ClusterStatus, FederatedInstanceSet, InstanceSet, InstanceSetStatus, validate,
+    Cluster, ClusterStatus, FederatedInstanceSet, InstanceSet, InstanceSetStatus, Valid, validate,
 };
 use flotilla_scheduler::{Inventory, Plan};
 use flotilla_store::{Condition, Event, KeyValue, Revision, Store};
@@ -542,6 +542,36 @@ impl Controller {
 
         // Decide every write before making any.
         let home = federation::exclusive_home(&set, &desired, &existing_slices, &reports, &alive);
+        let previous_primary = cache
+            .statuses
+            .get(key)
+            .and_then(|e| e.value.primary.as_ref());
+        let redis = crate::redis::decide(
+            &set,
+            &desired,
+            &reports,
+            home.as_deref(),
+            previous_primary,
+            &alive,
+        );
+        let mut extra = redis
+            .as_ref()
+            .map(crate::redis::annotations)
+            .unwrap_or_default();
+        if let Some(watched) = &set.spec.sentinel_for {
+            // Sentinels register the shard at the primary the federation knows.
+            let (ns, _) = keys::split_set_key(key);
+            let parent = cache
+                .statuses
+                .get(&keys::set_key(ns, &watched.set))
+                .and_then(|e| e.value.primary.as_ref());
+            if let Some(p) = parent {
+                extra.insert(
+                    flotilla_api::redis::PRIMARY_ANNOTATION.to_string(),
+                    flotilla_api::redis::primary_annotation(p.ordinal, &p.endpoint),
+                );
+            }
+        }
         let mut shrink = Vec::new();
         let mut grow = Vec::new();
         for (cluster, e) in &existing {
@@ -563,6 +593,7 @@ impl Controller {
                 Some(&e.value),
                 home.as_deref(),
                 &leaving,
+                &extra,
             );
             if new.spec == e.value.spec
                 && new.metadata.labels == e.value.metadata.labels
@@ -585,6 +616,7 @@ impl Controller {
                     None,
                     home.as_deref(),
                     &BTreeSet::new(),
+                    &extra,
                 );
                 new.metadata.creation_timestamp = Some(crate::api::now_time());
                 // A report left from an earlier slice of this set (written as that
@@ -637,6 +669,7 @@ impl Controller {
             alive: &|c| cache.alive.contains(c),
             previous: before.map(|e| &e.value),
             now: &now,
+            redis: redis.as_ref(),
         });
         if before.map(|e| &e.value) != Some(&status) {
             let skey = keys::set_status(key);
@@ -651,7 +684,7 @@ impl Controller {
                 },
             );
         }
-        Ok(())
+        self.sync_companion(cache, key, &set, &clusters).await
     }
 
     /// Writes (or, for `None`, deletes) slices of one set, all at once: the store
@@ -722,8 +755,66 @@ impl Controller {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Creates, updates or deletes the companion sentinel set of a Redis set (an
+    /// ordinary set in the store, `<set>-sentinel`, so every member and the CLI see
+    /// it as one). Only a set Flotilla made for this parent is ever touched.
+    async fn sync_companion(
+        &self,
+        cache: &mut Cache,
+        key: &SetKey,
+        set: &FederatedInstanceSet,
+        clusters: &[Valid<Cluster>],
+    ) -> anyhow::Result<()> {
+        if set.spec.sentinel_for.is_some() {
+            return Ok(());
+        }
+        let (ns, name) = keys::split_set_key(key);
+        let ckey = keys::set_key(ns, &flotilla_api::redis::sentinel_set_name(name));
+        let existing = cache.sets.get(&ckey);
+        if existing.is_some_and(|e| !crate::redis::is_companion_of(&e.value, name)) {
+            tracing::warn!(set = %key, companion = %ckey, "a set of the companion's name exists and is not Flotilla's: no sentinels");
+            return Ok(());
+        }
+        let want = crate::redis::companion(set, clusters, existing.map(|e| &e.value));
+        let store_key = keys::set(&ckey);
+        match (want, existing) {
+            (None, None) => {}
+            (None, Some(e)) => {
+                // Not marked fresh: the watch's event makes the companion reconcile
+                // (and clean up its slices) like any deleted set.
+                self.store
+                    .delete(&store_key, Some(e.rev))
+                    .await
+                    .context("deleting the companion sentinel set")?;
+                cache.sets.remove(&ckey);
+            }
+            (Some(mut want), existing) => {
+                if existing.is_some_and(|e| e.value.spec == want.spec && e.value.metadata.labels == want.metadata.labels) {
+                    return Ok(());
+                }
+                if want.metadata.uid.is_none() {
+                    want.metadata.uid = Some(crate::api::uid().map_err(|s| anyhow::anyhow!("{}", s.message()))?);
+                    want.metadata.creation_timestamp = Some(crate::api::now_time());
+                }
+                let condition = existing.map_or(Condition::Absent, |e| Condition::ModRevision(e.rev));
+                // Not marked fresh: the watch's event makes the companion reconcile.
+                let r = put_json(&*self.store, &store_key, &want, condition).await?;
+                tracing::info!(set = %key, companion = %ckey, "companion sentinel set stored");
+                cache.sets.insert(ckey.clone(), Entry { value: want, rev: r });
+            }
+        }
+        Ok(())
+    }
+
     /// The set is gone: remove its slices from every member, then its records.
     async fn clean_up(&self, cache: &mut Cache, key: &SetKey) -> anyhow::Result<()> {
+        // Its companion sentinel set goes with it.
+        let (ns, name) = keys::split_set_key(key);
+        let ckey = keys::set_key(ns, &flotilla_api::redis::sentinel_set_name(name));
+        if let Some(e) = cache.sets.get(&ckey).filter(|e| crate::redis::is_companion_of(&e.value, name)) {
+            self.store.delete(&keys::set(&ckey), Some(e.rev)).await?;
+            cache.sets.remove(&ckey);
+        }
         let clusters: Vec<(String, Revision)> = cache
             .slices
             .get(key)

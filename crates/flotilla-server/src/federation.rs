@@ -99,6 +99,7 @@ pub fn slice(
     existing: Option<&InstanceSet>,
     home: Option<&str>,
     leaving: &BTreeSet<u32>,
+    extra: &BTreeMap<String, String>,
 ) -> InstanceSet {
     let mut s: InstanceSet = Object::new(set.name(), set.spec.slice(ordinals));
     s.metadata.namespace = Some(set.namespace().unwrap_or("default").to_string());
@@ -106,7 +107,7 @@ pub fn slice(
         (CLUSTER_LABEL.to_string(), cluster.to_string()),
         (SET_LABEL.to_string(), set.name().to_string()),
     ]));
-    let mut annotations = BTreeMap::new();
+    let mut annotations = extra.clone();
     if let Some(home) = home.filter(|h| *h != cluster) {
         annotations.insert(EXCLUSIVE_ROLES_ELSEWHERE.to_string(), home.to_string());
     }

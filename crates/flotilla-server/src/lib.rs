@@ -24,6 +24,7 @@ mod http;
 pub mod keys;
 pub mod leader;
 mod metrics;
+mod redis;
 mod status;
 
 use std::net::SocketAddr;

@@ -31,6 +31,8 @@ pub struct Inputs<'a> {
     pub previous: Option<&'a FederatedInstanceSetStatus>,
     /// Now, RFC 3339.
     pub now: &'a str,
+    /// A Redis set's primary, as the federation decided it.
+    pub redis: Option<&'a flotilla_redis::primary::Decision>,
 }
 
 impl std::fmt::Debug for Inputs<'_> {
@@ -192,6 +194,9 @@ pub fn aggregate(i: &Inputs<'_>) -> FederatedInstanceSetStatus {
             ),
         ));
     }
+    if let Some(problem) = i.redis.and_then(|d| d.problem.as_ref()) {
+        degraded.push(("PrimaryLost", problem.clone()));
+    }
     if !split.is_empty() {
         degraded.push((
             "ExclusiveRoleSplit",
@@ -244,6 +249,7 @@ pub fn aggregate(i: &Inputs<'_>) -> FederatedInstanceSetStatus {
         unschedulable,
         clusters,
         instances,
+        primary: i.redis.and_then(|d| d.primary.clone()),
         conditions,
     }
 }
@@ -355,6 +361,7 @@ mod tests {
             alive: &|_| true,
             previous: None,
             now: "2026-01-01T00:00:00Z",
+            redis: None,
         });
         assert_eq!((s.replicas, s.ready_replicas, s.unschedulable), (4, 4, 0));
         assert_eq!(s.observed_generation, Some(3));
@@ -375,6 +382,7 @@ mod tests {
             alive: &|_| true,
             previous: Some(&s),
             now: "2026-01-01T00:05:00Z",
+            redis: None,
         });
         assert_eq!(again, s);
     }
@@ -396,6 +404,7 @@ mod tests {
             alive: &|c| c != "b",
             previous: None,
             now: "2026-01-01T00:00:00Z",
+            redis: None,
         });
         assert_eq!((s.replicas, s.ready_replicas, s.unschedulable), (4, 3, 1));
         let sched = get(&s, "Scheduled");
@@ -449,6 +458,7 @@ mod tests {
             alive: &|_| true,
             previous: None,
             now: "2026-01-01T00:00:00Z",
+            redis: None,
         });
         let deg = get(&s, "Degraded");
         assert_eq!(

@@ -1,0 +1,374 @@
+//! The Redis engine's commit phase, for sets with `spec.redis`: what the controller
+//! asks each instance and sends it on every pass, through [`Backend::redis`] (so the
+//! same on every backend: TCP, a Kubernetes port-forward).
+//!
+//! ```text
+//!   observe   INFO server replication keyspace, CONFIG GET <the set's dynamic params>
+//!             of every running instance ─▶ Seen (what the status reports)
+//!   roles     flotilla_redis::engine::role: one instance labelled primary
+//!   switch    a planned switchover: FAILOVER TO the successor (it must be an online
+//!             replica of the old primary), verified with ROLE on both sides
+//!   wire      flotilla_redis::engine::replication: REPLICAOF / FAILOVER TO / promotion
+//!   config    CONFIG SET of the dynamic parameters, once per process (run_id) and
+//!             config: no restart, no new revision
+//! ```
+//!
+//! The decisions are pure ([`flotilla_redis`]); this module only asks and sends. An
+//! instance that does not answer is left out (it may be restarting): the next pass
+//! asks again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flotilla_api::InstanceSet;
+use flotilla_api::status::InstanceSetStatus;
+use flotilla_instanceset::{Observed, Phase};
+use flotilla_redis::engine::{self, Local, LocalSwitchover, Primary};
+use flotilla_redis::info::{self, Info};
+
+use crate::backend::{Applied, Backend};
+use crate::redis::Reply;
+use crate::{Error, Result};
+
+/// How long one command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One running instance that answered.
+#[derive(Clone, Debug)]
+pub(crate) struct Seen {
+    pub endpoint: String,
+    pub info: Info,
+    /// The set's dynamic parameters as it runs them.
+    pub config: BTreeMap<String, String>,
+}
+
+/// What the engine keeps per set between passes.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct EngineState {
+    /// The last switchover this member made, until the federation names its target.
+    pub switchover: Option<LocalSwitchover>,
+    /// Per ordinal: the process (run_id) and dynamic config last applied to it.
+    pub configured: BTreeMap<u32, (String, BTreeMap<String, String>)>,
+}
+
+impl EngineState {
+    /// Drops what the federation has caught up with.
+    pub fn settle(&mut self, set: &InstanceSet) {
+        if let Some(s) = &self.switchover
+            && flotilla_api::redis::primary_of(set).is_some_and(|(o, _)| o != s.from)
+        {
+            self.switchover = None;
+        }
+    }
+}
+
+/// Asks every running instance with an address what it is.
+pub(crate) async fn observe<B: Backend>(
+    backend: &B,
+    set: &InstanceSet,
+    observed: &Observed,
+) -> BTreeMap<u32, Seen> {
+    let params: Vec<String> = engine::dynamic_config(set).into_keys().collect();
+    let mut out = BTreeMap::new();
+    for inst in observed
+        .instances
+        .iter()
+        .filter(|i| i.phase == Phase::Running && !i.deleting)
+    {
+        let Some(endpoint) = inst.endpoint.clone() else {
+            continue;
+        };
+        let asked = backend
+            .redis(
+                set,
+                inst.ordinal,
+                &["INFO", "server", "replication", "keyspace"],
+                COMMAND_TIMEOUT,
+            )
+            .await;
+        let info = match asked {
+            Ok(reply) => match reply.as_text() {
+                Some(text) => info::parse(&text),
+                None => continue,
+            },
+            Err(e) => {
+                tracing::debug!(instance = %name(set, inst.ordinal), error = %e, "INFO failed");
+                continue;
+            }
+        };
+        let mut get = vec!["CONFIG", "GET"];
+        get.extend(params.iter().map(String::as_str));
+        let config = match backend.redis(set, inst.ordinal, &get, COMMAND_TIMEOUT).await {
+            Ok(Reply::Array(Some(items))) => {
+                info::config_pairs(&items.iter().filter_map(Reply::as_text).collect::<Vec<_>>())
+            }
+            _ => BTreeMap::new(),
+        };
+        out.insert(
+            inst.ordinal,
+            Seen {
+                endpoint,
+                info,
+                config,
+            },
+        );
+    }
+    out
+}
+
+fn locals(seen: &BTreeMap<u32, Seen>) -> Vec<Local<'_>> {
+    seen.iter()
+        .map(|(&ordinal, s)| Local {
+            ordinal,
+            endpoint: &s.endpoint,
+            info: &s.info,
+        })
+        .collect()
+}
+
+/// Every answering instance's role label.
+pub(crate) fn roles(
+    set: &InstanceSet,
+    primary: Option<&Primary>,
+    seen: &BTreeMap<u32, Seen>,
+) -> BTreeMap<u32, Option<String>> {
+    let role_map = set
+        .spec
+        .role_probe
+        .as_ref()
+        .and_then(|p| p.redis.as_ref())
+        .map(|r| r.role_map.clone())
+        .unwrap_or_default();
+    locals(seen)
+        .iter()
+        .map(|l| (l.ordinal, engine::role(primary, l, &role_map)))
+        .collect()
+}
+
+/// A planned switchover from `from` to `to`: `FAILOVER TO`, then `ROLE` on both until
+/// they changed places. `Err(Error::Backend)` when it cannot start yet (the successor
+/// is not an online replica yet: the next pass tries again); `Err(Error::Switchover)`
+/// when it started and did not complete.
+pub(crate) async fn switchover<B: Backend>(
+    backend: &B,
+    set: &InstanceSet,
+    seen: &BTreeMap<u32, Seen>,
+    from: u32,
+    to: u32,
+) -> Result<(Applied, LocalSwitchover)> {
+    let target = seen.get(&to).ok_or_else(|| {
+        Error::Backend(format!(
+            "switchover to {} waits: it does not answer",
+            name(set, to)
+        ))
+    })?;
+    let done = LocalSwitchover {
+        from,
+        to: Primary {
+            ordinal: to,
+            endpoint: target.endpoint.clone(),
+        },
+    };
+    let old = seen.get(&from);
+    if target.info.status.role == "master" && old.is_none_or(|o| o.info.status.role != "master") {
+        return Ok((Applied::Unchanged, done));
+    }
+    let old = old.ok_or_else(|| {
+        Error::Backend(format!(
+            "switchover from {} waits: it does not answer",
+            name(set, from)
+        ))
+    })?;
+    let args = engine::failover_to(&old.info, &target.endpoint)
+        .map_err(|why| Error::Backend(format!("switchover from {from} to {to} waits: {why}")))?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match backend.redis(set, from, &args, COMMAND_TIMEOUT).await {
+        Ok(Reply::Simple(ok)) if ok == "OK" => {}
+        Ok(other) => {
+            return Err(Error::Switchover(format!(
+                "{} refused FAILOVER: {other:?}",
+                name(set, from)
+            )));
+        }
+        Err(e) => return Err(Error::Switchover(format!("FAILOVER on {}: {e}", name(set, from)))),
+    }
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(engine::FAILOVER_TIMEOUT_MS)
+        + Duration::from_secs(5);
+    loop {
+        let new = role(backend, set, to).await;
+        let previous = role(backend, set, from).await;
+        if new.as_deref() == Some("master") && previous.as_deref() == Some("slave") {
+            tracing::info!(set = %set.name(), from, to, "switched over");
+            return Ok((Applied::Wrote, done));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Switchover(format!(
+                "after FAILOVER TO, {} says {} and {} says {}",
+                name(set, to),
+                new.as_deref().unwrap_or("nothing"),
+                name(set, from),
+                previous.as_deref().unwrap_or("nothing")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn role<B: Backend>(backend: &B, set: &InstanceSet, ordinal: u32) -> Option<String> {
+    let reply = backend
+        .redis(set, ordinal, &["ROLE"], COMMAND_TIMEOUT)
+        .await
+        .ok()?;
+    crate::redis::role_of(&name(set, ordinal), reply).ok()
+}
+
+/// Wires the answering instances into the shard and applies the dynamic config.
+/// Returns how many commands changed something; a command that fails is logged and
+/// sent again on the next pass.
+pub(crate) async fn wire<B: Backend>(
+    backend: &B,
+    set: &InstanceSet,
+    primary: Option<&Primary>,
+    seen: &BTreeMap<u32, Seen>,
+    state: &mut EngineState,
+) -> usize {
+    let mut commands = Vec::new();
+    if let Some(p) = primary {
+        commands = engine::replication(set, p, &locals(seen));
+    }
+    let want = engine::dynamic_config(set);
+    state.configured.retain(|o, _| seen.contains_key(o));
+    let mut configuring = Vec::new();
+    for (&ordinal, s) in seen {
+        let done = state
+            .configured
+            .get(&ordinal)
+            .is_some_and(|(run, config)| *run == s.info.run_id && *config == want);
+        if !done && let Some(c) = engine::config_set(ordinal, &want) {
+            configuring.push((ordinal, s.info.run_id.clone()));
+            commands.push(c);
+        }
+    }
+    let mut writes = 0;
+    for c in commands {
+        let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+        match backend.redis(set, c.ordinal, &args, COMMAND_TIMEOUT).await {
+            Ok(Reply::Simple(_)) => {
+                writes += 1;
+                tracing::info!(instance = %name(set, c.ordinal), command = %c.args.join(" "), why = %c.why, "redis");
+                if let Some((_, run)) = configuring.iter().find(|(o, _)| *o == c.ordinal)
+                    && c.args[0] == "CONFIG"
+                {
+                    state
+                        .configured
+                        .insert(c.ordinal, (run.clone(), want.clone()));
+                }
+            }
+            Ok(other) => {
+                tracing::warn!(instance = %name(set, c.ordinal), command = %c.args.join(" "), reply = ?other, "redis refused")
+            }
+            Err(e) => {
+                tracing::warn!(instance = %name(set, c.ordinal), command = %c.args.join(" "), error = %e, "redis command failed")
+            }
+        }
+    }
+    writes
+}
+
+/// Puts what each instance said into the status.
+pub(crate) fn report(status: &mut InstanceSetStatus, seen: &BTreeMap<u32, Seen>) {
+    for i in &mut status.instances {
+        if let Some(s) = seen.get(&i.ordinal) {
+            let mut r = s.info.status.clone();
+            r.config = s.config.clone();
+            i.redis = Some(r);
+        }
+    }
+}
+
+fn name(set: &InstanceSet, ordinal: u32) -> String {
+    format!("{}-{ordinal}", set.name())
+}
+
+/// For a companion sentinel set: registers the shard with every running sentinel that
+/// does not know it yet (and keeps its timings), and returns what each says the
+/// shard's primary is, for the status. See [`flotilla_redis::sentinel`].
+pub(crate) async fn sentinels<B: Backend>(
+    backend: &B,
+    set: &InstanceSet,
+    observed: &Observed,
+) -> (usize, BTreeMap<u32, flotilla_api::status::RedisInstanceStatus>) {
+    let Some(watched) = flotilla_redis::sentinel::watched(set) else {
+        return (0, BTreeMap::new());
+    };
+    let primary = flotilla_api::redis::primary_of(set).map(|(_, e)| e);
+    let mut writes = 0;
+    let mut out = BTreeMap::new();
+    for inst in observed
+        .instances
+        .iter()
+        .filter(|i| i.phase == Phase::Running && !i.deleting)
+    {
+        let asked = backend
+            .redis(
+                set,
+                inst.ordinal,
+                &["SENTINEL", "MASTER", &watched.set],
+                COMMAND_TIMEOUT,
+            )
+            .await;
+        let view = match asked {
+            Ok(Reply::Array(Some(items))) => Some(info::config_pairs(
+                &items.iter().filter_map(Reply::as_text).collect::<Vec<_>>(),
+            )),
+            Ok(Reply::Error(_)) => None, // "No such master with that name"
+            _ => continue,
+        };
+        for c in flotilla_redis::sentinel::registration(
+            inst.ordinal,
+            watched,
+            &view,
+            primary.as_deref(),
+        ) {
+            let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+            match backend.redis(set, c.ordinal, &args, COMMAND_TIMEOUT).await {
+                Ok(Reply::Simple(_)) => {
+                    writes += 1;
+                    tracing::info!(instance = %name(set, c.ordinal), command = %c.args.join(" "), why = %c.why, "sentinel");
+                }
+                other => {
+                    tracing::warn!(instance = %name(set, c.ordinal), command = %c.args.join(" "), reply = ?other, "sentinel refused")
+                }
+            }
+        }
+        let master = view.as_ref().and_then(|v| {
+            Some(info::join(v.get("ip")?, v.get("port")?))
+        });
+        out.insert(
+            inst.ordinal,
+            flotilla_api::status::RedisInstanceStatus {
+                role: "sentinel".into(),
+                master,
+                link_up: view
+                    .as_ref()
+                    .and_then(|v| v.get("flags"))
+                    .is_some_and(|f| f == "master"),
+                ..Default::default()
+            },
+        );
+    }
+    (writes, out)
+}
+
+/// Puts what each sentinel said into the status.
+pub(crate) fn report_sentinels(
+    status: &mut InstanceSetStatus,
+    seen: &BTreeMap<u32, flotilla_api::status::RedisInstanceStatus>,
+) {
+    for i in &mut status.instances {
+        if let Some(s) = seen.get(&i.ordinal) {
+            i.redis = Some(s.clone());
+        }
+    }
+}
