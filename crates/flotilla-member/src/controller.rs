@@ -243,10 +243,15 @@ impl<B: Backend> Controller<B> {
         }
         let mut wired = 0;
         if let Some(seen) = &redis {
-            let primary =
-                flotilla_redis::engine::primary(set, engine_state.switchover.as_ref());
-            wired =
-                engine::wire(&*self.backend, set, primary.as_ref(), seen, &mut engine_state).await;
+            let primary = flotilla_redis::engine::primary(set, engine_state.switchover.as_ref());
+            wired = engine::wire(
+                &*self.backend,
+                set,
+                primary.as_ref(),
+                seen,
+                &mut engine_state,
+            )
+            .await;
             writes += wired;
             engine::report(&mut plan.status, seen);
         }

@@ -98,7 +98,10 @@ pub(crate) async fn observe<B: Backend>(
         };
         let mut get = vec!["CONFIG", "GET"];
         get.extend(params.iter().map(String::as_str));
-        let config = match backend.redis(set, inst.ordinal, &get, COMMAND_TIMEOUT).await {
+        let config = match backend
+            .redis(set, inst.ordinal, &get, COMMAND_TIMEOUT)
+            .await
+        {
             Ok(Reply::Array(Some(items))) => {
                 info::config_pairs(&items.iter().filter_map(Reply::as_text).collect::<Vec<_>>())
             }
@@ -190,7 +193,12 @@ pub(crate) async fn switchover<B: Backend>(
                 name(set, from)
             )));
         }
-        Err(e) => return Err(Error::Switchover(format!("FAILOVER on {}: {e}", name(set, from)))),
+        Err(e) => {
+            return Err(Error::Switchover(format!(
+                "FAILOVER on {}: {e}",
+                name(set, from)
+            )));
+        }
     }
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(engine::FAILOVER_TIMEOUT_MS)
@@ -298,7 +306,10 @@ pub(crate) async fn sentinels<B: Backend>(
     backend: &B,
     set: &InstanceSet,
     observed: &Observed,
-) -> (usize, BTreeMap<u32, flotilla_api::status::RedisInstanceStatus>) {
+) -> (
+    usize,
+    BTreeMap<u32, flotilla_api::status::RedisInstanceStatus>,
+) {
     let Some(watched) = flotilla_redis::sentinel::watched(set) else {
         return (0, BTreeMap::new());
     };
@@ -325,12 +336,9 @@ pub(crate) async fn sentinels<B: Backend>(
             Ok(Reply::Error(_)) => None, // "No such master with that name"
             _ => continue,
         };
-        for c in flotilla_redis::sentinel::registration(
-            inst.ordinal,
-            watched,
-            &view,
-            primary.as_deref(),
-        ) {
+        for c in
+            flotilla_redis::sentinel::registration(inst.ordinal, watched, &view, primary.as_deref())
+        {
             let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
             match backend.redis(set, c.ordinal, &args, COMMAND_TIMEOUT).await {
                 Ok(Reply::Simple(_)) => {
@@ -342,9 +350,9 @@ pub(crate) async fn sentinels<B: Backend>(
                 }
             }
         }
-        let master = view.as_ref().and_then(|v| {
-            Some(info::join(v.get("ip")?, v.get("port")?))
-        });
+        let master = view
+            .as_ref()
+            .and_then(|v| Some(info::join(v.get("ip")?, v.get("port")?)));
         out.insert(
             inst.ordinal,
             flotilla_api::status::RedisInstanceStatus {

@@ -153,7 +153,10 @@ mod tests {
         let i = parse(text);
         assert_eq!(i.status.master.as_deref(), Some("127.0.1.1:6379"));
         assert!(!i.status.link_up && i.unlinked());
-        assert_eq!(i.status.offset, 77, "an unlinked replica's offset stands still");
+        assert_eq!(
+            i.status.offset, 77,
+            "an unlinked replica's offset stands still"
+        );
         assert!(i.status.empty);
         assert!(i.held_back("127.0.1.1:6379"));
         assert!(!i.held_back("127.0.1.2:6379"));

@@ -20,8 +20,8 @@ use flotilla_api::redis::{SENTINEL_PORT, SentinelFor, sentinel_set_name};
 use flotilla_api::set::{ClusterBounds, Placement};
 use flotilla_api::{FederatedInstanceSet, FederatedInstanceSetSpec, InstanceSet, Object};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, ResourceRequirements,
+    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+    ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -171,8 +171,14 @@ pub fn registration(
     let name = &sentinel_for.set;
     let s = &sentinel_for.sentinel;
     let timings = [
-        ("down-after-milliseconds", s.down_after_milliseconds.to_string()),
-        ("failover-timeout", s.failover_timeout_milliseconds.to_string()),
+        (
+            "down-after-milliseconds",
+            s.down_after_milliseconds.to_string(),
+        ),
+        (
+            "failover-timeout",
+            s.failover_timeout_milliseconds.to_string(),
+        ),
         ("quorum", s.quorum.to_string()),
         ("parallel-syncs", "1".to_string()),
     ];
@@ -182,11 +188,7 @@ pub fn registration(
             args.push(k.to_string());
             args.push(v.clone());
         }
-        Command {
-            ordinal,
-            args,
-            why,
-        }
+        Command { ordinal, args, why }
     };
     match view {
         None => {
@@ -270,7 +272,10 @@ mod tests {
         );
         assert_eq!(c.spec.placement.per_cluster.len(), 3);
         let two = companion(&parent(3, 2), &["a", "b"]).unwrap();
-        assert!(two.spec.placement.per_cluster.is_empty(), "not possible: spread only");
+        assert!(
+            two.spec.placement.per_cluster.is_empty(),
+            "not possible: spread only"
+        );
         let mut plain = parent(3, 2);
         plain.spec.redis.as_mut().unwrap().sentinel = None;
         assert!(companion(&plain, &["a"]).is_none());
@@ -288,7 +293,10 @@ mod tests {
             fresh[0].args,
             ["SENTINEL", "MONITOR", "cache", "127.0.1.1", "6379", "2"]
         );
-        assert!(registration(0, &f, &None, None).is_empty(), "no primary yet");
+        assert!(
+            registration(0, &f, &None, None).is_empty(),
+            "no primary yet"
+        );
         let known: BTreeMap<String, String> = [
             ("down-after-milliseconds", "5000"),
             ("failover-timeout", "60000"),
@@ -308,7 +316,13 @@ mod tests {
         let c = registration(0, &f, &Some(slow), None);
         assert_eq!(
             c[0].args,
-            ["SENTINEL", "SET", "cache", "down-after-milliseconds", "5000"]
+            [
+                "SENTINEL",
+                "SET",
+                "cache",
+                "down-after-milliseconds",
+                "5000"
+            ]
         );
     }
 }

@@ -789,18 +789,28 @@ impl Controller {
                 cache.sets.remove(&ckey);
             }
             (Some(mut want), existing) => {
-                if existing.is_some_and(|e| e.value.spec == want.spec && e.value.metadata.labels == want.metadata.labels) {
+                if existing.is_some_and(|e| {
+                    e.value.spec == want.spec && e.value.metadata.labels == want.metadata.labels
+                }) {
                     return Ok(());
                 }
                 if want.metadata.uid.is_none() {
-                    want.metadata.uid = Some(crate::api::uid().map_err(|s| anyhow::anyhow!("{}", s.message()))?);
+                    want.metadata.uid =
+                        Some(crate::api::uid().map_err(|s| anyhow::anyhow!("{}", s.message()))?);
                     want.metadata.creation_timestamp = Some(crate::api::now_time());
                 }
-                let condition = existing.map_or(Condition::Absent, |e| Condition::ModRevision(e.rev));
+                let condition =
+                    existing.map_or(Condition::Absent, |e| Condition::ModRevision(e.rev));
                 // Not marked fresh: the watch's event makes the companion reconcile.
                 let r = put_json(&*self.store, &store_key, &want, condition).await?;
                 tracing::info!(set = %key, companion = %ckey, "companion sentinel set stored");
-                cache.sets.insert(ckey.clone(), Entry { value: want, rev: r });
+                cache.sets.insert(
+                    ckey.clone(),
+                    Entry {
+                        value: want,
+                        rev: r,
+                    },
+                );
             }
         }
         Ok(())
@@ -811,7 +821,11 @@ impl Controller {
         // Its companion sentinel set goes with it.
         let (ns, name) = keys::split_set_key(key);
         let ckey = keys::set_key(ns, &flotilla_api::redis::sentinel_set_name(name));
-        if let Some(e) = cache.sets.get(&ckey).filter(|e| crate::redis::is_companion_of(&e.value, name)) {
+        if let Some(e) = cache
+            .sets
+            .get(&ckey)
+            .filter(|e| crate::redis::is_companion_of(&e.value, name))
+        {
             self.store.delete(&keys::set(&ckey), Some(e.rev)).await?;
             cache.sets.remove(&ckey);
         }

@@ -58,14 +58,18 @@ pub fn eligible<'a>(set: &FederatedInstanceSet, clusters: &'a [Valid<Cluster>]) 
             p.cluster_affinity.as_ref().is_none_or(|a| {
                 (a.cluster_names.is_empty() || a.cluster_names.iter().any(|n| n == c.name()))
                     && a.label_selector.as_ref().is_none_or(|sel| {
-                        selector::matches(sel, c.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
+                        selector::matches(
+                            sel,
+                            c.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
+                        )
                     })
             })
         })
         .filter(|c| {
-            c.spec.taints.iter().all(|t| {
-                t.effect == "PreferNoSchedule" || selector::tolerated(t, &p.tolerations)
-            })
+            c.spec
+                .taints
+                .iter()
+                .all(|t| t.effect == "PreferNoSchedule" || selector::tolerated(t, &p.tolerations))
         })
         .map(|c| c.name())
         .collect()
@@ -113,7 +117,10 @@ pub fn annotations(decision: &Decision) -> BTreeMap<String, String> {
         );
     }
     if let Some((ordinal, run_id)) = &decision.promote {
-        out.insert(PROMOTE_ANNOTATION.to_string(), format!("{ordinal}={run_id}"));
+        out.insert(
+            PROMOTE_ANNOTATION.to_string(),
+            format!("{ordinal}={run_id}"),
+        );
     }
     out
 }
