@@ -16,9 +16,9 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_api::quantity::Amount;
+use flotilla_api::quantity::{self, Amount};
 use flotilla_api::resources::{self, PODS, Requests};
-use flotilla_api::{CapacityModel, InstanceSetSpec, Invalid, NodeGroup};
+use flotilla_api::{CapacityModel, FieldError, InstanceSetSpec, Invalid, NodeGroup};
 
 /// What one instance of a set asks of the node it is placed on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -185,6 +185,26 @@ impl Nodes {
         });
         CapacityModel::from_nodes(free)
     }
+}
+
+/// The problems of configured node groups, each naming its field under `path`
+/// (`nodeGroups`): quantities that do not parse, and no node at all.
+pub fn check_groups(groups: &[NodeGroup], path: &str) -> Vec<FieldError> {
+    let mut problems = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        for (name, q) in &g.free {
+            if let Err(e) = quantity::parse(&q.0) {
+                problems.push(FieldError::new(
+                    format!("{path}[{i}].free.{name}"),
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+    if groups.iter().all(|g| g.count == 0) {
+        problems.push(FieldError::new(path, "needs at least one node"));
+    }
+    problems
 }
 
 /// Counts instances per node index (for [`Nodes::place`]'s `of_set`).

@@ -16,12 +16,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use flotilla_api::decode;
-use flotilla_api::quantity;
-use flotilla_api::{CapacityModel, FieldError, InstanceSet, InstanceSetStatus, Invalid, NodeGroup};
+use flotilla_api::{CapacityModel, InstanceSet, InstanceSetStatus, Invalid, NodeGroup};
 use flotilla_instanceset::{Action, Instance, Observed, Phase, Revision, Volume};
 
 use crate::backend::{Applied, Backend};
-use crate::nodes::{Demand, Nodes, per_node as count_per_node};
+use crate::nodes::{Demand, Nodes, check_groups, per_node as count_per_node};
 use serde::Deserialize;
 
 use crate::{Error, Result};
@@ -80,20 +79,7 @@ impl SimConfig {
             return Err(Invalid::one(w.path.clone(), "unknown field"));
         }
         let file = decoded.object;
-        let mut problems = Vec::new();
-        for (i, g) in file.node_groups.iter().enumerate() {
-            for (name, q) in &g.free {
-                if let Err(e) = quantity::parse(&q.0) {
-                    problems.push(FieldError::new(
-                        format!("nodeGroups[{i}].free.{name}"),
-                        e.to_string(),
-                    ));
-                }
-            }
-        }
-        if file.node_groups.iter().all(|g| g.count == 0) {
-            problems.push(FieldError::new("nodeGroups", "needs at least one node"));
-        }
+        let problems = check_groups(&file.node_groups, "nodeGroups");
         if !problems.is_empty() {
             return Err(Invalid(problems));
         }
