@@ -45,6 +45,9 @@ pub enum Error {
     /// The member backend failed.
     #[error("member")]
     Member(#[source] flotilla_member::Error),
+    /// The process member could not start (its data directory, its state files).
+    #[error("process member")]
+    Process(#[source] flotilla_process::Error),
 }
 
 impl Error {

@@ -8,7 +8,7 @@
 //!          ◀── Hello{cluster, resume_revision} · Heartbeat{capacity} · Report{status} ◀──┘
 //!                                                          │ replace / put / delete
 //!                                                          ▼
-//!                    Member: SimMember (Sim + Controller, real time) | KubeMember (CRs)
+//!        Member: LocalMember (Controller, real time) over Sim | processes · KubeMember (CRs)
 //!                        └── statuses (watch) ──▶ Reports, capacity ──▶ Heartbeats
 //! ```
 //!
@@ -20,8 +20,11 @@
 //! - [`Member`] ([`member`]): what a member does with its slices. The agent only tells
 //!   it what to hold; the member converges on that in the background (level-triggered),
 //!   so applying a Snapshot or Change never waits on the member's cluster.
-//! - [`SimMember`] ([`sim`]): the simulated member in real time, for `flotilla dev`,
-//!   the end-to-end tests and the server's benchmarks (many agents in one process).
+//! - [`LocalMember`] ([`local`]): a member controller in real time over a backend that
+//!   schedules its instances itself: [`SimMember`] ([`sim`]), the simulated member, for
+//!   `flotilla dev`, the end-to-end tests and the server's benchmarks (many agents in
+//!   one process); [`ProcessMember`] ([`process`]), instances as local processes (a
+//!   bare-metal pool), each on its own loopback address.
 //! - [`KubeMember`] ([`kube`]): a Kubernetes member: slices become InstanceSet custom
 //!   resources, reconciled by the local controller of `flotilla-kube`. Every Kubernetes
 //!   request goes through `flotilla_kube::FederatedSets`; this crate does not depend on
@@ -29,13 +32,17 @@
 
 pub mod error;
 pub mod kube;
+pub mod local;
 pub mod member;
+pub mod process;
 pub mod session;
 pub mod sim;
 
 pub use error::{Error, Result};
 pub use kube::{KubeMember, KubeMemberOptions};
+pub use local::{LocalBackend, LocalMember, LocalMemberOptions};
 pub use member::{Held, Member, Statuses, slice_key};
+pub use process::ProcessMember;
 pub use session::{Options, run};
 pub use sim::{SimMember, SimMemberOptions};
 

@@ -1,110 +1,36 @@
-//! The simulated member in real time: [`flotilla_member::sim::Sim`] and its
-//! [`Controller`], driven by one background task per member.
+//! The simulated member in real time: [`flotilla_member::sim::Sim`] under a
+//! [`LocalMember`], whose ticker advances the simulated clock by the wall-clock time
+//! elapsed.
 //!
 //! ```text
-//!   put / delete / replace ──▶ held (watch, updated at once) + a wake-up
-//!                                   │
-//!   ticker task: advance the Sim by the wall-clock time elapsed, then for each set
-//!     due: probe roles (while it converges, or on its probe period), reconcile,
-//!          publish its status (watch) when it changed
-//!     removed: delete every instance (and volumes when whenDeleted: Delete), forget it
-//!   sleep until the next set is due (at least one tick), or a wake-up
+//!   SimMember = LocalMember<Sim>:  ticker ─▶ Sim::advance(elapsed) ─▶ passes
 //! ```
-//!
-//! Idle members cost nothing but a timer: a converged set is reconciled again only on
-//! its role-probe period or the resync period, and a set that has not converged is
-//! retried every tick while its passes write, backing off to `max_retry` while they
-//! do not (an instance that waits for a node, or for its start delay). So a hundred
-//! agents in one process are cheap when nothing changes.
-//!
-//! The task holds only a weak reference to the member and ends when it is dropped.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_api::set::Retention;
-use flotilla_api::status::{Condition, InstanceSetStatus};
-use flotilla_api::{CapacityModel, InstanceSet, Valid, validate};
-use flotilla_instanceset::Action;
+use flotilla_api::{InstanceSet, InstanceSetStatus};
 use flotilla_member::sim::{Sim, SimConfig};
-use flotilla_member::{Backend as _, Controller};
-use tokio::sync::{Notify, watch};
-use tokio::time::Instant;
 
-use crate::member::{Held, Member, Statuses, set_key};
-use crate::{Error, Result};
+use crate::local::{LocalBackend, LocalMember, LocalMemberOptions};
 
-/// How a [`SimMember`] paces itself.
-#[derive(Clone, Debug)]
-pub struct SimMemberOptions {
-    /// The shortest sleep of the ticker: how often a converging set is reconciled.
-    pub tick: Duration,
-    /// The longest retry delay of a set that has not converged and whose passes write
-    /// nothing.
-    pub max_retry: Duration,
-    /// Reconcile a converged set at least this often (catches injected faults).
-    pub resync: Duration,
-    /// The role-probe period of a set with roles but no `roleProbe`.
-    pub default_probe_period: Duration,
-}
+/// A simulated member cluster that runs in real time.
+pub type SimMember = LocalMember<Sim>;
 
-impl Default for SimMemberOptions {
-    fn default() -> Self {
-        SimMemberOptions {
-            tick: Duration::from_millis(50),
-            max_retry: Duration::from_millis(500),
-            resync: Duration::from_secs(10),
-            default_probe_period: Duration::from_secs(10),
-        }
+/// How a [`SimMember`] paces itself (the options of every [`LocalMember`]).
+pub type SimMemberOptions = LocalMemberOptions;
+
+impl LocalBackend for Sim {
+    fn advance(&self, by: Duration) {
+        Sim::advance(self, by);
+    }
+
+    fn status(&self, set: &InstanceSet) -> Option<InstanceSetStatus> {
+        Sim::status(self, set)
     }
 }
 
-/// A simulated member cluster that runs in real time (see the module documentation).
-#[derive(Debug)]
-pub struct SimMember {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    controller: Controller<Sim>,
-    options: SimMemberOptions,
-    state: Mutex<State>,
-    held: watch::Sender<Held>,
-    statuses: watch::Sender<Statuses>,
-    wake: Arc<Notify>,
-}
-
-/// What the ticker works on.
-#[derive(Debug, Default)]
-struct State {
-    /// Held sets by key.
-    sets: BTreeMap<String, Slot>,
-    /// Sets to tear down, by key.
-    removing: BTreeMap<String, InstanceSet>,
-    /// Bumped on every put, so a pass never records its result over a newer slot.
-    serial: u64,
-}
-
-/// One held set and when it is due.
-#[derive(Debug)]
-struct Slot {
-    /// The set, valid; `None` when invalid (its status says why).
-    valid: Option<Arc<Valid<InstanceSet>>>,
-    /// Which put this is.
-    serial: u64,
-    /// Reconcile at (or after) this instant.
-    due: Instant,
-    /// Probe roles at (or after) this instant, when the set has roles.
-    probe_due: Option<Instant>,
-    /// Whether the last pass found it converged.
-    converged: bool,
-    /// Consecutive passes that wrote nothing without converging.
-    stalls: u32,
-}
-
-impl SimMember {
+impl LocalMember<Sim> {
     /// A simulated member configured by `config`, with default pacing. Must be called
     /// within a tokio runtime: it spawns the ticker.
     pub fn new(config: &SimConfig) -> Arc<SimMember> {
@@ -113,343 +39,12 @@ impl SimMember {
 
     /// A simulated member with explicit pacing.
     pub fn with_options(config: &SimConfig, options: SimMemberOptions) -> Arc<SimMember> {
-        let wake = Arc::new(Notify::new());
-        let inner = Arc::new(Inner {
-            controller: Controller::new(Arc::new(Sim::new(config))),
-            options,
-            state: Mutex::new(State::default()),
-            held: watch::Sender::new(Held::new()),
-            statuses: watch::Sender::new(Statuses::new()),
-            wake: wake.clone(),
-        });
-        tokio::spawn(ticker(Arc::downgrade(&inner), wake));
-        Arc::new(SimMember { inner })
-    }
-
-    /// The slices held, by `namespace/name`, as received; updated as soon as a Snapshot
-    /// or Change is applied (before any reconcile).
-    pub fn held(&self) -> watch::Receiver<Held> {
-        self.inner.held.subscribe()
+        LocalMember::start(Arc::new(Sim::new(config)), options)
     }
 
     /// The simulated cluster, for inspection and fault injection (call
-    /// [`SimMember::resync_now`] after injecting a fault to have it noticed at once).
+    /// [`LocalMember::resync_now`] after injecting a fault to have it noticed at once).
     pub fn sim(&self) -> &Arc<Sim> {
-        self.inner.controller.backend()
-    }
-
-    /// Makes every held set due for a reconcile (and a role probe) now.
-    pub fn resync_now(&self) {
-        let now = Instant::now();
-        {
-            let mut state = self.inner.lock();
-            for slot in state.sets.values_mut() {
-                slot.due = now;
-                slot.converged = false;
-            }
-        }
-        self.inner.wake.notify_one();
-    }
-
-    fn hold(&self, state: &mut State, set: InstanceSet) {
-        let key = set_key(&set);
-        state.removing.remove(&key);
-        let same = self
-            .inner
-            .held
-            .borrow()
-            .get(&key)
-            .is_some_and(|held| *held == set);
-        if same && state.sets.contains_key(&key) {
-            return;
-        }
-        state.serial += 1;
-        let serial = state.serial;
-        let valid = match validate::instance_set(set.clone()) {
-            Ok(valid) => Some(Arc::new(valid)),
-            Err(invalid) => {
-                tracing::warn!(set = %key, %invalid, "invalid slice; not reconciling it");
-                let status = invalid_status(&set, &invalid.to_string());
-                self.inner.statuses.send_if_modified(|s| {
-                    s.insert(key.clone(), status.clone()) != Some(status.clone())
-                });
-                None
-            }
-        };
-        state.sets.insert(
-            key.clone(),
-            Slot {
-                valid,
-                serial,
-                due: Instant::now(),
-                probe_due: None,
-                converged: false,
-                stalls: 0,
-            },
-        );
-        self.inner.held.send_modify(|held| {
-            held.insert(key, set);
-        });
-    }
-
-    fn unhold(&self, state: &mut State, key: &str) {
-        if state.sets.remove(key).is_none() {
-            return;
-        }
-        if let Some(set) = self.inner.held.borrow().get(key) {
-            state.removing.insert(key.to_string(), set.clone());
-        }
-        self.inner.held.send_modify(|held| {
-            held.remove(key);
-        });
-        self.inner
-            .statuses
-            .send_if_modified(|s| s.remove(key).is_some());
-    }
-}
-
-impl Drop for SimMember {
-    fn drop(&mut self) {
-        // Wakes the ticker, which then finds the member gone and ends.
-        self.inner.wake.notify_one();
-    }
-}
-
-impl Member for SimMember {
-    fn replace(&self, slices: Vec<InstanceSet>) {
-        let mut state = self.inner.lock();
-        let keep: std::collections::BTreeSet<String> = slices.iter().map(set_key).collect();
-        let gone: Vec<String> = state
-            .sets
-            .keys()
-            .filter(|k| !keep.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.unhold(&mut state, &key);
-        }
-        for set in slices {
-            self.hold(&mut state, set);
-        }
-        drop(state);
-        self.inner.wake.notify_one();
-    }
-
-    fn put(&self, slice: InstanceSet) {
-        let mut state = self.inner.lock();
-        self.hold(&mut state, slice);
-        drop(state);
-        self.inner.wake.notify_one();
-    }
-
-    fn delete(&self, namespace: &str, name: &str) {
-        let mut state = self.inner.lock();
-        self.unhold(&mut state, &crate::slice_key(namespace, name));
-        drop(state);
-        self.inner.wake.notify_one();
-    }
-
-    fn statuses(&self) -> watch::Receiver<Statuses> {
-        self.inner.statuses.subscribe()
-    }
-
-    async fn capacity(&self) -> Result<CapacityModel> {
-        self.sim().capacity().await.map_err(Error::Member)
-    }
-
-    async fn kubernetes_version(&self) -> Result<String> {
-        Ok(String::new())
-    }
-}
-
-impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// One round: tear down removed sets, reconcile the due ones. Returns when the next
-    /// set is due, if any is held.
-    async fn round(&self, now: Instant) -> Option<Instant> {
-        let removing = std::mem::take(&mut self.lock().removing);
-        for (key, set) in removing {
-            if let Err(e) = self.tear_down(&set).await {
-                tracing::warn!(set = %key, error = %e, "tearing down a removed slice failed");
-            }
-        }
-        let due: Vec<(String, Arc<Valid<InstanceSet>>, u64, bool)> = {
-            let state = self.lock();
-            state
-                .sets
-                .iter()
-                .filter(|(_, s)| s.due <= now)
-                .filter_map(|(k, s)| {
-                    let probe = !s.valid.as_ref()?.spec.roles.is_empty()
-                        && (!s.converged || s.probe_due.is_none_or(|p| p <= now));
-                    Some((k.clone(), s.valid.clone()?, s.serial, probe))
-                })
-                .collect()
-        };
-        for (key, set, serial, probe) in due {
-            if probe && let Err(e) = self.controller.probe_roles(&set).await {
-                tracing::debug!(set = %key, error = %e, "role probes failed");
-            }
-            let pass = self.controller.reconcile(&set).await;
-            let status = self.sim().status(&set);
-            let mut state = self.lock();
-            let Some(slot) = state.sets.get_mut(&key).filter(|s| s.serial == serial) else {
-                continue; // replaced or removed meanwhile: its own pass comes
-            };
-            let wrote = match pass {
-                Ok(pass) => {
-                    if !pass.actions.is_empty() || pass.blocked.is_some() {
-                        tracing::debug!(
-                            set = %key,
-                            actions = pass.actions.len(),
-                            writes = pass.writes,
-                            blocked = pass.blocked.as_deref().unwrap_or(""),
-                            "reconciled"
-                        );
-                    }
-                    slot.converged = pass.converged;
-                    pass.writes > 0
-                }
-                Err(e) => {
-                    tracing::warn!(set = %key, error = %e, "reconcile failed");
-                    slot.converged = false;
-                    false
-                }
-            };
-            if probe {
-                slot.probe_due = Some(now + probe_period(&set, &self.options));
-            }
-            slot.stalls = if wrote || slot.converged {
-                0
-            } else {
-                slot.stalls.saturating_add(1)
-            };
-            slot.due = now
-                + if slot.converged {
-                    self.options.resync
-                } else {
-                    self.options
-                        .tick
-                        .saturating_mul(1u32 << slot.stalls.min(16))
-                        .min(self.options.max_retry)
-                };
-            // Published under the state lock, so a delete that comes meanwhile cannot
-            // be followed by this (stale) status.
-            if let Some(status) = status {
-                self.statuses.send_if_modified(|s| {
-                    if s.get(&key) == Some(&status) {
-                        false
-                    } else {
-                        s.insert(key.clone(), status);
-                        true
-                    }
-                });
-            }
-            drop(state);
-        }
-        let state = self.lock();
-        state
-            .sets
-            .values()
-            .filter(|s| s.valid.is_some())
-            .map(|s| match (s.converged, s.probe_due) {
-                (true, Some(p)) => s.due.min(p),
-                _ => s.due,
-            })
-            .min()
-    }
-
-    /// Deletes every instance of a removed set at once (as Kubernetes' garbage
-    /// collector does for a deleted InstanceSet: no switchover, no rollout order),
-    /// its volumes too when `whenDeleted: Delete`, and forgets it.
-    async fn tear_down(&self, set: &InstanceSet) -> Result<()> {
-        let sim = self.sim();
-        let observed = sim.observe(set).await.map_err(Error::Member)?;
-        for inst in &observed.instances {
-            let delete = Action::Delete {
-                ordinal: inst.ordinal,
-            };
-            sim.apply(set, &delete).await.map_err(Error::Member)?;
-        }
-        if set
-            .spec
-            .persistent_volume_claim_retention_policy
-            .when_deleted
-            == Retention::Delete
-        {
-            for v in &observed.volumes {
-                let delete = Action::DeleteVolume {
-                    ordinal: v.ordinal,
-                    claim: v.claim.clone(),
-                };
-                sim.apply(set, &delete).await.map_err(Error::Member)?;
-            }
-        }
-        self.controller.forget(set).await;
-        tracing::debug!(set = %set_key(set), instances = observed.instances.len(), "removed slice torn down");
-        Ok(())
-    }
-
-    fn sim(&self) -> &Arc<Sim> {
-        self.controller.backend()
-    }
-}
-
-/// How often a set's roles are probed once it converged.
-fn probe_period(set: &InstanceSet, options: &SimMemberOptions) -> Duration {
-    set.spec
-        .role_probe
-        .as_ref()
-        .map_or(options.default_probe_period, |p| {
-            Duration::from_secs(u64::from(p.period_seconds.max(1)))
-        })
-}
-
-/// The status of a slice that fails validation.
-fn invalid_status(set: &InstanceSet, why: &str) -> InstanceSetStatus {
-    InstanceSetStatus {
-        observed_generation: set.metadata.generation,
-        conditions: vec![Condition {
-            type_: "Degraded".into(),
-            status: "True".into(),
-            reason: "Invalid".into(),
-            message: why.to_string(),
-            last_transition_time: None,
-        }],
-        ..InstanceSetStatus::default()
-    }
-}
-
-/// The member's background task: advances the simulated clock by the wall-clock time
-/// elapsed and runs a round, then sleeps until the next set is due (at least one tick)
-/// or something is put or deleted.
-async fn ticker(member: Weak<Inner>, wake: Arc<Notify>) {
-    let mut last = Instant::now();
-    loop {
-        let next = {
-            let Some(inner) = member.upgrade() else {
-                return;
-            };
-            let now = Instant::now();
-            inner.sim().advance(now - last);
-            last = now;
-            let next = inner.round(now).await;
-            let earliest = Instant::now() + inner.options.tick;
-            next.map(|n| n.max(earliest))
-        };
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(at) => {}
-                    () = wake.notified() => {}
-                }
-            }
-            None => wake.notified().await,
-        }
+        self.backend()
     }
 }

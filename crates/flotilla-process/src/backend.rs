@@ -96,6 +96,8 @@ struct Proc {
     dead: bool,
     /// How it ended, when this backend reaped it (`exit status: 1`).
     exit: Option<String>,
+    /// This backend is stopping it: its end is no news.
+    stopping: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -203,6 +205,7 @@ impl ProcessBackend {
                         demand,
                         dead: !live,
                         exit: None,
+                        stopping: false,
                     },
                 );
         }
@@ -324,6 +327,7 @@ impl ProcessBackend {
                         demand,
                         dead: false,
                         exit: None,
+                        stopping: false,
                     },
                 );
                 Ok(Applied::Wrote)
@@ -501,6 +505,7 @@ impl ProcessBackend {
                 None => None,
                 Some(p) => {
                     refresh(p);
+                    p.stopping = true;
                     Some((!p.dead).then_some(p.record.pid).flatten())
                 }
             }
@@ -729,15 +734,21 @@ fn refresh(p: &mut Proc) {
         p.child = None;
         p.dead = true;
         p.exit = Some(status.to_string());
-        tracing::warn!(instance = %p.record.instance(), pid = p.record.pid.unwrap_or_default(), %status, "instance exited");
-        return;
+    } else {
+        p.dead = match (p.record.pid, p.record.start_time) {
+            (Some(pid), Some(start)) => !os::alive(pid, start),
+            _ => p.child.is_none(),
+        };
     }
-    p.dead = match (p.record.pid, p.record.start_time) {
-        (Some(pid), Some(start)) => !os::alive(pid, start),
-        _ => p.child.is_none(),
-    };
     if p.dead {
-        tracing::warn!(instance = %p.record.instance(), pid = p.record.pid.unwrap_or_default(), "instance is gone");
+        let instance = format!("{}/{}", p.record.namespace, p.record.instance());
+        let pid = p.record.pid.unwrap_or_default();
+        let how = p.exit.as_deref().unwrap_or("gone");
+        if p.stopping {
+            tracing::debug!(%instance, pid, how, "instance stopped");
+        } else {
+            tracing::warn!(%instance, pid, how, "instance ended by itself");
+        }
     }
 }
 

@@ -4,9 +4,11 @@
 //!   (`flotilla_agent::run`). It dials the federation server, holds the slices the
 //!   server gives this cluster and reports their status and the member's capacity,
 //!   until Ctrl-C or SIGTERM. The member is simulated with `--sim-config FILE`
-//!   (`SimMember`), else a Kubernetes cluster (`--kubeconfig PATH`, or the in-cluster /
-//!   `KUBECONFIG` configuration; `KubeMember`, which also runs the local InstanceSet
-//!   controller). Exit 1 when the server refuses the token on the first connection.
+//!   (`SimMember`), runs its instances as local processes with `--process-config FILE`
+//!   (`ProcessMember`; they outlive the agent, and the next agent adopts them), else
+//!   is a Kubernetes cluster (`--kubeconfig PATH`, or the in-cluster / `KUBECONFIG`
+//!   configuration; `KubeMember`, which also runs the local InstanceSet controller).
+//!   Exit 1 when the server refuses the token on the first connection.
 //! - `--standalone`: the InstanceSet controller for every InstanceSet in one
 //!   Kubernetes cluster, with no federation (`flotilla_kube::standalone`), until Ctrl-C
 //!   or SIGTERM; reconciles in flight finish first.
@@ -14,9 +16,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_agent::{KubeMember, KubeMemberOptions, Member, SimMember};
+use flotilla_agent::{KubeMember, KubeMemberOptions, Member, ProcessMember, SimMember};
 use flotilla_kube::standalone;
 use flotilla_member::sim::SimConfig;
+use flotilla_process::ProcessConfig;
 
 use crate::cli::AgentArgs;
 use crate::input::{self, CliError};
@@ -54,6 +57,8 @@ pub fn run(args: &AgentArgs) -> Result<(), CliError> {
 enum MemberKind {
     /// A simulated member configured by this file's contents.
     Sim(SimConfig),
+    /// Local processes, configured by this file's contents.
+    Process(ProcessConfig),
     /// A Kubernetes cluster, through this kubeconfig (or the environment's).
     Kube(Option<std::path::PathBuf>),
 }
@@ -64,7 +69,7 @@ fn federated_options(args: &AgentArgs) -> Result<(flotilla_agent::Options, Membe
     let usage = |what: &str| {
         CliError::Usage(format!(
             "{what}; `flotilla agent` joins a federation server with \
-             --server URL --cluster NAME --token TOKEN (--sim-config FILE | --kubeconfig PATH), \
+             --server URL --cluster NAME --token TOKEN (--sim-config FILE | --process-config FILE | --kubeconfig PATH), \
              or runs without one with --standalone [--kubeconfig PATH]"
         ))
     };
@@ -79,21 +84,36 @@ fn federated_options(args: &AgentArgs) -> Result<(flotilla_agent::Options, Membe
     if !missing.is_empty() {
         return Err(usage(&format!("missing {}", missing.join(", "))));
     }
-    if args.sim_config.is_some() && args.kubeconfig.is_some() {
-        return Err(usage(
-            "--sim-config and --kubeconfig exclude each other: the member is either simulated or a Kubernetes cluster",
-        ));
+    let kinds: Vec<&str> = [
+        ("--sim-config", args.sim_config.is_some()),
+        ("--process-config", args.process_config.is_some()),
+        ("--kubeconfig", args.kubeconfig.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect();
+    if kinds.len() > 1 {
+        return Err(usage(&format!(
+            "{} exclude each other: the member is simulated, local processes or a Kubernetes cluster",
+            kinds.join(" and ")
+        )));
     }
     let cluster = args.cluster.clone().unwrap_or_default();
     if cluster.is_empty() {
         return Err(usage("--cluster is empty"));
     }
-    let member = match &args.sim_config {
-        Some(path) => {
+    let member = match (&args.sim_config, &args.process_config) {
+        (Some(path), _) => {
             let text = input::read(path)?;
             MemberKind::Sim(SimConfig::from_text(&text).map_err(|e| CliError::invalid(path, e))?)
         }
-        None => MemberKind::Kube(args.kubeconfig.clone()),
+        (None, Some(path)) => {
+            let text = input::read(path)?;
+            MemberKind::Process(
+                ProcessConfig::from_text(&text).map_err(|e| CliError::invalid(path, e))?,
+            )
+        }
+        (None, None) => MemberKind::Kube(args.kubeconfig.clone()),
     };
     let options = flotilla_agent::Options::new(
         args.server.clone().unwrap_or_default(),
@@ -112,12 +132,28 @@ fn federated(args: &AgentArgs) -> Result<(), CliError> {
         tracing::info!(
             server = %options.server,
             cluster = %options.cluster,
-            member = match member { MemberKind::Sim(_) => "simulated", MemberKind::Kube(_) => "kubernetes" },
+            member = match member {
+                MemberKind::Sim(_) => "simulated",
+                MemberKind::Process(_) => "processes",
+                MemberKind::Kube(_) => "kubernetes",
+            },
             "agent started"
         );
         match member {
             MemberKind::Sim(config) => {
                 let member = SimMember::new(&config);
+                serve(options, member).await
+            }
+            MemberKind::Process(config) => {
+                let member = ProcessMember::new(&config)
+                    .map_err(|e| CliError::Failed(anyhow::Error::new(e)))?;
+                tracing::info!(
+                    data_dir = %member.processes().data_dir().display(),
+                    addresses = %member.processes().block(),
+                    "process member"
+                );
+                // On shutdown the instances keep running: the data plane must not
+                // depend on the agent. The next agent adopts them.
                 serve(options, member).await
             }
             MemberKind::Kube(kubeconfig) => {
@@ -200,6 +236,7 @@ mod tests {
             cluster: None,
             token: None,
             sim_config: None,
+            process_config: None,
         }
     }
 
@@ -249,6 +286,47 @@ mod tests {
         assert!(
             e.to_string().contains("--sim-config and --kubeconfig"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_process_member_excludes_the_other_kinds_and_its_config_is_checked_by_field() {
+        let config =
+            sim_config_file("nodeGroups: [{count: 1}]\nbinaries: {redis-server: /nonexistent}\n");
+        let e = run(&AgentArgs {
+            sim_config: None,
+            process_config: Some(config.path().into()),
+            kubeconfig: Some("/tmp/kubeconfig".into()),
+            ..federated_args(config.path(), "http://127.0.0.1:7443")
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), 2);
+        assert!(
+            e.to_string()
+                .contains("--process-config and --kubeconfig exclude each other"),
+            "{e}"
+        );
+        let e = run(&AgentArgs {
+            process_config: Some(config.path().into()),
+            ..federated_args(config.path(), "http://127.0.0.1:7443")
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("--sim-config and --process-config"),
+            "{e}"
+        );
+        let e = run(&AgentArgs {
+            sim_config: None,
+            process_config: Some(config.path().into()),
+            ..federated_args(config.path(), "http://127.0.0.1:7443")
+        })
+        .unwrap_err();
+        assert_eq!(e.code(), 2);
+        let text = e.to_string();
+        assert!(text.contains("dataDir: required"), "{text}");
+        assert!(
+            text.contains("binaries.redis-server: /nonexistent"),
+            "{text}"
         );
     }
 

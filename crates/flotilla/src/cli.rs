@@ -143,7 +143,7 @@ pub struct ClusterAddArgs {
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
     /// Run without a federation: reconcile the cluster's InstanceSets directly.
-    #[arg(long, conflicts_with_all = ["server", "cluster", "token", "sim_config"])]
+    #[arg(long, conflicts_with_all = ["server", "cluster", "token", "sim_config", "process_config"])]
     pub standalone: bool,
     /// The federation server's gRPC URL.
     #[arg(long, value_name = "URL", requires_all = ["cluster", "token"])]
@@ -160,8 +160,13 @@ pub struct AgentArgs {
     )]
     pub token: Option<String>,
     /// Run a simulated member described by this file instead of a Kubernetes cluster.
-    #[arg(long, value_name = "FILE", conflicts_with = "kubeconfig")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kubeconfig", "process_config"])]
     pub sim_config: Option<PathBuf>,
+    /// Run the member's instances as processes on this host, as this file describes
+    /// (nodes, data directory, programs), instead of on a Kubernetes cluster. They keep
+    /// running when the agent stops; the next agent adopts them.
+    #[arg(long, value_name = "FILE", conflicts_with = "kubeconfig")]
+    pub process_config: Option<PathBuf>,
     /// The kubeconfig to use (default: in-cluster config, then KUBECONFIG, then
     /// ~/.kube/config).
     #[arg(long, value_name = "PATH")]
