@@ -485,6 +485,31 @@ async fn a_template_without_a_command_fails_naming_the_field() {
 }
 
 #[tokio::test]
+async fn an_instance_that_keeps_crashing_is_restarted_later_saying_why_and_where_its_log_is() {
+    let m = Member::new();
+    let c = m.controller();
+    let s = sleeper("command: [sh, -c, 'echo no luck >&2; exit 3'],");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        if let Some(r) = c.backend().record(&s, 0) {
+            m.reaper.saw(&r);
+        }
+        if let Err(e) = c.pass(&s, false).await
+            && e.to_string().contains("in a row")
+        {
+            break e.to_string();
+        }
+        assert!(Instant::now() < deadline, "never refused a restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(refused.contains("sleeper-0 exit status: 3"), "{refused}");
+    assert!(refused.contains("restarting in"), "{refused}");
+    let log = Layout::new(c.backend().data_dir()).log("team", "sleeper", 0);
+    assert!(refused.contains(&log.display().to_string()), "{refused}");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("no luck"));
+}
+
+#[tokio::test]
 async fn config_file_problems_name_their_fields() {
     let e = ProcessConfig::from_text(
         "nodeGroups: [{count: 1}]\nbinaries: {redis-server: /nonexistent/redis-server}\naddressBlock: '127.300'\n",
