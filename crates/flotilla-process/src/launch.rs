@@ -21,7 +21,7 @@ use flotilla_api::redis::port_of;
 use flotilla_redis::Bind;
 use k8s_openapi::api::core::v1::Container;
 
-use crate::config::{REDIS_SERVER, on_path};
+use crate::config::{REDIS_SENTINEL, REDIS_SERVER, on_path};
 use crate::{Error, Result};
 
 /// Everything needed to start one instance.
@@ -103,6 +103,9 @@ pub fn port(set: &InstanceSet) -> Option<u16> {
 
 /// What instance `i` runs (see the module documentation).
 pub fn launch(i: &Instance<'_>, binaries: &Binaries) -> Result<Launch> {
+    if i.set.spec.sentinel_for.is_some() {
+        return sentinel(i, binaries);
+    }
     if i.set.spec.redis.is_some() {
         redis_server(i, binaries)
     } else {
@@ -140,6 +143,23 @@ fn redis_server(i: &Instance<'_>, binaries: &Binaries) -> Result<Launch> {
     let conf = i.dir.join("redis.conf");
     Ok(Launch {
         program: binaries.find(REDIS_SERVER)?,
+        args: vec![conf.to_string_lossy().into_owned()],
+        env: Vec::new(),
+        files: vec![(conf, flotilla_redis::config_file(&lines))],
+        readiness: Readiness::Ping,
+    })
+}
+
+/// A companion sentinel: `redis-sentinel` with a rendered `sentinel.conf` in its own
+/// directory (Sentinel rewrites it as it learns; the member's engine registers the
+/// shard once it runs).
+fn sentinel(i: &Instance<'_>, binaries: &Binaries) -> Result<Launch> {
+    let port = port(i.set).unwrap_or(flotilla_api::redis::SENTINEL_PORT);
+    let address = i.address.to_string();
+    let lines = flotilla_redis::sentinel::sentinel_config(&address, port, &i.dir.to_string_lossy());
+    let conf = i.dir.join("sentinel.conf");
+    Ok(Launch {
+        program: binaries.find(REDIS_SENTINEL)?,
         args: vec![conf.to_string_lossy().into_owned()],
         env: Vec::new(),
         files: vec![(conf, flotilla_redis::config_file(&lines))],

@@ -28,6 +28,8 @@ pub struct Seen<'a> {
     pub ready: bool,
     /// Its ordinal stays in the set's placement (not being removed).
     pub staying: bool,
+    /// It runs its slice's current revision.
+    pub current: bool,
     /// What Redis says, if its member could ask.
     pub redis: Option<&'a RedisInstanceStatus>,
 }
@@ -116,6 +118,27 @@ pub fn choose(
                 .iter()
                 .filter(|o| o.ordinal != s.ordinal && redis(o).is_some_and(|r| !r.empty));
             if let Some(b) = best(holders) {
+                return take_over(b);
+            }
+        }
+        // Outdated, with no up-to-date instance in its own member to switch over to
+        // (the member does that itself): hand over to an up-to-date linked replica in
+        // another member, so the rolling update can restart it.
+        let local_successor = seen.iter().any(|o| {
+            o.ordinal != s.ordinal
+                && o.cluster == s.cluster
+                && o.current
+                && o.staying
+                && redis(o).is_some()
+        });
+        if !s.current && !local_successor {
+            let linked = seen.iter().filter(|o| {
+                o.current
+                    && redis(o).is_some_and(|r| {
+                        r.role == "slave" && r.link_up && r.master.as_deref() == s.endpoint
+                    })
+            });
+            if let Some(b) = best(linked) {
                 return take_over(b);
             }
         }
@@ -227,6 +250,7 @@ mod tests {
         };
         let mut ready = true;
         let mut staying = true;
+        let mut current = true;
         for w in words {
             match w.split_once('=') {
                 Some(("keys", n)) => r.empty = n == "0",
@@ -237,6 +261,7 @@ mod tests {
                     "up" => r.link_up = true,
                     "down" => ready = false,
                     "leaving" => staying = false,
+                    "old" => current = false,
                     other => panic!("{other}"),
                 },
             }
@@ -250,6 +275,7 @@ mod tests {
                 endpoint: Some(endpoint),
                 ready,
                 staying,
+                current,
                 redis: None,
             },
             r,
@@ -306,6 +332,30 @@ mod tests {
             &["0@a master keys=5 offset=10 leaving", shard[1], shard[2]],
             false,
             "primary 2",
+        );
+    }
+
+    #[test]
+    fn an_outdated_primary_alone_in_its_member_hands_over_to_an_updated_replica() {
+        check(
+            Some(0),
+            &[
+                "0@a master keys=5 old",
+                "1@b slave of=0 up old",
+                "2@c slave of=0 up",
+            ],
+            false,
+            "primary 2",
+        );
+        check(
+            Some(0),
+            &[
+                "0@a master keys=5 old",
+                "3@a slave of=0 up",
+                "2@c slave of=0 up",
+            ],
+            false,
+            "primary 0",
         );
     }
 

@@ -30,7 +30,9 @@ pub fn decide(
         .iter()
         .flat_map(|(cluster, r)| {
             let staying = desired.get(cluster);
+            let revision = r.update_revision.as_deref();
             r.instances.iter().map(move |i| Seen {
+                current: i.revision.as_deref() == revision,
                 ordinal: i.ordinal,
                 cluster,
                 endpoint: i.endpoint.as_deref(),
