@@ -65,21 +65,30 @@ spec:
     *s
 }
 
-fn member(data_dir: &Path) -> Arc<ProcessMember> {
+/// A member over `data_dir`. The one before it may still be finishing a round (its
+/// ticker holds it until then, and with it the data directory's lock): retried.
+async fn member(data_dir: &Path) -> Arc<ProcessMember> {
     let config = ProcessConfig::from_text(&format!(
         "nodeGroups: [{{count: 2, free: {{pods: 10}}}}]\ndataDir: {}\n",
         data_dir.display()
     ))
     .unwrap();
-    ProcessMember::with_options(
-        &config,
-        LocalMemberOptions {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let options = LocalMemberOptions {
             tick: Duration::from_millis(20),
             max_retry: Duration::from_millis(100),
             ..LocalMemberOptions::default()
-        },
-    )
-    .unwrap()
+        };
+        match ProcessMember::with_options(&config, options) {
+            Ok(m) => return m,
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.chain().contains("in use by another"), "{}", e.chain());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{}", e.chain()),
+        }
+    }
 }
 
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
@@ -128,7 +137,7 @@ async fn a_removed_slice_is_torn_down_and_a_new_member_adopts_or_tears_down_what
     };
 
     // Held, then removed: its processes go, its volumes stay (whenDeleted: Retain).
-    let m = member(&data_dir);
+    let m = member(&data_dir).await;
     m.put(sleeper());
     let first = running(&m, &reaper).await;
     m.delete("team", "sleeper");
@@ -152,14 +161,14 @@ async fn a_removed_slice_is_torn_down_and_a_new_member_adopts_or_tears_down_what
     );
 
     // A new agent that still holds the set adopts the processes.
-    let m = member(&data_dir);
+    let m = member(&data_dir).await;
     m.replace(vec![sleeper()]);
     let adopted = running(&m, &reaper).await;
     assert_eq!(adopted, second, "same processes, nothing restarted");
     drop(m);
 
     // A new agent whose first Snapshot no longer has the set tears it down.
-    let m = member(&data_dir);
+    let m = member(&data_dir).await;
     m.replace(vec![]);
     until("leftovers torn down", || alive(&second) == [false, false]).await;
     until("their state files removed", || {

@@ -63,6 +63,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct ProcessBackend {
     layout: Layout,
+    /// `<dataDir>/lock`, locked while this backend lives: two agents over one data
+    /// directory would both start and stop the same instances.
+    _lock: std::fs::File,
     block: Block,
     binaries: Binaries,
     state: Mutex<State>,
@@ -139,7 +142,22 @@ impl ProcessBackend {
                 ),
             });
         }
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(Error::io("opening", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Busy(root)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io("locking", &lock_path)(e));
+            }
+        }
         let backend = ProcessBackend {
+            _lock: lock,
             layout: Layout::new(&root),
             block: config
                 .address_block

@@ -17,6 +17,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another process member (agent) uses this data directory.
+    #[error("{} is in use by another process member (its lock file is held)", .0.display())]
+    Busy(PathBuf),
     /// A state file does not hold what this backend writes.
     #[error("state file {path}")]
     State {

@@ -316,6 +316,11 @@ async fn an_agent_started_again_adopts_the_running_instances() {
         );
     }
     let c = m.controller();
+    let e = ProcessBackend::new(&m.config).unwrap_err();
+    assert!(
+        e.to_string().contains("in use by another process member"),
+        "{e}"
+    );
     assert!(
         all_ready(c.backend(), &s, 2).await,
         "adopted, running and ready"
