@@ -9,196 +9,24 @@
 //!   restore it → the agent resumes from its revision;
 //! - bad documents and bad tokens → clear errors, nothing stored.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use flotilla_store::testing::EtcdServer;
 use serde_json::Value;
+use support::{BIN, Federation, eventually, http_get};
 
-const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
-const TOKEN: &str = "e2e-admin-token";
-
-/// A child process killed (SIGKILL) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The e2e sets on a federation.
+trait Sets {
+    fn apply(&self, name: &str, replicas: u32) -> Output;
+    fn apply_wait(&self, name: &str, replicas: u32);
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// etcd, one server, and helpers to drive them.
-struct Federation {
-    _rt: tokio::runtime::Runtime,
-    _etcd: EtcdServer,
-    endpoint: String,
-    grpc: u16,
-    http: u16,
-    server: Option<Proc>,
-    agents: BTreeMap<String, Proc>,
-    dir: tempfile::TempDir,
-    ttl: u64,
-}
-
-impl Federation {
-    fn start(ttl: u64) -> Federation {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let etcd = rt.block_on(EtcdServer::start());
-        let endpoint = etcd.endpoint();
-        let mut f = Federation {
-            _rt: rt,
-            _etcd: etcd,
-            endpoint,
-            grpc: free_port(),
-            http: free_port(),
-            server: None,
-            agents: BTreeMap::new(),
-            dir: tempfile::tempdir().unwrap(),
-            ttl,
-        };
-        f.start_server();
-        f
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc)
-    }
-
-    fn start_server(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["server", "--listen", &format!("127.0.0.1:{}", self.grpc)])
-            .args(["--http", &format!("127.0.0.1:{}", self.http)])
-            .args(["--etcd-endpoints", &self.endpoint, "--admin-token", TOKEN])
-            .args(["--cluster-ttl-seconds", &self.ttl.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.server = Some(Proc(child));
-        eventually("the server ready", || {
-            http_get(self.http, "/readyz").is_some_and(|(code, _)| code == 200)
-        });
-    }
-
-    fn kill_server(&mut self) {
-        self.server.take(); // SIGKILL
-    }
-
-    /// `flotilla ARGS` with the server and admin token in the environment.
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("FLOTILLA_SERVER", self.url())
-            .env("FLOTILLA_TOKEN", TOKEN)
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "flotilla {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.server_log()
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn server_log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    /// Registers a simulated member and starts its agent, dialing `via` (a proxy) or
-    /// the server.
-    fn member(&mut self, name: &str, region: &str, nodes: u32, via: Option<u16>) {
-        let out = self.ok(&[
-            "cluster",
-            "add",
-            name,
-            "--label",
-            &format!("region={region}"),
-        ]);
-        let token = out.lines().last().unwrap().trim().to_string();
-        assert!(
-            token.starts_with("flt_"),
-            "the token is the last line: {out}"
-        );
-        let config = self.file(
-            &format!("{name}.yaml"),
-            &format!(
-                "nodeGroups:\n- {{count: {nodes}, free: {{cpu: \"8\", memory: 32Gi, pods: 110}}}}\nstartDelayMs: 200\nreadyDelayMs: 100\n"
-            ),
-        );
-        let server = match via {
-            Some(port) => format!("http://127.0.0.1:{port}"),
-            None => self.url(),
-        };
-        self.start_agent(name, &server, &token, &config);
-    }
-
-    fn start_agent(&mut self, name: &str, server: &str, token: &str, config: &Path) {
-        let log = std::fs::File::create(self.dir.path().join(format!("agent-{name}.log"))).unwrap();
-        let child = Command::new(BIN)
-            .args([
-                "agent",
-                "--server",
-                server,
-                "--cluster",
-                name,
-                "--token",
-                token,
-            ])
-            .arg("--sim-config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.agents.insert(name.to_string(), Proc(child));
-    }
-
-    /// Waits until `n` clusters are ready (their agents connected and heartbeating).
-    fn wait_ready_clusters(&self, n: usize) {
-        eventually(&format!("{n} ready clusters"), || {
-            let v: Value = serde_json::from_str(&self.ok(&["clusters", "-o", "json"])).unwrap();
-            let items = v["items"].as_array().unwrap();
-            items
-                .iter()
-                .filter(|c| c["status"]["ready"] == true)
-                .count()
-                == n
-        });
-    }
-
-    fn get(&self, kind: &str, name: &str) -> Value {
-        serde_json::from_str(&self.ok(&["get", kind, name, "-o", "json"])).unwrap()
-    }
-
+impl Sets for Federation {
     fn apply(&self, name: &str, replicas: u32) -> Output {
         let path = self.file(&format!("{name}-{replicas}.yaml"), &set(name, replicas));
         self.cli(&["apply", "-f", path.to_str().unwrap()])
@@ -237,32 +65,6 @@ spec:
     maxInstancesPerNode: 1
 "#
     )
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-/// A plain HTTP/1.1 GET: (status code, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, buf.split_once("\r\n\r\n")?.1.to_string()))
 }
 
 /// Cluster → ordinals, from a set's status; panics if an ordinal is in two clusters.

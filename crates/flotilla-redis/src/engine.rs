@@ -8,7 +8,7 @@
 //!                replica, unlinked, and the federation asks to promote this process
 //!                        ─ REPLICAOF NO ONE            (never with Sentinel: it decides)
 //!     not P:     replica of P ─ ok
-//!                replica of another ─ REPLICAOF P      (with Sentinel: only if unlinked)
+//!                replica of another ─ REPLICAOF P      (with Sentinel: never, it does)
 //!                master with P as an online replica ─ FAILOVER TO P TIMEOUT …
 //!                master otherwise ─ REPLICAOF P        (with Sentinel: only if empty)
 //!   dynamic config differs from what this process was given ─ CONFIG SET
@@ -81,10 +81,12 @@ pub fn primary(set: &InstanceSet, local: Option<&LocalSwitchover>) -> Option<Pri
     }
 }
 
-/// The role label of a local instance: the primary role only for the primary while
-/// Redis says it is a master; the secondary role for replicas; none for a master that
-/// is not the primary (it is about to be demoted). So no two instances are labelled
-/// primary even while several answer `master` (a new shard, a failover in progress).
+/// The role label of a local instance: the primary role for a master that is the
+/// named primary or that serves replicas (a primary the slice does not name yet, after
+/// a switchover, is still a primary: it is never updated or removed without a
+/// switchover first); the secondary role for replicas; none for a master that serves
+/// no one and is not the primary (an empty one about to be demoted). So a new shard,
+/// whose instances all answer `master`, labels one primary.
 pub fn role(
     primary: Option<&Primary>,
     local: &Local<'_>,
@@ -92,7 +94,12 @@ pub fn role(
 ) -> Option<String> {
     let mapped = |r: &str| role_map.get(r).cloned().unwrap_or_else(|| r.to_string());
     match local.info.status.role.as_str() {
-        "master" if primary.is_some_and(|p| p.ordinal == local.ordinal) => Some(mapped("master")),
+        "master"
+            if primary.is_some_and(|p| p.ordinal == local.ordinal)
+                || !local.info.status.replicas.is_empty() =>
+        {
+            Some(mapped("master"))
+        }
         "master" => None,
         "slave" => Some(mapped("slave")),
         _ => None,
@@ -139,7 +146,10 @@ pub fn replication(set: &InstanceSet, primary: &Primary, locals: &[Local<'_>]) -
         }
         match s.role.as_str() {
             "slave" if s.master.as_deref() == Some(primary.endpoint.as_str()) => {}
-            "slave" if !sentinel || !s.link_up => out.push(replicaof(
+            // With Sentinel, a replica's master is Sentinel's to change: it reconfigures
+            // every replica it knows, and a link down may be its reconfiguration in
+            // progress, which re-pointing to a possibly stale name would undo.
+            "slave" if !sentinel => out.push(replicaof(
                 l.ordinal,
                 format!(
                     "replicates from {}, the primary is {} at {}",
@@ -383,7 +393,7 @@ mod tests {
                 (3, "127.0.1.4:6379", master(&[], 0)),
                 (4, "127.0.1.5:6379", replica(B, false)),
             ],
-            &["3 REPLICAOF 127.0.1.1 6379", "4 REPLICAOF 127.0.1.1 6379"],
+            &["3 REPLICAOF 127.0.1.1 6379"],
         );
     }
 
@@ -421,6 +431,12 @@ mod tests {
         };
         assert_eq!(role(Some(&p), &l(0, &m), &map).as_deref(), Some("primary"));
         assert_eq!(role(Some(&p), &l(1, &m), &map), None);
+        let serving = master(&[B], 3);
+        assert_eq!(
+            role(Some(&p), &l(1, &serving), &map).as_deref(),
+            Some("primary"),
+            "a master with replicas is a primary, named or not"
+        );
         assert_eq!(role(None, &l(0, &m), &map), None);
         assert_eq!(
             role(Some(&p), &l(2, &r), &map).as_deref(),

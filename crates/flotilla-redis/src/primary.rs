@@ -122,8 +122,9 @@ pub fn choose(
             }
         }
         // Outdated, with no up-to-date instance in its own member to switch over to
-        // (the member does that itself): hand over to an up-to-date linked replica in
-        // another member, so the rolling update can restart it.
+        // (the member does that itself): once every other instance is up to date and
+        // ready (replicas first, the primary last), hand over to an up-to-date linked
+        // replica in another member, so the rolling update can restart it.
         let local_successor = seen.iter().any(|o| {
             o.ordinal != s.ordinal
                 && o.cluster == s.cluster
@@ -131,7 +132,11 @@ pub fn choose(
                 && o.staying
                 && redis(o).is_some()
         });
-        if !s.current && !local_successor {
+        let others_done = seen
+            .iter()
+            .filter(|o| o.ordinal != s.ordinal && o.staying)
+            .all(|o| o.current && redis(o).is_some());
+        if !s.current && !local_successor && others_done {
             let linked = seen.iter().filter(|o| {
                 o.current
                     && redis(o).is_some_and(|r| {
@@ -336,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn an_outdated_primary_alone_in_its_member_hands_over_to_an_updated_replica() {
+    fn an_outdated_primary_alone_in_its_member_hands_over_last_to_an_updated_replica() {
         check(
             Some(0),
             &[
@@ -345,7 +350,17 @@ mod tests {
                 "2@c slave of=0 up",
             ],
             false,
-            "primary 2",
+            "primary 0",
+        );
+        check(
+            Some(0),
+            &[
+                "0@a master keys=5 old",
+                "1@b slave of=0 up",
+                "2@c slave of=0 up",
+            ],
+            false,
+            "primary 1",
         );
         check(
             Some(0),

@@ -549,6 +549,7 @@ impl Controller {
         let redis = crate::redis::decide(
             &set,
             &desired,
+            &existing_slices,
             &reports,
             home.as_deref(),
             previous_primary,

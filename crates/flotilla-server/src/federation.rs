@@ -413,6 +413,7 @@ mod tests {
             None,
             None,
             &leaving.iter().copied().collect(),
+            &BTreeMap::new(),
         );
         s.metadata.generation = Some(generation);
         s
@@ -493,12 +494,12 @@ mod tests {
             },
         );
         let none = BTreeSet::new();
-        let first = slice(&set, "a", &[0, 1], None, Some("a"), &none);
+        let first = slice(&set, "a", &[0, 1], None, Some("a"), &none, &BTreeMap::new());
         assert!(
             first.metadata.annotations.is_none(),
             "the home slice elects"
         );
-        let other = slice(&set, "b", &[2], None, Some("a"), &none);
+        let other = slice(&set, "b", &[2], None, Some("a"), &none, &BTreeMap::new());
         assert_eq!(
             other.metadata.annotations.unwrap()[EXCLUSIVE_ROLES_ELSEWHERE],
             "a"
@@ -506,9 +507,25 @@ mod tests {
         assert_eq!(first.metadata.generation, Some(1));
         assert_eq!(first.metadata.namespace.as_deref(), Some("default"));
         assert_eq!(first.metadata.labels.as_ref().unwrap()[CLUSTER_LABEL], "a");
-        let same = slice(&set, "a", &[0, 1], Some(&first), Some("a"), &none);
+        let same = slice(
+            &set,
+            "a",
+            &[0, 1],
+            Some(&first),
+            Some("a"),
+            &none,
+            &BTreeMap::new(),
+        );
         assert_eq!(same.metadata.generation, Some(1));
-        let grown = slice(&set, "a", &[0, 1, 2], Some(&first), Some("a"), &none);
+        let grown = slice(
+            &set,
+            "a",
+            &[0, 1, 2],
+            Some(&first),
+            Some("a"),
+            &none,
+            &BTreeMap::new(),
+        );
         assert_eq!(grown.metadata.generation, Some(2));
     }
 
@@ -599,8 +616,24 @@ mod tests {
             Some("a")
         );
         // The slices say a: a stays home even when b reports a holder too.
-        let sa = slice(&set, "a", &[2, 3], None, Some("a"), &BTreeSet::new());
-        let sb = slice(&set, "b", &[0, 1], None, Some("a"), &BTreeSet::new());
+        let sa = slice(
+            &set,
+            "a",
+            &[2, 3],
+            None,
+            Some("a"),
+            &BTreeSet::new(),
+            &BTreeMap::new(),
+        );
+        let sb = slice(
+            &set,
+            "b",
+            &[0, 1],
+            None,
+            Some("a"),
+            &BTreeSet::new(),
+            &BTreeMap::new(),
+        );
         let existing = BTreeMap::from([("a".to_string(), &sa), ("b".to_string(), &sb)]);
         let mut b = running(&[0, 1]);
         b.instances[0].role = Some("primary".into());

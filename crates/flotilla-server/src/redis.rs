@@ -13,13 +13,16 @@ use std::collections::BTreeMap;
 
 use flotilla_api::redis::{PRIMARY_ANNOTATION, PROMOTE_ANNOTATION, primary_annotation};
 use flotilla_api::status::PrimaryStatus;
-use flotilla_api::{Cluster, FederatedInstanceSet, InstanceSetStatus, Valid, selector};
+use flotilla_api::{
+    Cluster, FederatedInstanceSet, InstanceSet, InstanceSetStatus, Valid, selector,
+};
 use flotilla_redis::primary::{Decision, Seen, choose};
 
 /// The primary of a Redis set, or `None` for any other set.
 pub fn decide(
     set: &FederatedInstanceSet,
     desired: &BTreeMap<String, Vec<u32>>,
+    slices: &BTreeMap<String, &InstanceSet>,
     reports: &BTreeMap<String, &InstanceSetStatus>,
     home: Option<&str>,
     previous: Option<&PrimaryStatus>,
@@ -30,9 +33,13 @@ pub fn decide(
         .iter()
         .flat_map(|(cluster, r)| {
             let staying = desired.get(cluster);
+            // A report of an older slice says nothing about the current revision.
+            let fresh = slices.get(cluster).is_some_and(|s| {
+                r.observed_generation.is_some() && r.observed_generation >= s.metadata.generation
+            });
             let revision = r.update_revision.as_deref();
             r.instances.iter().map(move |i| Seen {
-                current: i.revision.as_deref() == revision,
+                current: fresh && i.revision.as_deref() == revision,
                 ordinal: i.ordinal,
                 cluster,
                 endpoint: i.endpoint.as_deref(),

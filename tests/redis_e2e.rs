@@ -1,0 +1,514 @@
+//! A Redis shard end to end, on real processes: etcd, `flotilla server`, three
+//! `flotilla agent --process-config` members whose instances are real `redis-server`
+//! and `redis-sentinel` processes on their own loopback addresses, driven through the
+//! CLI and spoken to over RESP, as a user would.
+//!
+//! - with sentinels: one primary across members, every replica linked to it, the
+//!   sentinels spread so that no member holds a quorum; 1,000 writes acknowledged by
+//!   `WAIT 1`, then `kill -9` of the primary: a new primary accepts writes, the status
+//!   follows it, no acknowledged write is lost, the old instance comes back a replica;
+//! - without sentinels: the primary's volume emptied and its process killed: it comes
+//!   back held back, the replica with the most data takes over, nothing is wiped;
+//!   `kill -9` of an agent: its instances keep serving and the restarted agent adopts
+//!   them (same PIDs); a dynamic config change keeps every PID, a static one restarts
+//!   every instance with the old primary last, an immutable one is refused (exit 2).
+//!
+//! Every process a test starts is stopped by PID when it ends: the agents and the
+//! server by their handles, the instances (which outlive their agents by design) from
+//! the members' state files.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::resp::{self, Reply};
+use support::{Federation, eventually};
+
+/// The federation, its process members, and the instances to stop at the end.
+struct Shard {
+    f: Federation,
+    /// Dropped after `f` (fields drop in order): the agents are gone by then.
+    _reaper: Reaper,
+    /// The members' data directories, removed after the reaper read them.
+    _data: tempfile::TempDir,
+    members: Vec<(String, PathBuf, String)>,
+}
+
+/// Kills (SIGKILL, by PID) every instance recorded under the members' data
+/// directories.
+struct Reaper(Vec<PathBuf>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            for (pid, _) in pids(dir) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+/// (pid, instance) of every instance recorded under a member's data directory.
+fn pids(data_dir: &Path) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(namespaces) = std::fs::read_dir(data_dir.join("instances")) else {
+        return out;
+    };
+    for ns in namespaces.flatten() {
+        for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "json")
+                && let Ok(text) = std::fs::read_to_string(&p)
+                && let Ok(v) = serde_json::from_str::<Value>(&text)
+                && let Some(pid) = v["pid"].as_u64()
+            {
+                out.push((
+                    pid as u32,
+                    p.file_stem().unwrap().to_string_lossy().into_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+impl Shard {
+    /// Three process members `a`, `b`, `c` (regions eu, us, ap), address blocks from
+    /// `block` on (distinct per test: tests of one binary run at once).
+    fn start(block: u8) -> Shard {
+        let mut f = Federation::start(3);
+        let dir = tempfile::tempdir().unwrap();
+        let mut members = Vec::new();
+        for (i, (name, region)) in [("a", "eu"), ("b", "us"), ("c", "ap")].iter().enumerate() {
+            let token = f.register(name, &[&format!("region={region}")]);
+            let data = dir.path().join(format!("member-{name}"));
+            let config = f.file(
+                &format!("{name}.yaml"),
+                &format!(
+                    "nodeGroups:\n- {{count: 4, free: {{cpu: \"8\", memory: 32Gi, pods: 50}}}}\ndataDir: {}\naddressBlock: \"127.{}\"\n",
+                    data.display(),
+                    block + i as u8
+                ),
+            );
+            let url = f.url();
+            f.start_agent(name, &url, &token, "--process-config", &config);
+            members.push((name.to_string(), data, token));
+        }
+        f.wait_ready_clusters(3);
+        let reaper = Reaper(members.iter().map(|(_, d, _)| d.clone()).collect());
+        Shard {
+            f,
+            _reaper: reaper,
+            _data: dir,
+            members,
+        }
+    }
+
+    fn data_dir(&self, cluster: &str) -> &Path {
+        &self
+            .members
+            .iter()
+            .find(|(n, _, _)| n == cluster)
+            .unwrap()
+            .1
+    }
+
+    fn pid(&self, cluster: &str, instance: &str) -> u32 {
+        pids(self.data_dir(cluster))
+            .into_iter()
+            .find(|(_, i)| i == instance)
+            .unwrap_or_else(|| panic!("no state for {instance} in {cluster}"))
+            .0
+    }
+
+    /// Every instance's PID, by name, across members.
+    fn all_pids(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = self
+            .members
+            .iter()
+            .flat_map(|(_, d, _)| pids(d))
+            .map(|(p, i)| (i, p))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn set(&self, name: &str) -> Value {
+        self.f.get("fis", name)
+    }
+
+    /// `(ordinal, cluster, endpoint)` of the primary the status names.
+    fn primary(&self, name: &str) -> Option<(u64, String, String)> {
+        let s = self.set(name);
+        let p = &s["status"]["primary"];
+        Some((
+            p["ordinal"].as_u64()?,
+            p["cluster"].as_str()?.to_string(),
+            p["endpoint"].as_str()?.to_string(),
+        ))
+    }
+
+    /// Every instance's endpoint, from the status.
+    fn endpoints(&self, name: &str) -> Vec<(u64, String, String)> {
+        let s = self.set(name);
+        s["status"]["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| {
+                Some((
+                    i["ordinal"].as_u64()?,
+                    i["cluster"].as_str()?.to_string(),
+                    i["endpoint"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The shard is wired: a primary named, every other instance a linked replica of
+    /// it (asked over RESP), and one instance labelled primary.
+    fn wired(&self, name: &str, replicas: usize) -> bool {
+        let Some((_, _, primary)) = self.primary(name) else {
+            return false;
+        };
+        let all = self.endpoints(name);
+        if all.len() != replicas {
+            return false;
+        }
+        let labelled = self.set(name)["status"]["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["role"] == "primary")
+            .count();
+        labelled == 1
+            && resp::info_field(&primary, "role").as_deref() == Some("master")
+            && all
+                .iter()
+                .filter(|(_, _, e)| *e != primary)
+                .all(|(_, _, e)| {
+                    let host = resp::info_field(e, "master_host");
+                    let port = resp::info_field(e, "master_port");
+                    let link = resp::info_field(e, "master_link_status");
+                    host.zip(port).map(|(h, p)| format!("{h}:{p}")).as_deref()
+                        == Some(primary.as_str())
+                        && link.as_deref() == Some("up")
+                })
+    }
+
+    fn apply(&self, file: &str, text: &str) -> std::process::Output {
+        let path = self.f.file(file, text);
+        self.f.cli(&["apply", "-f", path.to_str().unwrap()])
+    }
+}
+
+/// A Redis set of `replicas` instances; `extra` is appended under `spec.redis`.
+fn shard(name: &str, replicas: u32, redis: &str) -> String {
+    format!(
+        r#"apiVersion: flotilla.io/v1alpha1
+kind: FederatedInstanceSet
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  template:
+    spec:
+      containers:
+      - name: redis
+        image: redis:7
+        ports: [{{containerPort: 6379, name: redis}}]
+        resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec: {{resources: {{requests: {{storage: 1Gi}}}}}}
+  placement:
+    maxInstancesPerNode: 1
+    maxSharePerCluster: 50
+  redis:
+{redis}
+"#
+    )
+}
+
+/// Writes `n` keys to `primary`, each acknowledged by `WAIT 1`; the keys acknowledged.
+fn write_acknowledged(primary: &str, prefix: &str, n: usize) -> Vec<String> {
+    let mut c = resp::Conn::open(primary).expect("the primary answers");
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let key = format!("{prefix}:{i}");
+        let set = c.cmd(&["SET", &key, &format!("v{i}")]).unwrap();
+        assert_eq!(set, Reply::Simple("OK".into()), "SET {key}");
+        if let Reply::Integer(n) = c.cmd(&["WAIT", "1", "2000"]).unwrap()
+            && n >= 1
+        {
+            acked.push(key);
+        }
+    }
+    acked
+}
+
+fn missing(addr: &str, keys: &[String]) -> Vec<String> {
+    let mut c = resp::Conn::open(addr).expect("the instance answers");
+    keys.iter()
+        .filter(|k| c.cmd(&["EXISTS", k]).unwrap() != Reply::Integer(1))
+        .cloned()
+        .collect()
+}
+
+fn dbsize(addr: &str) -> Option<i64> {
+    match resp::once(addr, &["DBSIZE"])? {
+        Reply::Integer(n) => Some(n),
+        _ => None,
+    }
+}
+
+#[test]
+fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
+    let s = Shard::start(61);
+    let out = s.apply(
+        "cache.yaml",
+        &shard(
+            "cache",
+            3,
+            "    sentinel: {replicas: 3, quorum: 2, downAfterMilliseconds: 2000, failoverTimeoutMilliseconds: 10000}",
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the shard wired across members", || s.wired("cache", 3));
+
+    // The sentinels: a set of their own, one per member (no member holds a quorum),
+    // each watching the primary.
+    let (_, _, primary) = s.primary("cache").unwrap();
+    eventually("every sentinel watches the primary", || {
+        let sentinels = s.endpoints("cache-sentinel");
+        sentinels.len() == 3
+            && sentinels.iter().all(|(_, _, e)| {
+                matches!(resp::once(e, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "cache"]),
+                    Some(Reply::Array(a)) if a.len() == 2 && format!("{}:{}", a[0].text(), a[1].text()) == primary)
+            })
+    });
+    let sentinels = s.endpoints("cache-sentinel");
+    let mut members: Vec<&str> = sentinels.iter().map(|(_, c, _)| c.as_str()).collect();
+    members.sort();
+    members.dedup();
+    assert_eq!(members.len(), 3, "one sentinel per member: {sentinels:?}");
+
+    let acked = write_acknowledged(&primary, "k", 1000);
+    assert_eq!(acked.len(), 1000, "every write acknowledged by a replica");
+
+    let (ordinal, cluster, _) = s.primary("cache").unwrap();
+    let pid = s.pid(&cluster, &format!("cache-{ordinal}"));
+    let killed = Instant::now();
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+
+    // A new primary that accepts writes, as the sentinels name it.
+    let mut new_primary = String::new();
+    eventually("a new primary accepting writes", || {
+        let Some(Reply::Array(a)) = resp::once(
+            &sentinels[0].2,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "cache"],
+        ) else {
+            return false;
+        };
+        let addr = format!("{}:{}", a[0].text(), a[1].text());
+        if addr == primary {
+            return false;
+        }
+        new_primary = addr;
+        resp::once(&new_primary, &["SET", "after-failover", "1"])
+            == Some(Reply::Simple("OK".into()))
+    });
+    let took = killed.elapsed();
+    println!(
+        "failover: {:.1} s from kill -9 of the primary to a new primary accepting writes",
+        took.as_secs_f64()
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "a new primary within 15 s (down-after 2 s), took {took:?}"
+    );
+    let lost = missing(&new_primary, &acked);
+    println!(
+        "acknowledged writes lost: {} of {}",
+        lost.len(),
+        acked.len()
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+
+    // The federation follows Sentinel; the old instance comes back as a replica.
+    eventually("status.primary follows Sentinel", || {
+        s.primary("cache").is_some_and(|(_, _, e)| e == new_primary)
+    });
+    eventually("the old primary back as a linked replica", || {
+        s.wired("cache", 3)
+    });
+    let old = s
+        .endpoints("cache")
+        .into_iter()
+        .find(|(o, _, _)| *o == ordinal)
+        .unwrap()
+        .2;
+    assert!(
+        missing(&old, &acked).is_empty(),
+        "the old primary caught up"
+    );
+}
+
+#[test]
+fn without_sentinels_an_emptied_primary_wipes_nothing_agents_can_die_and_config_rolls() {
+    let mut s = Shard::start(71);
+    let out = s.apply(
+        "plain.yaml",
+        &shard("plain", 3, "    config: {maxmemory: 64mb}"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the shard wired across members", || s.wired("plain", 3));
+    let (ordinal, cluster, primary) = s.primary("plain").unwrap();
+    let acked = write_acknowledged(&primary, "w", 200);
+    assert_eq!(acked.len(), 200);
+    eventually("every replica has every key", || {
+        s.endpoints("plain")
+            .iter()
+            .all(|(_, _, e)| dbsize(e) == Some(200))
+    });
+
+    // Empty the primary's volume and kill it: it must never feed its replicas an
+    // empty dataset.
+    let volume = s
+        .data_dir(&cluster)
+        .join("volumes/default")
+        .join(format!("data-plain-{ordinal}"));
+    assert!(volume.is_dir(), "{}", volume.display());
+    for e in std::fs::read_dir(&volume).unwrap().flatten() {
+        let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+    }
+    let pid = s.pid(&cluster, &format!("plain-{ordinal}"));
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    eventually(
+        "another instance takes over and the shard is wired again",
+        || s.primary("plain").is_some_and(|(o, _, _)| o != ordinal) && s.wired("plain", 3),
+    );
+    for (o, _, e) in s.endpoints("plain") {
+        assert_eq!(dbsize(&e), Some(200), "instance {o} kept every key");
+    }
+    let (_, pcluster, primary) = s.primary("plain").unwrap();
+
+    // kill -9 of the primary's agent: its instances keep serving; the agent started
+    // again adopts them.
+    let before = s.all_pids();
+    let (_, _, token) = s
+        .members
+        .iter()
+        .find(|(n, _, _)| *n == pcluster)
+        .cloned()
+        .unwrap();
+    s.f.agents.remove(&pcluster); // SIGKILL
+    assert_eq!(
+        resp::once(&primary, &["SET", "while-agent-down", "1"]),
+        Some(Reply::Simple("OK".into())),
+        "the primary serves without its agent"
+    );
+    let url = s.f.url();
+    let config = s.f.dir.path().join(format!("{pcluster}.yaml"));
+    s.f.start_agent(&pcluster, &url, &token, "--process-config", &config);
+    s.f.wait_ready_clusters(3);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        s.all_pids(),
+        before,
+        "the restarted agent adopted every instance"
+    );
+
+    // Dynamic: CONFIG SET, no restart.
+    let out = s.apply(
+        "plain-2.yaml",
+        &shard("plain", 3, "    config: {maxmemory: 96mb}"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("every instance runs maxmemory 96mb", || {
+        s.endpoints("plain").iter().all(|(_, _, e)| {
+            matches!(resp::once(e, &["CONFIG", "GET", "maxmemory"]),
+                Some(Reply::Array(a)) if a.len() == 2 && a[1].text() == (96u64 << 20).to_string())
+        })
+    });
+    assert_eq!(s.all_pids(), before, "a dynamic change restarts nothing");
+
+    // Immutable: refused, naming the field.
+    let out = s.apply(
+        "plain-3.yaml",
+        &shard(
+            "plain",
+            3,
+            "    config: {maxmemory: 96mb, databases: \"32\"}",
+        ),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.redis.config.databases: immutable once the set exists"),
+        "{err}"
+    );
+
+    // Static: a rolling restart, the primary last.
+    let (pordinal, _, _) = s.primary("plain").unwrap();
+    let out = s.apply(
+        "plain-4.yaml",
+        &shard(
+            "plain",
+            3,
+            "    config: {maxmemory: 96mb, rdbchecksum: \"no\"}",
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut restarted: Vec<String> = Vec::new();
+    eventually("every instance restarted with rdbchecksum no", || {
+        for (name, pid) in s.all_pids() {
+            let was = before.iter().find(|(n, _)| *n == name).map(|(_, p)| *p);
+            if was != Some(pid) && !restarted.contains(&name) {
+                restarted.push(name);
+            }
+        }
+        restarted.len() == 3
+            && s.endpoints("plain").iter().all(|(_, _, e)| {
+                matches!(resp::once(e, &["CONFIG", "GET", "rdbchecksum"]),
+                    Some(Reply::Array(a)) if a.len() == 2 && a[1].text() == "no")
+            })
+            && s.wired("plain", 3)
+    });
+    assert_eq!(
+        restarted.last().map(String::as_str),
+        Some(format!("plain-{pordinal}").as_str()),
+        "replicas first, the primary last: {restarted:?}\n{}",
+        ["a", "b", "c"]
+            .iter()
+            .map(|m| format!("{m}:\n{}", s.f.agent_log(m, "plain")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let (_, _, primary) = s.primary("plain").unwrap();
+    assert_eq!(dbsize(&primary), Some(201), "nothing lost in the rollout");
+}
