@@ -286,6 +286,37 @@ impl ProcessBackend {
             .collect()
     }
 
+    /// Stops every instance this member runs, of every set, and forgets them (their
+    /// volumes stay). Agents never do this (the data plane outlives them); it is for a
+    /// throwaway federation such as `flotilla dev`, whose data goes when it stops.
+    pub async fn stop_everything(&self) -> Result<usize> {
+        let all: Vec<(String, String, Vec<u32>)> = self
+            .lock()
+            .sets
+            .iter()
+            .filter_map(|(k, s)| {
+                let (ns, name) = k.split_once('/')?;
+                Some((
+                    ns.to_string(),
+                    name.to_string(),
+                    s.instances.keys().copied().collect(),
+                ))
+            })
+            .collect();
+        let mut stopped = 0;
+        for (ns, name, ordinals) in all {
+            let mut set: InstanceSet = flotilla_api::Object::new(&name, Default::default());
+            set.metadata.namespace = Some(ns);
+            let deletes = ordinals.iter().map(|&o| self.delete(&set, o, true));
+            for r in futures::future::join_all(deletes).await {
+                if r? == Applied::Wrote {
+                    stopped += 1;
+                }
+            }
+        }
+        Ok(stopped)
+    }
+
     /// Creates instance `ordinal` of `set` (see the module documentation).
     fn create(&self, set: &InstanceSet, ordinal: u32) -> Result<Applied> {
         let ns = namespace(set);

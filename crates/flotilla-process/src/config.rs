@@ -166,7 +166,7 @@ fn executable(path: &Path) -> Result<(), String> {
 }
 
 /// Finds `program` in the directories of `PATH`.
-pub(crate) fn on_path(program: &str) -> Option<PathBuf> {
+pub fn on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))

@@ -121,6 +121,9 @@ pub struct DevArgs {
     /// Keep the embedded store here (default: a temporary directory, removed on exit).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Simulated members even when redis-server and redis-sentinel are on PATH.
+    #[arg(long)]
+    pub simulated: bool,
 }
 
 #[derive(Debug, Subcommand)]

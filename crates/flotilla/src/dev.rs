@@ -1,7 +1,10 @@
-//! `flotilla dev`: the federation server on the embedded store plus three simulated
-//! member clusters of different sizes and regions, in one process, each member's agent
-//! joined over real gRPC exactly like a remote one. With `--example` it applies the
-//! Redis example from deploy/examples/.
+//! `flotilla dev`: the federation server on the embedded store plus three member
+//! clusters of different sizes and regions, in one process, each member's agent joined
+//! over real gRPC exactly like a remote one. When `redis-server` and `redis-sentinel`
+//! are on PATH the members are process members (real Redis on loopback addresses,
+//! stopped when dev stops); otherwise simulated, and it says why. With `--example` it
+//! applies the Redis example from deploy/examples/ and prints how to reach its
+//! primary.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,8 +13,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use flotilla_api::NodeGroup;
 use flotilla_member::sim::SimConfig;
+use flotilla_process::ProcessConfig;
 use flotilla_proto::v1::federation_client::FederationClient;
-use flotilla_proto::v1::{AddClusterRequest, ApplyRequest, DeleteRequest};
+use flotilla_proto::v1::{AddClusterRequest, ApplyRequest, DeleteRequest, GetRequest};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use tokio::sync::watch;
 use tonic::Request;
@@ -79,6 +83,15 @@ impl DevMember {
         }
     }
 
+    /// The same nodes, as a process member keeping its data under `dir`.
+    fn process_config(&self, dir: &Path) -> ProcessConfig {
+        ProcessConfig {
+            node_groups: self.config().node_groups,
+            data_dir: dir.join(format!("member-{}", self.name)),
+            ..ProcessConfig::default()
+        }
+    }
+
     fn labels(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("region".to_string(), self.region.to_string()),
@@ -120,20 +133,32 @@ pub fn run(args: &DevArgs) -> Result<(), CliError> {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut agents = Vec::new();
+        let missing = missing_programs(args.simulated);
+        let mut processes = Vec::new();
         for m in &MEMBERS {
             let token = member_token(&mut api, &dir, m).await.map_err(failed)?;
-            let member = flotilla_agent::SimMember::new(&m.config());
             let options = flotilla_agent::Options::new(url.clone(), m.name, token);
             let mut stop = stop_rx.clone();
-            agents.push(tokio::spawn(async move {
-                let result = flotilla_agent::run(options, member, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "simulated member's agent stopped");
-                }
-            }));
+            let stop = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if missing.is_none() {
+                let member =
+                    flotilla_agent::ProcessMember::new(&m.process_config(&dir)).map_err(failed)?;
+                processes.push(member.processes().clone());
+                agents.push(tokio::spawn(async move {
+                    if let Err(e) = flotilla_agent::run(options, member, stop).await {
+                        tracing::error!(error = %e, "process member's agent stopped");
+                    }
+                }));
+            } else {
+                let member = flotilla_agent::SimMember::new(&m.config());
+                agents.push(tokio::spawn(async move {
+                    if let Err(e) = flotilla_agent::run(options, member, stop).await {
+                        tracing::error!(error = %e, "simulated member's agent stopped");
+                    }
+                }));
+            }
         }
 
         if args.example {
@@ -153,12 +178,22 @@ pub fn run(args: &DevArgs) -> Result<(), CliError> {
                 );
             }
         }
-        print_welcome(&server, &dir, args.data_dir.is_some());
+        print_welcome(&server, &dir, args.data_dir.is_some(), missing.as_deref());
+        if args.example && missing.is_none() {
+            tokio::spawn(print_primary(url.clone(), server.admin_token.clone()));
+        }
         process::stop_signal().await;
         println!("stopping");
         stop_tx.send_replace(true);
         for a in agents {
             let _ = a.await;
+        }
+        // Agents leave their instances running (the data plane outlives them); dev's
+        // members are throwaway, so their processes go with it.
+        for p in processes {
+            if let Err(e) = p.stop_everything().await {
+                tracing::warn!(error = %e, "stopping a process member's instances");
+            }
         }
         server.stop().await;
         Ok(())
@@ -175,8 +210,68 @@ fn dev_logging() {
         .try_init();
 }
 
-fn print_welcome(server: &flotilla_server::Running, dir: &Path, kept: bool) {
-    println!("Flotilla is running: server + embedded store + 3 simulated members.");
+/// Why dev's members are simulated: `--simulated`, or the Redis programs it would run
+/// that are not on PATH; `None` when they are process members.
+fn missing_programs(simulated: bool) -> Option<String> {
+    if simulated {
+        return Some("--simulated".to_string());
+    }
+    let missing: Vec<&str> = ["redis-server", "redis-sentinel"]
+        .into_iter()
+        .filter(|p| flotilla_process::config::on_path(p).is_none())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{} not on PATH (apt-get install redis-server redis-sentinel)",
+            missing.join(" and ")
+        )
+    })
+}
+
+/// Waits for the example's primary and prints how to reach it.
+async fn print_primary(url: String, token: String) {
+    let Ok(mut api) = client(&url, &token).await else {
+        return;
+    };
+    for _ in 0..240 {
+        let got = api
+            .get(Request::new(GetRequest {
+                kind: "fis".into(),
+                name: "redis-a".into(),
+                namespace: "default".into(),
+            }))
+            .await;
+        let primary = got.ok().and_then(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.into_inner().json).ok()?;
+            let p = &v["status"]["primary"];
+            Some((p["ordinal"].as_u64()?, p["endpoint"].as_str()?.to_string()))
+        });
+        if let Some((ordinal, endpoint)) = primary
+            && let Some((host, port)) = endpoint.rsplit_once(':')
+        {
+            println!();
+            println!("The example's primary is redis-a-{ordinal}: redis-cli -h {host} -p {port}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn print_welcome(
+    server: &flotilla_server::Running,
+    dir: &Path,
+    kept: bool,
+    simulated: Option<&str>,
+) {
+    match simulated {
+        None => println!(
+            "Flotilla is running: server + embedded store + 3 process members (real Redis on loopback addresses)."
+        ),
+        Some(why) => {
+            println!("Flotilla is running: server + embedded store + 3 simulated members.");
+            println!("(simulated, not process members: {why})");
+        }
+    }
     println!();
     for m in &MEMBERS {
         println!(
