@@ -25,6 +25,7 @@
 //! it changed anything: a converged set costs two list requests and no write (its pods
 //! are ready, so no Node is read).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -59,6 +60,9 @@ pub struct KubeBackend {
     node_loss: NodeLoss,
     /// How Redis ports are reached, resolved (see [`access`]).
     pod_access: PodAccess,
+    /// Per set (`namespace/name`): each pod's `<podIP>:<port>` as the last observe
+    /// listed them, so the Redis engine's commands cost no request of their own.
+    addrs: std::sync::Arc<std::sync::Mutex<BTreeMap<String, BTreeMap<String, String>>>>,
 }
 
 impl fmt::Debug for KubeBackend {
@@ -89,6 +93,7 @@ impl KubeBackend {
             epoch: epoch.into(),
             node_loss: NodeLoss::default(),
             pod_access: access::resolve(PodAccess::Auto, access::recorded()),
+            addrs: std::sync::Arc::default(),
         }
     }
 
@@ -589,6 +594,14 @@ impl Backend for KubeBackend {
             last_switchover: None,
         };
         self.mark_lost(&mut observed, &pods, &claims).await?;
+        let seen: BTreeMap<String, String> = pods
+            .iter()
+            .filter_map(|p| Some((p.metadata.name.clone()?, pod_addr(p, port)?)))
+            .collect();
+        self.addrs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(objects::set_key(set), seen);
         Ok(observed)
     }
 
@@ -620,5 +633,44 @@ impl Backend for KubeBackend {
 
     async fn capacity(&self) -> flotilla_member::Result<CapacityModel> {
         Ok(self.free().await?)
+    }
+
+    async fn redis(
+        &self,
+        set: &InstanceSet,
+        ordinal: u32,
+        args: &[&str],
+        timeout: Duration,
+    ) -> flotilla_member::Result<redis::Reply> {
+        let pod = instance_name(set.name(), ordinal);
+        let port = flotilla_api::redis::port_of(&set.spec.template);
+        let known = self
+            .addrs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&objects::set_key(set))
+            .and_then(|a| a.get(&pod).cloned());
+        let addr = match known {
+            Some(a) => a,
+            None => {
+                let found = self
+                    .get_pod(set, ordinal)
+                    .await
+                    .map_err(|e| flotilla_member::Error::Backend(e.chain()))?
+                    .ok_or_else(|| {
+                        flotilla_member::Error::Backend(Error::NoPod(pod.clone()).to_string())
+                    })?;
+                pod_addr(&found, port).ok_or_else(|| {
+                    flotilla_member::Error::Backend(Error::NoPodIp(pod.clone()).to_string())
+                })?
+            }
+        };
+        let dial = PodDial {
+            api: self.api::<Pod>(set),
+            access: self.pod_access,
+            port,
+            addrs: BTreeMap::from([(pod.clone(), addr)]),
+        };
+        redis::command_via(&dial, &pod, args, timeout).await
     }
 }

@@ -161,6 +161,7 @@ pub fn pod(set: &InstanceSet, ordinal: u32) -> Result<Pod> {
     let mut spec = set.spec.template.spec.clone().unwrap_or_default();
     spec.hostname = Some(name.clone());
     mount_claims(set, ordinal, &mut spec);
+    redis_command(set, ordinal, &mut spec);
     place(set, &mut spec);
     Ok(Pod {
         metadata: ObjectMeta {
@@ -174,6 +175,70 @@ pub fn pod(set: &InstanceSet, ordinal: u32) -> Result<Pod> {
         spec: Some(spec),
         status: None,
     })
+}
+
+/// A `spec.redis` set: Flotilla owns the first container's command line
+/// (`redis-server` with `flotilla_redis::server_config` as arguments: every interface,
+/// announcing the pod IP, `dir` where the first claim is mounted — at `/data` unless
+/// the template mounts it — and whether it starts as a replica). `$(POD_IP)` is
+/// expanded by the kubelet from the variable added here.
+fn redis_command(set: &InstanceSet, ordinal: u32, spec: &mut PodSpec) {
+    if set.spec.redis.is_none() {
+        return;
+    }
+    let claim = claim_names(set).next().map(str::to_string);
+    let Some(c) = spec.containers.first_mut() else {
+        return;
+    };
+    let mounts = c.volume_mounts.get_or_insert_default();
+    let dir = match &claim {
+        Some(claim) => match mounts.iter().find(|m| m.name == *claim) {
+            Some(m) => m.mount_path.clone(),
+            None => {
+                mounts.push(k8s_openapi::api::core::v1::VolumeMount {
+                    name: claim.clone(),
+                    mount_path: "/data".into(),
+                    ..Default::default()
+                });
+                "/data".into()
+            }
+        },
+        None => "/data".into(),
+    };
+    if mounts.is_empty() {
+        c.volume_mounts = None;
+    }
+    let port = flotilla_api::redis::port_of(&set.spec.template);
+    let own = format!("$(POD_IP):{port}");
+    let start = flotilla_redis::startup(set, ordinal, &own, false);
+    let lines = flotilla_redis::server_config(
+        set,
+        port,
+        flotilla_redis::Bind::All {
+            announce: "$(POD_IP)",
+        },
+        &dir,
+        &start,
+    );
+    c.command = Some(vec!["redis-server".into()]);
+    c.args = Some(flotilla_redis::server_args(&lines));
+    let env = c.env.get_or_insert_default();
+    if !env.iter().any(|e| e.name == "POD_IP") {
+        env.insert(
+            0,
+            k8s_openapi::api::core::v1::EnvVar {
+                name: "POD_IP".into(),
+                value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+                    field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                        field_path: "status.podIP".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+    }
 }
 
 /// Mounts every claim template's PVC as a volume named after the claim, replacing a
@@ -609,6 +674,53 @@ mod tests {
         set.metadata.namespace = Some("cache".into());
         set.metadata.uid = Some("uid-1".into());
         set
+    }
+
+    #[test]
+    fn a_redis_pod_runs_the_command_line_flotilla_renders() {
+        let mut set = set(None);
+        set.spec.redis = Some(flotilla_api::redis::RedisSpec {
+            min_replicas_to_write: Some(1),
+            shard_replicas: Some(3),
+            config: BTreeMap::from([("maxmemory".into(), "1gb".into())]),
+            ..Default::default()
+        });
+        set.metadata.annotations = Some(BTreeMap::from([(
+            flotilla_api::redis::PRIMARY_ANNOTATION.to_string(),
+            "7=10.0.0.7:6379".to_string(),
+        )]));
+        let replica = pod(&set, 1).unwrap();
+        let c = &replica.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            c.command.as_deref(),
+            Some(&["redis-server".to_string()][..])
+        );
+        let args = c.args.clone().unwrap().join(" ");
+        for want in [
+            "--port 6379",
+            "--bind * -::*",
+            "--dir /data",
+            "--replica-announce-ip $(POD_IP)",
+            "--min-replicas-to-write 1",
+            "--replicaof 10.0.0.7 6379",
+            "--maxmemory 1gb",
+        ] {
+            assert!(args.contains(want), "{want:?} in {args}");
+        }
+        assert_eq!(c.env.as_ref().unwrap()[0].name, "POD_IP");
+        let mount = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.name.as_str(), mount.mount_path.as_str()),
+            ("data", "/data")
+        );
+        // The named primary itself, restarting in a shard of three: held back.
+        let held = pod(&set, 7).unwrap();
+        let args = held.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+            .join(" ");
+        assert!(args.contains("--replicaof $(POD_IP) 6379"), "{args}");
     }
 
     #[test]

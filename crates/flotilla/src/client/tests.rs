@@ -833,13 +833,15 @@ async fn against_the_real_server() {
     };
     let (result, out, _) = capture!(get_to(&args));
     result.unwrap();
-    assert!(
-        out.lines()
-            .nth(1)
-            .unwrap()
-            .starts_with("default     redis-a   12 "),
-        "{out}"
-    );
+    // The example has sentinels: their companion set is listed too.
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(rows[0][..3], ["default", "redis-a", "12"], "{out}");
+    assert_eq!(rows[1][..3], ["default", "redis-a-sentinel", "3"], "{out}");
 
     let Command::Clusters(args) = cli(&url, &["clusters"]) else {
         unreachable!()
