@@ -205,6 +205,30 @@ impl Shard {
     }
 }
 
+/// What every instance and sentinel of `cache` says, and the logs about it.
+fn diagnose(s: &Shard, last: &str) -> String {
+    let mut out = format!("last answer: {last}\n");
+    for (o, _, e) in s.endpoints("cache") {
+        out.push_str(&format!(
+            "cache-{o} {e}: role {:?} master {:?}:{:?} link {:?}\n",
+            resp::info_field(&e, "role"),
+            resp::info_field(&e, "master_host"),
+            resp::info_field(&e, "master_port"),
+            resp::info_field(&e, "master_link_status")
+        ));
+    }
+    for (_, _, e) in s.endpoints("cache-sentinel") {
+        out.push_str(&format!(
+            "sentinel {e}: {:?}\n",
+            resp::once(&e, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "cache"])
+        ));
+    }
+    for m in ["a", "b", "c"] {
+        out.push_str(&format!("{m}:\n{}\n", s.f.agent_log(m, "cache")));
+    }
+    out + &s.f.server_grep("primary")
+}
+
 /// A Redis set of `replicas` instances; `extra` is appended under `spec.redis`.
 fn shard(name: &str, replicas: u32, redis: &str) -> String {
     format!(
@@ -312,7 +336,8 @@ fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
 
     // A new primary that accepts writes, as the sentinels name it.
     let mut new_primary = String::new();
-    eventually("a new primary accepting writes", || {
+    let mut last = String::new();
+    let mut attempt = || {
         let Some(Reply::Array(a)) = resp::once(
             &sentinels[0].2,
             &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "cache"],
@@ -324,9 +349,18 @@ fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
             return false;
         }
         new_primary = addr;
-        resp::once(&new_primary, &["SET", "after-failover", "1"])
-            == Some(Reply::Simple("OK".into()))
-    });
+        let reply = resp::once(&new_primary, &["SET", "after-failover", "1"]);
+        last = format!("{new_primary}: {reply:?}");
+        reply == Some(Reply::Simple("OK".into()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !attempt() {
+        if Instant::now() > deadline {
+            drop(attempt);
+            panic!("no new primary accepting writes:\n{}", diagnose(&s, &last));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let took = killed.elapsed();
     println!(
         "failover: {:.1} s from kill -9 of the primary to a new primary accepting writes",
@@ -508,6 +542,8 @@ fn without_sentinels_an_emptied_primary_wipes_nothing_agents_can_die_and_config_
             .map(|m| format!("{m}:\n{}", s.f.agent_log(m, "plain")))
             .collect::<Vec<_>>()
             .join("\n")
+            + "\nserver:\n"
+            + &s.f.server_grep("primary")
     );
     let (_, _, primary) = s.primary("plain").unwrap();
     assert_eq!(dbsize(&primary), Some(201), "nothing lost in the rollout");

@@ -122,6 +122,15 @@ impl Federation {
             .join("\n")
     }
 
+    /// The lines of the server's log that contain `pattern`.
+    pub fn server_grep(&self, pattern: &str) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains(pattern))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn server_log(&self) -> String {
         let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();

@@ -184,6 +184,26 @@ pub fn promote_of(set: &crate::InstanceSet) -> Option<(u32, String)> {
     Some((ordinal.trim().parse().ok()?, run_id.trim().to_string()))
 }
 
+/// On every slice of a Redis set with sentinels: the sentinels' addresses
+/// (`host:port,host:port`), for the planned switchovers a member asks Sentinel for.
+pub const SENTINELS_ANNOTATION: &str = "flotilla.io/redis-sentinels";
+
+/// The sentinels a slice names (see [`SENTINELS_ANNOTATION`]).
+pub fn sentinels_of(set: &crate::InstanceSet) -> Vec<String> {
+    set.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SENTINELS_ANNOTATION))
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `min-replicas-max-lag`: how far behind (seconds) a replica may be and still count
 /// for `min-replicas-to-write`.
 pub const MIN_REPLICAS_MAX_LAG_SECONDS: u32 = 10;

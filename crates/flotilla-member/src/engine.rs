@@ -176,6 +176,15 @@ pub(crate) async fn switchover<B: Backend>(
     if target.info.status.role == "master" && old.is_none_or(|o| o.info.status.role != "master") {
         return Ok((Applied::Unchanged, done));
     }
+    if set
+        .spec
+        .redis
+        .as_ref()
+        .is_some_and(|r| r.sentinel.is_some())
+    {
+        let (applied, _) = switchover_by_sentinel(backend, set, seen, from, Some(to)).await?;
+        return Ok((applied, done));
+    }
     let old = old.ok_or_else(|| {
         Error::Backend(format!(
             "switchover from {} waits: it does not answer",
@@ -223,6 +232,130 @@ pub(crate) async fn switchover<B: Backend>(
     }
 }
 
+/// A planned switchover away from `from` on a set with sentinels, asked of Sentinel (a
+/// `FAILOVER TO` behind its back would be failed over again): writes are paused on the
+/// old primary (`CLIENT PAUSE … WRITE`), its replicas catch up to its offset, then one
+/// sentinel runs `SENTINEL FAILOVER`, which promotes the best replica; done when the old
+/// primary says it is a replica. Sentinel chooses the replica: the new primary is
+/// returned when it is `to` (a local switchover the engine then wires to).
+pub(crate) async fn switchover_by_sentinel<B: Backend>(
+    backend: &B,
+    set: &InstanceSet,
+    seen: &BTreeMap<u32, Seen>,
+    from: u32,
+    to: Option<u32>,
+) -> Result<(Applied, Option<LocalSwitchover>)> {
+    let Some(watched) = set.spec.redis.as_ref().and(Some(set.name())) else {
+        return Err(Error::Backend("not a Redis set".into()));
+    };
+    let sentinels = flotilla_api::redis::sentinels_of(set);
+    let old = seen.get(&from).ok_or_else(|| {
+        Error::Backend(format!(
+            "switchover from {} waits: it does not answer",
+            name(set, from)
+        ))
+    })?;
+    let local = |addr: &str| {
+        to.and_then(|t| seen.get(&t).filter(|s| s.endpoint == addr).map(|s| (t, s)))
+            .map(|(t, s)| LocalSwitchover {
+                from,
+                to: Primary {
+                    ordinal: t,
+                    endpoint: s.endpoint.clone(),
+                },
+            })
+    };
+    if old.info.status.role != "master" {
+        return Ok((Applied::Unchanged, None));
+    }
+    if sentinels.is_empty() {
+        return Err(Error::Backend(format!(
+            "switchover from {from} waits: no sentinel of {watched} is known yet"
+        )));
+    }
+    let send = |args: &'static [&'static str]| backend.redis(set, from, args, COMMAND_TIMEOUT);
+    match send(&["CLIENT", "PAUSE", "15000", "WRITE"]).await {
+        Ok(Reply::Simple(_)) => {}
+        other => {
+            return Err(Error::Switchover(format!(
+                "{} refused CLIENT PAUSE: {other:?}",
+                name(set, from)
+            )));
+        }
+    }
+    let result = async {
+        // Replicas catch up with the paused primary (bounded: Sentinel picks the
+        // replica with the highest offset anyway).
+        let caught_up = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let reply = backend
+                .redis(set, from, &["INFO", "replication"], COMMAND_TIMEOUT)
+                .await;
+            let info = reply
+                .ok()
+                .and_then(|r| r.as_text())
+                .map(|t| info::parse(&t));
+            let done = info.as_ref().is_some_and(|i| {
+                i.replicas
+                    .iter()
+                    .filter(|(_, state, _)| state == "online")
+                    .all(|(_, _, offset)| *offset >= i.offset)
+            });
+            if done || tokio::time::Instant::now() > caught_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut asked = Vec::new();
+        for s in &sentinels {
+            match crate::redis::command(s, &["SENTINEL", "FAILOVER", watched], COMMAND_TIMEOUT)
+                .await
+            {
+                Ok(Reply::Simple(_)) => {
+                    asked.push(s.clone());
+                    break;
+                }
+                other => tracing::warn!(sentinel = %s, reply = ?other, "SENTINEL FAILOVER refused"),
+            }
+        }
+        let Some(sentinel) = asked.pop() else {
+            return Err(Error::Switchover(format!(
+                "no sentinel of {watched} ran the failover"
+            )));
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if role(backend, set, from).await.as_deref() == Some("slave") {
+                let master = match crate::redis::command(
+                    &sentinel,
+                    &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", watched],
+                    COMMAND_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(Reply::Array(Some(a))) if a.len() == 2 => a[0]
+                        .as_text()
+                        .zip(a[1].as_text())
+                        .map(|(h, p)| info::join(&h, &p)),
+                    _ => None,
+                };
+                tracing::info!(set = %set.name(), from, to = ?master, "switched over by Sentinel");
+                return Ok((Applied::Wrote, master.as_deref().and_then(local)));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Switchover(format!(
+                    "Sentinel's failover of {watched} did not demote {}",
+                    name(set, from)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    .await;
+    let _ = send(&["CLIENT", "UNPAUSE"]).await;
+    result
+}
+
 async fn role<B: Backend>(backend: &B, set: &InstanceSet, ordinal: u32) -> Option<String> {
     let reply = backend
         .redis(set, ordinal, &["ROLE"], COMMAND_TIMEOUT)
@@ -242,8 +375,20 @@ pub(crate) async fn wire<B: Backend>(
     state: &mut EngineState,
 ) -> usize {
     let mut commands = Vec::new();
+    let mut writes = 0;
     if let Some(p) = primary {
         commands = engine::replication(set, p, &locals(seen));
+        if let Some(from) = engine::handover(set, p, &locals(seen)) {
+            match switchover_by_sentinel(backend, set, seen, from, Some(p.ordinal)).await {
+                Ok((applied, done)) => {
+                    writes += usize::from(applied == Applied::Wrote);
+                    if done.is_some() {
+                        state.switchover = done;
+                    }
+                }
+                Err(e) => tracing::warn!(set = %set.name(), from, error = %e, "handover"),
+            }
+        }
     }
     let want = engine::dynamic_config(set);
     state.configured.retain(|o, _| seen.contains_key(o));
@@ -258,7 +403,6 @@ pub(crate) async fn wire<B: Backend>(
             commands.push(c);
         }
     }
-    let mut writes = 0;
     for c in commands {
         let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
         match backend.redis(set, c.ordinal, &args, COMMAND_TIMEOUT).await {

@@ -158,11 +158,13 @@ pub fn replication(set: &InstanceSet, primary: &Primary, locals: &[Local<'_>]) -
                     primary.endpoint
                 ),
             )),
+            // With Sentinel a handover is Sentinel's too (see [`handover`]).
             "master"
-                if l.info
-                    .replicas
-                    .iter()
-                    .any(|(a, state, _)| *a == primary.endpoint && state == "online") =>
+                if !sentinel
+                    && l.info
+                        .replicas
+                        .iter()
+                        .any(|(a, state, _)| *a == primary.endpoint && state == "online") =>
             {
                 out.push(Command {
                     ordinal: l.ordinal,
@@ -191,6 +193,24 @@ pub fn replication(set: &InstanceSet, primary: &Primary, locals: &[Local<'_>]) -
         }
     }
     out
+}
+
+/// With Sentinel: the local master that must hand the primary over (the primary is
+/// named elsewhere, and is one of its online replicas). The member asks Sentinel for
+/// the failover: `FAILOVER TO` behind Sentinel's back would be failed over again.
+pub fn handover(set: &InstanceSet, primary: &Primary, locals: &[Local<'_>]) -> Option<u32> {
+    set.spec.redis.as_ref()?.sentinel?;
+    locals
+        .iter()
+        .find(|l| {
+            l.ordinal != primary.ordinal
+                && l.info.status.role == "master"
+                && l.info
+                    .replicas
+                    .iter()
+                    .any(|(a, state, _)| *a == primary.endpoint && state == "online")
+        })
+        .map(|l| l.ordinal)
 }
 
 /// The dynamic parameters every instance of the set should run with: the user's
@@ -395,6 +415,22 @@ mod tests {
             ],
             &["3 REPLICAOF 127.0.1.1 6379"],
         );
+    }
+
+    #[test]
+    fn with_sentinel_a_master_hands_over_through_sentinel_not_failover_to() {
+        let s = set(&[(PRIMARY_ANNOTATION, "1=127.0.1.2:6379")], true);
+        let old = master(&[B, C], 5);
+        check(&s, &[(0, A, old.clone())], &[]);
+        let p = primary(&s, None).unwrap();
+        let locals = [Local {
+            ordinal: 0,
+            endpoint: A,
+            info: &old,
+        }];
+        assert_eq!(handover(&s, &p, &locals), Some(0));
+        let plain = set(&[(PRIMARY_ANNOTATION, "1=127.0.1.2:6379")], false);
+        assert_eq!(handover(&plain, &p, &locals), None, "FAILOVER TO does it");
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Decision {
     pub promote: Option<(u32, String)>,
     /// Why the shard has no working primary, for the Degraded condition.
     pub problem: Option<String>,
+    /// Why this primary, for the log when it changes.
+    pub why: &'static str,
 }
 
 fn status(s: &Seen<'_>) -> Option<PrimaryStatus> {
@@ -74,23 +76,30 @@ pub fn choose(
         primary: Some(p.clone()),
         promote: None,
         problem,
+        why: "the primary stays",
     };
 
     let Some(p) = previous else {
         let start = first.and_then(by_ordinal).filter(|s| redis(s).is_some());
         return match start {
-            Some(s) => take_over(*s),
+            Some(s) => take_over(
+                *s,
+                "a new shard starts with the first ordinal of its home member",
+            ),
             None => Decision::default(),
         };
     };
     let Some(s) = by_ordinal(p.ordinal).filter(|s| redis(s).is_some()) else {
         // Down, not reported, or no longer placed.
         if sentinel && let Some(m) = followed() {
-            return take_over(m);
+            return take_over(m, "Sentinel's master: the one the replicas follow");
         }
         let gone = by_ordinal(p.ordinal).is_none();
         if gone && let Some(b) = best(seen.iter()) {
-            return take_over(b);
+            return take_over(
+                b,
+                "the primary's ordinal is gone: the instance with the most data",
+            );
         }
         return keep(
             p,
@@ -118,7 +127,7 @@ pub fn choose(
                 .iter()
                 .filter(|o| o.ordinal != s.ordinal && redis(o).is_some_and(|r| !r.empty));
             if let Some(b) = best(holders) {
-                return take_over(b);
+                return take_over(b, "the primary is empty while another instance holds data");
             }
         }
         // Outdated, with no up-to-date instance in its own member to switch over to
@@ -144,7 +153,10 @@ pub fn choose(
                     })
             });
             if let Some(b) = best(linked) {
-                return take_over(b);
+                return take_over(
+                    b,
+                    "the outdated primary hands over last, to an up-to-date replica",
+                );
             }
         }
         if !s.staying {
@@ -154,7 +166,10 @@ pub fn choose(
                 })
             });
             if let Some(b) = best(linked) {
-                return take_over(b);
+                return take_over(
+                    b,
+                    "the primary is leaving: its caught-up replica with the most data",
+                );
             }
         }
         return keep(&moved(s), None);
@@ -164,11 +179,14 @@ pub fn choose(
         && let Some(m) = r.master.as_deref().and_then(by_endpoint)
         && redis(m).is_some_and(|r| r.role == "master")
     {
-        return take_over(*m);
+        return take_over(
+            *m,
+            "the primary follows its own master (a switchover happened)",
+        );
     }
     if sentinel {
         if let Some(m) = followed() {
-            return take_over(m);
+            return take_over(m, "Sentinel's master: the one the replicas follow");
         }
         return keep(
             &moved(s),
@@ -179,7 +197,10 @@ pub fn choose(
         );
     }
     match best(seen.iter()) {
-        Some(b) => take_over(b),
+        Some(b) => take_over(
+            b,
+            "the primary restarted held back: the instance with the most data",
+        ),
         None => keep(&moved(s), None),
     }
 }
@@ -209,7 +230,7 @@ where
 }
 
 /// `s` becomes the primary; promoted when it is a replica without a link.
-fn take_over(s: Seen<'_>) -> Decision {
+fn take_over(s: Seen<'_>, why: &'static str) -> Decision {
     let promote = redis(&s)
         .filter(|r| r.role == "slave" && !r.link_up)
         .map(|r| (s.ordinal, r.run_id.clone()));
@@ -217,6 +238,7 @@ fn take_over(s: Seen<'_>) -> Decision {
         primary: status(&s),
         promote,
         problem: None,
+        why,
     }
 }
 

@@ -555,10 +555,47 @@ impl Controller {
             previous_primary,
             &alive,
         );
+        if let Some(d) = &redis
+            && d.primary.as_ref().map(|p| (p.ordinal, &p.endpoint))
+                != previous_primary.map(|p| (p.ordinal, &p.endpoint))
+        {
+            tracing::info!(
+                set = %key,
+                from = ?previous_primary.map(|p| p.ordinal),
+                to = ?d.primary.as_ref().map(|p| p.ordinal),
+                endpoint = d.primary.as_ref().map_or("", |p| p.endpoint.as_str()),
+                promote = d.promote.is_some(),
+                why = d.why,
+                "primary"
+            );
+        }
         let mut extra = redis
             .as_ref()
             .map(crate::redis::annotations)
             .unwrap_or_default();
+        if set
+            .spec
+            .redis
+            .as_ref()
+            .is_some_and(|r| r.sentinel.is_some())
+        {
+            // Members ask these sentinels for planned switchovers.
+            let (ns, name) = keys::split_set_key(key);
+            let ckey = keys::set_key(ns, &flotilla_api::redis::sentinel_set_name(name));
+            let sentinels: Vec<&str> = cache
+                .statuses
+                .get(&ckey)
+                .into_iter()
+                .flat_map(|e| &e.value.instances)
+                .filter_map(|i| i.endpoint.as_deref())
+                .collect();
+            if !sentinels.is_empty() {
+                extra.insert(
+                    flotilla_api::redis::SENTINELS_ANNOTATION.to_string(),
+                    sentinels.join(","),
+                );
+            }
+        }
         if let Some(watched) = &set.spec.sentinel_for {
             // Sentinels register the shard at the primary the federation knows.
             let (ns, _) = keys::split_set_key(key);
