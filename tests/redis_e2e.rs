@@ -184,8 +184,12 @@ impl Shard {
             .flatten()
             .filter(|i| i["role"] == "primary")
             .count();
+        let good = resp::info_field(&primary, "min_slaves_good_slaves")
+            .and_then(|n| n.parse::<usize>().ok());
         labelled == 1
             && resp::info_field(&primary, "role").as_deref() == Some("master")
+            // The primary counts them for min-replicas-to-write (after their first ACK).
+            && good.is_none_or(|n| n + 1 == replicas)
             && all
                 .iter()
                 .filter(|(_, _, e)| *e != primary)
@@ -291,14 +295,7 @@ fn dbsize(addr: &str) -> Option<i64> {
 #[test]
 fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
     let s = Shard::start(61);
-    let out = s.apply(
-        "cache.yaml",
-        &shard(
-            "cache",
-            3,
-            "    sentinel: {replicas: 3, quorum: 2, downAfterMilliseconds: 2000, failoverTimeoutMilliseconds: 10000}",
-        ),
-    );
+    let out = s.apply("cache.yaml", &shard("cache", 3, SENTINELS));
     assert!(
         out.status.success(),
         "{}",
@@ -379,10 +376,10 @@ fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 
     // The federation follows Sentinel; the old instance comes back as a replica.
-    eventually("status.primary follows Sentinel", || {
+    until(&s, "status.primary follows Sentinel", || {
         s.primary("cache").is_some_and(|(_, _, e)| e == new_primary)
     });
-    eventually("the old primary back as a linked replica", || {
+    until(&s, "the old primary back as a linked replica", || {
         s.wired("cache", 3)
     });
     let old = s
@@ -395,7 +392,62 @@ fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
         missing(&old, &acked).is_empty(),
         "the old primary caught up"
     );
+
+    // A static change rolls a restart; the primary's handover is Sentinel's.
+    let before = s.all_pids();
+    let (pordinal, _, primary) = s.primary("cache").unwrap();
+    let more = write_acknowledged(&primary, "m", 200);
+    let out = s.apply(
+        "cache-2.yaml",
+        &shard(
+            "cache",
+            3,
+            &format!("{SENTINELS}\n    config: {{rdbchecksum: \"no\"}}"),
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut restarted: Vec<String> = Vec::new();
+    until(&s, "every instance restarted with rdbchecksum no", || {
+        for (name, pid) in s.all_pids() {
+            let was = before.iter().find(|(n, _)| *n == name).map(|(_, p)| *p);
+            let shard_instance = !name.starts_with("cache-sentinel");
+            if shard_instance && was != Some(pid) && !restarted.contains(&name) {
+                restarted.push(name);
+            }
+        }
+        restarted.len() == 3 && s.wired("cache", 3)
+    });
+    assert_eq!(
+        restarted.last().map(String::as_str),
+        Some(format!("cache-{pordinal}").as_str()),
+        "replicas first, the primary last: {restarted:?}"
+    );
+    let (_, _, primary) = s.primary("cache").unwrap();
+    let lost = missing(&primary, &[acked, more].concat());
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost in the rollout: {lost:?}"
+    );
 }
+
+/// `eventually`, with what `cache` looks like when it times out.
+fn until(s: &Shard, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            diagnose(s, "")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const SENTINELS: &str = "    sentinel: {replicas: 3, quorum: 2, downAfterMilliseconds: 2000, failoverTimeoutMilliseconds: 10000}";
 
 #[test]
 fn without_sentinels_an_emptied_primary_wipes_nothing_agents_can_die_and_config_rolls() {

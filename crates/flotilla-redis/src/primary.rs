@@ -122,7 +122,11 @@ pub fn choose(
         endpoint: s.endpoint.unwrap_or(&p.endpoint).to_string(),
     };
     if r.role == "master" {
-        if r.empty && someone_has_data(s.ordinal) {
+        // An empty primary that feeds no replica while others hold data (it came back
+        // empty without being held back). A primary with linked replicas is never
+        // judged empty: its report may predate the writes its replicas already show.
+        // With Sentinel an unplanned change is Sentinel's alone.
+        if !sentinel && r.empty && r.replicas.is_empty() && someone_has_data(s.ordinal) {
             let holders = seen
                 .iter()
                 .filter(|o| o.ordinal != s.ordinal && redis(o).is_some_and(|r| !r.empty));
@@ -289,6 +293,7 @@ mod tests {
                     "down" => ready = false,
                     "leaving" => staying = false,
                     "old" => current = false,
+                    "feeds" => r.replicas = vec!["10.0.0.9:6379".into()],
                     other => panic!("{other}"),
                 },
             }
@@ -407,6 +412,18 @@ mod tests {
             ],
             false,
             "primary 1 promote 1",
+        );
+        check(
+            Some(0),
+            &["0@a master keys=0 feeds", "1@b slave of=0 up keys=9"],
+            false,
+            "primary 0",
+        );
+        check(
+            Some(0),
+            &["0@a master keys=0", "1@b slave of=0 keys=9"],
+            true,
+            "primary 0",
         );
     }
 
