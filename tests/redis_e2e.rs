@@ -332,30 +332,30 @@ fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
         .unwrap();
 
     // A new primary that accepts writes, as the sentinels name it.
-    let mut new_primary = String::new();
+    let new_primary: String;
     let mut last = String::new();
-    let mut attempt = || {
-        let Some(Reply::Array(a)) = resp::once(
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(Reply::Array(a)) = resp::once(
             &sentinels[0].2,
             &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "cache"],
-        ) else {
-            return false;
-        };
-        let addr = format!("{}:{}", a[0].text(), a[1].text());
-        if addr == primary {
-            return false;
+        ) && a.len() == 2
+        {
+            let addr = format!("{}:{}", a[0].text(), a[1].text());
+            if addr != primary {
+                let reply = resp::once(&addr, &["SET", "after-failover", "1"]);
+                last = format!("{addr}: {reply:?}");
+                if reply == Some(Reply::Simple("OK".into())) {
+                    new_primary = addr;
+                    break;
+                }
+            }
         }
-        new_primary = addr;
-        let reply = resp::once(&new_primary, &["SET", "after-failover", "1"]);
-        last = format!("{new_primary}: {reply:?}");
-        reply == Some(Reply::Simple("OK".into()))
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !attempt() {
-        if Instant::now() > deadline {
-            drop(attempt);
-            panic!("no new primary accepting writes:\n{}", diagnose(&s, &last));
-        }
+        assert!(
+            Instant::now() < deadline,
+            "no new primary accepting writes:\n{}",
+            diagnose(&s, &last)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let took = killed.elapsed();
