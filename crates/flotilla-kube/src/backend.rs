@@ -586,7 +586,7 @@ impl Backend for KubeBackend {
                 .iter()
                 .filter_map(|p| {
                     let mut i = objects::instance(p, &self.epoch)?;
-                    i.endpoint = pod_addr(p, port);
+                    i.endpoint = objects::endpoint(p, set);
                     Some(i)
                 })
                 .collect(),

@@ -177,6 +177,18 @@ pub fn pod(set: &InstanceSet, ordinal: u32) -> Result<Pod> {
     })
 }
 
+/// A pod's endpoint for `set`: `<podIP>:<port>` of the set's Redis port (the port
+/// named `redis`, else the first), once it has an IP.
+pub fn endpoint(pod: &Pod, set: &InstanceSet) -> Option<String> {
+    let port = flotilla_api::redis::port_of(&set.spec.template);
+    let ip = pod.status.as_ref()?.pod_ip.as_deref()?;
+    Some(if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    })
+}
+
 /// A `spec.redis` set: Flotilla owns the first container's command line
 /// (`redis-server` with `flotilla_redis::server_config` as arguments: every interface,
 /// announcing the pod IP, `dir` where the first claim is mounted — at `/data` unless

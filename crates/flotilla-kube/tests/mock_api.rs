@@ -130,7 +130,10 @@ impl Set {
 
     /// With the status a pass would compute for `observed`, as if already written.
     fn status_for(mut self, pods: &[Pod], claims: &[PersistentVolumeClaim]) -> Set {
-        let observed = observed(pods, claims);
+        let mut observed = observed(pods, claims);
+        for (i, p) in observed.instances.iter_mut().zip(pods) {
+            i.endpoint = objects::endpoint(p, &self.0);
+        }
         self.0.status = Some(prepare(&self.valid(), &observed).status);
         self
     }
