@@ -459,8 +459,8 @@ pub fn config_of_class(config: &BTreeMap<String, String>, c: ParamClass) -> BTre
 }
 
 /// The problems of a change from `old` to `new` that no rollout can make, as
-/// `(field, reason)`: an immutable parameter changed, added or removed, or the mode or
-/// the sentinels' existence changed.
+/// `(field, reason)`: an immutable parameter changed, added or removed, or the mode
+/// changed. (Sentinels may be added or removed: their companion set follows.)
 pub fn immutable_changes(old: &RedisSpec, new: &RedisSpec) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let names: std::collections::BTreeSet<&String> =

@@ -86,7 +86,7 @@ pub fn federated_instance_set(
     );
     placement(&spec.placement, spec.replicas, &mut e);
     if let Some(r) = &spec.redis {
-        redis(r, &spec.roles, &mut e);
+        redis(r, &spec.roles, spec.role_probe.as_ref(), &mut e);
         if r.shard_replicas.is_some() {
             e.push(
                 "spec.redis.shardReplicas",
@@ -147,7 +147,41 @@ fn redis_defaults(spec: &mut crate::FederatedInstanceSetSpec) {
 
 /// `spec.redis` on its own: known, user-settable parameters with one-line values,
 /// sentinels that can reach a quorum, and one exclusive role (the primary).
-fn redis(r: &crate::redis::RedisSpec, roles: &[crate::Role], e: &mut Errors) {
+fn redis(
+    r: &crate::redis::RedisSpec,
+    roles: &[crate::Role],
+    probe: Option<&RoleProbe>,
+    e: &mut Errors,
+) {
+    if r.announce == crate::redis::Announce::Hostname {
+        e.push(
+            "spec.redis.announce",
+            "Hostname is not supported yet (instances announce their pod IP); leave it out",
+        );
+    }
+    let exclusive: Vec<&str> = roles
+        .iter()
+        .filter(|r| r.exclusive)
+        .map(|r| r.name.as_str())
+        .collect();
+    match probe {
+        Some(p) if p.exec.is_some() => e.push(
+            "spec.roleProbe.exec",
+            "a Redis set's roles come from Redis itself (ROLE); leave roleProbe out",
+        ),
+        Some(p) => {
+            let master = p.redis.as_ref().and_then(|r| r.role_map.get("master"));
+            if let [role] = exclusive[..]
+                && master.map(String::as_str) != Some(role)
+            {
+                e.push(
+                    "spec.roleProbe.redis.roleMap.master",
+                    format!("must name the exclusive role {role:?}: the primary is the instance Redis calls master"),
+                );
+            }
+        }
+        None => {}
+    }
     use crate::redis::{Param, param};
     for (name, value) in &r.config {
         let path = format!("spec.redis.config.{name}");
@@ -231,7 +265,7 @@ pub fn instance_set(set: InstanceSet) -> Result<Valid<InstanceSet>, Invalid> {
         e.push("spec.maxInstancesPerNode", "must be at least 1");
     }
     if let Some(r) = &spec.redis {
-        redis(r, &spec.roles, &mut e);
+        redis(r, &spec.roles, spec.role_probe.as_ref(), &mut e);
     }
     e.into_result().map(|()| Valid(set))
 }

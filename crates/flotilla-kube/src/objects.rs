@@ -222,7 +222,22 @@ fn redis_command(set: &InstanceSet, ordinal: u32, spec: &mut PodSpec) {
     }
     let port = flotilla_api::redis::port_of(&set.spec.template);
     let own = format!("$(POD_IP):{port}");
-    let start = flotilla_redis::startup(set, ordinal, &own, false);
+    // The arguments outlive this decision: the kubelet restarts the container with
+    // them (a crash, an in-place update). So once the shard has a primary, every pod of
+    // a shard of more than one starts held back (a replica of itself, which feeds no
+    // replica) and the engine wires it: a restart can never come back as a master
+    // that replicas resync from.
+    let shard = set
+        .spec
+        .redis
+        .as_ref()
+        .and_then(|r| r.shard_replicas)
+        .unwrap_or(1);
+    let start = if shard > 1 && flotilla_api::redis::primary_of(set).is_some() {
+        flotilla_redis::Start::ReplicaOf(own.clone())
+    } else {
+        flotilla_redis::startup(set, ordinal, &own, false)
+    };
     let lines = flotilla_redis::server_config(
         set,
         port,
@@ -714,7 +729,7 @@ mod tests {
             "--dir /data",
             "--replica-announce-ip $(POD_IP)",
             "--min-replicas-to-write 1",
-            "--replicaof 10.0.0.7 6379",
+            "--replicaof $(POD_IP) 6379",
             "--maxmemory 1gb",
         ] {
             assert!(args.contains(want), "{want:?} in {args}");
@@ -725,7 +740,7 @@ mod tests {
             (mount.name.as_str(), mount.mount_path.as_str()),
             ("data", "/data")
         );
-        // The named primary itself, restarting in a shard of three: held back.
+        // The named primary itself too: held back.
         let held = pod(&set, 7).unwrap();
         let args = held.spec.unwrap().containers[0]
             .args

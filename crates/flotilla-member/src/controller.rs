@@ -202,7 +202,9 @@ impl<B: Backend> Controller<B> {
                     engine::switchover(&*self.backend, set, seen, *from, *to)
                         .await
                         .map(|(applied, done)| {
-                            engine_state.switchover = Some(done);
+                            if done.is_some() {
+                                engine_state.switchover = done;
+                            }
                             applied
                         })
                 }

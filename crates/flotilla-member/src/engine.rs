@@ -158,7 +158,7 @@ pub(crate) async fn switchover<B: Backend>(
     seen: &BTreeMap<u32, Seen>,
     from: u32,
     to: u32,
-) -> Result<(Applied, LocalSwitchover)> {
+) -> Result<(Applied, Option<LocalSwitchover>)> {
     let target = seen.get(&to).ok_or_else(|| {
         Error::Backend(format!(
             "switchover to {} waits: it does not answer",
@@ -174,7 +174,7 @@ pub(crate) async fn switchover<B: Backend>(
     };
     let old = seen.get(&from);
     if target.info.status.role == "master" && old.is_none_or(|o| o.info.status.role != "master") {
-        return Ok((Applied::Unchanged, done));
+        return Ok((Applied::Unchanged, Some(done)));
     }
     if set
         .spec
@@ -182,8 +182,8 @@ pub(crate) async fn switchover<B: Backend>(
         .as_ref()
         .is_some_and(|r| r.sentinel.is_some())
     {
-        let (applied, _) = switchover_by_sentinel(backend, set, seen, from, Some(to)).await?;
-        return Ok((applied, done));
+        let (applied, actual) = switchover_by_sentinel(backend, set, seen, from, Some(to)).await?;
+        return Ok((applied, actual));
     }
     let old = old.ok_or_else(|| {
         Error::Backend(format!(
@@ -217,7 +217,7 @@ pub(crate) async fn switchover<B: Backend>(
         let previous = role(backend, set, from).await;
         if new.as_deref() == Some("master") && previous.as_deref() == Some("slave") {
             tracing::info!(set = %set.name(), from, to, "switched over");
-            return Ok((Applied::Wrote, done));
+            return Ok((Applied::Wrote, Some(done)));
         }
         if tokio::time::Instant::now() > deadline {
             return Err(Error::Switchover(format!(
@@ -284,8 +284,8 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
         }
     }
     let result = async {
-        // Replicas catch up with the paused primary (bounded: Sentinel picks the
-        // replica with the highest offset anyway).
+        // Every replica catches up with the paused primary; otherwise no failover
+        // (Sentinel could promote one behind, and the others would resync from it).
         let caught_up = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             let reply = backend
@@ -296,56 +296,77 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
                 .and_then(|r| r.as_text())
                 .map(|t| info::parse(&t));
             let done = info.as_ref().is_some_and(|i| {
-                i.replicas
-                    .iter()
-                    .filter(|(_, state, _)| state == "online")
-                    .all(|(_, _, offset)| *offset >= i.offset)
+                !i.replicas.is_empty()
+                    && i.replicas
+                        .iter()
+                        .all(|(_, state, offset)| state == "online" && *offset >= i.offset)
             });
-            if done || tokio::time::Instant::now() > caught_up {
+            if done {
                 break;
+            }
+            if tokio::time::Instant::now() > caught_up {
+                return Err(Error::Backend(format!(
+                    "switchover from {from} waits: its replicas did not catch up within 5 s"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut asked = Vec::new();
+        // One sentinel is asked: the first that answers at all (asking another after
+        // a refusal or a timeout could start a second failover).
+        let mut asked = None;
         for s in &sentinels {
             match crate::redis::command(s, &["SENTINEL", "FAILOVER", watched], COMMAND_TIMEOUT)
                 .await
             {
                 Ok(Reply::Simple(_)) => {
-                    asked.push(s.clone());
+                    asked = Some(s.clone());
                     break;
                 }
-                other => tracing::warn!(sentinel = %s, reply = ?other, "SENTINEL FAILOVER refused"),
+                Ok(other) => {
+                    return Err(Error::Switchover(format!(
+                        "sentinel {s} refused the failover of {watched}: {other:?}"
+                    )));
+                }
+                Err(e) => tracing::warn!(sentinel = %s, error = %e, "sentinel unreachable"),
             }
         }
-        let Some(sentinel) = asked.pop() else {
-            return Err(Error::Switchover(format!(
-                "no sentinel of {watched} ran the failover"
+        let Some(sentinel) = asked else {
+            return Err(Error::Backend(format!(
+                "switchover from {from} waits: no sentinel of {watched} answers"
             )));
         };
+        // Sentinel names the new primary at once but demotes a reachable old one only
+        // later: the old primary, still paused, is made its replica here, so it never
+        // takes a write again as a master.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if role(backend, set, from).await.as_deref() == Some("slave") {
-                let master = match crate::redis::command(
-                    &sentinel,
-                    &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", watched],
-                    COMMAND_TIMEOUT,
-                )
-                .await
-                {
-                    Ok(Reply::Array(Some(a))) if a.len() == 2 => a[0]
-                        .as_text()
-                        .zip(a[1].as_text())
-                        .map(|(h, p)| info::join(&h, &p)),
-                    _ => None,
-                };
-                tracing::info!(set = %set.name(), from, to = ?master, "switched over by Sentinel");
-                return Ok((Applied::Wrote, master.as_deref().and_then(local)));
+            let master = match crate::redis::command(
+                &sentinel,
+                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", watched],
+                COMMAND_TIMEOUT,
+            )
+            .await
+            {
+                Ok(Reply::Array(Some(a))) if a.len() == 2 => a[0]
+                    .as_text()
+                    .zip(a[1].as_text())
+                    .map(|(h, p)| (info::join(&h, &p), h, p)),
+                _ => None,
+            };
+            if let Some((addr, host, port)) = master.filter(|(a, _, _)| *a != old.endpoint) {
+                if role(backend, set, from).await.as_deref() != Some("slave") {
+                    let _ = backend
+                        .redis(set, from, &["REPLICAOF", &host, &port], COMMAND_TIMEOUT)
+                        .await;
+                }
+                if role(backend, set, from).await.as_deref() == Some("slave") {
+                    tracing::info!(set = %set.name(), from, to = %addr, "switched over by Sentinel");
+                    return Ok((Applied::Wrote, local(&addr)));
+                }
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(Error::Switchover(format!(
-                    "Sentinel's failover of {watched} did not demote {}",
-                    name(set, from)
+                    "Sentinel's failover of {watched} did not complete within 30 s"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

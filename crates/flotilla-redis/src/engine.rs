@@ -10,7 +10,8 @@
 //!     not P:     replica of P ─ ok
 //!                replica of another ─ REPLICAOF P      (with Sentinel: never, it does)
 //!                master with P as an online replica ─ FAILOVER TO P TIMEOUT …
-//!                master otherwise ─ REPLICAOF P        (with Sentinel: only if empty)
+//!                empty master feeding no one ─ REPLICAOF P   (with Sentinel: only a
+//!                        brand-new one, offset 0); a master with data never by name
 //!   dynamic config differs from what this process was given ─ CONFIG SET
 //! ```
 //!
@@ -149,7 +150,9 @@ pub fn replication(set: &InstanceSet, primary: &Primary, locals: &[Local<'_>]) -
             // With Sentinel, a replica's master is Sentinel's to change: it reconfigures
             // every replica it knows, and a link down may be its reconfiguration in
             // progress, which re-pointing to a possibly stale name would undo.
-            "slave" if !sentinel => out.push(replicaof(
+            // A held-back instance (a replica of its own address) is wired either way:
+            // Sentinel does not know it.
+            "slave" if !sentinel || l.info.held_back(l.endpoint) => out.push(replicaof(
                 l.ordinal,
                 format!(
                     "replicates from {}, the primary is {} at {}",
@@ -182,13 +185,23 @@ pub fn replication(set: &InstanceSet, primary: &Primary, locals: &[Local<'_>]) -
                     ),
                 })
             }
-            "master" if !sentinel || l.info.keys == 0 => out.push(replicaof(
-                l.ordinal,
-                format!(
-                    "is a master, the primary is {} at {}",
-                    primary.ordinal, primary.endpoint
-                ),
-            )),
+            // A master is demoted by name only while it is empty and feeds no one
+            // (a new shard's instances): one with data hands over by FAILOVER TO to a
+            // caught-up replica, or waits (the federation follows the real master),
+            // since a full resync from a lagging or chained name would lose writes.
+            "master"
+                if l.info.keys == 0
+                    && l.info.replicas.is_empty()
+                    && (!sentinel || l.info.offset == 0) =>
+            {
+                out.push(replicaof(
+                    l.ordinal,
+                    format!(
+                        "is an empty master, the primary is {} at {}",
+                        primary.ordinal, primary.endpoint
+                    ),
+                ))
+            }
             _ => {}
         }
     }
@@ -403,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn with_sentinel_a_master_with_data_and_a_linked_replica_are_left_to_it() {
+    fn masters_with_data_and_sentinels_replicas_are_left_alone_held_back_and_new_ones_wired() {
         let s = set(&[(PRIMARY_ANNOTATION, "0=127.0.1.1:6379")], true);
         check(
             &s,
@@ -412,7 +425,20 @@ mod tests {
                 (2, C, replica(B, true)),
                 (3, "127.0.1.4:6379", master(&[], 0)),
                 (4, "127.0.1.5:6379", replica(B, false)),
+                (5, "127.0.1.6:6379", replica("127.0.1.6:6379", false)),
+                (
+                    6,
+                    "127.0.1.7:6379",
+                    parse("run_id:n\nrole:master\nmaster_repl_offset:0\n"),
+                ),
             ],
+            &["5 REPLICAOF 127.0.1.1 6379", "6 REPLICAOF 127.0.1.1 6379"],
+        );
+        // Without Sentinel a master with data is never demoted by name either.
+        let plain = set(&[(PRIMARY_ANNOTATION, "0=127.0.1.1:6379")], false);
+        check(
+            &plain,
+            &[(1, B, master(&[], 7)), (3, C, master(&[], 0))],
             &["3 REPLICAOF 127.0.1.1 6379"],
         );
     }

@@ -28,8 +28,11 @@ pub struct Seen<'a> {
     pub ready: bool,
     /// Its ordinal stays in the set's placement (not being removed).
     pub staying: bool,
-    /// It runs its slice's current revision.
+    /// It runs its slice's current revision, by a report of the current slice.
     pub current: bool,
+    /// It runs an older revision, by a report of the current slice (a stale report
+    /// says neither).
+    pub outdated: bool,
     /// What Redis says, if its member could ask.
     pub redis: Option<&'a RedisInstanceStatus>,
 }
@@ -80,6 +83,16 @@ pub fn choose(
     };
 
     let Some(p) = previous else {
+        // A shard already running (the federation's record of it lost): its master.
+        if let Some(m) = followed_by_replicas(seen) {
+            return take_over(m, "the master its replicas follow");
+        }
+        // Data already there (volumes kept from an earlier set): the instance with the
+        // most of it, never an empty one over it.
+        let holders = seen.iter().filter(|s| redis(s).is_some_and(|r| !r.empty));
+        if let Some(b) = best(holders) {
+            return take_over(b, "a shard with data starts with the instance holding most");
+        }
         let start = first.and_then(by_ordinal).filter(|s| redis(s).is_some());
         return match start {
             Some(s) => take_over(
@@ -149,7 +162,7 @@ pub fn choose(
             .iter()
             .filter(|o| o.ordinal != s.ordinal && o.staying)
             .all(|o| o.current && redis(o).is_some());
-        if !s.current && !local_successor && others_done {
+        if s.outdated && !local_successor && others_done {
             let linked = seen.iter().filter(|o| {
                 o.current
                     && redis(o).is_some_and(|r| {
@@ -178,15 +191,28 @@ pub fn choose(
         }
         return keep(&moved(s), None);
     }
-    // P is a replica.
+    // P is a replica. Linked to a master M: a switchover happened, unless P was just
+    // named to take over from M (a handover still pending): follow M only when M, as
+    // the primary, would stay.
     if r.link_up
         && let Some(m) = r.master.as_deref().and_then(by_endpoint)
         && redis(m).is_some_and(|r| r.role == "master")
     {
-        return take_over(
-            *m,
-            "the primary follows its own master (a switchover happened)",
-        );
+        let as_m = PrimaryStatus {
+            ordinal: m.ordinal,
+            cluster: Some(m.cluster.to_string()),
+            endpoint: m.endpoint.unwrap_or_default().to_string(),
+        };
+        let stays = choose(Some(&as_m), seen, first, sentinel)
+            .primary
+            .is_some_and(|q| q.ordinal == m.ordinal);
+        if stays {
+            return take_over(
+                *m,
+                "the primary follows its own master (a switchover happened)",
+            );
+        }
+        return keep(&moved(s), None);
     }
     if sentinel {
         if let Some(m) = followed() {
@@ -249,6 +275,20 @@ fn take_over(s: Seen<'_>, why: &'static str) -> Decision {
 /// With Sentinel: the master that linked replicas follow is the one it elected (the one
 /// most replicas follow, then the lowest ordinal).
 fn followed<'a>(seen: &[Seen<'a>]) -> Option<Seen<'a>> {
+    followed_by_replicas(seen).or_else(|| {
+        // A shard of two: the master Sentinel promoted has no one to follow it yet.
+        let mut masters = seen
+            .iter()
+            .filter(|s| redis(s).is_some_and(|r| r.role == "master"));
+        match (masters.next(), masters.next()) {
+            (Some(m), None) => Some(*m),
+            _ => None,
+        }
+    })
+}
+
+/// The master most linked replicas follow (then the lowest ordinal), if any.
+fn followed_by_replicas<'a>(seen: &[Seen<'a>]) -> Option<Seen<'a>> {
     seen.iter()
         .filter(|s| redis(s).is_some_and(|r| r.role == "master"))
         .map(|m| {
@@ -277,6 +317,7 @@ mod tests {
         let ordinal: u32 = o.parse().unwrap();
         let mut r = RedisInstanceStatus {
             run_id: format!("run{ordinal}"),
+            empty: true,
             ..RedisInstanceStatus::default()
         };
         let mut ready = true;
@@ -308,6 +349,7 @@ mod tests {
                 ready,
                 staying,
                 current,
+                outdated: !current,
                 redis: None,
             },
             r,
@@ -349,6 +391,12 @@ mod tests {
     fn a_new_shard_starts_with_the_first_ordinal_once_it_runs() {
         check(None, &["0@a master", "1@b master"], false, "primary 0");
         check(None, &["0@a master down", "1@b master"], false, "none");
+        check(
+            None,
+            &["0@a master", "1@b master keys=4", "2@c master"],
+            false,
+            "primary 1",
+        );
     }
 
     #[test]

@@ -126,6 +126,38 @@ pub(crate) fn now_time() -> Time {
     )
 }
 
+/// What in `new` no rollout can make from the stored `old`: immutable Redis parameters,
+/// the Redis mode, whether it is a Redis set at all, or a companion set as a target.
+fn unmakeable(old: &FederatedInstanceSet, new: &FederatedInstanceSet) -> Option<Invalid> {
+    if let Some(watched) = &old.spec.sentinel_for {
+        return Some(Invalid::one(
+            "metadata.name",
+            format!(
+                "{} is the sentinel set Flotilla runs for {}; change spec.redis.sentinel of {} instead",
+                new.name(),
+                watched.set,
+                watched.set
+            ),
+        ));
+    }
+    let problems: Vec<(String, String)> = match (&old.spec.redis, &new.spec.redis) {
+        (Some(a), Some(b)) => flotilla_api::redis::immutable_changes(a, b),
+        (None, None) => Vec::new(),
+        _ => vec![(
+            "spec.redis".to_string(),
+            "cannot be added to or removed from a set that exists (its instances' data and command line depend on it)".to_string(),
+        )],
+    };
+    (!problems.is_empty()).then(|| {
+        Invalid(
+            problems
+                .into_iter()
+                .map(|(path, why)| flotilla_api::FieldError::new(path, why))
+                .collect(),
+        )
+    })
+}
+
 /// A random (version 4) UUID, as Kubernetes gives every object.
 pub(crate) fn uid() -> Result<String, Status> {
     let mut b = [0u8; 16];
@@ -299,33 +331,7 @@ impl Api {
             return Ok(None);
         };
         let old: FederatedInstanceSet = decode_json(&kv)?;
-        if let Some(watched) = &old.spec.sentinel_for {
-            return Ok(Some(Invalid::one(
-                "metadata.name",
-                format!(
-                    "{} is the sentinel set Flotilla runs for {}; change spec.redis.sentinel of {} instead",
-                    set.name(),
-                    watched.set,
-                    watched.set
-                ),
-            )));
-        }
-        let problems: Vec<(String, String)> = match (&old.spec.redis, &set.spec.redis) {
-            (Some(a), Some(b)) => flotilla_api::redis::immutable_changes(a, b),
-            (None, None) => Vec::new(),
-            _ => vec![(
-                "spec.redis".to_string(),
-                "cannot be added to or removed from a set that exists (its instances' data and command line depend on it)".to_string(),
-            )],
-        };
-        Ok((!problems.is_empty()).then(|| {
-            Invalid(
-                problems
-                    .into_iter()
-                    .map(|(path, why)| flotilla_api::FieldError::new(path, why))
-                    .collect(),
-            )
-        }))
+        Ok(unmakeable(&old, set))
     }
 
     async fn apply_set(&self, set: FederatedInstanceSet, dry_run: bool) -> Result<Applied, Status> {
@@ -348,6 +354,10 @@ impl Api {
                 }
                 Some(kv) => {
                     let old: FederatedInstanceSet = decode_json(kv)?;
+                    // Checked again against the very version this write replaces.
+                    if let Some(e) = unmakeable(&old, &new) {
+                        return Err(invalid(e));
+                    }
                     let spec_changed = old.spec != new.spec;
                     if !spec_changed
                         && old.metadata.labels == new.metadata.labels

@@ -68,6 +68,9 @@ struct Cache {
     /// just started: their agents get one cluster TTL to reconnect (a server that was
     /// down longer than the TTL finds every lease lapsed) before they are lost.
     presumed: BTreeSet<String>,
+    /// Sets to reconcile because another set's status changed what their slices say
+    /// (a Redis set and its companion sentinel set name each other's addresses).
+    followups: BTreeSet<SetKey>,
     /// By set, then cluster.
     slices: BTreeMap<SetKey, BTreeMap<String, Entry<InstanceSet>>>,
     /// By set, then cluster.
@@ -403,6 +406,9 @@ impl Controller {
             if let Some(key) = dirty.pop() {
                 let started = Instant::now();
                 let result = self.reconcile(&mut cache, &key).await;
+                for k in std::mem::take(&mut cache.followups) {
+                    dirty.status(k);
+                }
                 self.metrics
                     .reconcile_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -710,6 +716,23 @@ impl Controller {
             redis: redis.as_ref(),
         });
         if before.map(|e| &e.value) != Some(&status) {
+            // The companion sentinel set names the primary; the Redis set names the
+            // sentinels.
+            let (ns, name) = keys::split_set_key(key);
+            if let Some(watched) = &set.spec.sentinel_for {
+                cache.followups.insert(keys::set_key(ns, &watched.set));
+            } else if set
+                .spec
+                .redis
+                .as_ref()
+                .is_some_and(|r| r.sentinel.is_some())
+                && before.and_then(|b| b.value.primary.as_ref()) != status.primary.as_ref()
+            {
+                cache.followups.insert(keys::set_key(
+                    ns,
+                    &flotilla_api::redis::sentinel_set_name(name),
+                ));
+            }
             let skey = keys::set_status(key);
             let condition = before.map_or(Condition::Any, |e| Condition::ModRevision(e.rev));
             let r = put_json(&*self.store, &skey, &status, condition).await?;

@@ -40,6 +40,7 @@ pub fn decide(
             let revision = r.update_revision.as_deref();
             r.instances.iter().map(move |i| Seen {
                 current: fresh && i.revision.as_deref() == revision,
+                outdated: fresh && i.revision.as_deref() != revision,
                 ordinal: i.ordinal,
                 cluster,
                 endpoint: i.endpoint.as_deref(),
