@@ -139,6 +139,12 @@ pub const SECONDARY: &str = "secondary";
 /// The Redis port of a template: its container port named `redis`, else the first
 /// container port, else 6379.
 pub fn port_of(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> u16 {
+    endpoint_port(template).unwrap_or(6379)
+}
+
+/// The port of a template's endpoint: its container port named `redis`, else the
+/// first container port, else none.
+pub fn endpoint_port(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> Option<u16> {
     let ports: Vec<&k8s_openapi::api::core::v1::ContainerPort> = template
         .spec
         .iter()
@@ -150,7 +156,6 @@ pub fn port_of(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> u16 {
         .find(|p| p.name.as_deref() == Some("redis"))
         .or(ports.first())
         .and_then(|p| u16::try_from(p.container_port).ok())
-        .unwrap_or(6379)
 }
 
 /// On every slice of a Redis set: the primary as the federation knows it,

@@ -86,19 +86,7 @@ pub fn port(set: &InstanceSet) -> Option<u16> {
     if set.spec.redis.is_some() {
         return Some(port_of(&set.spec.template));
     }
-    let ports: Vec<_> = set
-        .spec
-        .template
-        .spec
-        .iter()
-        .flat_map(|p| &p.containers)
-        .flat_map(|c| c.ports.iter().flatten())
-        .collect();
-    ports
-        .iter()
-        .find(|p| p.name.as_deref() == Some("redis"))
-        .or(ports.first())
-        .and_then(|p| u16::try_from(p.container_port).ok())
+    flotilla_api::redis::endpoint_port(&set.spec.template)
 }
 
 /// What instance `i` runs (see the module documentation).
