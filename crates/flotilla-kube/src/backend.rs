@@ -47,7 +47,7 @@ use crate::access::{self, PodAccess, PodDial};
 use crate::capacity;
 use crate::error::{Error, Result, chain, status_code};
 use crate::locality::{self, NodeLoss};
-use crate::objects::{self, FIELD_MANAGER, namespace, selector};
+use crate::objects::{self, FIELD_MANAGER, namespace, pod_addr, selector};
 use crate::resource;
 
 /// A Kubernetes member cluster, through one client.
@@ -564,16 +564,6 @@ fn redis_probe(set: &InstanceSet) -> Option<(&RedisProbe, Duration)> {
         redis,
         Duration::from_secs(u64::from(probe.timeout_seconds.max(1))),
     ))
-}
-
-/// `<podIP>:<port>`, once the pod has an IP.
-fn pod_addr(pod: &Pod, port: u16) -> Option<String> {
-    let ip = pod.status.as_ref()?.pod_ip.as_deref()?;
-    Some(if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    })
 }
 
 impl Backend for KubeBackend {

@@ -180,7 +180,11 @@ pub fn pod(set: &InstanceSet, ordinal: u32) -> Result<Pod> {
 /// A pod's endpoint for `set`: `<podIP>:<port>` of the set's Redis port (the port
 /// named `redis`, else the first), once it has an IP.
 pub fn endpoint(pod: &Pod, set: &InstanceSet) -> Option<String> {
-    let port = flotilla_api::redis::port_of(&set.spec.template);
+    pod_addr(pod, flotilla_api::redis::port_of(&set.spec.template))
+}
+
+/// `<podIP>:<port>` (an IPv6 address bracketed), once the pod has an IP.
+pub fn pod_addr(pod: &Pod, port: u16) -> Option<String> {
     let ip = pod.status.as_ref()?.pod_ip.as_deref()?;
     Some(if ip.contains(':') {
         format!("[{ip}]:{port}")
