@@ -30,49 +30,22 @@ use support::{Federation, eventually};
 /// The federation, its process members, and the instances to stop at the end.
 struct Shard {
     f: Federation,
-    /// Dropped after `f` (fields drop in order): the agents are gone by then.
-    _reaper: Reaper,
+    /// Dropped after `f` (fields drop in order): the agents are gone by then, and the
+    /// instances, which outlive agents by design, are killed by pid.
+    _reapers: Vec<flotilla_process::Reaper>,
     /// The members' data directories, removed after the reaper read them.
     _data: tempfile::TempDir,
     members: Vec<(String, PathBuf, String)>,
 }
 
-/// Kills (SIGKILL, by PID) every instance recorded under the members' data
-/// directories.
-struct Reaper(Vec<PathBuf>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            for (pid, _) in pids(dir) {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
-    }
-}
-
-/// (pid, instance) of every instance recorded under a member's data directory.
+/// (pid, instance name) of every instance recorded under a member's data directory.
 fn pids(data_dir: &Path) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    let Ok(namespaces) = std::fs::read_dir(data_dir.join("instances")) else {
-        return out;
-    };
-    for ns in namespaces.flatten() {
-        for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-            let p = f.path();
-            if p.extension().is_some_and(|e| e == "json")
-                && let Ok(text) = std::fs::read_to_string(&p)
-                && let Ok(v) = serde_json::from_str::<Value>(&text)
-                && let Some(pid) = v["pid"].as_u64()
-            {
-                out.push((
-                    pid as u32,
-                    p.file_stem().unwrap().to_string_lossy().into_owned(),
-                ));
-            }
-        }
-    }
-    out
+    flotilla_process::Layout::new(data_dir)
+        .records()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| Some((r.pid?, format!("{}-{}", r.set, r.ordinal))))
+        .collect()
 }
 
 impl Shard {
@@ -98,10 +71,13 @@ impl Shard {
             members.push((name.to_string(), data, token));
         }
         f.wait_ready_clusters(3);
-        let reaper = Reaper(members.iter().map(|(_, d, _)| d.clone()).collect());
+        let reapers = members
+            .iter()
+            .map(|(_, d, _)| flotilla_process::Reaper::new(d))
+            .collect();
         Shard {
             f,
-            _reaper: reaper,
+            _reapers: reapers,
             _data: dir,
             members,
         }

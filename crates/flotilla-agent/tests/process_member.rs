@@ -4,7 +4,6 @@
 //! held, tears it down. Every process a test started is killed by pid at the end
 //! ([`Reaper`]).
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,43 +11,9 @@ use std::time::{Duration, Instant};
 use flotilla_agent::{LocalMemberOptions, Member, ProcessMember};
 use flotilla_api::InstanceSet;
 use flotilla_api::decode::{AnyObject, decode_all};
-use flotilla_process::{Layout, ProcessConfig, Record, os};
-use nix::sys::signal::Signal;
+use flotilla_process::{ProcessConfig, Reaper, Record, os};
 
 const PATIENCE: Duration = Duration::from_secs(10);
-
-/// Kills, on drop, every instance process the state files under a data directory name
-/// (and every one the test saw), while it is still the process that was started.
-struct Reaper {
-    layout: Layout,
-    seen: std::sync::Mutex<BTreeSet<(u32, u64)>>,
-}
-
-impl Reaper {
-    fn saw(&self, records: &[Record]) {
-        for r in records {
-            if let (Some(pid), Some(start)) = (r.pid, r.start_time) {
-                self.seen.lock().unwrap().insert((pid, start));
-            }
-        }
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let mut pids = std::mem::take(&mut *self.seen.lock().unwrap());
-        for r in self.layout.records().unwrap_or_default() {
-            if let (Some(pid), Some(start)) = (r.pid, r.start_time) {
-                pids.insert((pid, start));
-            }
-        }
-        for (pid, start) in pids {
-            if os::alive(pid, start) {
-                let _ = os::signal_group(pid, Signal::SIGKILL);
-            }
-        }
-    }
-}
 
 fn sleeper() -> InstanceSet {
     let text = "apiVersion: flotilla.io/v1alpha1
@@ -116,7 +81,9 @@ async fn running(m: &ProcessMember, reaper: &Reaper) -> Vec<Record> {
     let records: Vec<Record> = (0..2)
         .map(|o| m.processes().record(&set, o).unwrap())
         .collect();
-    reaper.saw(&records);
+    for r in &records {
+        reaper.saw(r);
+    }
     records
 }
 
@@ -131,10 +98,7 @@ fn alive(records: &[Record]) -> Vec<bool> {
 async fn a_removed_slice_is_torn_down_and_a_new_member_adopts_or_tears_down_what_runs() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("member");
-    let reaper = Reaper {
-        layout: Layout::new(&data_dir),
-        seen: Default::default(),
-    };
+    let reaper = Reaper::new(&data_dir);
 
     // Held, then removed: its processes go, its volumes stay (whenDeleted: Retain).
     let m = member(&data_dir).await;

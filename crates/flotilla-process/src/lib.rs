@@ -29,9 +29,11 @@ pub mod config;
 mod error;
 pub mod launch;
 pub mod os;
+mod reaper;
 pub mod state;
 
 pub use backend::ProcessBackend;
 pub use config::ProcessConfig;
 pub use error::{Error, Result};
+pub use reaper::Reaper;
 pub use state::{Layout, Record};

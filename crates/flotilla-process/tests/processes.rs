@@ -6,9 +6,9 @@
 //! from the state files, and every pid it saw), whatever happens: see [`Reaper`].
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_api::decode::{AnyObject, decode_all};
@@ -16,51 +16,10 @@ use flotilla_api::{InstanceSet, Valid, validate};
 use flotilla_instanceset::{Action, Phase};
 use flotilla_member::redis::{self, Reply};
 use flotilla_member::{Backend, Controller};
-use flotilla_process::{Layout, ProcessBackend, ProcessConfig, Record, os};
+use flotilla_process::{Layout, ProcessBackend, ProcessConfig, Reaper, Record, os};
 use nix::sys::signal::Signal;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Kills every instance process under a data directory when dropped (a test that
-/// panics half-way leaves nothing running): the pids of the state files there, and
-/// every pid the test saw, each only while it is still the process that was started
-/// (same start time), so a reused pid is never hit.
-struct Reaper {
-    layout: Layout,
-    seen: Mutex<BTreeSet<(u32, u64)>>,
-}
-
-impl Reaper {
-    fn new(data_dir: &Path) -> Reaper {
-        Reaper {
-            layout: Layout::new(data_dir),
-            seen: Mutex::new(BTreeSet::new()),
-        }
-    }
-
-    /// Remembers the process of `record`.
-    fn saw(&self, record: &Record) {
-        if let (Some(pid), Some(start)) = (record.pid, record.start_time) {
-            self.seen.lock().unwrap().insert((pid, start));
-        }
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let mut pids = std::mem::take(&mut *self.seen.lock().unwrap());
-        for r in self.layout.records().unwrap_or_default() {
-            if let (Some(pid), Some(start)) = (r.pid, r.start_time) {
-                pids.insert((pid, start));
-            }
-        }
-        for (pid, start) in pids {
-            if os::alive(pid, start) {
-                let _ = os::signal_group(pid, Signal::SIGKILL);
-            }
-        }
-    }
-}
 
 fn redis_server() -> PathBuf {
     let bin = std::env::var("FLOTILLA_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
