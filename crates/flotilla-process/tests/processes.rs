@@ -66,8 +66,19 @@ impl Member {
         }
     }
 
+    /// A controller over a new backend. A backend just dropped may still hold the
+    /// directory's lock for a moment (a task of its own finishing): retried on `Busy`.
     fn controller(&self) -> Controller<ProcessBackend> {
-        Controller::new(Arc::new(ProcessBackend::new(&self.config).unwrap()))
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match ProcessBackend::new(&self.config) {
+                Ok(b) => return Controller::new(Arc::new(b)),
+                Err(flotilla_process::Error::Busy(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 }
 
