@@ -13,8 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-env-changed=PROTOC");
     let mut config = prost_build::Config::new();
     if std::env::var_os("PROTOC").is_none() {
-        let vendored = protoc_bin_vendored::protoc_bin_path()
-            .map_err(|e| format!("PROTOC is not set and no protoc is vendored for this platform: {e}"))?;
+        let vendored = protoc_bin_vendored::protoc_bin_path().map_err(|e| {
+            format!("PROTOC is not set and no protoc is vendored for this platform: {e}")
+        })?;
         config.protoc_executable(vendored);
     }
     tonic_prost_build::configure().compile_with_config(config, &files, &[root])?;

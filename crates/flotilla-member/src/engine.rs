@@ -82,7 +82,7 @@ pub(crate) async fn observe<B: Backend>(
             .redis(
                 set,
                 inst.ordinal,
-                &["INFO", "server", "replication", "keyspace"],
+                &["INFO", "server", "persistence", "replication", "keyspace"],
                 COMMAND_TIMEOUT,
             )
             .await;
@@ -96,6 +96,12 @@ pub(crate) async fn observe<B: Backend>(
                 continue;
             }
         };
+        if info.loading {
+            // Its keys and offset mean nothing until it is done: neither this member
+            // nor the federation decides anything on them.
+            tracing::debug!(instance = %name(set, inst.ordinal), "loading its dataset: not observed yet");
+            continue;
+        }
         let mut get = vec!["CONFIG", "GET"];
         get.extend(params.iter().map(String::as_str));
         let config = match backend

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use flotilla_api::status::RedisInstanceStatus;
 
-/// `INFO server replication keyspace` of one instance.
+/// `INFO server persistence replication keyspace` of one instance.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Info {
     /// What the status shows.
@@ -20,6 +20,9 @@ pub struct Info {
     pub replicas: Vec<(String, String, u64)>,
     /// A `FAILOVER` is in progress (`master_failover_state` other than `no-failover`).
     pub failing_over: bool,
+    /// Loading its dataset (`loading` or `async_loading`), or a replica in the middle
+    /// of a full sync: its keys and offset say nothing yet, so nothing is decided on them.
+    pub loading: bool,
 }
 
 impl Info {
@@ -106,6 +109,9 @@ pub fn parse(text: &str) -> Info {
         status,
         replicas,
         failing_over: get("master_failover_state").is_some_and(|s| s != "no-failover"),
+        loading: ["loading", "async_loading", "master_sync_in_progress"]
+            .iter()
+            .any(|k| get(k) == Some("1")),
     }
 }
 
@@ -145,6 +151,19 @@ mod tests {
         assert_eq!(i.replicas.len(), 2);
         assert_eq!(i.run_id, "abc");
         assert!(!i.failing_over);
+        assert!(!i.loading);
+    }
+
+    #[test]
+    fn loading_or_syncing_says_so() {
+        for text in [
+            "role:master\nloading:1\n",
+            "role:master\nloading:0\nasync_loading:1\n",
+            "role:slave\nmaster_link_status:down\nmaster_sync_in_progress:1\n",
+        ] {
+            assert!(parse(text).loading, "{text}");
+        }
+        assert!(!parse("role:slave\nloading:0\nmaster_sync_in_progress:0\n").loading);
     }
 
     #[test]

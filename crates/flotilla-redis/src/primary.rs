@@ -82,6 +82,27 @@ pub fn choose(
         why: "the primary stays",
     };
 
+    // Before a takeover by "the most data": a replica whose last report still shows it
+    // linked to the old primary `at` reported before that primary was lost, so its
+    // offset is not known yet; it may hold writes the others lack (acknowledged by
+    // `WAIT` on it alone). Wait for its next report rather than resync it away.
+    let unreported = |at: &str| {
+        seen.iter()
+            .filter(|o| o.staying)
+            .filter_map(|o| Some((o, redis(o)?)))
+            .find(|(_, r)| r.role == "slave" && r.link_up && r.master.as_deref() == Some(at))
+            .map(|(o, _)| o.ordinal)
+    };
+    let waiting = |p: &PrimaryStatus, o: u32| {
+        keep(
+            p,
+            Some(format!(
+                "primary {} is lost; waiting for a report of instance {o}, still shown linked to it, before choosing the instance with the most data",
+                p.ordinal
+            )),
+        )
+    };
+
     let Some(p) = previous else {
         // A shard already running (the federation's record of it lost): its master.
         if let Some(m) = followed_by_replicas(seen) {
@@ -108,6 +129,9 @@ pub fn choose(
             return take_over(m, "Sentinel's master: the one the replicas follow");
         }
         let gone = by_ordinal(p.ordinal).is_none();
+        if gone && let Some(o) = unreported(&p.endpoint) {
+            return waiting(p, o);
+        }
         if gone && let Some(b) = best(seen.iter()) {
             return take_over(
                 b,
@@ -140,6 +164,9 @@ pub fn choose(
         // judged empty: its report may predate the writes its replicas already show.
         // With Sentinel an unplanned change is Sentinel's alone.
         if !sentinel && r.empty && r.replicas.is_empty() && someone_has_data(s.ordinal) {
+            if let Some(o) = s.endpoint.and_then(unreported) {
+                return waiting(p, o);
+            }
             let holders = seen
                 .iter()
                 .filter(|o| o.ordinal != s.ordinal && redis(o).is_some_and(|r| !r.empty));
@@ -225,6 +252,9 @@ pub fn choose(
                 p.ordinal
             )),
         );
+    }
+    if let Some(o) = s.endpoint.and_then(unreported) {
+        return waiting(&moved(s), o);
     }
     match best(seen.iter()) {
         Some(b) => take_over(
@@ -502,6 +532,59 @@ mod tests {
             &[held, "1@b slave of=0 offset=50 keys=9"],
             true,
             "primary 0 problem",
+        );
+    }
+
+    #[test]
+    fn a_replica_not_heard_from_since_the_primary_was_lost_is_waited_for() {
+        // Instance 2's report predates the loss: it may hold the most data.
+        let stale = "2@c slave of=0 up keys=9";
+        check(
+            Some(0),
+            &[
+                "0@a slave of=0 offset=30 keys=9",
+                "1@b slave of=0 offset=50 keys=9",
+                stale,
+            ],
+            false,
+            "primary 0 problem",
+        );
+        check(
+            Some(0),
+            &[
+                "0@a master keys=0 offset=0",
+                "1@b slave of=0 offset=50 keys=9",
+                stale,
+            ],
+            false,
+            "primary 0 problem",
+        );
+        check(
+            Some(0),
+            &["1@b slave of=0 offset=50 keys=9", stale],
+            false,
+            "primary 0 problem",
+        );
+        // Its next report: unlinked, with its offset; it wins.
+        check(
+            Some(0),
+            &[
+                "1@b slave of=0 offset=50 keys=9",
+                "2@c slave of=0 offset=70 keys=9",
+            ],
+            false,
+            "primary 2 promote 2",
+        );
+        // A member that is gone does not hold the shard up: its instances are not ready.
+        check(
+            Some(0),
+            &[
+                "0@a slave of=0 offset=30 keys=9",
+                "1@b slave of=0 offset=50 keys=9",
+                "2@c slave of=0 up keys=9 down",
+            ],
+            false,
+            "primary 1 promote 1",
         );
     }
 
