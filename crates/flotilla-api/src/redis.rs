@@ -76,8 +76,10 @@ pub enum Announce {
     #[default]
     #[serde(alias = "PodIP")]
     PodIp,
-    /// A per-instance DNS name from a headless Service (Kubernetes members):
-    /// `<set>-<ordinal>.<set>.<namespace>.svc`.
+    /// A per-instance DNS name from a headless Service `<set>` the Kubernetes agent
+    /// creates: `<set>-<ordinal>.<set>.<namespace>.svc` (sentinels resolve and announce
+    /// names). Replicas in other members must be able to resolve it (multi-cluster
+    /// DNS). Process and simulated members have no DNS: they announce their address.
     Hostname,
 }
 

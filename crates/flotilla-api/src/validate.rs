@@ -87,6 +87,7 @@ pub fn federated_instance_set(
     placement(&spec.placement, spec.replicas, &mut e);
     if let Some(r) = &spec.redis {
         redis(r, &spec.roles, spec.role_probe.as_ref(), &mut e);
+        hostname_announce(r, set.name(), &mut e);
         if r.shard_replicas.is_some() {
             e.push(
                 "spec.redis.shardReplicas",
@@ -147,18 +148,28 @@ fn redis_defaults(spec: &mut crate::FederatedInstanceSetSpec) {
 
 /// `spec.redis` on its own: known, user-settable parameters with one-line values,
 /// sentinels that can reach a quorum, and one exclusive role (the primary).
+/// `announce: Hostname` names a headless Service after the set, and Service names must
+/// start with a letter (DNS-1035).
+fn hostname_announce(r: &crate::redis::RedisSpec, name: &str, e: &mut Errors) {
+    if r.announce == crate::redis::Announce::Hostname
+        && !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_lowercase())
+    {
+        e.push(
+            "spec.redis.announce",
+            format!(
+                "Hostname needs a set name starting with a letter: it names the headless Service {name:?}, and Service names must"
+            ),
+        );
+    }
+}
+
 fn redis(
     r: &crate::redis::RedisSpec,
     roles: &[crate::Role],
     probe: Option<&RoleProbe>,
     e: &mut Errors,
 ) {
-    if r.announce == crate::redis::Announce::Hostname {
-        e.push(
-            "spec.redis.announce",
-            "Hostname is not supported yet (instances announce their pod IP); leave it out",
-        );
-    }
     let exclusive: Vec<&str> = roles
         .iter()
         .filter(|r| r.exclusive)
@@ -266,6 +277,7 @@ pub fn instance_set(set: InstanceSet) -> Result<Valid<InstanceSet>, Invalid> {
     }
     if let Some(r) = &spec.redis {
         redis(r, &spec.roles, spec.role_probe.as_ref(), &mut e);
+        hostname_announce(r, set.name(), &mut e);
     }
     e.into_result().map(|()| Valid(set))
 }

@@ -6,8 +6,12 @@ use flotilla_api::validate;
 use flotilla_api::{FederatedInstanceSet, Invalid};
 
 fn judge(redis: &str, extra: &str) -> Result<FederatedInstanceSet, Invalid> {
+    judge_named("cache", redis, extra)
+}
+
+fn judge_named(name: &str, redis: &str, extra: &str) -> Result<FederatedInstanceSet, Invalid> {
     let text = format!(
-        "apiVersion: flotilla.io/v1alpha1\nkind: FederatedInstanceSet\nmetadata: {{name: cache, namespace: default}}\nspec:\n  replicas: 3\n  template:\n    spec:\n      containers: [{{name: redis, image: redis:7, ports: [{{containerPort: 7000, name: redis}}]}}]\n{extra}  redis:\n{redis}\n"
+        "apiVersion: flotilla.io/v1alpha1\nkind: FederatedInstanceSet\nmetadata: {{name: {name:?}, namespace: default}}\nspec:\n  replicas: 3\n  template:\n    spec:\n      containers: [{{name: redis, image: redis:7, ports: [{{containerPort: 7000, name: redis}}]}}]\n{extra}  redis:\n{redis}\n"
     );
     let doc = decode::split(&text).unwrap().remove(0);
     let set = decode::decode::<FederatedInstanceSet>(doc).unwrap().object;
@@ -26,9 +30,26 @@ fn a_redis_set_implies_its_roles_and_their_probe() {
 }
 
 #[test]
+fn hostname_announce_needs_a_set_name_that_can_name_a_service() {
+    let set = judge("    announce: Hostname", "").unwrap();
+    assert_eq!(
+        set.spec.redis.unwrap().announce,
+        flotilla_api::redis::Announce::Hostname
+    );
+    let e = judge_named("7cache", "    announce: Hostname", "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("spec.redis.announce: Hostname needs a set name starting with a letter"),
+        "{e}"
+    );
+    judge_named("7cache", "    config: {}", "").expect("a pod IP needs no Service");
+}
+
+#[test]
 fn bad_redis_specs_are_refused_naming_every_field() {
     let e = judge(
-        "    config: {maxmemroy: 1gb, port: \"7001\", maxmemory: \"\"}\n    minReplicasToWrite: 3\n    announce: Hostname\n    sentinel: {replicas: 3, quorum: 4}",
+        "    config: {maxmemroy: 1gb, port: \"7001\", maxmemory: \"\"}\n    minReplicasToWrite: 3\n    sentinel: {replicas: 3, quorum: 4}",
         "",
     )
     .unwrap_err()
@@ -38,7 +59,6 @@ fn bad_redis_specs_are_refused_naming_every_field() {
         "spec.redis.config.port: set by Flotilla",
         "spec.redis.config.maxmemory: needs a value",
         "spec.redis.minReplicasToWrite: 3 is more than the 2 replica(s)",
-        "spec.redis.announce: Hostname is not supported yet",
         "spec.redis.sentinel.quorum: must be between 1 and replicas (3)",
     ] {
         assert!(e.contains(want), "{want:?} in {e}");

@@ -4,7 +4,9 @@
 //!   observe       GET pods?labelSelector=flotilla.io/set=<set>, GET persistentvolumeclaims?…
 //!                 and only when a pod is not ready: GET nodes, GET persistentvolumes/<pv>
 //!                 for the claims of pods on a lost node or not scheduled (`locality`)
-//!   Create        POST pod            (409 AlreadyExists → Unchanged)
+//!   Create        POST pod            (409 AlreadyExists → Unchanged); with
+//!                 spec.redis.announce: Hostname, first (once per process) POST the
+//!                 headless service `<set>` (409 → GET it: owned by the set, or an error)
 //!   CreateVolume  POST pvc            (409 AlreadyExists → Unchanged)
 //!   UpdateInPlace GET pod, PATCH strategic merge of images/labels/annotations (equal → Unchanged),
 //!                 recording the restarts it waits for (`objects::IN_PLACE_UPDATE_ANNOTATION`)
@@ -34,7 +36,7 @@ use flotilla_api::set::{RedisProbe, RoleProbe};
 use flotilla_api::{CapacityModel, InstanceSet, InstanceSetSpec, InstanceSetStatus, Kind as _};
 use flotilla_instanceset::{Action, Observed, Why, instance_name, volume_name};
 use flotilla_member::{Applied, Backend, redis};
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
 use kube::Client;
 use kube::api::{
     Api, AttachParams, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
@@ -63,6 +65,9 @@ pub struct KubeBackend {
     /// Per set (`namespace/name`): each pod's `<podIP>:<port>` as the last observe
     /// listed them, so the Redis engine's commands cost no request of their own.
     addrs: std::sync::Arc<std::sync::Mutex<BTreeMap<String, BTreeMap<String, String>>>>,
+    /// The headless Services (`namespace/name/uid` of their set) this process made or
+    /// found in place, so a pod create costs no Service request after the first.
+    services: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl fmt::Debug for KubeBackend {
@@ -94,6 +99,7 @@ impl KubeBackend {
             node_loss: NodeLoss::default(),
             pod_access: access::resolve(PodAccess::Auto, access::recorded()),
             addrs: std::sync::Arc::default(),
+            services: std::sync::Arc::default(),
         }
     }
 
@@ -246,6 +252,41 @@ impl KubeBackend {
         }
     }
 
+    /// The headless Service of a set announcing DNS names, before its first pod: created
+    /// when missing; one of that name that the set does not own is an error (it would
+    /// not give the pods their names), never taken over.
+    async fn ensure_service(&self, set: &InstanceSet) -> Result<()> {
+        let key = format!(
+            "{}/{}",
+            objects::set_key(set),
+            set.metadata.uid.as_deref().unwrap_or_default()
+        );
+        if self.services.lock().expect("poisoned").contains(&key) {
+            return Ok(());
+        }
+        let service = objects::headless_service(set)?;
+        if self.create(set, &service).await? == Applied::Unchanged {
+            let found = self
+                .api::<Service>(set)
+                .get_opt(set.name())
+                .await
+                .map_err(Error::kube(format!(
+                    "reading service {}",
+                    objects::set_key(set)
+                )))?;
+            if let Some(found) = found
+                && !objects::owns_service(set, &found)
+            {
+                return Err(Error::Conflict(format!(
+                    "service {} exists and is not this set's: spec.redis.announce: Hostname needs the headless Service of that name; rename one of them",
+                    objects::set_key(set)
+                )));
+            }
+        }
+        self.services.lock().expect("poisoned").insert(key);
+        Ok(())
+    }
+
     /// Applies one planned action (everything but a switchover).
     async fn apply_write(&self, set: &InstanceSet, action: &Action) -> Result<Applied> {
         match action {
@@ -262,7 +303,12 @@ impl KubeBackend {
                 self.create(set, &objects::claim(set, template, *ordinal)?)
                     .await
             }
-            Action::Create { ordinal } => self.create(set, &objects::pod(set, *ordinal)?).await,
+            Action::Create { ordinal } => {
+                if objects::announces_hostname(set) {
+                    self.ensure_service(set).await?;
+                }
+                self.create(set, &objects::pod(set, *ordinal)?).await
+            }
             Action::UpdateInPlace { ordinal } => {
                 let Some(pod) = self.get_pod(set, *ordinal).await? else {
                     return Ok(Applied::Unchanged);

@@ -59,6 +59,9 @@ pub enum Error {
         #[source]
         source: flotilla_member::Error,
     },
+    /// An object the set needs exists under its name but belongs to someone else.
+    #[error("{0}")]
+    Conflict(String),
     /// The set asks for something this backend does not do (yet).
     #[error("{0}")]
     Unsupported(String),

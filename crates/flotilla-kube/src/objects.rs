@@ -6,6 +6,7 @@
 //!   InstanceSet + ordinal ──pod()/claim()──▶ Pod `<set>-<ordinal>`, PVC `<claim>-<set>-<ordinal>`
 //!   listed Pod / PVC ──instance()/volume()──▶ flotilla_instanceset::{Instance, Volume}
 //!   InstanceSet + Pod ──in_place_patch()──▶ strategic merge patch, or None when current
+//!   Redis set announcing Hostname ──headless_service()──▶ Service `<set>` (clusterIP None)
 //! ```
 //!
 //! # In-place updates
@@ -52,10 +53,11 @@ use flotilla_api::{InstanceSet, Kind as _};
 use flotilla_instanceset::{Instance, Phase, Revision, Volume, instance_name, volume_name};
 use k8s_openapi::api::core::v1::{
     Container, ContainerStatus, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod,
-    PodAffinityTerm, PodSpec, TopologySpreadConstraint, Volume as PodVolume,
-    WeightedPodAffinityTerm,
+    PodAffinityTerm, PodSpec, Service, ServicePort, ServiceSpec, TopologySpreadConstraint,
+    Volume as PodVolume, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -160,6 +162,10 @@ pub fn pod(set: &InstanceSet, ordinal: u32) -> Result<Pod> {
     let annotations = template_annotations(set);
     let mut spec = set.spec.template.spec.clone().unwrap_or_default();
     spec.hostname = Some(name.clone());
+    if announces_hostname(set) {
+        // `<pod>.<set>.<ns>.svc` resolves through the headless Service `<set>`.
+        spec.subdomain = Some(set.name().to_string());
+    }
     mount_claims(set, ordinal, &mut spec);
     redis_command(set, ordinal, &mut spec);
     place(set, &mut spec);
@@ -177,10 +183,85 @@ pub fn pod(set: &InstanceSet, ordinal: u32) -> Result<Pod> {
     })
 }
 
-/// A pod's endpoint for `set`: `<podIP>:<port>` of the set's Redis port (the port
-/// named `redis`, else the first), once it has an IP.
+/// A pod's endpoint for `set`, once it has an IP: `<podIP>:<port>` of the set's Redis
+/// port (the port named `redis`, else the first), or with `spec.redis.announce:
+/// Hostname` its DNS name ([`dns_name`]) and that port.
 pub fn endpoint(pod: &Pod, set: &InstanceSet) -> Option<String> {
-    pod_addr(pod, flotilla_api::redis::port_of(&set.spec.template))
+    let port = flotilla_api::redis::port_of(&set.spec.template);
+    let addr = pod_addr(pod, port)?;
+    if !announces_hostname(set) {
+        return Some(addr);
+    }
+    let ordinal = ordinal_of(&pod.metadata)?;
+    Some(format!("{}:{port}", dns_name(set, ordinal)))
+}
+
+/// Whether `set` announces DNS names (`spec.redis.announce: Hostname`) rather than pod
+/// IPs.
+pub fn announces_hostname(set: &InstanceSet) -> bool {
+    set.spec
+        .redis
+        .as_ref()
+        .is_some_and(|r| r.announce == flotilla_api::redis::Announce::Hostname)
+}
+
+/// The DNS name of ordinal `ordinal`'s pod through the headless Service `<set>`:
+/// `<set>-<ordinal>.<set>.<namespace>.svc` (the cluster domain left to the resolver's
+/// search path, so it holds whatever the cluster domain is).
+pub fn dns_name(set: &InstanceSet, ordinal: u32) -> String {
+    format!(
+        "{}.{}.{}.svc",
+        instance_name(set.name(), ordinal),
+        set.name(),
+        namespace(set)
+    )
+}
+
+/// The headless Service `<set>` that gives every pod of a `spec.redis.announce:
+/// Hostname` set its DNS name: no cluster IP, the set's pods by label, not-ready pods
+/// published too (a replica must resolve its primary, and a held-back instance itself,
+/// before they are ready), the Redis port, owned by the set.
+pub fn headless_service(set: &InstanceSet) -> Result<Service> {
+    let port = flotilla_api::redis::port_of(&set.spec.template);
+    Ok(Service {
+        metadata: ObjectMeta {
+            name: Some(set.name().to_string()),
+            namespace: Some(namespace(set).to_string()),
+            labels: Some(BTreeMap::from([(
+                SET_LABEL.to_string(),
+                set.name().to_string(),
+            )])),
+            owner_references: Some(vec![owner_reference(set)?]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(BTreeMap::from([(
+                SET_LABEL.to_string(),
+                set.name().to_string(),
+            )])),
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![ServicePort {
+                name: Some("redis".into()),
+                port: i32::from(port),
+                target_port: Some(IntOrString::Int(i32::from(port))),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// Whether `service` is the one [`headless_service`] makes for `set` (owned by it):
+/// a Service of that name made by someone else is not taken over.
+pub fn owns_service(set: &InstanceSet, service: &Service) -> bool {
+    service
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| Some(&r.uid) == set.metadata.uid.as_ref())
 }
 
 /// `<podIP>:<port>` (an IPv6 address bracketed), once the pod has an IP.
@@ -195,7 +276,7 @@ pub fn pod_addr(pod: &Pod, port: u16) -> Option<String> {
 
 /// A `spec.redis` set: Flotilla owns the first container's command line
 /// (`redis-server` with `flotilla_redis::server_config` as arguments: every interface,
-/// announcing the pod IP, `dir` where the first claim is mounted — at `/data` unless
+/// announcing the pod IP (or its [`dns_name`] with `announce: Hostname`), `dir` where the first claim is mounted — at `/data` unless
 /// the template mounts it — and whether it starts as a replica). `$(POD_IP)` is
 /// expanded by the kubelet from the variable added here.
 fn redis_command(set: &InstanceSet, ordinal: u32, spec: &mut PodSpec) {
@@ -225,7 +306,12 @@ fn redis_command(set: &InstanceSet, ordinal: u32, spec: &mut PodSpec) {
         c.volume_mounts = None;
     }
     let port = flotilla_api::redis::port_of(&set.spec.template);
-    let own = format!("$(POD_IP):{port}");
+    let announce = if announces_hostname(set) {
+        dns_name(set, ordinal)
+    } else {
+        "$(POD_IP)".to_string()
+    };
+    let own = format!("{announce}:{port}");
     // The arguments outlive this decision: the kubelet restarts the container with
     // them (a crash, an in-place update). So once the shard has a primary, every pod of
     // a shard of more than one starts held back (a replica of itself, which feeds no
@@ -246,7 +332,7 @@ fn redis_command(set: &InstanceSet, ordinal: u32, spec: &mut PodSpec) {
         set,
         port,
         flotilla_redis::Bind::All {
-            announce: "$(POD_IP)",
+            announce: &announce,
         },
         &dir,
         &start,
@@ -752,6 +838,59 @@ mod tests {
             .unwrap()
             .join(" ");
         assert!(args.contains("--replicaof $(POD_IP) 6379"), "{args}");
+    }
+
+    #[test]
+    fn a_hostname_announcing_set_names_its_pods_through_a_headless_service() {
+        let mut set = set(None);
+        set.spec.redis = Some(flotilla_api::redis::RedisSpec {
+            announce: flotilla_api::redis::Announce::Hostname,
+            shard_replicas: Some(3),
+            ..Default::default()
+        });
+        set.metadata.annotations = Some(BTreeMap::from([(
+            flotilla_api::redis::PRIMARY_ANNOTATION.to_string(),
+            "0=redis-0.redis.cache.svc:6379".to_string(),
+        )]));
+        let mut p = pod(&set, 2).unwrap();
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("redis-2"));
+        assert_eq!(spec.subdomain.as_deref(), Some("redis"));
+        let args = spec.containers[0].args.clone().unwrap().join(" ");
+        for want in [
+            "--replica-announce-ip redis-2.redis.cache.svc",
+            "--replicaof redis-2.redis.cache.svc 6379",
+        ] {
+            assert!(args.contains(want), "{want:?} in {args}");
+        }
+        assert_eq!(endpoint(&p, &set), None, "no address before it has an IP");
+        p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            pod_ip: Some("10.1.2.3".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            endpoint(&p, &set).as_deref(),
+            Some("redis-2.redis.cache.svc:6379")
+        );
+        assert_eq!(pod_addr(&p, 6379).as_deref(), Some("10.1.2.3:6379"));
+
+        let svc = headless_service(&set).unwrap();
+        assert_eq!(svc.metadata.name.as_deref(), Some("redis"));
+        assert!(owns_service(&set, &svc));
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        assert_eq!(
+            spec.selector,
+            Some(BTreeMap::from([(SET_LABEL.into(), "redis".into())]))
+        );
+        assert_eq!(spec.ports.unwrap()[0].port, 6379);
+        let foreign = Service::default();
+        assert!(!owns_service(&set, &foreign));
+
+        // A pod IP set has no subdomain.
+        set.spec.redis.as_mut().unwrap().announce = flotilla_api::redis::Announce::PodIp;
+        assert_eq!(pod(&set, 2).unwrap().spec.unwrap().subdomain, None);
     }
 
     #[test]

@@ -188,6 +188,20 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
     ),
     p(
         "",
+        "services",
+        "create",
+        User::Backend,
+        "the headless Service `<set>` of a Redis set with spec.redis.announce: Hostname, before its first pod",
+    ),
+    p(
+        "",
+        "services",
+        "get",
+        User::Backend,
+        "a Service `<set>` already there: is it the set's (owned by it)?",
+    ),
+    p(
+        "",
         "nodes",
         "list",
         User::Backend,

@@ -106,6 +106,16 @@ impl Set {
         self
     }
 
+    /// A Redis set announcing DNS names (`spec.redis.announce: Hostname`).
+    fn hostname(mut self) -> Set {
+        self.0.spec.redis = Some(flotilla_api::redis::RedisSpec {
+            announce: flotilla_api::redis::Announce::Hostname,
+            shard_replicas: Some(3),
+            ..Default::default()
+        });
+        self
+    }
+
     fn image(mut self, image: &str) -> Set {
         self.0.spec.template.spec.as_mut().unwrap().containers[0].image = Some(image.into());
         self
@@ -937,6 +947,104 @@ async fn a_refused_pod_create_leaves_the_rest_of_the_plan_applied_and_says_why()
     );
 }
 
+const SERVICES: &str = "/api/v1/namespaces/cache/services";
+
+/// The next request is a POST of a pod; returns its body after answering 201.
+async fn pod_created(server: &mut ApiServerVerifier) -> Value {
+    let (request, send) = server.next().await;
+    assert_eq!(request.method(), Method::POST);
+    assert_eq!(request.uri().path(), PODS);
+    let body = body(request).await;
+    send.send_response(created(body.clone()));
+    body
+}
+
+#[tokio::test]
+async fn a_hostname_announcing_set_gets_its_headless_service_once_before_its_first_pod() {
+    let (backend, mut server) = testcontext();
+    let set = Set::test().hostname();
+    let handle = tokio::spawn(async move {
+        let (request, send) = server.next().await;
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri().path(), SERVICES);
+        let svc = body(request).await;
+        assert_eq!(svc["metadata"]["name"], "redis");
+        assert_eq!(svc["metadata"]["ownerReferences"][0]["uid"], "0000-set-uid");
+        assert_eq!(
+            svc["spec"],
+            json!({
+                "clusterIP": "None",
+                "publishNotReadyAddresses": true,
+                "selector": {SET_LABEL: "redis"},
+                "ports": [{"name": "redis", "port": 6379, "targetPort": 6379}],
+            })
+        );
+        send.send_response(created(svc));
+        for ordinal in [0, 1] {
+            let pod = pod_created(&mut server).await;
+            assert_eq!(pod["spec"]["hostname"], format!("redis-{ordinal}"));
+            assert_eq!(pod["spec"]["subdomain"], "redis");
+            let args: Vec<String> =
+                serde_json::from_value(pod["spec"]["containers"][0]["args"].clone()).unwrap();
+            let args = args.join(" ");
+            let own = format!("redis-{ordinal}.redis.cache.svc");
+            assert!(
+                args.contains(&format!("--replica-announce-ip {own}")),
+                "{args}"
+            );
+        }
+        // `server` is dropped: a second Service request would fail the test.
+    });
+    for ordinal in [0, 1] {
+        backend
+            .apply(&set.0, &Action::Create { ordinal })
+            .await
+            .unwrap();
+    }
+    timeout_after_1s(handle).await;
+}
+
+#[tokio::test]
+async fn a_service_of_that_name_made_by_someone_else_is_not_taken_over() {
+    for (owner, works) in [("0000-set-uid", true), ("someone-else", false)] {
+        let (backend, mut server) = testcontext();
+        let set = Set::test().hostname();
+        let handle = tokio::spawn(async move {
+            server = server.conflict(SERVICES).await;
+            server = server
+                .get(
+                    &format!("{SERVICES}/redis"),
+                    json!({
+                        "apiVersion": "v1", "kind": "Service",
+                        "metadata": {"name": "redis", "namespace": NS, "ownerReferences": [{
+                            "apiVersion": "flotilla.io/v1alpha1", "kind": "InstanceSet",
+                            "name": "redis", "uid": owner,
+                        }]},
+                        "spec": {"clusterIP": "10.96.0.9"},
+                    }),
+                )
+                .await;
+            if works {
+                pod_created(&mut server).await;
+            }
+        });
+        let applied = backend.apply(&set.0, &Action::Create { ordinal: 0 }).await;
+        timeout_after_1s(handle).await;
+        match applied {
+            Ok(_) => assert!(works, "a foreign Service must stop the create"),
+            Err(e) => {
+                assert!(!works, "{e}");
+                let e = e.to_string();
+                assert!(
+                    e.contains("service cache/redis exists and is not this set's")
+                        && e.contains("spec.redis.announce: Hostname"),
+                    "{e}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_converged_set_costs_two_lists_and_no_write() {
     let (backend, server) = testcontext();
@@ -1588,6 +1696,9 @@ async fn every_permission_the_agent_holds_is_used() {
                     "compiler": "gc", "platform": "linux/amd64",
                 })),
                 ("GET", "/api/v1/persistentvolumes/pv-0") => ok(local_pv("pv-0", "node-0")),
+                ("GET", "/api/v1/namespaces/cache/services/redis") => {
+                    ok(json!(objects::headless_service(&Set::test().0).unwrap()))
+                }
                 ("GET", p) if p.ends_with("/portforward") => respond(
                     StatusCode::FORBIDDEN,
                     status_body(403, "Forbidden", "no port-forward here"),
@@ -1612,6 +1723,7 @@ async fn every_permission_the_agent_holds_is_used() {
     let observed = backend.observe(&set.0).await.unwrap();
     assert!(observed.instances.iter().any(|i| i.node_lost));
     let newer = set.clone().image("redis:7.4");
+    let hostname = set.clone().hostname();
     for (s, action) in [
         (
             &set,
@@ -1621,6 +1733,8 @@ async fn every_permission_the_agent_holds_is_used() {
             },
         ),
         (&set, Action::Create { ordinal: 0 }),
+        // POST services (409 here), then GET it: the set owns it.
+        (&hostname, Action::Create { ordinal: 0 }),
         (&newer, Action::UpdateInPlace { ordinal: 0 }),
         (
             &set,

@@ -63,7 +63,10 @@ pub fn companion(parent: &FederatedInstanceSet, eligible: &[&str]) -> Option<Fed
     let container = Container {
         name: "sentinel".into(),
         image,
-        command: Some(kube_command(parent.name(), parent.namespace())),
+        command: Some(kube_command(
+            parent.name(),
+            redis.announce == flotilla_api::redis::Announce::Hostname,
+        )),
         env: Some(vec![EnvVar {
             name: "POD_IP".into(),
             value_from: Some(EnvVarSource {
@@ -132,10 +135,16 @@ pub fn companion(parent: &FederatedInstanceSet, eligible: &[&str]) -> Option<Fed
 
 /// A container command for Kubernetes members: writes the configuration from the pod's
 /// IP into a writable file (Sentinel rewrites its configuration) and runs Sentinel.
-fn kube_command(set: &str, namespace: Option<&str>) -> Vec<String> {
-    let _ = namespace;
+/// It resolves the DNS names a shard may announce; `hostnames`: the shard announces
+/// them, so Sentinel reports its master by name too (`announce-hostnames`).
+fn kube_command(set: &str, hostnames: bool) -> Vec<String> {
+    let announce = if hostnames {
+        "sentinel announce-hostnames yes\\n"
+    } else {
+        ""
+    };
     let script = format!(
-        "printf 'port {SENTINEL_PORT}\\nprotected-mode no\\nsentinel announce-ip %s\\nsentinel announce-port {SENTINEL_PORT}\\nsentinel resolve-hostnames yes\\n' \"$POD_IP\" > /tmp/sentinel.conf && exec redis-sentinel /tmp/sentinel.conf # watches {set}"
+        "printf 'port {SENTINEL_PORT}\\nprotected-mode no\\nsentinel announce-ip %s\\nsentinel announce-port {SENTINEL_PORT}\\nsentinel resolve-hostnames yes\\n{announce}' \"$POD_IP\" > /tmp/sentinel.conf && exec redis-sentinel /tmp/sentinel.conf # watches {set}"
     );
     vec!["sh".into(), "-c".into(), script]
 }
@@ -279,6 +288,33 @@ mod tests {
         let mut plain = parent(3, 2);
         plain.spec.redis.as_mut().unwrap().sentinel = None;
         assert!(companion(&plain, &["a"]).is_none());
+    }
+
+    #[test]
+    fn kubernetes_sentinels_resolve_names_and_announce_them_for_a_hostname_shard() {
+        let script = |p: &FederatedInstanceSet| {
+            companion(p, &["a"])
+                .unwrap()
+                .spec
+                .template
+                .spec
+                .unwrap()
+                .containers[0]
+                .command
+                .clone()
+                .unwrap()
+                .join(" ")
+        };
+        let by_ip = script(&parent(3, 2));
+        assert!(by_ip.contains("sentinel resolve-hostnames yes"), "{by_ip}");
+        assert!(!by_ip.contains("announce-hostnames"), "{by_ip}");
+        let mut named = parent(3, 2);
+        named.spec.redis.as_mut().unwrap().announce = flotilla_api::redis::Announce::Hostname;
+        let by_name = script(&named);
+        assert!(
+            by_name.contains("sentinel announce-hostnames yes"),
+            "{by_name}"
+        );
     }
 
     #[test]
