@@ -17,6 +17,7 @@ mod error;
 pub mod nodes;
 pub mod redis;
 pub mod sim;
+mod sim_redis;
 
 pub use backend::{Applied, Backend};
 pub use controller::{Controller, Pass};

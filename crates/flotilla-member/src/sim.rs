@@ -9,7 +9,9 @@
 //! logical: [`Sim::advance`] moves it, so tests are exact and fast; `Pending` turns
 //! `Running` after `start_delay`, `Running` turns ready after `ready_delay`. Roles are simulated: a set with an exclusive role
 //! elects its first ready instance, a switchover moves the role, and faults (kill an
-//! instance, fail a node, fail the next switchover) can be injected.
+//! instance, fail a node, fail the next switchover) can be injected. A `spec.redis`
+//! set's instances run an emulated Redis instead ([`crate::sim_redis`]): the Redis
+//! engine wires them, and the role is whatever that Redis says.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -21,6 +23,8 @@ use flotilla_instanceset::{Action, Instance, Observed, Phase, Revision, Volume};
 
 use crate::backend::{Applied, Backend};
 use crate::nodes::{Demand, Nodes, check_groups, per_node as count_per_node};
+use crate::redis::Reply;
+use crate::sim_redis::{self, SimRedis};
 use serde::Deserialize;
 
 use crate::{Error, Result};
@@ -103,6 +107,12 @@ struct Pod {
     role: Option<String>,
     role_version: u64,
     demand: Demand,
+    /// A `spec.redis` set's instance: the slice it was made or last updated from (what
+    /// its next process starts with), and its process while it runs (`sim_redis`).
+    boot: Option<Box<InstanceSet>>,
+    redis: Option<SimRedis>,
+    /// Its process ran before (a restart: its volume holds data from before).
+    restarted: bool,
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +139,8 @@ struct State {
     nodes: Nodes,
     sets: BTreeMap<String, SetSim>,
     writes: u64,
+    /// Simulated Redis processes started, for their run ids.
+    processes: u64,
 }
 
 /// A simulated member cluster.
@@ -163,6 +175,7 @@ impl Sim {
                 nodes: Nodes::new(&config.node_groups),
                 sets: BTreeMap::new(),
                 writes: 0,
+                processes: 0,
             }),
         }
     }
@@ -185,6 +198,7 @@ impl Sim {
             local_volumes,
             nodes,
             sets,
+            processes,
             ..
         } = &mut *st;
         for set in sets.values_mut() {
@@ -207,12 +221,15 @@ impl Sim {
                 {
                     pod.phase = Phase::Running;
                     pod.since = *now;
+                    start_redis(pod, ordinal, nodes, processes);
                 }
                 if pod.phase == Phase::Running && !pod.ready && *now >= pod.since + *ready_delay {
                     pod.ready = true;
                 }
             }
-            if set.exclusive_role.is_some() && !set.elsewhere && set.primary.is_none() {
+            // A Redis set's primary is whatever its emulated Redis says (`sim_redis`).
+            let redis = set.pods.values().any(|p| p.boot.is_some());
+            if set.exclusive_role.is_some() && !set.elsewhere && set.primary.is_none() && !redis {
                 set.primary = set.pods.iter().find(|(_, p)| p.ready).map(|(&o, _)| o);
             }
         }
@@ -238,6 +255,7 @@ impl Sim {
         {
             pod.phase = Phase::Failed;
             pod.ready = false;
+            pod.redis = None;
         }
     }
 
@@ -251,6 +269,7 @@ impl Sim {
             for pod in set.pods.values_mut().filter(|p| p.node == Some(idx)) {
                 pod.phase = Phase::Failed;
                 pod.ready = false;
+                pod.redis = None;
             }
         }
     }
@@ -307,6 +326,31 @@ fn bind(volumes: &mut BTreeMap<(String, u32), Option<usize>>, ordinal: u32, node
     }
 }
 
+/// A simulated instance's address: a name that says where it is (no network here).
+fn endpoint(set: &InstanceSet, ordinal: u32, node: &str) -> String {
+    format!(
+        "{}-{ordinal}.{node}.sim:{}",
+        set.name(),
+        flotilla_api::redis::port_of(&set.spec.template)
+    )
+}
+
+/// Starts a Redis instance's process, as the launch rules say (`flotilla_redis::startup`).
+fn start_redis(pod: &mut Pod, ordinal: u32, nodes: &Nodes, processes: &mut u64) {
+    let (Some(set), Some(node)) = (pod.boot.as_deref(), pod.node) else {
+        return;
+    };
+    let own = endpoint(set, ordinal, nodes.name(node));
+    let start = flotilla_redis::startup(set, ordinal, &own, pod.restarted);
+    *processes += 1;
+    pod.redis = Some(SimRedis::start(
+        format!("sim{:036}", *processes),
+        &start,
+        flotilla_redis::engine::dynamic_config(set),
+    ));
+    pod.restarted = true;
+}
+
 impl Backend for Sim {
     async fn observe(&self, set: &InstanceSet) -> Result<Observed> {
         let mut st = self.lock();
@@ -332,14 +376,7 @@ impl Backend for Sim {
                 role_version: p.role_version,
                 probe: None,
                 // Simulated instances have no network: a name that says where it is.
-                endpoint: p.node.map(|i| {
-                    format!(
-                        "{}-{ordinal}.{}.sim:{}",
-                        set.name(),
-                        st.nodes.name(i),
-                        flotilla_api::redis::port_of(&set.spec.template)
-                    )
-                }),
+                endpoint: p.node.map(|i| endpoint(set, ordinal, st.nodes.name(i))),
             })
             .collect();
         let volumes = s
@@ -367,6 +404,7 @@ impl Backend for Sim {
             sets,
             writes,
             local_volumes,
+            processes,
             ..
         } = &mut *st;
         let s = sets.entry(key(set)).or_default();
@@ -406,6 +444,9 @@ impl Backend for Sim {
                         role: None,
                         role_version: 0,
                         demand,
+                        boot: set.spec.redis.is_some().then(|| Box::new(set.clone())),
+                        redis: None,
+                        restarted: false,
                     };
                     pod.node =
                         nodes.place(&pod.demand, &per_node(s), bound_node(&s.volumes, *ordinal));
@@ -452,6 +493,14 @@ impl Backend for Sim {
                         p.revision = desired;
                         p.ready = false;
                         p.since = now;
+                        if p.boot.is_some() {
+                            // The container restarts with the new slice's command line.
+                            p.boot = Some(Box::new(set.clone()));
+                            p.redis = None;
+                            if p.phase == Phase::Running {
+                                start_redis(p, *ordinal, nodes, processes);
+                            }
+                        }
                         Applied::Wrote
                     }
                     _ => Applied::Unchanged,
@@ -495,7 +544,11 @@ impl Backend for Sim {
         let pod = s.and_then(|s| s.pods.get(&ordinal));
         match (s, pod) {
             (Some(s), Some(p)) if p.phase == Phase::Running && p.ready => {
-                Ok(if s.primary == Some(ordinal) {
+                let primary = match &p.redis {
+                    Some(r) => r.master.is_none(),
+                    None => s.primary == Some(ordinal),
+                };
+                Ok(if primary {
                     s.exclusive_role.clone()
                 } else {
                     s.other_role.clone()
@@ -510,6 +563,60 @@ impl Backend for Sim {
 
     async fn capacity(&self) -> Result<CapacityModel> {
         Ok(self.lock().nodes.capacity())
+    }
+
+    async fn redis(
+        &self,
+        set: &InstanceSet,
+        ordinal: u32,
+        args: &[&str],
+        _timeout: Duration,
+    ) -> Result<Reply> {
+        let mut st = self.lock();
+        let State { nodes, sets, .. } = &mut *st;
+        let unreachable = |why: &str| Error::Backend(format!("{}-{ordinal}: {why}", set.name()));
+        let s = sets
+            .get_mut(&key(set))
+            .ok_or_else(|| unreachable("no such instance"))?;
+        let addr = |o: u32, p: &Pod| {
+            let node = p.node?;
+            let boot = p.boot.as_deref()?;
+            Some(endpoint(boot, o, nodes.name(node)))
+        };
+        let (own, mut me) = match s.pods.get(&ordinal) {
+            Some(p) if p.phase == Phase::Running => match (&p.redis, addr(ordinal, p)) {
+                (Some(r), Some(own)) => (own, r.clone()),
+                _ => return Err(unreachable("not a running Redis instance")),
+            },
+            _ => return Err(unreachable("not running")),
+        };
+        let (reply, promoted) = {
+            let others: Vec<(String, &SimRedis)> = s
+                .pods
+                .iter()
+                .filter(|(o, p)| **o != ordinal && p.phase == Phase::Running)
+                .filter_map(|(&o, p)| Some((addr(o, p)?, p.redis.as_ref()?)))
+                .collect();
+            let peers: sim_redis::Peers<'_> =
+                others.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+            sim_redis::command(&mut me, &own, args, &peers)
+        };
+        if let Some((target, state)) = promoted {
+            let nodes = &*nodes;
+            if let Some(p) = s.pods.iter_mut().find_map(|(&o, p)| {
+                let a = p
+                    .node
+                    .zip(p.boot.as_deref())
+                    .map(|(n, b)| endpoint(b, o, nodes.name(n)));
+                (a.as_deref() == Some(target.as_str())).then_some(p)
+            }) {
+                p.redis = Some(state);
+            }
+        }
+        if let Some(p) = s.pods.get_mut(&ordinal) {
+            p.redis = Some(me);
+        }
+        Ok(reply)
     }
 }
 

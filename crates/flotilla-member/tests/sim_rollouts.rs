@@ -399,3 +399,111 @@ async fn a_probing_pass_observes_once_and_plans_from_its_own_probes() {
         1
     );
 }
+
+/// A Redis slice of three instances on the simulated member (its emulated Redis), with
+/// the primary the federation names (`0` at `endpoint`, when given).
+fn redis_set(image: &str, primary: Option<&str>) -> Valid<InstanceSet> {
+    let annotations = primary
+        .map(|e| format!("\n  annotations: {{flotilla.io/redis-primary: '0={e}'}}"))
+        .unwrap_or_default();
+    let text = format!(
+        "apiVersion: flotilla.io/v1alpha1
+kind: InstanceSet
+metadata:
+  name: cache{annotations}
+spec:
+  ordinals: {{ranges: [{{start: 0, end: 2}}]}}
+  template: {{spec: {{containers: [{{name: redis, image: '{image}', ports: [{{name: redis, containerPort: 6379}}], resources: {{requests: {{cpu: '1', memory: 1Gi}}}}}}]}}}}
+  roles:
+  - {{name: primary, updatePriority: 2, exclusive: true}}
+  - {{name: secondary, updatePriority: 1}}
+  roleProbe: {{redis: {{port: 6379, roleMap: {{master: primary, slave: secondary}}}}}}
+  redis: {{shardReplicas: 3, config: {{maxmemory: 100mb}}}}
+"
+    );
+    let AnyObject::InstanceSet(s) = decode_all(&text).unwrap().remove(0).object else {
+        panic!()
+    };
+    validate::instance_set(*s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `(ordinal, redis role, its master, link up, role label)`.
+type RedisView = (u32, String, Option<String>, bool, Option<String>);
+
+/// Every instance in the last status, as [`RedisView`].
+fn redis_view(sim: &Sim, s: &InstanceSet) -> Vec<RedisView> {
+    let status = sim.status(s).expect("a status was written");
+    status
+        .instances
+        .iter()
+        .map(|i| {
+            let r = i.redis.clone().unwrap_or_default();
+            (i.ordinal, r.role, r.master, r.link_up, i.role.clone())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_simulated_redis_shard_is_wired_to_the_named_primary_and_rolls_through_a_failover() {
+    let sim = sim(3);
+    let c = Controller::new(Arc::clone(&sim));
+    // No primary named yet (a new shard): every instance runs alone, as a master.
+    let fresh = redis_set("redis:7.2", None);
+    drive(&c, &fresh, 30, |_| ()).await;
+    let view = redis_view(&sim, &fresh);
+    assert_eq!(view.len(), 3);
+    assert!(view.iter().all(|v| v.1 == "master"), "{view:?}");
+    let status = sim.status(&fresh).unwrap();
+    let endpoint = status.instances[0].endpoint.clone().expect("an endpoint");
+    assert!(endpoint.starts_with("cache-0.") && endpoint.ends_with(":6379"));
+    let config = &status.instances[0].redis.as_ref().unwrap().config;
+    assert_eq!(config.get("maxmemory").map(String::as_str), Some("100mb"));
+
+    // The federation names 0: the others become its replicas, linked; one primary label.
+    let named = redis_set("redis:7.2", Some(&endpoint));
+    let pass = drive(&c, &named, 30, |_| ()).await;
+    assert!(pass.converged);
+    let view = redis_view(&sim, &named);
+    for (o, role, master, up, label) in &view {
+        if *o == 0 {
+            assert_eq!(
+                (role.as_str(), label.as_deref()),
+                ("master", Some("primary"))
+            );
+        } else {
+            assert_eq!(role, "slave", "{view:?}");
+            assert_eq!(master.as_deref(), Some(endpoint.as_str()), "{view:?}");
+            assert!(*up, "{view:?}");
+            assert_eq!(label.as_deref(), Some("secondary"));
+        }
+    }
+
+    // An image change rolls the replicas, then hands the primary over with FAILOVER TO
+    // (the primary last): exactly one master afterwards, every instance current.
+    let newer = redis_set("redis:7.4", Some(&endpoint));
+    let mut switched = false;
+    let pass = drive(&c, &newer, 60, |p| {
+        switched |= p
+            .actions
+            .iter()
+            .any(|a| a.to_string().starts_with("switchover"));
+    })
+    .await;
+    assert!(pass.converged, "{:?}", pass.actions);
+    assert!(switched, "the primary was switched over before its update");
+    let view = redis_view(&sim, &newer);
+    let masters: Vec<u32> = view
+        .iter()
+        .filter(|v| v.1 == "master")
+        .map(|v| v.0)
+        .collect();
+    assert_eq!(masters.len(), 1, "{view:?}");
+    let status = sim.status(&newer).unwrap();
+    let revision = Revision::of(&newer.spec).revision;
+    assert!(
+        status
+            .instances
+            .iter()
+            .all(|i| i.revision.as_deref() == Some(revision.as_str()))
+    );
+}

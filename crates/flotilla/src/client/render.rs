@@ -655,6 +655,18 @@ pub fn describe_set(v: &SetView, now: i64) -> String {
     if let Some(image) = v.spec["template"]["spec"]["containers"][0]["image"].as_str() {
         field(&mut out, "Image", image);
     }
+    if let Some(p) = &status.primary {
+        field(
+            &mut out,
+            "Primary",
+            format!(
+                "{} in {} at {}",
+                p.ordinal,
+                p.cluster.as_deref().unwrap_or("?"),
+                p.endpoint
+            ),
+        );
+    }
     out.push_str("Placement policy:\n");
     match v.spec.get("placement").filter(|p| !is_empty_json(p)) {
         Some(p) => out.push_str(&indent(&serde_yaml::to_string(p).unwrap_or_default(), 2)),
@@ -977,6 +989,7 @@ mod tests {
     #[test]
     fn describe_set_has_every_section() {
         let mut status = converging();
+        status["primary"] = json!({"ordinal": 0, "cluster": "a", "endpoint": "10.0.0.5:6379"});
         status["instances"] = json!([
             {"ordinal": 1, "cluster": "a", "role": "secondary", "ready": true, "node": "n1", "revision": "r1"},
             {"ordinal": 0, "cluster": "a", "role": "primary", "ready": true, "node": "n1", "revision": "r1"}
@@ -987,6 +1000,7 @@ mod tests {
             "Generation:   2 (observed: 2)",
             "Replicas:     6 desired, 6 placed, 4 ready, 0 unschedulable",
             "Roles:        primary (exclusive), secondary",
+            "Primary:      0 in a at 10.0.0.5:6379",
             "Placement:\n  CLUSTER   INSTANCES   ORDINALS   READY\n  a         3           0-2        2/3",
             "Instances:\n  ORDINAL   CLUSTER   ROLE        READY   PHASE   NODE   REVISION\n  0         a         primary",
             "Conditions:\n  TYPE          STATUS   REASON       MESSAGE\n  Progressing   True     RollingOut   -",
