@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::resp::{self, Reply};
-use support::{Federation, eventually};
+use support::{Federation, eventually, eventually_or};
 
 /// The federation, its process members, and the instances to stop at the end.
 struct Shard {
@@ -462,9 +462,16 @@ fn without_sentinels_an_emptied_primary_wipes_nothing_agents_can_die_and_config_
         .args(["-9", &pid.to_string()])
         .status()
         .unwrap();
-    eventually(
+    eventually_or(
         "another instance takes over and the shard is wired again",
         || s.primary("plain").is_some_and(|(o, _, _)| o != ordinal) && s.wired("plain", 3),
+        || {
+            format!(
+                "status: {}\nthe server's primary decisions:\n{}",
+                s.set("plain")["status"],
+                s.f.server_grep("primary")
+            )
+        },
     );
     for (o, _, e) in s.endpoints("plain") {
         assert_eq!(dbsize(&e), Some(200), "instance {o} kept every key");

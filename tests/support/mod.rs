@@ -234,7 +234,12 @@ impl Federation {
     }
 }
 
-pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+pub fn eventually(what: &str, f: impl FnMut() -> bool) {
+    eventually_or(what, f, String::new);
+}
+
+/// [`eventually`], and on timeout the panic says what `dump` tells.
+pub fn eventually_or(what: &str, mut f: impl FnMut() -> bool, dump: impl FnOnce() -> String) {
     let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
         if f() {
@@ -242,7 +247,7 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("timed out waiting for {what}");
+    panic!("timed out waiting for {what}\n{}", dump());
 }
 
 /// A plain HTTP/1.1 GET: (status code, body).

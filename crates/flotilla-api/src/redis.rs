@@ -437,6 +437,144 @@ const TABLE: &[(&str, ParamClass)] = {
     ]
 };
 
+/// The kind of value a parameter takes, as Redis 7 parses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Value {
+    /// `yes` or `no`.
+    Bool,
+    /// A whole number (may be negative where Redis allows it).
+    Int,
+    /// A size: a whole number with an optional unit (`k`, `kb`, `m`, `mb`, `g`, `gb`,
+    /// any case); with `percent`, also `N%`.
+    Bytes { percent: bool },
+    /// One of these words.
+    OneOf(&'static [&'static str]),
+    /// Free text (lists, masks, schedules): Redis checks it.
+    Text,
+}
+
+/// The kind of value `name` takes (see [`Value`]).
+fn value_kind(name: &str) -> Value {
+    const BOOL: &[&str] = &[
+        "activedefrag",
+        "activerehashing",
+        "always-show-logo",
+        "aof-load-truncated",
+        "aof-rewrite-incremental-fsync",
+        "aof-timestamp-enabled",
+        "aof-use-rdb-preamble",
+        "appendonly",
+        "crash-log-enabled",
+        "crash-memcheck-enabled",
+        "disable-thp",
+        "dynamic-hz",
+        "io-threads-do-reads",
+        "jemalloc-bg-thread",
+        "latency-tracking",
+        "lazyfree-lazy-eviction",
+        "lazyfree-lazy-expire",
+        "lazyfree-lazy-server-del",
+        "lazyfree-lazy-user-del",
+        "lazyfree-lazy-user-flush",
+        "no-appendfsync-on-rewrite",
+        "rdb-save-incremental-fsync",
+        "rdbchecksum",
+        "rdbcompression",
+        "repl-disable-tcp-nodelay",
+        "repl-diskless-sync",
+        "replica-ignore-maxmemory",
+        "replica-lazy-flush",
+        "replica-serve-stale-data",
+        "set-proc-title",
+        "stop-writes-on-bgsave-error",
+        "syslog-enabled",
+    ];
+    const BYTES: &[&str] = &[
+        "active-defrag-ignore-bytes",
+        "auto-aof-rewrite-min-size",
+        "client-query-buffer-limit",
+        "hash-max-listpack-value",
+        "hash-max-ziplist-value",
+        "hll-sparse-max-bytes",
+        "maxmemory",
+        "proto-max-bulk-len",
+        "repl-backlog-size",
+        "set-max-listpack-value",
+        "stream-node-max-bytes",
+        "zset-max-listpack-value",
+        "zset-max-ziplist-value",
+    ];
+    const TEXT: &[&str] = &[
+        "client-output-buffer-limit",
+        "latency-tracking-info-percentiles",
+        "notify-keyspace-events",
+        "oom-score-adj-values",
+        "save",
+        "syslog-facility",
+        "syslog-ident",
+    ];
+    const PROTECTED: &[&str] = &["yes", "no", "local"];
+    match name {
+        _ if BOOL.contains(&name) => Value::Bool,
+        _ if BYTES.contains(&name) => Value::Bytes { percent: false },
+        "maxmemory-clients" => Value::Bytes { percent: true },
+        _ if TEXT.contains(&name) => Value::Text,
+        "appendfsync" => Value::OneOf(&["always", "everysec", "no"]),
+        "loglevel" => Value::OneOf(&["debug", "verbose", "notice", "warning", "nothing"]),
+        "maxmemory-policy" => Value::OneOf(&[
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+            "noeviction",
+        ]),
+        "oom-score-adj" => Value::OneOf(&["no", "yes", "relative", "absolute"]),
+        "rdb-del-sync-files" => Value::Bool,
+        "repl-diskless-load" => Value::OneOf(&["disabled", "on-empty-db", "swapdb"]),
+        "enable-debug-command" | "enable-module-command" | "enable-protected-configs" => {
+            Value::OneOf(PROTECTED)
+        }
+        "appenddirname" | "appendfilename" | "dbfilename" => Value::Text,
+        _ => Value::Int,
+    }
+}
+
+/// Why `value` is not a value Redis 7 accepts for `name` (a parameter of the table),
+/// or `None`. Caught at apply: a bad static value would keep every restarted instance
+/// from starting, a bad dynamic one would be refused by `CONFIG SET` on every pass.
+pub fn value_problem(name: &str, value: &str) -> Option<String> {
+    let v = value.trim();
+    let int = |t: &str| t.parse::<i64>().is_ok();
+    match value_kind(name) {
+        Value::Bool => (!matches!(v.to_ascii_lowercase().as_str(), "yes" | "no"))
+            .then(|| format!("{value:?} is not yes or no")),
+        Value::Int => (!int(v)).then(|| format!("{value:?} is not a whole number")),
+        Value::Bytes { percent } => {
+            let lower = v.to_ascii_lowercase();
+            if percent && let Some(n) = lower.strip_suffix('%') {
+                return (!n.parse::<u32>().is_ok_and(|n| n <= 100))
+                    .then(|| format!("{value:?} is not a percentage from 0% to 100%"));
+            }
+            let digits = ["gb", "mb", "kb", "g", "m", "k", "b"]
+                .iter()
+                .find_map(|u| lower.strip_suffix(u))
+                .unwrap_or(&lower);
+            digits.parse::<u64>().is_err().then(|| {
+                format!(
+                    "{value:?} is not a size (a whole number, optionally with k, kb, m, mb, g or gb{})",
+                    if percent { ", or N%" } else { "" }
+                )
+            })
+        }
+        Value::OneOf(words) => (!words.contains(&v.to_ascii_lowercase().as_str()))
+            .then(|| format!("{value:?} is not one of {}", words.join(", "))),
+        Value::Text => None,
+    }
+}
+
 /// What `name` is to Flotilla; `None` for a parameter it does not know.
 pub fn param(name: &str) -> Option<Param> {
     if let Some((_, why)) = OWNED.iter().find(|(n, _)| *n == name) {
@@ -512,6 +650,49 @@ mod tests {
         assert_eq!(param("databases"), Some(Param::User(ParamClass::Immutable)));
         assert!(matches!(param("port"), Some(Param::Owned(_))));
         assert_eq!(param("maxmemroy"), None);
+    }
+
+    #[test]
+    fn values_are_checked_as_redis_parses_them() {
+        for (name, good) in [
+            ("maxmemory", "2gb"),
+            ("maxmemory", "1073741824"),
+            ("maxmemory", "512MB"),
+            ("maxmemory-clients", "5%"),
+            ("maxmemory-policy", "allkeys-lru"),
+            ("appendonly", "yes"),
+            ("appendfsync", "everysec"),
+            ("hz", "10"),
+            ("slowlog-log-slower-than", "-1"),
+            ("list-max-listpack-size", "-2"),
+            ("save", "3600 1 300 100"),
+            ("enable-debug-command", "local"),
+        ] {
+            assert_eq!(value_problem(name, good), None, "{name}: {good}");
+        }
+        for (name, bad, says) in [
+            ("maxmemory", "lots", "is not a size"),
+            ("maxmemory", "2tb", "is not a size"),
+            ("maxmemory-clients", "150%", "is not a percentage"),
+            ("maxmemory-policy", "lru", "is not one of volatile-lru"),
+            ("appendonly", "true", "is not yes or no"),
+            ("hz", "ten", "is not a whole number"),
+            ("io-threads", "4.5", "is not a whole number"),
+        ] {
+            let why = value_problem(name, bad).unwrap_or_else(|| panic!("{name}: {bad}"));
+            assert!(why.contains(says), "{name}: {why}");
+        }
+        // Every parameter of the table has a kind that accepts something: no name falls
+        // through to whole numbers by a typo in the lists above.
+        for (name, _) in TABLE {
+            let kind = value_kind(name);
+            if kind == Value::Int {
+                assert!(
+                    !name.ends_with("-policy") && !name.ends_with("-enabled"),
+                    "{name} looks like it is not a number"
+                );
+            }
+        }
     }
 
     #[test]

@@ -207,6 +207,8 @@ fn redis(
                     e.push(path, "needs a value");
                 } else if value.contains(['\n', '\r', '"']) {
                     e.push(path, "must be one line without double quotes");
+                } else if let Some(why) = crate::redis::value_problem(name, value) {
+                    e.push(path, why);
                 }
             }
         }

@@ -49,7 +49,7 @@ fn hostname_announce_needs_a_set_name_that_can_name_a_service() {
 #[test]
 fn bad_redis_specs_are_refused_naming_every_field() {
     let e = judge(
-        "    config: {maxmemroy: 1gb, port: \"7001\", maxmemory: \"\"}\n    minReplicasToWrite: 3\n    sentinel: {replicas: 3, quorum: 4}",
+        "    config: {maxmemroy: 1gb, port: \"7001\", maxmemory: \"\", maxmemory-policy: lru, io-threads: many}\n    minReplicasToWrite: 3\n    sentinel: {replicas: 3, quorum: 4}",
         "",
     )
     .unwrap_err()
@@ -58,6 +58,8 @@ fn bad_redis_specs_are_refused_naming_every_field() {
         "spec.redis.config.maxmemroy: unknown Redis parameter",
         "spec.redis.config.port: set by Flotilla",
         "spec.redis.config.maxmemory: needs a value",
+        "spec.redis.config.maxmemory-policy: \"lru\" is not one of volatile-lru",
+        "spec.redis.config.io-threads: \"many\" is not a whole number",
         "spec.redis.minReplicasToWrite: 3 is more than the 2 replica(s)",
         "spec.redis.sentinel.quorum: must be between 1 and replicas (3)",
     ] {

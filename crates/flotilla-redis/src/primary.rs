@@ -10,8 +10,15 @@
 //!   P replica linked to M (a switchover, Sentinel) ─▶ M
 //!   P replica, unlinked (restarted and held back) ─▶ without Sentinel, the instance with
 //!        the highest offset, with a promotion for that very process; with Sentinel, wait
-//!   P down ─▶ with Sentinel, the master its replicas follow; without, P (PrimaryLost)
+//!   P replica of the lost primary (named to take over, not promoted yet) ─▶ P, promoted
+//!   P down (not reported, still placed) ─▶ with Sentinel, the master its replicas
+//!        follow; without, P (PrimaryLost)
+//!   P's ordinal no longer placed ─▶ the instance with the most data
 //! ```
+//!
+//! Before any "most data" choice, a replica whose last report still shows it linked to
+//! the lost primary is waited for (its offset is not known yet), and an instance still
+//! loading its dataset is not reported at all.
 
 use flotilla_api::status::{PrimaryStatus, RedisInstanceStatus};
 
@@ -60,12 +67,14 @@ fn status(s: &Seen<'_>) -> Option<PrimaryStatus> {
 }
 
 /// Chooses the primary (see the module documentation). `first` is the ordinal a new
-/// shard starts with (the lowest of the home member); `sentinel`: Sentinel decides
-/// failovers.
+/// shard starts with (the lowest of the home member); `placed`: whether an ordinal is
+/// in the set's placement (one no report shows may still be, restarting);
+/// `sentinel`: Sentinel decides failovers.
 pub fn choose(
     previous: Option<&PrimaryStatus>,
     seen: &[Seen<'_>],
     first: Option<u32>,
+    placed: &dyn Fn(u32) -> bool,
     sentinel: bool,
 ) -> Decision {
     let by_ordinal = |o: u32| seen.iter().find(|s| s.ordinal == o);
@@ -128,7 +137,8 @@ pub fn choose(
         if sentinel && let Some(m) = followed() {
             return take_over(m, "Sentinel's master: the one the replicas follow");
         }
-        let gone = by_ordinal(p.ordinal).is_none();
+        // Not reported but still placed: down or restarting, not gone.
+        let gone = by_ordinal(p.ordinal).is_none() && !placed(p.ordinal);
         if gone && let Some(o) = unreported(&p.endpoint) {
             return waiting(p, o);
         }
@@ -230,7 +240,7 @@ pub fn choose(
             cluster: Some(m.cluster.to_string()),
             endpoint: m.endpoint.unwrap_or_default().to_string(),
         };
-        let stays = choose(Some(&as_m), seen, first, sentinel)
+        let stays = choose(Some(&as_m), seen, first, placed, sentinel)
             .primary
             .is_some_and(|q| q.ordinal == m.ordinal);
         if stays {
@@ -252,6 +262,18 @@ pub fn choose(
                 p.ordinal
             )),
         );
+    }
+    // Named to take over and not promoted yet (a replica of the old primary, not of
+    // itself): it stays named until its member promotes it. Choosing afresh on every
+    // report could name another replica before this one's promotion lands, and both
+    // would be promoted.
+    let master_alive = r
+        .master
+        .as_deref()
+        .and_then(by_endpoint)
+        .is_some_and(|m| redis(m).is_some_and(|r| r.role == "master"));
+    if r.master.is_some() && r.master.as_deref() != s.endpoint && s.staying && !master_alive {
+        return take_over(*s, "the instance named to take over, until it is promoted");
     }
     if let Some(o) = s.endpoint.and_then(unreported) {
         return waiting(&moved(s), o);
@@ -402,7 +424,8 @@ mod tests {
             cluster: Some("a".into()),
             endpoint: format!("10.0.0.{o}:6379"),
         });
-        let d = choose(prev.as_ref(), &seen, Some(0), sentinel);
+        let placed = |o: u32| seen.iter().any(|s| s.ordinal == o);
+        let d = choose(prev.as_ref(), &seen, Some(0), &placed, sentinel);
         let mut got = match &d.primary {
             Some(p) => format!("primary {}", p.ordinal),
             None => "none".into(),
@@ -533,6 +556,58 @@ mod tests {
             true,
             "primary 0 problem",
         );
+    }
+
+    #[test]
+    fn an_instance_named_to_take_over_stays_named_until_it_is_promoted() {
+        // 1 was named (a replica of the lost 0, not yet promoted); 2 now reports more:
+        // 1 stays, its promotion asked again, so that 2 is never promoted too.
+        check(
+            Some(1),
+            &[
+                "1@b slave of=0 offset=50 keys=9",
+                "2@c slave of=0 offset=60 keys=9",
+            ],
+            false,
+            "primary 1 promote 1",
+        );
+        // A primary that restarted is held back (a replica of itself): chosen afresh.
+        check(
+            Some(1),
+            &[
+                "1@b slave of=1 offset=50 keys=9",
+                "2@c slave of=1 offset=60 keys=9",
+            ],
+            false,
+            "primary 2 promote 2",
+        );
+    }
+
+    #[test]
+    fn a_primary_that_no_report_shows_but_is_still_placed_is_down_not_gone() {
+        let seen = [
+            "1@b slave of=0 offset=50 keys=9",
+            "2@c slave of=0 offset=60 keys=9",
+        ];
+        let parsed: Vec<(Seen<'static>, RedisInstanceStatus)> =
+            seen.iter().map(|s| parse(s)).collect();
+        let seen: Vec<Seen<'_>> = parsed
+            .iter()
+            .map(|(s, r)| Seen {
+                redis: Some(r),
+                ..*s
+            })
+            .collect();
+        let prev = PrimaryStatus {
+            ordinal: 0,
+            cluster: Some("a".into()),
+            endpoint: "10.0.0.0:6379".into(),
+        };
+        let placed = |o: u32| o <= 2;
+        let d = choose(Some(&prev), &seen, Some(0), &placed, false);
+        assert_eq!(d.primary.map(|p| p.ordinal), Some(0));
+        assert!(d.promote.is_none());
+        assert!(d.problem.unwrap().contains("is not running"));
     }
 
     #[test]

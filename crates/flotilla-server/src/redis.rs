@@ -54,7 +54,14 @@ pub fn decide(
         .and_then(|h| desired.get(h))
         .and_then(|o| o.first().copied())
         .or_else(|| desired.values().filter_map(|o| o.first()).min().copied());
-    Some(choose(previous, &seen, first, redis.sentinel.is_some()))
+    let placed = |o: u32| desired.values().any(|ordinals| ordinals.contains(&o));
+    Some(choose(
+        previous,
+        &seen,
+        first,
+        &placed,
+        redis.sentinel.is_some(),
+    ))
 }
 
 /// The member clusters `set` may run in: ready, inside its cluster affinity, with no
