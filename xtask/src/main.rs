@@ -1,7 +1,9 @@
 //! `cargo xtask <task>`: the project's tasks, the same on a laptop and in CI.
 //!
-//! Every cargo command it runs gets `PROTOC` pointing at the protoc vendored by the
-//! `protoc-bin-vendored` crate, so no machine needs a system protoc.
+//! No machine needs a system protoc: `.cargo/config.toml` points `PROTOC` (unless set)
+//! at `tools/protoc`, which runs the one the `protoc-bin-vendored` crate ships, for
+//! these commands and a plain `cargo build` alike (so neither rebuilds the other's
+//! work).
 
 mod crdgen;
 
@@ -74,17 +76,12 @@ fn cargo(args: &[&str], rest: &[String]) -> Result<()> {
         .args(args)
         .args(rest)
         .current_dir(root())
-        .env("PROTOC", protoc()?)
         .status()
         .with_context(|| format!("running {cargo}"))?;
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
-}
-
-fn protoc() -> Result<PathBuf> {
-    protoc_bin_vendored::protoc_bin_path().context("locating the vendored protoc")
 }
 
 /// Where the generated CRDs are committed.
