@@ -271,7 +271,7 @@ pub fn choose(
         .master
         .as_deref()
         .and_then(by_endpoint)
-        .is_some_and(|m| redis(m).is_some_and(|r| r.role == "master"));
+        .is_some_and(|m| redis(m).is_some_and(|r| r.role == "master" && !r.empty));
     if r.master.is_some() && r.master.as_deref() != s.endpoint && s.staying && !master_alive {
         return take_over(*s, "the instance named to take over, until it is promoted");
     }
@@ -565,6 +565,17 @@ mod tests {
         check(
             Some(1),
             &[
+                "1@b slave of=0 offset=50 keys=9",
+                "2@c slave of=0 offset=60 keys=9",
+            ],
+            false,
+            "primary 1 promote 1",
+        );
+        // Its old primary came back empty, as a master: still not a master to follow.
+        check(
+            Some(1),
+            &[
+                "0@a master keys=0",
                 "1@b slave of=0 offset=50 keys=9",
                 "2@c slave of=0 offset=60 keys=9",
             ],
