@@ -709,4 +709,83 @@ impl Backend for KubeBackend {
         };
         redis::command_via(&dial, &pod, args, timeout).await
     }
+
+    /// Through port-forward, an address of a pod of this cluster in the set's namespace
+    /// (a sentinel of the shard, named by its IP or its `<pod>.<service>.<ns>.svc` name)
+    /// is reached through that pod's `pods/portforward`; any other address (an instance
+    /// of another member) directly.
+    async fn redis_at(
+        &self,
+        set: &InstanceSet,
+        endpoint: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> flotilla_member::Result<redis::Reply> {
+        if self.pod_access != PodAccess::PortForward {
+            return redis::command(endpoint, args, timeout).await;
+        }
+        let Some((pod, port)) = self
+            .pod_at(set, endpoint)
+            .await
+            .map_err(|e| flotilla_member::Error::Backend(e.chain()))?
+        else {
+            return redis::command(endpoint, args, timeout).await;
+        };
+        let dial = PodDial {
+            api: self.api::<Pod>(set),
+            access: self.pod_access,
+            port,
+            addrs: BTreeMap::new(),
+        };
+        redis::command_via(&dial, &pod, args, timeout).await
+    }
+}
+
+impl KubeBackend {
+    /// The pod of the set's namespace that `endpoint` (`host:port`) names, and the port:
+    /// a `<pod>.<service>.<ns>.svc` name, an address the backend saw on its last look at
+    /// a set of the namespace, else the pod that has that IP now (a field-selected list).
+    /// `None` when no pod here has it.
+    async fn pod_at(&self, set: &InstanceSet, endpoint: &str) -> Result<Option<(String, u16)>> {
+        let Some((host, port)) = endpoint.rsplit_once(':').and_then(|(h, p)| {
+            Some((
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse().ok()?,
+            ))
+        }) else {
+            return Ok(None);
+        };
+        let ns = namespace(set);
+        for suffix in [".svc", ".svc.cluster.local"] {
+            if let Some(name) = host.strip_suffix(suffix).and_then(|h| h.strip_suffix(ns))
+                && let Some((pod, _service)) =
+                    name.strip_suffix('.').and_then(|n| n.split_once('.'))
+                && !pod.is_empty()
+            {
+                return Ok(Some((pod.to_string(), port)));
+            }
+        }
+        let prefix = format!("{ns}/");
+        let known = self
+            .addrs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .flat_map(|(_, pods)| pods.iter())
+            .find(|(_, addr)| {
+                addr.rsplit_once(':')
+                    .is_some_and(|(h, _)| h.trim_start_matches('[').trim_end_matches(']') == host)
+            })
+            .map(|(pod, _)| pod.clone());
+        if let Some(pod) = known {
+            return Ok(Some((pod, port)));
+        }
+        let found = self
+            .api::<Pod>(set)
+            .list(&ListParams::default().fields(&format!("status.podIP={host}")))
+            .await
+            .map_err(Error::kube(format!("listing pods of {ns} with IP {host}")))?;
+        Ok(found.items.into_iter().find_map(|p| p.metadata.name)).map(|pod| pod.map(|p| (p, port)))
+    }
 }

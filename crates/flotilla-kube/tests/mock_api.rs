@@ -21,7 +21,7 @@ use flotilla_kube::objects::{
     ROLE_EPOCH_ANNOTATION, ROLE_LABEL, ROLE_VERSION_ANNOTATION, SET_LABEL, SHAPE_LABEL,
 };
 use flotilla_kube::{KubeBackend, PodAccess, rbac};
-use flotilla_member::{Applied, Backend, Controller};
+use flotilla_member::{Applied, Backend, Controller, redis};
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::{
     Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodCondition, PodSpec,
@@ -1379,6 +1379,148 @@ async fn a_port_forwarded_probe_asks_the_portforward_subresource_of_the_pod() {
     );
     assert!(e.contains("redis-1"), "{e}");
     assert!(e.contains("port-forward to pod redis-1 port 6390"), "{e}");
+}
+
+/// Through port-forward, an address a sentinel announced is reached through the pod that
+/// has that IP (found by a field-selected list: the agent has not looked at the
+/// sentinel set yet) on the address's port.
+#[tokio::test]
+async fn a_port_forwarded_sentinel_address_is_reached_through_the_pod_that_has_it() {
+    let (set, _) = redis_set(6390);
+    let (backend, mut server) = testcontext();
+    let backend = backend.with_pod_access(PodAccess::PortForward);
+    let server = tokio::spawn(async move {
+        let (request, send) = server.next().await;
+        assert_eq!(request.uri().path(), PODS);
+        let query = request.uri().query().unwrap_or_default().to_string();
+        assert!(
+            query.contains("fieldSelector=status.podIP%3D10.0.0.7"),
+            "{query}"
+        );
+        send.send_response(list_of(
+            "PodList",
+            json!([{"metadata": {"name": "redis-sentinel-1", "namespace": "cache"},
+                    "status": {"podIP": "10.0.0.7"}}]),
+        ));
+        let (request, send) = server.next().await;
+        assert_eq!(
+            request.uri().path(),
+            format!("{PODS}/redis-sentinel-1/portforward")
+        );
+        let query = request.uri().query().unwrap_or_default().to_string();
+        assert!(query.contains("ports=26379"), "{query}");
+        send.send_response(respond(
+            StatusCode::FORBIDDEN,
+            status_body(403, "Forbidden", "pods/portforward is forbidden"),
+        ));
+    });
+    let e = backend
+        .redis_at(
+            &set.0,
+            "10.0.0.7:26379",
+            &["SENTINEL", "FAILOVER", "redis"],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+    timeout_after_1s(server).await;
+    let e = format!(
+        "{e}: {}",
+        std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(
+        e.contains("port-forward to pod redis-sentinel-1 port 26379"),
+        "{e}"
+    );
+}
+
+/// A `<pod>.<service>.<ns>.svc` name of the set's namespace is that pod: no lookup.
+#[tokio::test]
+async fn a_port_forwarded_pod_dns_name_is_forwarded_to_that_pod() {
+    let (set, _) = redis_set(6390);
+    let (backend, mut server) = testcontext();
+    let backend = backend.with_pod_access(PodAccess::PortForward);
+    let server = tokio::spawn(async move {
+        let (request, send) = server.next().await;
+        assert_eq!(
+            request.uri().path(),
+            format!("{PODS}/redis-sentinel-0/portforward")
+        );
+        send.send_response(respond(
+            StatusCode::FORBIDDEN,
+            status_body(403, "Forbidden", "pods/portforward is forbidden"),
+        ));
+    });
+    let e = backend
+        .redis_at(
+            &set.0,
+            "redis-sentinel-0.redis-sentinel.cache.svc:26379",
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "redis"],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+    timeout_after_1s(server).await;
+    assert!(format!("{e:?}").contains("redis-sentinel-0"), "{e:?}");
+}
+
+/// An address no pod of the namespace has (a sentinel in another member) is dialled
+/// directly, even through port-forward; with direct access nothing is asked of the API.
+#[tokio::test]
+async fn an_address_of_no_pod_here_is_dialled_directly() {
+    let port = free_port();
+    let fake = FakeRedis::start("127.0.0.9", port, "sentinel").await;
+    let endpoint = format!("127.0.0.9:{port}");
+    let (set, _) = redis_set(6390);
+    let (backend, mut server) = testcontext();
+    let forwarding = backend.clone().with_pod_access(PodAccess::PortForward);
+    let lookups = tokio::spawn(async move {
+        let (request, send) = server.next().await;
+        assert_eq!(request.uri().path(), PODS);
+        let query = request.uri().query().unwrap_or_default().to_string();
+        assert!(
+            query.contains("fieldSelector=status.podIP%3D127.0.0.9"),
+            "{query}"
+        );
+        send.send_response(list_of("PodList", json!([])));
+        // Direct access: no further request.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), server.next())
+                .await
+                .is_err(),
+            "direct access asked the API server"
+        );
+    });
+    let reply = forwarding
+        .redis_at(
+            &set.0,
+            &endpoint,
+            &["SENTINEL", "FAILOVER", "redis"],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply, redis::Reply::Simple("OK".into()));
+    let direct = backend.with_pod_access(PodAccess::Direct);
+    direct
+        .redis_at(
+            &set.0,
+            &endpoint,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "redis"],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    timeout_after_1s(lookups).await;
+    assert_eq!(
+        fake.commands(),
+        [
+            "SENTINEL FAILOVER redis",
+            "SENTINEL GET-MASTER-ADDR-BY-NAME redis"
+        ]
+    );
 }
 
 /// A switchover through port-forward asks the new primary first (its role, then

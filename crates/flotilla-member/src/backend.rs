@@ -69,4 +69,20 @@ pub trait Backend: Send + Sync + 'static {
             )))
         }
     }
+
+    /// Sends one command to `endpoint`, an address an instance announced (a sentinel of
+    /// the set's shard, perhaps in another member), and reads its reply within `timeout`.
+    /// By default a direct TCP connection; a backend that cannot reach its own
+    /// instances' addresses directly (the Kubernetes agent outside the cluster, through
+    /// port-forward) maps the addresses of its own instances to them.
+    fn redis_at(
+        &self,
+        set: &InstanceSet,
+        endpoint: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Reply>> + Send {
+        let _ = set;
+        crate::redis::command(endpoint, args, timeout)
+    }
 }

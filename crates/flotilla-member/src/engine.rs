@@ -321,7 +321,8 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
         // a refusal or a timeout could start a second failover).
         let mut asked = None;
         for s in &sentinels {
-            match crate::redis::command(s, &["SENTINEL", "FAILOVER", watched], COMMAND_TIMEOUT)
+            match backend
+                .redis_at(set, s, &["SENTINEL", "FAILOVER", watched], COMMAND_TIMEOUT)
                 .await
             {
                 Ok(Reply::Simple(_)) => {
@@ -346,12 +347,14 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
         // takes a write again as a master.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let master = match crate::redis::command(
-                &sentinel,
-                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", watched],
-                COMMAND_TIMEOUT,
-            )
-            .await
+            let master = match backend
+                .redis_at(
+                    set,
+                    &sentinel,
+                    &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", watched],
+                    COMMAND_TIMEOUT,
+                )
+                .await
             {
                 Ok(Reply::Array(Some(a))) if a.len() == 2 => a[0]
                     .as_text()

@@ -56,6 +56,10 @@ pub struct Decision {
     pub problem: Option<String>,
     /// Why this primary, for the log when it changes.
     pub why: &'static str,
+    /// Other instances that run as masters holding data (after a split, or a master
+    /// started by hand). Never demoted automatically: its replicas' resync, or its own,
+    /// would drop what only it holds. Shown as a condition for a person to settle.
+    pub also_masters: Vec<u32>,
 }
 
 fn status(s: &Seen<'_>) -> Option<PrimaryStatus> {
@@ -77,6 +81,30 @@ pub fn choose(
     placed: &dyn Fn(u32) -> bool,
     sentinel: bool,
 ) -> Decision {
+    let mut d = primary_of(previous, seen, first, placed, sentinel);
+    let primary = d.primary.as_ref().map(|p| p.ordinal);
+    // The master the named primary still replicates from is handing over to it.
+    let handing_over = primary
+        .and_then(|o| seen.iter().find(|s| s.ordinal == o))
+        .and_then(|s| redis(s))
+        .filter(|r| r.role == "slave")
+        .and_then(|r| r.master.as_deref());
+    d.also_masters = seen
+        .iter()
+        .filter(|s| Some(s.ordinal) != primary && s.endpoint != handing_over)
+        .filter(|s| redis(s).is_some_and(|r| r.role == "master" && !r.empty))
+        .map(|s| s.ordinal)
+        .collect();
+    d
+}
+
+fn primary_of(
+    previous: Option<&PrimaryStatus>,
+    seen: &[Seen<'_>],
+    first: Option<u32>,
+    placed: &dyn Fn(u32) -> bool,
+    sentinel: bool,
+) -> Decision {
     let by_ordinal = |o: u32| seen.iter().find(|s| s.ordinal == o);
     let by_endpoint = |e: &str| seen.iter().find(|s| s.endpoint == Some(e));
     let someone_has_data = |but: u32| {
@@ -89,6 +117,7 @@ pub fn choose(
         promote: None,
         problem,
         why: "the primary stays",
+        also_masters: Vec::new(),
     };
 
     // Before a takeover by "the most data": a replica whose last report still shows it
@@ -240,7 +269,7 @@ pub fn choose(
             cluster: Some(m.cluster.to_string()),
             endpoint: m.endpoint.unwrap_or_default().to_string(),
         };
-        let stays = choose(Some(&as_m), seen, first, placed, sentinel)
+        let stays = primary_of(Some(&as_m), seen, first, placed, sentinel)
             .primary
             .is_some_and(|q| q.ordinal == m.ordinal);
         if stays {
@@ -321,6 +350,7 @@ fn take_over(s: Seen<'_>, why: &'static str) -> Decision {
         promote,
         problem: None,
         why,
+        also_masters: Vec::new(),
     }
 }
 
@@ -437,6 +467,9 @@ mod tests {
         if d.problem.is_some() {
             got.push_str(" problem");
         }
+        for o in &d.also_masters {
+            got.push_str(&format!(" also {o}"));
+        }
         assert_eq!(got, expect, "{instances:?}");
     }
 
@@ -449,6 +482,31 @@ mod tests {
             &["0@a master", "1@b master keys=4", "2@c master"],
             false,
             "primary 1",
+        );
+    }
+
+    #[test]
+    fn a_second_master_holding_data_is_named_never_chosen_over_the_primary() {
+        let shard = [
+            "0@a master keys=5 offset=10",
+            "1@b slave of=0 up offset=9",
+            "2@c master keys=3 offset=7",
+        ];
+        check(Some(0), &shard, false, "primary 0 also 2");
+        check(Some(0), &shard, true, "primary 0 also 2");
+        // An empty master (a new instance not wired yet) is no second primary.
+        check(
+            Some(0),
+            &[shard[0], shard[1], "2@c master"],
+            false,
+            "primary 0",
+        );
+        // Nor is one that is down.
+        check(
+            Some(0),
+            &[shard[0], shard[1], "2@c master keys=3 down"],
+            false,
+            "primary 0",
         );
     }
 

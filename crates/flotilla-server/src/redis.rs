@@ -4,9 +4,10 @@
 //!
 //! ```text
 //!   reports (instances: endpoint, ready, INFO) + placement + previous status.primary
-//!      └─▶ choose ─▶ Decision { primary, promote, problem }
+//!      └─▶ choose ─▶ Decision { primary, promote, problem, also_masters }
 //!            ├─▶ every slice: flotilla.io/redis-primary (+ flotilla.io/redis-promote)
-//!            └─▶ status.primary, Degraded=PrimaryLost with the problem
+//!            └─▶ status.primary, Degraded=PrimaryLost with the problem,
+//!                Degraded=SecondMaster naming a master with data beside the primary
 //! ```
 
 use std::collections::BTreeMap;

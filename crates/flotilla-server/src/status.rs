@@ -197,6 +197,22 @@ pub fn aggregate(i: &Inputs<'_>) -> FederatedInstanceSetStatus {
     if let Some(problem) = i.redis.and_then(|d| d.problem.as_ref()) {
         degraded.push(("PrimaryLost", problem.clone()));
     }
+    if let Some(d) = i.redis.filter(|d| !d.also_masters.is_empty()) {
+        let others: Vec<String> = d.also_masters.iter().map(u32::to_string).collect();
+        degraded.push((
+            "SecondMaster",
+            format!(
+                "instance {} also runs as a master holding data, beside primary {}: it is \
+                 never demoted automatically (a resync would drop what only it holds); \
+                 compare its data with the primary's, then REPLICAOF it by hand or delete \
+                 its instance",
+                others.join(", "),
+                d.primary
+                    .as_ref()
+                    .map_or("(none)".to_string(), |p| p.ordinal.to_string())
+            ),
+        ));
+    }
     if !split.is_empty() {
         degraded.push((
             "ExclusiveRoleSplit",
@@ -385,6 +401,48 @@ mod tests {
             redis: None,
         });
         assert_eq!(again, s);
+    }
+
+    #[test]
+    fn a_second_master_holding_data_degrades_the_set_naming_it() {
+        let set = set(4);
+        let plan = plan(&[("a", &[0, 1]), ("b", &[2, 3])], 0);
+        let slices = BTreeMap::from([("a".to_string(), slice(1)), ("b".to_string(), slice(2))]);
+        let reports = BTreeMap::from([
+            ("a".to_string(), report(1, &[0, 1], &[0, 1])),
+            ("b".to_string(), report(2, &[2, 3], &[2, 3])),
+        ]);
+        let decision = flotilla_redis::primary::Decision {
+            primary: Some(flotilla_api::status::PrimaryStatus {
+                ordinal: 0,
+                cluster: Some("a".into()),
+                endpoint: "10.0.0.1:6379".into(),
+            }),
+            also_masters: vec![2],
+            ..Default::default()
+        };
+        let s = aggregate(&Inputs {
+            set: &set,
+            plan: &plan,
+            slices: &slices,
+            reports: &reports,
+            alive: &|_| true,
+            previous: None,
+            now: "2026-01-01T00:00:00Z",
+            redis: Some(&decision),
+        });
+        let degraded = get(&s, "Degraded");
+        assert_eq!(degraded.status, "True");
+        assert_eq!(degraded.reason, "SecondMaster");
+        assert!(
+            degraded
+                .message
+                .contains("instance 2 also runs as a master")
+                && degraded.message.contains("beside primary 0"),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(s.primary.as_ref().map(|p| p.ordinal), Some(0));
     }
 
     #[test]
