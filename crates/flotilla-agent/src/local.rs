@@ -428,7 +428,7 @@ impl<B: LocalBackend> Inner<B> {
                 backend.apply(set, &delete).await.map_err(Error::Member)?;
             }
         }
-        self.controller.forget(set).await;
+        self.controller.forget(set);
         tracing::debug!(set = %set_key(set), instances = observed.instances.len(), "removed slice torn down");
         Ok(())
     }

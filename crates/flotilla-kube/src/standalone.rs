@@ -103,7 +103,7 @@ impl Context {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&objects::set_key(set));
-        self.controller.forget(set).await;
+        self.controller.forget(set);
     }
 }
 

@@ -21,7 +21,7 @@ use flotilla_kube::objects::{
     ROLE_EPOCH_ANNOTATION, ROLE_LABEL, ROLE_VERSION_ANNOTATION, SET_LABEL, SHAPE_LABEL,
 };
 use flotilla_kube::{KubeBackend, PodAccess, rbac};
-use flotilla_member::{Applied, Backend, Controller, redis};
+use flotilla_member::{Applied, Backend, CommitOptions, Controller, redis};
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::{
     Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, PodCondition, PodSpec,
@@ -796,6 +796,13 @@ fn testcontext() -> (KubeBackend, ApiServerVerifier) {
     )
 }
 
+/// A controller that sends one write at a time, so that a scenario can expect its
+/// requests in plan order; the concurrent commit has tests of its own (ordering under
+/// concurrency) below.
+fn sequential(backend: Arc<KubeBackend>) -> Controller<KubeBackend> {
+    Controller::with_commit(backend, CommitOptions::SEQUENTIAL)
+}
+
 async fn timeout_after_1s(handle: tokio::task::JoinHandle<()>) {
     tokio::time::timeout(Duration::from_secs(1), handle)
         .await
@@ -907,7 +914,7 @@ async fn a_new_set_creates_a_claim_and_a_pod_for_every_ordinal() {
     let server = server.run(Scenario::CreateMissing {
         ordinals: vec![0, 1, 5],
     });
-    let controller = Controller::new(Arc::new(backend));
+    let controller = sequential(Arc::new(backend));
     let pass = controller.reconcile(&Set::test().valid()).await.unwrap();
     timeout_after_1s(server).await;
     assert_eq!(
@@ -934,7 +941,7 @@ async fn a_refused_pod_create_leaves_the_rest_of_the_plan_applied_and_says_why()
         ordinals: vec![0, 1, 5],
         refused: 1,
     });
-    let controller = Controller::new(Arc::new(backend));
+    let controller = sequential(Arc::new(backend));
     let e = controller
         .reconcile(&Set::test().valid())
         .await
@@ -1053,7 +1060,7 @@ async fn a_converged_set_costs_two_lists_and_no_write() {
     let claims = set.claims(&[0, 1, 5]);
     let set = set.status_for(&pods, &claims);
     let server = server.run(Scenario::Converged { pods, claims });
-    let controller = Controller::new(Arc::new(backend));
+    let controller = sequential(Arc::new(backend));
     let pass = controller.reconcile(&set.valid()).await.unwrap();
     timeout_after_1s(server).await;
     assert!(pass.actions.is_empty(), "{:?}", pass.actions);
@@ -1076,7 +1083,7 @@ async fn a_new_image_is_patched_in_place_highest_ordinal_first() {
         image: "redis:7.4".into(),
         revision,
     });
-    let controller = Controller::new(Arc::new(backend));
+    let controller = sequential(Arc::new(backend));
     let pass = controller.reconcile(&new.valid()).await.unwrap();
     timeout_after_1s(server).await;
     assert_eq!(pass.actions, [Action::UpdateInPlace { ordinal: 5 }]);
@@ -1134,7 +1141,7 @@ async fn an_in_place_update_waits_for_the_container_to_restart() {
     waiting[2] = patched_in_place(pods[2].clone(), &patch);
 
     let (client, seen, server) = fake_api(answer_from(waiting.clone(), claims.clone()));
-    let controller = Controller::new(Arc::new(KubeBackend::with_epoch(client, "test")));
+    let controller = sequential(Arc::new(KubeBackend::with_epoch(client, "test")));
     let pass = controller.reconcile(&new.valid()).await.unwrap();
     drop(controller);
     finished(server).await;
@@ -1152,7 +1159,7 @@ async fn an_in_place_update_waits_for_the_container_to_restart() {
     let mut restarted = waiting;
     restarted[2] = container_status(restarted[2].clone(), "sha256:new", 1);
     let (client, _seen, server) = fake_api(answer_from(restarted, claims));
-    let controller = Controller::new(Arc::new(KubeBackend::with_epoch(client, "test")));
+    let controller = sequential(Arc::new(KubeBackend::with_epoch(client, "test")));
     let pass = controller.reconcile(&new.valid()).await.unwrap();
     drop(controller);
     finished(server).await;
@@ -1171,7 +1178,7 @@ async fn an_ordinal_leaving_the_slice_deletes_its_pod_and_keeps_its_claim() {
         claims,
         deleted: 5,
     });
-    let controller = Controller::new(Arc::new(backend));
+    let controller = sequential(Arc::new(backend));
     let pass = controller.reconcile(&set.valid()).await.unwrap();
     timeout_after_1s(server).await;
     assert_eq!(pass.actions, [Action::Delete { ordinal: 5 }]);
@@ -1285,7 +1292,7 @@ async fn a_request_the_scenario_did_not_expect_fails_the_pass() {
     let (backend, server) = testcontext();
     // The server expects nothing: the first list already fails.
     drop(server);
-    let controller = Controller::new(Arc::new(backend));
+    let controller = sequential(Arc::new(backend));
     let e = controller
         .reconcile(&Set::test().valid())
         .await
@@ -1627,7 +1634,7 @@ async fn a_pod_on_a_vanished_node_with_a_local_volume_is_rebuilt_when_the_set_al
         claims,
         rebuild: true,
     });
-    let controller = Controller::new(Arc::new(backend));
+    let controller = sequential(Arc::new(backend));
     let pass = controller.reconcile(&set.valid()).await.unwrap();
     timeout_after_1s(server).await;
     assert_eq!(
@@ -1650,7 +1657,7 @@ async fn a_pod_on_a_vanished_node_waits_by_default_and_the_status_says_why() {
         claims,
         rebuild: false,
     });
-    let controller = Controller::new(Arc::new(backend));
+    let controller = sequential(Arc::new(backend));
     let first = controller.reconcile(&set.valid()).await.unwrap();
     let second = controller.reconcile(&set.valid()).await.unwrap();
     timeout_after_1s(server).await;
@@ -1761,7 +1768,7 @@ async fn a_probing_pass_lists_pods_and_claims_once() {
     ];
     // Controller::pass: one observation, the probes, the plan.
     let (client, seen, server) = fake_api(answer_from(pods.clone(), claims.clone()));
-    let controller = Controller::new(Arc::new(KubeBackend::with_epoch(client, "test")));
+    let controller = sequential(Arc::new(KubeBackend::with_epoch(client, "test")));
     let pass = controller.pass(&set.valid(), true).await.unwrap();
     drop(controller);
     finished(server).await;
@@ -1803,7 +1810,7 @@ async fn a_probing_pass_lists_pods_and_claims_once() {
 
     // probe_roles then reconcile: the same pass observes twice.
     let (client, seen, server) = fake_api(answer_from(pods, claims));
-    let controller = Controller::new(Arc::new(KubeBackend::with_epoch(client, "test")));
+    let controller = sequential(Arc::new(KubeBackend::with_epoch(client, "test")));
     controller.probe_roles(&set.0).await.unwrap();
     controller.reconcile(&set.valid()).await.unwrap();
     drop(controller);
@@ -2029,4 +2036,99 @@ async fn every_permission_the_agent_holds_is_used() {
         used.insert((group.clone(), resource.clone(), verb.clone()));
     }
     assert_eq!(used, held);
+}
+
+// ---------------------------------------------------------------------------------------
+// The concurrent commit against the mock API server: what may go together goes
+// together, and what depends on another request waits for its answer.
+// ---------------------------------------------------------------------------------------
+
+/// A mock API server that answers every request in a task of its own, a claim's POST
+/// after `claim_delay`, and logs `arrive …` and `answer …` events in the order they
+/// happen.
+fn concurrent_api(
+    claim_delay: Duration,
+) -> (
+    kube::Client,
+    Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&log);
+    let server = tokio::spawn(async move {
+        let mut answering = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            assert_granted(&request);
+            let record = Arc::clone(&record);
+            answering.push(tokio::spawn(async move {
+                let method = request.method().clone();
+                let path = request.uri().path().to_string();
+                let body = if method == Method::GET {
+                    Value::Null
+                } else {
+                    body(request).await
+                };
+                let what = match body["metadata"]["name"].as_str() {
+                    Some(name) => format!("{method} {path} {name}"),
+                    None => format!("{method} {path}"),
+                };
+                record.lock().unwrap().push(format!("arrive {what}"));
+                let response = match (method.as_str(), path.as_str()) {
+                    ("GET", PODS) => list_of("PodList", json!([])),
+                    ("GET", PVCS) => list_of("PersistentVolumeClaimList", json!([])),
+                    ("POST", PVCS) => {
+                        tokio::time::sleep(claim_delay).await;
+                        created(body)
+                    }
+                    ("POST", PODS) => created(body),
+                    ("PATCH", STATUS) => ok(json!(Set::test().0)),
+                    _ => not_found(),
+                };
+                record.lock().unwrap().push(format!("answer {what}"));
+                send.send_response(response);
+            }));
+        }
+        for task in answering {
+            task.await.expect("every request was granted");
+        }
+    });
+    (kube::Client::new(service, "default"), log, server)
+}
+
+#[tokio::test]
+async fn concurrently_the_claims_go_together_and_no_pod_is_created_before_its_claim() {
+    let (client, log, server) = concurrent_api(Duration::from_millis(50));
+    let controller = Controller::new(Arc::new(KubeBackend::with_epoch(client, "test")));
+    let pass = controller.reconcile(&Set::test().valid()).await.unwrap();
+    assert_eq!(pass.writes, 7, "six creates and the status");
+    drop(controller);
+    finished(server).await;
+    let log = log.lock().unwrap().clone();
+    let at = |event: &str| {
+        log.iter()
+            .position(|e| e == event)
+            .unwrap_or_else(|| panic!("no {event:?} in {log:#?}"))
+    };
+    for o in [0, 1, 5] {
+        let claim = format!("POST {PVCS} data-redis-{o}");
+        let pod = format!("POST {PODS} redis-{o}");
+        assert!(
+            at(&format!("answer {claim}")) < at(&format!("arrive {pod}")),
+            "pod {o} is created only once its claim is: {log:#?}"
+        );
+        // Every claim was asked for before the first one was answered: together.
+        assert!(
+            at(&format!("arrive {claim}")) < at(&format!("answer POST {PVCS} data-redis-0")),
+            "{log:#?}"
+        );
+    }
+    let status = at(&format!("arrive PATCH {STATUS}"));
+    assert!(
+        log.iter()
+            .enumerate()
+            .filter(|(_, e)| e.starts_with("answer POST"))
+            .all(|(i, _)| i < status),
+        "the status is written once, after every create: {log:#?}"
+    );
 }

@@ -23,7 +23,7 @@
 //! outcome of the last switchover; everything else is read back from the backend on
 //! every pass, so a crash between two writes costs nothing but a repeated pass.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,9 +32,12 @@ use flotilla_api::{InstanceSet, InstanceSetStatus, Valid};
 use flotilla_instanceset::{
     Action, Observed, Phase, ProbeResult, Revision, SwitchoverOutcome, prepare,
 };
-use tokio::sync::Mutex;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use std::sync::Mutex;
 
 use crate::backend::{Applied, Backend};
+use crate::commit::{self, CommitOptions, CommitStats, Limits, Outcome};
 use crate::engine::{self, EngineState};
 use crate::{Error, Result};
 
@@ -67,17 +70,27 @@ struct SetState {
 #[derive(Debug)]
 pub struct Controller<B> {
     backend: Arc<B>,
+    /// Per-set state by `<namespace>/<name>`, locked only between requests, so sets
+    /// reconcile in parallel.
     sets: Mutex<BTreeMap<String, SetState>>,
+    /// The commit phase's bound and rate, shared by every set.
+    limits: Limits,
     /// One counter for every probe result, so results order across instances.
     probe_version: AtomicU64,
 }
 
 impl<B: Backend> Controller<B> {
-    /// A controller over `backend`.
+    /// A controller over `backend`, committing with [`CommitOptions::default`].
     pub fn new(backend: Arc<B>) -> Controller<B> {
+        Controller::with_commit(backend, CommitOptions::default())
+    }
+
+    /// A controller over `backend` whose commit phase sends writes as `commit` says.
+    pub fn with_commit(backend: Arc<B>, commit: CommitOptions) -> Controller<B> {
         Controller {
             backend,
             sets: Mutex::new(BTreeMap::new()),
+            limits: Limits::new(commit),
             probe_version: AtomicU64::new(0),
         }
     }
@@ -110,20 +123,37 @@ impl<B: Backend> Controller<B> {
 
     /// Probes the running instances of `observed` and keeps the newer results.
     async fn probe_observed(&self, set: &InstanceSet, observed: &Observed) {
-        let mut results = Vec::new();
-        for inst in observed
+        let mut running: Vec<u32> = observed
             .instances
             .iter()
             .filter(|i| i.phase == Phase::Running && !i.deleting)
-        {
-            // The version is taken before asking, so an answer that arrives late never
-            // outranks one asked for later.
-            let version = self.probe_version.fetch_add(1, Ordering::SeqCst) + 1;
-            if let Ok(role) = self.backend.probe_role(set, inst.ordinal).await {
-                results.push((inst.ordinal, ProbeResult { role, version }));
+            .map(|i| i.ordinal)
+            .collect();
+        running.reverse();
+        // Reads, not limited by the write rate; as many at once as writes may be.
+        let bound = self.limits.options().max_concurrent;
+        let mut asking = FuturesUnordered::new();
+        let mut results = Vec::new();
+        loop {
+            while asking.len() < bound
+                && let Some(ordinal) = running.pop()
+            {
+                // The version is taken before asking, so an answer that arrives late
+                // never outranks one asked for later.
+                let version = self.probe_version.fetch_add(1, Ordering::SeqCst) + 1;
+                asking.push(async move {
+                    let role = self.backend.probe_role(set, ordinal).await;
+                    (ordinal, version, role)
+                });
+            }
+            let Some((ordinal, version, role)) = asking.next().await else {
+                break;
+            };
+            if let Ok(role) = role {
+                results.push((ordinal, ProbeResult { role, version }));
             }
         }
-        let mut sets = self.sets.lock().await;
+        let mut sets = self.lock();
         let state = state_of(&mut sets, set);
         for (ordinal, result) in results {
             let slot = state.probes.entry(ordinal).or_default();
@@ -154,7 +184,7 @@ impl<B: Backend> Controller<B> {
         };
         let mut engine_state;
         {
-            let mut sets = self.sets.lock().await;
+            let mut sets = self.lock();
             let state = state_of(&mut sets, set);
             for inst in &mut observed.instances {
                 if let Some(p) = state.probes.get(&inst.ordinal)
@@ -185,34 +215,36 @@ impl<B: Backend> Controller<B> {
         let mut writes = 0;
         let mut switchover = None;
         // A refused write (a webhook, a quota, PodSecurity) must not stall the rest of
-        // the plan, nor keep the status from saying why: every action is tried, the
-        // failures are collected and reported in the status, and the pass fails after.
+        // the plan, nor keep the status from saying why: every action is tried (but
+        // those that depend on a failed one: the pod after its volume, a rebuild after
+        // its volume's deletion), the failures are collected and reported in the
+        // status, and the pass fails after.
         let mut failures: Vec<(String, Error)> = Vec::new();
-        let mut failed_ordinals = BTreeSet::new();
-        for action in &plan.actions {
-            // An action on an ordinal whose earlier action failed depends on it (the
-            // pod after its volume, a rebuild after its volume's deletion): skipped.
-            if let Some(ordinal) = subject(action)
-                && failed_ordinals.contains(&ordinal)
-            {
-                continue;
-            }
-            let applied = match (action, &redis) {
+        let backend = &*self.backend;
+        let redis_seen = redis.as_ref();
+        let outcomes = commit::commit(&self.limits, &plan.actions, |action| async move {
+            match (action, redis_seen) {
                 (Action::Switchover { from, to, .. }, Some(seen)) => {
-                    engine::switchover(&*self.backend, set, seen, *from, *to)
-                        .await
-                        .map(|(applied, done)| {
-                            if done.is_some() {
-                                engine_state.switchover = done;
-                            }
-                            applied
-                        })
+                    engine::switchover(backend, set, seen, *from, *to).await
                 }
-                _ => self.backend.apply(set, action).await,
+                _ => backend.apply(set, action).await.map(|a| (a, None)),
+            }
+        })
+        .await;
+        for (action, outcome) in plan.actions.iter().zip(outcomes) {
+            let applied = match outcome {
+                Outcome::Skipped => continue,
+                Outcome::Done(result) => result,
             };
             match applied {
-                Ok(Applied::Wrote) => writes += 1,
-                Ok(Applied::Unchanged) => {}
+                Ok((applied, done)) => {
+                    if done.is_some() {
+                        engine_state.switchover = done;
+                    }
+                    if applied == Applied::Wrote {
+                        writes += 1;
+                    }
+                }
                 Err(Error::Switchover(message)) => {
                     if let Action::Switchover { role, from, to } = action {
                         switchover = Some(SwitchoverOutcome {
@@ -225,10 +257,7 @@ impl<B: Backend> Controller<B> {
                         });
                     }
                 }
-                Err(e) => {
-                    failed_ordinals.extend(subject(action));
-                    failures.push((action.to_string(), e));
-                }
+                Err(e) => failures.push((action.to_string(), e)),
             }
             if let Action::Switchover { role, from, to } = action
                 && switchover.is_none()
@@ -268,23 +297,31 @@ impl<B: Backend> Controller<B> {
         if !failures.is_empty() {
             report_failures(&mut plan.status, &failures);
         }
-        let mut sets = self.sets.lock().await;
-        let state = state_of(&mut sets, set);
-        if redis.is_some() {
-            state.engine = engine_state;
-        }
-        // Until the next probe sees the new roles, planning the same switchover again
-        // is harmless: a switchover names its end state (`to` holds the role).
-        if let Some(outcome) = switchover {
-            state.last_switchover = Some(outcome);
-        }
-        if state.last_status.as_ref() != Some(&plan.status) {
-            match self.backend.write_status(set, &plan.status).await {
+        let unchanged = {
+            let mut sets = self.lock();
+            let state = state_of(&mut sets, set);
+            if redis.is_some() {
+                state.engine = engine_state;
+            }
+            // Until the next probe sees the new roles, planning the same switchover
+            // again is harmless: a switchover names its end state (`to` holds the role).
+            if let Some(outcome) = switchover {
+                state.last_switchover = Some(outcome);
+            }
+            state.last_status.as_ref() == Some(&plan.status)
+        };
+        if !unchanged {
+            // Once, after every action, and with no lock held.
+            match self
+                .limits
+                .send(self.backend.write_status(set, &plan.status))
+                .await
+            {
                 Ok(applied) => {
                     if applied == Applied::Wrote {
                         writes += 1;
                     }
-                    state.last_status = Some(plan.status.clone());
+                    state_of(&mut self.lock(), set).last_status = Some(plan.status.clone());
                 }
                 // The failed actions are the cause worth returning; the status write
                 // is retried with them on the next pass.
@@ -311,8 +348,36 @@ impl<B: Backend> Controller<B> {
     }
 
     /// Forgets a deleted set.
-    pub async fn forget(&self, set: &InstanceSet) {
-        self.sets.lock().await.remove(&key(set));
+    pub fn forget(&self, set: &InstanceSet) {
+        self.lock().remove(&key(set));
+    }
+
+    /// Forgets every set whose `<namespace>/<name>` `live` says is gone (a sweep
+    /// against a reflector's cache, where deletions are not seen one by one).
+    pub fn forget_unless(&self, live: impl Fn(&str) -> bool) {
+        self.lock().retain(|key, _| live(key));
+    }
+
+    /// How many sets the controller keeps state for.
+    pub fn sets_kept(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// How the commit phase sends its writes.
+    pub fn commit_options(&self) -> CommitOptions {
+        self.limits.options()
+    }
+
+    /// What the commit phase has sent so far.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.limits.stats()
+    }
+
+    /// The per-set state, locked for a moment: never held across a request.
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SetState>> {
+        self.sets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -333,21 +398,6 @@ fn state_of<'a>(sets: &'a mut BTreeMap<String, SetState>, set: &InstanceSet) -> 
         };
     }
     state
-}
-
-/// The ordinal an action is about, for skipping what depends on a failed action;
-/// `None` for a switchover, which the planner orders and blocks on by itself.
-fn subject(action: &Action) -> Option<u32> {
-    match action {
-        Action::CreateVolume { ordinal, .. }
-        | Action::Create { ordinal }
-        | Action::SetRole { ordinal, .. }
-        | Action::UpdateInPlace { ordinal }
-        | Action::Recreate { ordinal, .. }
-        | Action::Delete { ordinal }
-        | Action::DeleteVolume { ordinal, .. } => Some(*ordinal),
-        Action::Switchover { .. } => None,
-    }
 }
 
 /// Says in `status` which actions failed and why: `Degraded=True`, reason
@@ -412,6 +462,8 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         refuse: Vec<String>,
+        /// Status writes wait here for each other, when set.
+        barrier: Option<tokio::sync::Barrier>,
         applied: StdMutex<Vec<String>>,
         statuses: StdMutex<Vec<InstanceSetStatus>>,
     }
@@ -437,6 +489,9 @@ mod tests {
             _: &InstanceSet,
             status: &InstanceSetStatus,
         ) -> Result<Applied> {
+            if let Some(barrier) = &self.barrier {
+                barrier.wait().await;
+            }
             self.statuses.lock().unwrap().push(status.clone());
             Ok(Applied::Wrote)
         }
@@ -492,15 +547,26 @@ mod tests {
         let controller = Controller::new(Arc::clone(&backend));
         let e = controller.reconcile(&set("u1")).await.unwrap_err();
         assert!(e.to_string().contains("denied the request"), "{e}");
+        let mut applied = backend.applied.lock().unwrap().clone();
+        // Concurrently: every volume first (nothing to wait for), then the pods.
         assert_eq!(
-            *backend.applied.lock().unwrap(),
+            applied[..3],
             [
                 "create-volume data-0",
-                "create 0",
                 "create-volume data-1",
+                "create-volume data-2"
+            ]
+        );
+        applied.sort();
+        assert_eq!(
+            applied,
+            [
+                "create 0",
                 // create 1 needs its volume: skipped.
-                "create-volume data-2",
                 "create 2",
+                "create-volume data-0",
+                "create-volume data-1",
+                "create-volume data-2",
             ],
             "every action but the one that depends on the failure"
         );
@@ -544,5 +610,30 @@ mod tests {
         // Deleted (never seen deleting) and created again: another uid, its own status.
         controller.reconcile(&set("u2")).await.unwrap();
         assert_eq!(backend.statuses.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn two_sets_reconcile_at_once_with_no_lock_held_across_a_request() {
+        // Each status write waits for the other set's: a lock held across a request
+        // would keep the second pass from ever reaching its own.
+        let backend = Arc::new(Fake {
+            barrier: Some(tokio::sync::Barrier::new(2)),
+            ..Fake::default()
+        });
+        let controller = Controller::new(Arc::clone(&backend));
+        let a = set("u1");
+        let mut other = (*set("u2")).clone();
+        other.metadata.name = Some("other".into());
+        let b = validate::instance_set(other).unwrap();
+        let both = async { tokio::join!(controller.reconcile(&a), controller.reconcile(&b)) };
+        let (ra, rb) = tokio::time::timeout(std::time::Duration::from_secs(5), both)
+            .await
+            .expect("both passes finish together");
+        ra.unwrap();
+        rb.unwrap();
+        assert_eq!(backend.statuses.lock().unwrap().len(), 2);
+        assert_eq!(controller.sets_kept(), 2);
+        controller.forget_unless(|key| key == "default/redis");
+        assert_eq!(controller.sets_kept(), 1, "the other set's state is gone");
     }
 }

@@ -4,6 +4,8 @@
 //! - [`controller`]: the InstanceSet controller's loop: observe, prepare (the pure
 //!   planner of `flotilla-instanceset`), commit each action idempotently, write status
 //!   only when it changed, and probe roles with versioned results.
+//! - [`commit`]: the commit phase's schedule: actions concurrently in dependency
+//!   order, within a bound on writes in flight and a rate limit (QPS, burst).
 //! - [`nodes`]: nodes from node groups, first-fit placement and free capacity, shared
 //!   by the members that schedule instances themselves (simulated, process).
 //! - [`redis`]: Redis `ROLE` probes and switchovers over RESP.
@@ -11,6 +13,7 @@
 //!   end-to-end tests and the scale benchmarks run on.
 
 pub mod backend;
+pub mod commit;
 pub mod controller;
 mod engine;
 mod error;
@@ -20,5 +23,6 @@ pub mod sim;
 mod sim_redis;
 
 pub use backend::{Applied, Backend};
+pub use commit::{CommitOptions, CommitStats};
 pub use controller::{Controller, Pass};
 pub use error::{Error, Result};
