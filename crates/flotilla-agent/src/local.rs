@@ -7,9 +7,9 @@
 //!   put / delete / replace ──▶ held (watch, updated at once) + a wake-up
 //!                                   │
 //!   ticker task: advance the backend's clock (a simulated one; real ones have none)
-//!     by the wall-clock time elapsed, then for each set due: one pass (probing roles
-//!     while it converges, or on its probe period), publish its status (watch) when
-//!     it changed
+//!     by the wall-clock time elapsed, then every set due at once: one pass each
+//!     (probing roles while it converges, or on its probe period), publish its status
+//!     (watch) when it changed
 //!     removed: delete every instance (and volumes when whenDeleted: Delete), forget it
 //!     after the first Snapshot: tear down what the backend still runs of sets no
 //!     longer held (an earlier agent's, on a backend that outlives agents)
@@ -33,7 +33,7 @@ use flotilla_api::set::Retention;
 use flotilla_api::status::{Condition, InstanceSetStatus};
 use flotilla_api::{CapacityModel, InstanceSet, Object, Valid, validate};
 use flotilla_instanceset::Action;
-use flotilla_member::{Backend, Controller};
+use flotilla_member::{Backend, CommitOptions, Controller};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -50,6 +50,13 @@ pub trait LocalBackend: Backend {
 
     /// The last status written for `set`.
     fn status(&self, set: &InstanceSet) -> Option<InstanceSetStatus>;
+
+    /// For every set (by `namespace/name`) with an instance about to change on its own
+    /// (start, or turn ready), how long until it does: the set's next pass is then,
+    /// so that readiness is counted when it happens rather than at the next retry.
+    fn next_changes(&self) -> BTreeMap<String, Duration> {
+        BTreeMap::new()
+    }
 
     /// The sets the backend has instances of, as `(namespace, name)`, including those
     /// an earlier agent left (a backend whose instances outlive the agent). None for a
@@ -71,6 +78,8 @@ pub struct LocalMemberOptions {
     pub resync: Duration,
     /// The role-probe period of a set with roles but no `roleProbe`.
     pub default_probe_period: Duration,
+    /// How the commit phase sends its writes: in flight at once, QPS and burst.
+    pub commit: CommitOptions,
 }
 
 impl Default for LocalMemberOptions {
@@ -80,6 +89,7 @@ impl Default for LocalMemberOptions {
             max_retry: Duration::from_millis(500),
             resync: Duration::from_secs(10),
             default_probe_period: Duration::from_secs(10),
+            commit: CommitOptions::default(),
         }
     }
 }
@@ -137,7 +147,7 @@ impl<B: LocalBackend> LocalMember<B> {
     pub fn start(backend: Arc<B>, options: LocalMemberOptions) -> Arc<LocalMember<B>> {
         let wake = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
-            controller: Controller::new(backend),
+            controller: Controller::with_commit(backend, options.commit),
             options,
             state: Mutex::new(State::default()),
             held: watch::Sender::new(Held::new()),
@@ -327,9 +337,17 @@ impl<B: LocalBackend> Inner<B> {
                 })
                 .collect()
         };
-        for (key, set, serial, probe) in due {
-            let pass = self.controller.pass(&set, probe).await;
-            let status = self.backend().status(&set);
+        // Every due set at once: the controller holds no lock across a request, and its
+        // commit phase bounds the writes in flight across all of them.
+        let passes = futures::future::join_all(due.into_iter().map(
+            |(key, set, serial, probe)| async move {
+                let pass = self.controller.pass(&set, probe).await;
+                let status = self.backend().status(&set);
+                (key, set, serial, probe, pass, status)
+            },
+        ))
+        .await;
+        for (key, set, serial, probe, pass, status) in passes {
             let mut state = self.lock();
             let Some(slot) = state.sets.get_mut(&key).filter(|s| s.serial == serial) else {
                 continue; // replaced or removed meanwhile: its own pass comes
@@ -385,7 +403,15 @@ impl<B: LocalBackend> Inner<B> {
             }
             drop(state);
         }
-        let state = self.lock();
+        // Readiness is seen when it happens: a set with an instance about to start or
+        // turn ready is due then, whatever its retry backoff says.
+        let changes = self.backend().next_changes();
+        let mut state = self.lock();
+        for (key, after) in changes {
+            if let Some(slot) = state.sets.get_mut(&key) {
+                slot.due = slot.due.min(now + after);
+            }
+        }
         state
             .sets
             .values()

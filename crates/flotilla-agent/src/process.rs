@@ -9,7 +9,9 @@
 //! Nothing here stops an instance when the agent stops or dies: the processes run on,
 //! and the next agent over the same data directory adopts them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use flotilla_api::{InstanceSet, InstanceSetStatus};
 use flotilla_process::{ProcessBackend, ProcessConfig};
@@ -27,6 +29,15 @@ impl LocalBackend for ProcessBackend {
 
     fn known_sets(&self) -> Vec<(String, String)> {
         self.sets()
+    }
+
+    /// Starting instances are asked again every tick (the ticker's floor), like a
+    /// kubelet's readiness probe, rather than at the set's retry backoff.
+    fn next_changes(&self) -> BTreeMap<String, Duration> {
+        self.starting()
+            .into_iter()
+            .map(|key| (key, Duration::ZERO))
+            .collect()
     }
 }
 

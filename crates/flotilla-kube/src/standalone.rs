@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_api::status::{Condition, InstanceSetStatus};
 use flotilla_api::{InstanceSet, InstanceSetSpec, validate};
-use flotilla_member::{Backend as _, Controller};
+use flotilla_member::{Backend as _, CommitOptions, Controller};
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DynamicObject};
@@ -53,6 +53,8 @@ pub struct Options {
     pub node_loss: NodeLoss,
     /// How Redis ports are reached (default [`PodAccess::Auto`]: see [`crate::access`]).
     pub pod_access: PodAccess,
+    /// How the commit phase sends its writes: in flight at once, QPS and burst.
+    pub commit: CommitOptions,
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
             shutdown_grace: Duration::from_secs(20),
             node_loss: NodeLoss::default(),
             pod_access: PodAccess::default(),
+            commit: CommitOptions::default(),
         }
     }
 }
@@ -95,6 +98,15 @@ impl Context {
                 true
             }
         }
+    }
+
+    /// Forgets everything kept for the sets `live` says are gone.
+    fn forget_unless(&self, live: impl Fn(&str) -> bool) {
+        self.probed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|key, _| live(key));
+        self.controller.forget_unless(live);
     }
 
     /// Forgets everything kept for a deleted set.
@@ -130,7 +142,7 @@ pub async fn run(
         .with_pod_access(options.pod_access);
     tracing::info!(pod_access = ?backend.pod_access(), "reaching Redis ports");
     let context = Arc::new(Context {
-        controller: Controller::new(Arc::new(backend)),
+        controller: Controller::with_commit(Arc::new(backend), options.commit),
         options,
         probed: Mutex::new(HashMap::new()),
     });
@@ -138,6 +150,24 @@ pub async fn run(
         .owns(pods, watcher::Config::default().labels(SET_LABEL));
     let store = runtime.store();
     let graceful = shutdown.shared();
+    // A set deleted without a finalizer is never reconciled again: what was kept for
+    // it goes when the reflector's cache no longer has it.
+    let sweeper = {
+        let (store, context) = (store.clone(), Arc::clone(&context));
+        async move {
+            let mut every = tokio::time::interval(context.options.resync);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if store.wait_until_ready().now_or_never().is_none() {
+                    continue;
+                }
+                let live: std::collections::HashSet<String> =
+                    store.state().iter().map(|o| object_key(o)).collect();
+                context.forget_unless(|key| live.contains(key));
+            }
+        }
+    };
     // kube-runtime's graceful shutdown waits for the first list of InstanceSets, which
     // never comes while the API server is unreachable; and a reconcile may hang on an
     // instance. So shutdown is forced: at once when nothing was ever listed (nothing
@@ -156,7 +186,7 @@ pub async fn run(
             );
         }
     };
-    runtime
+    let controller = runtime
         .graceful_shutdown_on(graceful)
         .run(reconcile, error_policy, context)
         .take_until(forced)
@@ -165,8 +195,11 @@ pub async fn run(
                 Ok((set, _)) => tracing::debug!(set = %set, "reconciled"),
                 Err(e) => tracing::warn!(error = %chain(&e), "reconcile failed"),
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        () = controller => {}
+        () = sweeper => {}
+    }
     Ok(())
 }
 

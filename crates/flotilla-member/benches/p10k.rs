@@ -84,6 +84,7 @@ fn sim() -> Arc<Sim> {
         start_delay: Duration::from_secs(1),
         ready_delay: Duration::from_secs(1),
         local_volumes: false,
+        request_latency: Duration::ZERO,
     }))
 }
 

@@ -6,6 +6,7 @@
 //!   only when it changed, and probe roles with versioned results.
 //! - [`commit`]: the commit phase's schedule: actions concurrently in dependency
 //!   order, within a bound on writes in flight and a rate limit (QPS, burst).
+//! - [`latency`]: a fixed per-request latency for the members without an API server.
 //! - [`nodes`]: nodes from node groups, first-fit placement and free capacity, shared
 //!   by the members that schedule instances themselves (simulated, process).
 //! - [`redis`]: Redis `ROLE` probes and switchovers over RESP.
@@ -17,6 +18,7 @@ pub mod commit;
 pub mod controller;
 mod engine;
 mod error;
+pub mod latency;
 pub mod nodes;
 pub mod redis;
 pub mod sim;

@@ -22,6 +22,7 @@ use flotilla_api::{CapacityModel, InstanceSet, InstanceSetStatus, Invalid, NodeG
 use flotilla_instanceset::{Action, Instance, Observed, Phase, Revision, Volume};
 
 use crate::backend::{Applied, Backend};
+use crate::latency::{RequestLatency, Requests};
 use crate::nodes::{Demand, Nodes, check_groups, per_node as count_per_node};
 use crate::redis::Reply;
 use crate::sim_redis::{self, SimRedis};
@@ -39,6 +40,7 @@ use crate::{Error, Result};
 /// startDelayMs: 2000
 /// readyDelayMs: 1000
 /// localVolumes: false
+/// requestLatencyMs: 0              # every request waits this long (an API server's)
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct SimConfig {
@@ -51,6 +53,9 @@ pub struct SimConfig {
     /// Volumes are node-local (like local persistent volumes): bound to the node of the
     /// first instance that uses them, which can then only run there.
     pub local_volumes: bool,
+    /// Every request (observe, apply, status, role probe) waits this long, in real
+    /// time, as on a loaded API server.
+    pub request_latency: Duration,
 }
 
 /// The file form of [`SimConfig`].
@@ -64,6 +69,8 @@ struct SimConfigFile {
     ready_delay_ms: u64,
     #[serde(default)]
     local_volumes: bool,
+    #[serde(default)]
+    request_latency_ms: u64,
 }
 
 impl SimConfig {
@@ -92,6 +99,7 @@ impl SimConfig {
             start_delay: Duration::from_millis(file.start_delay_ms),
             ready_delay: Duration::from_millis(file.ready_delay_ms),
             local_volumes: file.local_volumes,
+            request_latency: Duration::from_millis(file.request_latency_ms),
         })
     }
 }
@@ -147,6 +155,7 @@ struct State {
 #[derive(Debug)]
 pub struct Sim {
     state: Mutex<State>,
+    latency: RequestLatency,
 }
 
 /// Follows the federation's choice of the member holding the exclusive roles: a member
@@ -177,7 +186,13 @@ impl Sim {
                 writes: 0,
                 processes: 0,
             }),
+            latency: RequestLatency::new(config.request_latency),
         }
+    }
+
+    /// The requests served, and the most in flight at once.
+    pub fn requests(&self) -> Requests {
+        self.latency.requests()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -233,6 +248,29 @@ impl Sim {
                 set.primary = set.pods.iter().find(|(_, p)| p.ready).map(|(&o, _)| o);
             }
         }
+    }
+
+    /// For every set with an instance that will change on its own (start, or turn
+    /// ready), how long until the first such change: what a watch would report next.
+    /// An instance waiting for room on a node is not counted (room comes from other
+    /// changes).
+    pub fn next_changes(&self) -> BTreeMap<String, Duration> {
+        let st = self.lock();
+        st.sets
+            .iter()
+            .filter_map(|(key, s)| {
+                let at = s
+                    .pods
+                    .values()
+                    .filter_map(|p| match (p.phase, p.node, p.ready) {
+                        (Phase::Pending, Some(_), _) => Some(p.since + st.start_delay),
+                        (Phase::Running, _, false) => Some(p.since + st.ready_delay),
+                        _ => None,
+                    })
+                    .min()?;
+                Some((key.clone(), at.saturating_sub(st.now)))
+            })
+            .collect()
     }
 
     /// The logical time.
@@ -351,8 +389,9 @@ fn start_redis(pod: &mut Pod, ordinal: u32, nodes: &Nodes, processes: &mut u64) 
     pod.restarted = true;
 }
 
-impl Backend for Sim {
-    async fn observe(&self, set: &InstanceSet) -> Result<Observed> {
+/// The requests themselves, served at once (the latency is [`Backend`]'s).
+impl Sim {
+    fn observe_now(&self, set: &InstanceSet) -> Result<Observed> {
         let mut st = self.lock();
         if let Some(s) = st.sets.get_mut(&key(set)) {
             note_home(s, set);
@@ -396,7 +435,7 @@ impl Backend for Sim {
         })
     }
 
-    async fn apply(&self, set: &InstanceSet, action: &Action) -> Result<Applied> {
+    fn apply_now(&self, set: &InstanceSet, action: &Action) -> Result<Applied> {
         let mut st = self.lock();
         let now = st.now;
         let State {
@@ -527,7 +566,7 @@ impl Backend for Sim {
         Ok(applied)
     }
 
-    async fn write_status(&self, set: &InstanceSet, status: &InstanceSetStatus) -> Result<Applied> {
+    fn write_status_now(&self, set: &InstanceSet, status: &InstanceSetStatus) -> Result<Applied> {
         let mut st = self.lock();
         let s = st.sets.entry(key(set)).or_default();
         if s.status.as_ref() == Some(status) {
@@ -538,7 +577,7 @@ impl Backend for Sim {
         Ok(Applied::Wrote)
     }
 
-    async fn probe_role(&self, set: &InstanceSet, ordinal: u32) -> Result<Option<String>> {
+    fn probe_role_now(&self, set: &InstanceSet, ordinal: u32) -> Result<Option<String>> {
         let st = self.lock();
         let s = st.sets.get(&key(set));
         let pod = s.and_then(|s| s.pods.get(&ordinal));
@@ -559,6 +598,28 @@ impl Backend for Sim {
                 reason: "not running".into(),
             }),
         }
+    }
+}
+
+impl Backend for Sim {
+    async fn observe(&self, set: &InstanceSet) -> Result<Observed> {
+        self.latency.request(|| self.observe_now(set)).await
+    }
+
+    async fn apply(&self, set: &InstanceSet, action: &Action) -> Result<Applied> {
+        self.latency.request(|| self.apply_now(set, action)).await
+    }
+
+    async fn write_status(&self, set: &InstanceSet, status: &InstanceSetStatus) -> Result<Applied> {
+        self.latency
+            .request(|| self.write_status_now(set, status))
+            .await
+    }
+
+    async fn probe_role(&self, set: &InstanceSet, ordinal: u32) -> Result<Option<String>> {
+        self.latency
+            .request(|| self.probe_role_now(set, ordinal))
+            .await
     }
 
     async fn capacity(&self) -> Result<CapacityModel> {

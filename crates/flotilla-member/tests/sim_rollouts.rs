@@ -45,6 +45,7 @@ fn sim_with(nodes: u32, local_volumes: bool) -> Arc<Sim> {
         start_delay: Duration::from_secs(2),
         ready_delay: Duration::from_secs(3),
         local_volumes,
+        request_latency: Duration::ZERO,
     }))
 }
 

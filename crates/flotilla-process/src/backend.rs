@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use flotilla_api::quantity;
 use flotilla_api::{CapacityModel, InstanceSet, InstanceSetStatus};
 use flotilla_instanceset::{Action, Instance, Observed, Phase, Revision, Volume};
+use flotilla_member::latency::RequestLatency;
 use flotilla_member::nodes::{Demand, Nodes, per_node};
 use flotilla_member::redis::{self, Reply};
 use flotilla_member::{Applied, Backend};
@@ -69,6 +70,7 @@ pub struct ProcessBackend {
     block: Block,
     binaries: Binaries,
     state: Mutex<State>,
+    latency: RequestLatency,
 }
 
 #[derive(Debug)]
@@ -84,6 +86,8 @@ struct SetProcs {
     /// Consecutive early deaths per ordinal, kept across recreates.
     crashes: BTreeMap<u32, Crashes>,
     status: Option<InstanceSetStatus>,
+    /// The last observation found a running instance not ready yet.
+    starting: bool,
 }
 
 #[derive(Debug)]
@@ -163,6 +167,7 @@ impl ProcessBackend {
                 .address_block
                 .map_or_else(|| Block::for_dir(&root), Block),
             binaries: Binaries(config.binaries.clone()),
+            latency: RequestLatency::new(config.request_latency),
             state: Mutex::new(State {
                 nodes: Nodes::new(&config.node_groups),
                 sets: BTreeMap::new(),
@@ -283,6 +288,18 @@ impl ProcessBackend {
             .filter(|(_, s)| !s.instances.is_empty())
             .filter_map(|(k, _)| k.split_once('/'))
             .map(|(ns, name)| (ns.to_string(), name.to_string()))
+            .collect()
+    }
+
+    /// The sets (by `namespace/name`) whose last observation found an instance
+    /// running but not ready yet: their readiness is worth asking again at once, as a
+    /// kubelet's readiness probe would (a process has no watch to report it).
+    pub fn starting(&self) -> Vec<String> {
+        self.lock()
+            .sets
+            .iter()
+            .filter(|(_, s)| s.starting)
+            .map(|(k, _)| k.clone())
             .collect()
     }
 
@@ -827,8 +844,9 @@ fn wrote(changed: bool) -> Applied {
     }
 }
 
-impl Backend for ProcessBackend {
-    async fn observe(&self, set: &InstanceSet) -> flotilla_member::Result<Observed> {
+/// The requests themselves (the latency is [`Backend`]'s).
+impl ProcessBackend {
+    async fn observe_now(&self, set: &InstanceSet) -> flotilla_member::Result<Observed> {
         let mut instances = Vec::new();
         let mut checks = Vec::new();
         {
@@ -871,6 +889,12 @@ impl Backend for ProcessBackend {
         for inst in instances.iter_mut().filter(|i| i.phase == Phase::Running) {
             inst.ready = answers.next().unwrap_or(false);
         }
+        let starting = instances
+            .iter()
+            .any(|i| i.phase == Phase::Running && !i.ready);
+        if let Some(s) = self.lock().sets.get_mut(&key(set)) {
+            s.starting = starting;
+        }
         let volumes = self
             .layout
             .volumes(namespace(set), set.name())?
@@ -889,7 +913,11 @@ impl Backend for ProcessBackend {
         })
     }
 
-    async fn apply(&self, set: &InstanceSet, action: &Action) -> flotilla_member::Result<Applied> {
+    async fn apply_now(
+        &self,
+        set: &InstanceSet,
+        action: &Action,
+    ) -> flotilla_member::Result<Applied> {
         Ok(match action {
             Action::CreateVolume { ordinal, claim } => self.create_volume(set, *ordinal, claim)?,
             Action::DeleteVolume { ordinal, claim } => self.delete_volume(set, *ordinal, claim)?,
@@ -911,7 +939,7 @@ impl Backend for ProcessBackend {
         })
     }
 
-    async fn write_status(
+    fn write_status_now(
         &self,
         set: &InstanceSet,
         status: &InstanceSetStatus,
@@ -925,7 +953,7 @@ impl Backend for ProcessBackend {
         Ok(Applied::Wrote)
     }
 
-    async fn probe_role(
+    async fn probe_role_now(
         &self,
         set: &InstanceSet,
         ordinal: u32,
@@ -940,6 +968,34 @@ impl Backend for ProcessBackend {
         let timeout = Duration::from_secs(u64::from(probe.timeout_seconds.max(1)));
         let answer = redis::role(&addr, timeout).await?;
         Ok(Some(redis::map_role(&answer, &redis_probe.role_map)))
+    }
+}
+
+impl Backend for ProcessBackend {
+    async fn observe(&self, set: &InstanceSet) -> flotilla_member::Result<Observed> {
+        self.latency.around(self.observe_now(set)).await
+    }
+
+    async fn apply(&self, set: &InstanceSet, action: &Action) -> flotilla_member::Result<Applied> {
+        self.latency.around(self.apply_now(set, action)).await
+    }
+
+    async fn write_status(
+        &self,
+        set: &InstanceSet,
+        status: &InstanceSetStatus,
+    ) -> flotilla_member::Result<Applied> {
+        self.latency
+            .around(async { self.write_status_now(set, status) })
+            .await
+    }
+
+    async fn probe_role(
+        &self,
+        set: &InstanceSet,
+        ordinal: u32,
+    ) -> flotilla_member::Result<Option<String>> {
+        self.latency.around(self.probe_role_now(set, ordinal)).await
     }
 
     async fn capacity(&self) -> flotilla_member::Result<CapacityModel> {

@@ -28,6 +28,7 @@ pub const REDIS_SENTINEL: &str = "redis-sentinel";
 /// dataDir: /var/lib/flotilla/member-a   # volumes, state and logs
 /// binaries: {redis-server: /usr/bin/redis-server}   # default: found on PATH
 /// addressBlock: "127.5"             # default: derived from dataDir
+/// requestLatencyMs: 0               # every request waits this long (an API server's)
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProcessConfig {
@@ -43,6 +44,9 @@ pub struct ProcessConfig {
     /// The second octet of the member's loopback addresses (`127.<block>.x.y`); by
     /// default derived from the data directory, so members on one host differ.
     pub address_block: Option<u8>,
+    /// Every request (observe, apply, status, role probe) first waits this long, as
+    /// on a loaded API server: for measuring the commit phase.
+    pub request_latency: std::time::Duration,
 }
 
 /// The file form of [`ProcessConfig`].
@@ -58,6 +62,8 @@ struct ProcessConfigFile {
     /// 127.1, so numbers with a fraction are refused.
     #[serde(default)]
     address_block: Option<serde_json::Value>,
+    #[serde(default)]
+    request_latency_ms: u64,
 }
 
 impl ProcessConfig {
@@ -121,6 +127,7 @@ impl ProcessConfig {
             data_dir,
             binaries,
             address_block,
+            request_latency: std::time::Duration::from_millis(file.request_latency_ms),
         })
     }
 }

@@ -45,6 +45,7 @@ fn sim() -> SimConfig {
         start_delay: Duration::from_millis(100),
         ready_delay: Duration::from_millis(100),
         local_volumes: false,
+        request_latency: Duration::ZERO,
     }
 }
 

@@ -16,7 +16,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_agent::{KubeMember, KubeMemberOptions, Member, ProcessMember, SimMember};
+use flotilla_agent::{
+    KubeMember, KubeMemberOptions, LocalMemberOptions, Member, ProcessMember, SimMember,
+};
 use flotilla_kube::standalone;
 use flotilla_member::sim::SimConfig;
 use flotilla_process::ProcessConfig;
@@ -32,6 +34,7 @@ pub fn run(args: &AgentArgs) -> Result<(), CliError> {
     }
     process::logging(args.log_json);
     let runtime = process::runtime()?;
+    let commit = args.commit()?;
     runtime.block_on(async {
         let client = flotilla_kube::client(args.kubeconfig.as_deref())
             .await
@@ -39,6 +42,7 @@ pub fn run(args: &AgentArgs) -> Result<(), CliError> {
         let options = standalone::Options {
             namespace: args.namespace.clone(),
             resync: Duration::from_secs(args.resync_seconds.max(1)),
+            commit,
             ..standalone::Options::default()
         };
         tracing::info!(
@@ -126,6 +130,11 @@ fn federated_options(args: &AgentArgs) -> Result<(flotilla_agent::Options, Membe
 /// The federated agent, until Ctrl-C or SIGTERM.
 fn federated(args: &AgentArgs) -> Result<(), CliError> {
     let (options, member) = federated_options(args)?;
+    let commit = args.commit()?;
+    let local = LocalMemberOptions {
+        commit,
+        ..LocalMemberOptions::default()
+    };
     process::logging(args.log_json);
     let runtime = process::runtime()?;
     runtime.block_on(async {
@@ -141,11 +150,11 @@ fn federated(args: &AgentArgs) -> Result<(), CliError> {
         );
         match member {
             MemberKind::Sim(config) => {
-                let member = SimMember::new(&config);
+                let member = SimMember::with_options(&config, local);
                 serve(options, member).await
             }
             MemberKind::Process(config) => {
-                let member = ProcessMember::new(&config)
+                let member = ProcessMember::with_options(&config, local)
                     .map_err(|e| CliError::Failed(anyhow::Error::new(e)))?;
                 tracing::info!(
                     data_dir = %member.processes().data_dir().display(),
@@ -166,6 +175,7 @@ fn federated(args: &AgentArgs) -> Result<(), CliError> {
                         controller: standalone::Options {
                             namespace: args.namespace.clone(),
                             resync: Duration::from_secs(args.resync_seconds.max(1)),
+                            commit,
                             ..standalone::Options::default()
                         },
                         ..KubeMemberOptions::default()
@@ -231,6 +241,9 @@ mod tests {
             kubeconfig: None,
             namespace: None,
             resync_seconds: 60,
+            max_concurrent_writes: 16,
+            write_qps: 200.0,
+            write_burst: 400,
             log_json: false,
             server: None,
             cluster: None,
@@ -404,5 +417,27 @@ mod tests {
         let e = run(&args).unwrap_err();
         assert_eq!(e.code(), 1);
         assert!(e.to_string().contains("/nonexistent/kubeconfig"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_write_limits_are_usage_errors_naming_the_flag() {
+        let bad = |args: AgentArgs| match args.commit() {
+            Err(CliError::Usage(why)) => why,
+            other => panic!("expected a usage error, got {other:?}"),
+        };
+        let zero = AgentArgs {
+            max_concurrent_writes: 0,
+            ..args()
+        };
+        assert!(bad(zero).contains("--max-concurrent-writes"));
+        let negative = AgentArgs {
+            write_qps: -5.0,
+            ..args()
+        };
+        assert!(bad(negative).contains("--write-qps"));
+        assert_eq!(
+            args().commit().unwrap(),
+            flotilla_member::CommitOptions::default()
+        );
     }
 }

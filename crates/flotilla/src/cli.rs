@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use flotilla_member::CommitOptions;
 
 /// Flotilla: a federation control plane for stateful, role-aware workloads.
 #[derive(Debug, Parser)]
@@ -180,9 +181,34 @@ pub struct AgentArgs {
     /// Reconcile a converged set at least this often.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub resync_seconds: u64,
+    /// Writes (creates, patches, deletes, status) in flight at once, across every set
+    /// of the member; 1 sends a plan's actions one after another.
+    #[arg(long, value_name = "N", default_value_t = CommitOptions::default().max_concurrent)]
+    pub max_concurrent_writes: usize,
+    /// Writes a second once the burst is spent (client-side rate limit, as
+    /// kube-controller-manager's --kube-api-qps); 0 for no limit.
+    #[arg(long, value_name = "QPS", default_value_t = CommitOptions::default().qps)]
+    pub write_qps: f64,
+    /// Writes that may go out at once before --write-qps applies.
+    #[arg(long, value_name = "N", default_value_t = CommitOptions::default().burst)]
+    pub write_burst: u32,
     /// Log JSON lines instead of text (the filter is RUST_LOG, default `info`).
     #[arg(long)]
     pub log_json: bool,
+}
+
+impl AgentArgs {
+    /// How the member's commit phase sends its writes; a usage error (exit 2) naming
+    /// the flag when one is out of range.
+    pub fn commit(&self) -> Result<CommitOptions, crate::input::CliError> {
+        let options = CommitOptions {
+            max_concurrent: self.max_concurrent_writes,
+            qps: self.write_qps,
+            burst: self.write_burst,
+        };
+        options.check().map_err(crate::input::CliError::Usage)?;
+        Ok(options)
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -80,6 +80,7 @@ impl DevMember {
             start_delay: Duration::from_millis(1500),
             ready_delay: Duration::from_millis(500),
             local_volumes: false,
+            request_latency: Duration::ZERO,
         }
     }
 
