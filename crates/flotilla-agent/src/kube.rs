@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!   put / delete / replace ──▶ desired (in memory) + a wake-up
-//!   sync task, on a wake-up or every `poll`:
+//!   sync task, on a wake-up (a put, or a pass of the local controller that wrote)
+//!   or every `poll`:
 //!     list InstanceSets labelled flotilla.io/federated=true (all namespaces)
 //!     desired but missing or changed ──▶ server-side apply (field manager flotilla-agent)
 //!     labelled but not desired (after the first Snapshot) ──▶ delete
@@ -182,11 +183,16 @@ impl KubeMember {
             member.inner.wake.clone(),
         ));
         let (tx, rx) = oneshot::channel::<()>();
+        // A status the local controller wrote is read back at once, not at the poll.
+        let controller_options = standalone::Options {
+            wrote: Some(member.inner.wake.clone()),
+            ..options.controller
+        };
         let controller = tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.await;
             };
-            if let Err(e) = sets.run_standalone(options.controller, stop).await {
+            if let Err(e) = sets.run_standalone(controller_options, stop).await {
                 tracing::error!(error = %e.chain(), "the local InstanceSet controller stopped");
             }
         });

@@ -55,6 +55,10 @@ pub struct Options {
     pub pod_access: PodAccess,
     /// How the commit phase sends its writes: in flight at once, QPS and burst.
     pub commit: CommitOptions,
+    /// Notified after every pass that wrote something (a status among it), for a
+    /// reader of the statuses (the federated agent) to read them back at once rather
+    /// than at its next poll.
+    pub wrote: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for Options {
@@ -67,6 +71,7 @@ impl Default for Options {
             node_loss: NodeLoss::default(),
             pod_access: PodAccess::default(),
             commit: CommitOptions::default(),
+            wrote: None,
         }
     }
 }
@@ -256,6 +261,11 @@ async fn reconcile(object: Arc<DynamicObject>, context: Arc<Context>) -> Result<
         );
     }
     let options = &context.options;
+    if pass.writes > 0
+        && let Some(wrote) = &options.wrote
+    {
+        wrote.notify_one();
+    }
     let next = if pass.converged {
         options.resync
     } else {
@@ -332,11 +342,15 @@ mod tests {
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
     fn context() -> (Arc<Context>, Handle) {
+        context_with(Options::default())
+    }
+
+    fn context_with(options: Options) -> (Arc<Context>, Handle) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, "default");
         let context = Context {
             controller: Controller::new(Arc::new(KubeBackend::with_epoch(client, "t"))),
-            options: Options::default(),
+            options,
             probed: Mutex::new(HashMap::new()),
         };
         (Arc::new(context), handle)
@@ -415,7 +429,11 @@ mod tests {
 
     #[tokio::test]
     async fn roles_are_probed_once_per_period_and_the_set_requeued_at_it() {
-        let (context, mut handle) = context();
+        let wrote = Arc::new(tokio::sync::Notify::new());
+        let (context, mut handle) = context_with(Options {
+            wrote: Some(Arc::clone(&wrote)),
+            ..Options::default()
+        });
         let server = tokio::spawn(async move {
             // First pass: one observation (probes included), the status.
             for path in [PODS, PVCS] {
@@ -429,7 +447,15 @@ mod tests {
         });
         let set = object(json!({}));
         let first = reconcile(set.clone(), context.clone()).await.unwrap();
+        assert!(
+            wrote.notified().now_or_never().is_some(),
+            "a pass that wrote the status says so"
+        );
         let second = reconcile(set, context).await.unwrap();
+        assert!(
+            wrote.notified().now_or_never().is_none(),
+            "a pass that wrote nothing does not"
+        );
         tokio::time::timeout(Duration::from_secs(1), server)
             .await
             .expect("every expected request came")
