@@ -19,7 +19,10 @@ tasks:
   test         format check, clippy (warnings denied), the CRDs are current, then every
                test in the workspace
   lint         format check and clippy only
-  bench        criterion benchmarks (`cargo xtask bench -- <criterion args>`)
+  bench        every benchmark in the workspace (`cargo xtask bench -- <criterion args>`)
+  bench member the member controller's commit phase, sequential against concurrent, on
+               the simulated member with 5 ms a request (N = 100, 1,000, 10,000; pick
+               with `FLOTILLA_BENCH_SIZES=100,1000` or `cargo xtask bench member -- 100`)
   run -- ARGS  build and run the flotilla binary with ARGS
   crdgen       write deploy/crds/ from the API types; `crdgen --check` (also run by
                `test`) fails when the committed files are stale
@@ -38,6 +41,24 @@ fn main() -> Result<()> {
         "crdgen" if rest.iter().any(|a| a == "--check") => crdgen::check(&crds()),
         "crdgen" => crdgen::write(&crds()),
         "lint" => lint(),
+        "bench" if rest.first().is_some_and(|a| a == "member") => {
+            let rest: Vec<String> = rest[1..]
+                .iter()
+                .skip_while(|a| *a == "--")
+                .cloned()
+                .collect();
+            cargo(
+                &[
+                    "bench",
+                    "--package",
+                    "flotilla-member",
+                    "--bench",
+                    "commit",
+                    "--",
+                ],
+                &rest,
+            )
+        }
         "bench" => cargo(&["bench", "--workspace"], &rest),
         "run" => cargo(&["run", "--quiet", "--package", "flotilla", "--"], &rest),
         "help" | "--help" | "-h" => {
