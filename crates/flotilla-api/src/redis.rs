@@ -575,6 +575,26 @@ pub fn value_problem(name: &str, value: &str) -> Option<String> {
     }
 }
 
+/// Redis 7's other names for one parameter, as `(old name, name)`: Redis takes either
+/// (the `slave-*` names only through its alias table, which Flotilla does not copy:
+/// they are refused, naming the current one).
+pub const ALIASES: &[(&str, &str)] = &[
+    ("hash-max-ziplist-entries", "hash-max-listpack-entries"),
+    ("hash-max-ziplist-value", "hash-max-listpack-value"),
+    ("list-max-ziplist-size", "list-max-listpack-size"),
+    ("slave-ignore-maxmemory", "replica-ignore-maxmemory"),
+    ("slave-lazy-flush", "replica-lazy-flush"),
+    ("slave-priority", "replica-priority"),
+    ("slave-serve-stale-data", "replica-serve-stale-data"),
+    ("zset-max-ziplist-entries", "zset-max-listpack-entries"),
+    ("zset-max-ziplist-value", "zset-max-listpack-value"),
+];
+
+/// The current name of a parameter given by an old one, if it is one.
+pub fn alias_of(name: &str) -> Option<&'static str> {
+    ALIASES.iter().find(|(old, _)| *old == name).map(|(_, new)| *new)
+}
+
 /// What `name` is to Flotilla; `None` for a parameter it does not know.
 pub fn param(name: &str) -> Option<Param> {
     if let Some((_, why)) = OWNED.iter().find(|(n, _)| *n == name) {

@@ -193,10 +193,27 @@ fn redis(
         }
         None => {}
     }
-    use crate::redis::{Param, param};
+    use crate::redis::{Param, alias_of, param};
     for (name, value) in &r.config {
         let path = format!("spec.redis.config.{name}");
+        let alias = alias_of(name);
+        if let Some(current) = alias
+            && r.config.contains_key(current)
+        {
+            e.push(
+                path,
+                format!("the same parameter as {current}, which is set too: give it once"),
+            );
+            continue;
+        }
         match param(name) {
+            None if alias.is_some() => e.push(
+                path,
+                format!(
+                    "an old name of {}: write that instead",
+                    alias.unwrap_or_default()
+                ),
+            ),
             None => e.push(
                 path,
                 "unknown Redis parameter (Flotilla knows Redis 7's parameters by their redis.conf names)",

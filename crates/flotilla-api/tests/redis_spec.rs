@@ -76,3 +76,21 @@ fn bad_redis_specs_are_refused_naming_every_field() {
         "{e}"
     );
 }
+
+#[test]
+fn a_parameter_given_by_two_names_or_an_old_replication_name_is_refused() {
+    let e = judge(
+        "    config: {hash-max-ziplist-entries: \"128\", hash-max-listpack-entries: \"256\", slave-priority: \"10\"}",
+        "",
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "spec.redis.config.hash-max-ziplist-entries: the same parameter as hash-max-listpack-entries, which is set too",
+        "spec.redis.config.slave-priority: an old name of replica-priority",
+    ] {
+        assert!(e.contains(want), "{want:?} in {e}");
+    }
+    judge("    config: {hash-max-ziplist-entries: \"128\"}", "")
+        .expect("an old name alone is Redis's own alias");
+}
