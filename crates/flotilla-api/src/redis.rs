@@ -592,7 +592,10 @@ pub const ALIASES: &[(&str, &str)] = &[
 
 /// The current name of a parameter given by an old one, if it is one.
 pub fn alias_of(name: &str) -> Option<&'static str> {
-    ALIASES.iter().find(|(old, _)| *old == name).map(|(_, new)| *new)
+    ALIASES
+        .iter()
+        .find(|(old, _)| *old == name)
+        .map(|(_, new)| *new)
 }
 
 /// What `name` is to Flotilla; `None` for a parameter it does not know.

@@ -32,7 +32,7 @@ pub fn run(args: &AgentArgs) -> Result<(), CliError> {
     if !args.standalone {
         return federated(args);
     }
-    process::logging(args.log_json);
+    process::logging(args.log.json());
     let runtime = process::runtime()?;
     let commit = args.commit()?;
     runtime.block_on(async {
@@ -135,7 +135,7 @@ fn federated(args: &AgentArgs) -> Result<(), CliError> {
         commit,
         ..LocalMemberOptions::default()
     };
-    process::logging(args.log_json);
+    process::logging(args.log.json());
     let runtime = process::runtime()?;
     runtime.block_on(async {
         tracing::info!(
@@ -244,7 +244,7 @@ mod tests {
             max_concurrent_writes: 16,
             write_qps: 200.0,
             write_burst: 400,
-            log_json: false,
+            log: crate::cli::LogArgs::default(),
             server: None,
             cluster: None,
             token: None,

@@ -13,6 +13,25 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Every help page starts with the binary's name and version.
+const HELP: &str =
+    "flotilla {version}\n{about-with-newline}\n{usage-heading} {usage}\n\n{all-args}{after-help}";
+
+/// Parses the command line (exits on bad usage, `--help` and `--version`).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches as _;
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The command line's syntax, every help page naming the version.
+fn command() -> clap::Command {
+    fn with_help(c: clap::Command) -> clap::Command {
+        c.help_template(HELP).mut_subcommands(with_help)
+    }
+    with_help(<Cli as clap::CommandFactory>::command())
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server, the embedded store and three simulated members in one process.
@@ -46,6 +65,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// The member clusters: readiness, capacity, instances.
     Clusters(ClustersArgs),
+    /// Print this binary's version.
+    Version,
 }
 
 /// Where the federation server is and how to authenticate to it.
@@ -103,9 +124,37 @@ pub struct ServerArgs {
     /// leader that dies without stepping down is replaced after this long.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub leader_ttl_seconds: u64,
-    /// Log JSON lines instead of text (the filter is RUST_LOG, default `info`).
-    #[arg(long)]
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// How a long-running command logs (to stderr; the filter is RUST_LOG, default
+/// `info`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct LogArgs {
+    /// `text` (coloured only on a terminal) or `json` (one object a line).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The same as `--log-format json` (kept for older manifests).
+    #[arg(long, hide = true)]
     pub log_json: bool,
+}
+
+impl LogArgs {
+    /// Whether to log JSON lines.
+    pub fn json(&self) -> bool {
+        self.log_json || self.log_format == LogFormat::Json
+    }
+}
+
+/// A log format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -192,9 +241,8 @@ pub struct AgentArgs {
     /// Writes that may go out at once before --write-qps applies.
     #[arg(long, value_name = "N", default_value_t = CommitOptions::default().burst)]
     pub write_burst: u32,
-    /// Log JSON lines instead of text (the filter is RUST_LOG, default `info`).
-    #[arg(long)]
-    pub log_json: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl AgentArgs {
@@ -307,4 +355,46 @@ pub enum Output {
     Json,
     /// The same document as YAML.
     Yaml,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_help_page_names_the_version() {
+        let version = format!("flotilla {}", env!("CARGO_PKG_VERSION"));
+        let mut root = command();
+        assert!(root.render_help().to_string().starts_with(&version));
+        for path in [&["agent"][..], &["server"], &["cluster", "add"], &["get"]] {
+            let mut c = command();
+            c.build();
+            let mut sub = &mut c;
+            for name in path {
+                sub = sub.find_subcommand_mut(name).expect("a subcommand");
+            }
+            let help = sub.render_help().to_string();
+            assert!(help.starts_with(&version), "{path:?}: {help}");
+        }
+    }
+
+    #[test]
+    fn log_format_json_or_the_old_flag() {
+        use clap::FromArgMatches as _;
+        let parse = |args: &[&str]| {
+            let m = command().try_get_matches_from(args).unwrap();
+            match Cli::from_arg_matches(&m).unwrap().command {
+                Command::Server(a) => a.log,
+                _ => unreachable!(),
+            }
+        };
+        assert!(!parse(&["flotilla", "server"]).json());
+        assert!(parse(&["flotilla", "server", "--log-format", "json"]).json());
+        assert!(parse(&["flotilla", "server", "--log-json"]).json());
+        assert!(
+            command()
+                .try_get_matches_from(["flotilla", "server", "--log-format", "xml"])
+                .is_err()
+        );
+    }
 }

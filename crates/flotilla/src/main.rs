@@ -12,10 +12,8 @@ mod server;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     let result = match cli.command {
         cli::Command::Dev(args) => dev::run(&args),
         cli::Command::Server(args) => server::run(&args),
@@ -27,6 +25,10 @@ fn main() -> ExitCode {
         cli::Command::Delete(args) => client::delete(&args),
         cli::Command::Plan(args) => plan::run(&args),
         cli::Command::Clusters(args) => client::clusters(&args),
+        cli::Command::Version => {
+            println!("flotilla {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,7 +23,7 @@ pub fn run(args: &ServerArgs) -> Result<(), CliError> {
             "--leader-ttl-seconds: must be at least 2 (etcd's shortest lease)".into(),
         ));
     }
-    process::logging(args.log_json);
+    process::logging(args.log.json());
     process::runtime()?.block_on(async {
         let store: Arc<dyn Store> = if args.etcd_endpoints.is_empty() {
             let dir = args.data_dir.clone().unwrap_or_else(|| "flotilla-data".into());
