@@ -31,9 +31,11 @@
 //!   kube.
 
 pub mod error;
+pub mod http;
 pub mod kube;
 pub mod local;
 pub mod member;
+pub mod metrics;
 pub mod process;
 pub mod session;
 pub mod sim;
@@ -42,6 +44,7 @@ pub use error::{Error, Result};
 pub use kube::{KubeMember, KubeMemberOptions};
 pub use local::{LocalBackend, LocalMember, LocalMemberOptions};
 pub use member::{Held, Member, Statuses, slice_key};
+pub use metrics::SessionMetrics;
 pub use process::ProcessMember;
 pub use session::{Options, run};
 pub use sim::{SimMember, SimMemberOptions};

@@ -33,7 +33,7 @@ use flotilla_api::set::Retention;
 use flotilla_api::status::{Condition, InstanceSetStatus};
 use flotilla_api::{CapacityModel, InstanceSet, Object, Valid, validate};
 use flotilla_instanceset::Action;
-use flotilla_member::{Backend, CommitOptions, Controller};
+use flotilla_member::{Backend, CommitOptions, Controller, MemberMetrics};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -80,6 +80,8 @@ pub struct LocalMemberOptions {
     pub default_probe_period: Duration,
     /// How the commit phase sends its writes: in flight at once, QPS and burst.
     pub commit: CommitOptions,
+    /// Where the controller counts (the agent's `/metrics`); its own when `None`.
+    pub metrics: Option<Arc<MemberMetrics>>,
 }
 
 impl Default for LocalMemberOptions {
@@ -90,6 +92,7 @@ impl Default for LocalMemberOptions {
             resync: Duration::from_secs(10),
             default_probe_period: Duration::from_secs(10),
             commit: CommitOptions::default(),
+            metrics: None,
         }
     }
 }
@@ -147,7 +150,7 @@ impl<B: LocalBackend> LocalMember<B> {
     pub fn start(backend: Arc<B>, options: LocalMemberOptions) -> Arc<LocalMember<B>> {
         let wake = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
-            controller: Controller::with_commit(backend, options.commit),
+            controller: counting(Controller::with_commit(backend, options.commit), &options),
             options,
             state: Mutex::new(State::default()),
             held: watch::Sender::new(Held::new()),
@@ -461,6 +464,14 @@ impl<B: LocalBackend> Inner<B> {
 
     fn backend(&self) -> &Arc<B> {
         self.controller.backend()
+    }
+}
+
+/// `controller`, counting where `options` say.
+fn counting<B: Backend>(controller: Controller<B>, options: &LocalMemberOptions) -> Controller<B> {
+    match &options.metrics {
+        Some(m) => controller.with_metrics(Arc::clone(m)),
+        None => controller,
     }
 }
 

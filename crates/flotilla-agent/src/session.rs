@@ -48,6 +48,7 @@ use tracing::Instrument as _;
 
 use crate::error::refused;
 use crate::member::{Member, Statuses};
+use crate::metrics::SessionMetrics;
 use crate::{Error, Result};
 
 /// How the agent reaches its server.
@@ -68,6 +69,8 @@ pub struct Options {
     /// The heartbeat interval until the server's Welcome says otherwise (and the
     /// shortest one accepted from it).
     pub min_heartbeat: Duration,
+    /// What the session counts (connected, sessions, heartbeats).
+    pub metrics: Arc<SessionMetrics>,
 }
 
 impl Options {
@@ -85,6 +88,7 @@ impl Options {
             backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             min_heartbeat: Duration::from_millis(100),
+            metrics: Arc::default(),
         }
     }
 }
@@ -127,6 +131,7 @@ pub async fn run<M: Member>(
             }
             e = session(&endpoint, &auth, &options, &*member, &mut state).instrument(span.clone()) => e,
         };
+        options.metrics.ended();
         if state.welcomed {
             ever_welcomed = true;
             attempt = 0;
@@ -256,6 +261,7 @@ async fn stream<M: Member>(
         None => return Err(Error::Closed),
     };
     state.welcomed = true;
+    options.metrics.welcomed();
     let Welcome {
         heartbeat_interval_ms,
         lease_ttl_ms,
@@ -288,6 +294,7 @@ async fn stream<M: Member>(
             }
             _ = heartbeat.tick() => {
                 send(&tx, agent_message::Message::Heartbeat(beat(member).await))?;
+                options.metrics.heartbeat();
             }
             changed = statuses.changed(), if statuses_open => {
                 if changed.is_err() {

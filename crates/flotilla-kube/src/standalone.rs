@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_api::status::{Condition, InstanceSetStatus};
 use flotilla_api::{InstanceSet, InstanceSetSpec, validate};
-use flotilla_member::{Backend as _, CommitOptions, Controller};
+use flotilla_member::{Backend as _, CommitOptions, Controller, MemberMetrics};
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DynamicObject};
@@ -59,6 +59,8 @@ pub struct Options {
     /// reader of the statuses (the federated agent) to read them back at once rather
     /// than at its next poll.
     pub wrote: Option<Arc<tokio::sync::Notify>>,
+    /// Where the controller counts (the agent's `/metrics`); its own when `None`.
+    pub metrics: Option<Arc<MemberMetrics>>,
 }
 
 impl Default for Options {
@@ -72,6 +74,7 @@ impl Default for Options {
             pod_access: PodAccess::default(),
             commit: CommitOptions::default(),
             wrote: None,
+            metrics: None,
         }
     }
 }
@@ -147,7 +150,11 @@ pub async fn run(
         .with_pod_access(options.pod_access);
     tracing::info!(pod_access = ?backend.pod_access(), "reaching Redis ports");
     let context = Arc::new(Context {
-        controller: Controller::with_commit(Arc::new(backend), options.commit),
+        controller: match &options.metrics {
+            Some(m) => Controller::with_commit(Arc::new(backend), options.commit)
+                .with_metrics(Arc::clone(m)),
+            None => Controller::with_commit(Arc::new(backend), options.commit),
+        },
         options,
         probed: Mutex::new(HashMap::new()),
     });

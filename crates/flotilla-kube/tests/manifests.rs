@@ -304,7 +304,7 @@ fn the_agent_cluster_role_grants_exactly_the_permission_table() {
 }
 
 #[test]
-fn the_agent_deployments_run_the_agent_as_its_service_account_without_http() {
+fn the_agent_deployments_run_the_agent_as_its_service_account_probed_on_its_http_port() {
     let o = objects("agent");
     let by_file: BTreeMap<String, &Deployment> = o
         .deployments
@@ -340,11 +340,36 @@ fn the_agent_deployments_run_the_agent_as_its_service_account_without_http() {
             panic!("{file}: one container");
         };
         hardened(pod, c);
-        assert!(
-            c.liveness_probe.is_none() && c.readiness_probe.is_none() && c.ports.is_none(),
-            "{file}: the agent serves no HTTP"
-        );
         let args = c.args.as_deref().unwrap_or_default();
+        // Its HTTP port (--http) is the container's port `http`, probed there.
+        let port = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--http="))
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<i32>().ok())
+            .unwrap_or_else(|| panic!("{file}: --http=ADDR:PORT"));
+        let ports = c.ports.as_deref().unwrap_or_default();
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.name.as_deref() == Some("http") && p.container_port == port),
+            "{file}: containerPort {port} named http"
+        );
+        for (probe, path) in [
+            (&c.liveness_probe, "/healthz"),
+            (&c.readiness_probe, "/readyz"),
+        ] {
+            let get = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .unwrap_or_else(|| panic!("{file}: an HTTP probe of {path}"));
+            assert_eq!(get.path.as_deref(), Some(path), "{file}");
+            assert_eq!(
+                get.port,
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("http".into()),
+                "{file}"
+            );
+        }
         assert_eq!(args.first().map(String::as_str), Some("agent"), "{file}");
         assert!(
             !args.iter().any(|a| a.starts_with("--kubeconfig")),

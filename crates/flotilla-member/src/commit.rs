@@ -22,8 +22,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_instanceset::Action;
@@ -34,6 +34,7 @@ use tokio::time::Instant;
 #[cfg(test)]
 use crate::Error;
 use crate::Result;
+use crate::metrics::MemberMetrics;
 
 /// How a controller sends its writes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -105,6 +106,7 @@ pub(crate) struct Limits {
     in_flight: AtomicUsize,
     peak: AtomicUsize,
     sent: AtomicU64,
+    metrics: Arc<MemberMetrics>,
 }
 
 #[derive(Debug)]
@@ -115,7 +117,7 @@ struct Bucket {
 }
 
 impl Limits {
-    pub(crate) fn new(options: CommitOptions) -> Limits {
+    pub(crate) fn new(options: CommitOptions, metrics: Arc<MemberMetrics>) -> Limits {
         let options = CommitOptions {
             max_concurrent: options.max_concurrent.max(1),
             burst: options.burst.max(1),
@@ -135,6 +137,7 @@ impl Limits {
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             sent: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -185,7 +188,10 @@ impl Limits {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(now, Ordering::Relaxed);
         self.sent.fetch_add(1, Ordering::Relaxed);
+        self.metrics.writes.inc();
+        self.metrics.writes_in_flight.inc();
         let out = write.await;
+        self.metrics.writes_in_flight.dec();
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         out
     }
@@ -299,8 +305,6 @@ mod tests {
     //! The schedule against a fake write that records when each action starts and ends
     //! (in paused tokio time, so the record is exact).
 
-    use std::sync::Arc;
-
     use super::*;
 
     fn create(ordinal: u32) -> [Action; 2] {
@@ -345,11 +349,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_pod_goes_after_its_volume_and_ordinals_go_together() {
-        let limits = Limits::new(CommitOptions {
-            max_concurrent: 8,
-            qps: 0.0,
-            burst: 1,
-        });
+        let limits = Limits::new(
+            CommitOptions {
+                max_concurrent: 8,
+                qps: 0.0,
+                burst: 1,
+            },
+            Arc::default(),
+        );
         let actions: Vec<Action> = (0..3).flat_map(create).collect();
         let (outcomes, log) = run(&limits, &actions, &[]).await;
         assert!(outcomes.iter().all(|o| matches!(o, Outcome::Done(Ok(())))));
@@ -368,7 +375,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_bound_holds_and_one_at_a_time_is_the_plan_order() {
-        let limits = Limits::new(CommitOptions::SEQUENTIAL);
+        let limits = Limits::new(CommitOptions::SEQUENTIAL, Arc::default());
         let actions: Vec<Action> = (0..4).flat_map(create).collect();
         let (_, log) = run(&limits, &actions, &[]).await;
         let mut order: Vec<(u64, String)> = log.iter().map(|(k, v)| (v.0, k.clone())).collect();
@@ -378,18 +385,21 @@ mod tests {
         assert_eq!(names, planned);
         assert_eq!(limits.stats().peak_in_flight, 1);
 
-        let limits = Limits::new(CommitOptions {
-            max_concurrent: 2,
-            qps: 0.0,
-            burst: 1,
-        });
+        let limits = Limits::new(
+            CommitOptions {
+                max_concurrent: 2,
+                qps: 0.0,
+                burst: 1,
+            },
+            Arc::default(),
+        );
         run(&limits, &actions, &[]).await;
         assert_eq!(limits.stats().peak_in_flight, 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_switchover_waits_for_both_instances_and_holds_them_until_done() {
-        let limits = Limits::new(CommitOptions::default());
+        let limits = Limits::new(CommitOptions::default(), Arc::default());
         let actions = vec![
             Action::SetRole {
                 ordinal: 2,
@@ -415,7 +425,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failure_skips_what_depends_on_it_and_only_that() {
-        let limits = Limits::new(CommitOptions::default());
+        let limits = Limits::new(CommitOptions::default(), Arc::default());
         let mut actions: Vec<Action> = (0..3).flat_map(create).collect();
         actions.push(Action::Switchover {
             role: "primary".into(),
@@ -438,11 +448,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_rate_limit_lets_a_burst_through_then_paces() {
-        let limits = Limits::new(CommitOptions {
-            max_concurrent: 100,
-            qps: 10.0,
-            burst: 5,
-        });
+        let limits = Limits::new(
+            CommitOptions {
+                max_concurrent: 100,
+                qps: 10.0,
+                burst: 5,
+            },
+            Arc::default(),
+        );
         let actions: Vec<Action> = (0..15).map(|ordinal| Action::Delete { ordinal }).collect();
         let (_, log) = run(&limits, &actions, &[]).await;
         let mut starts: Vec<u64> = log.values().map(|v| v.0).collect();

@@ -39,6 +39,7 @@ use std::sync::Mutex;
 use crate::backend::{Applied, Backend};
 use crate::commit::{self, CommitOptions, CommitStats, Limits, Outcome};
 use crate::engine::{self, EngineState};
+use crate::metrics::MemberMetrics;
 use crate::{Error, Result};
 
 /// What one reconcile pass did.
@@ -75,6 +76,7 @@ pub struct Controller<B> {
     sets: Mutex<BTreeMap<String, SetState>>,
     /// The commit phase's bound and rate, shared by every set.
     limits: Limits,
+    metrics: Arc<MemberMetrics>,
     /// One counter for every probe result, so results order across instances.
     probe_version: AtomicU64,
 }
@@ -87,12 +89,29 @@ impl<B: Backend> Controller<B> {
 
     /// A controller over `backend` whose commit phase sends writes as `commit` says.
     pub fn with_commit(backend: Arc<B>, commit: CommitOptions) -> Controller<B> {
+        let metrics = Arc::new(MemberMetrics::default());
         Controller {
             backend,
             sets: Mutex::new(BTreeMap::new()),
-            limits: Limits::new(commit),
+            limits: Limits::new(commit, Arc::clone(&metrics)),
+            metrics,
             probe_version: AtomicU64::new(0),
         }
+    }
+
+    /// The same controller, counting into `metrics` (shared with the registry that
+    /// serves them).
+    pub fn with_metrics(self, metrics: Arc<MemberMetrics>) -> Controller<B> {
+        Controller {
+            limits: Limits::new(self.limits.options(), Arc::clone(&metrics)),
+            metrics,
+            ..self
+        }
+    }
+
+    /// What this controller counts.
+    pub fn metrics(&self) -> &Arc<MemberMetrics> {
+        &self.metrics
     }
 
     /// The backend.
@@ -114,11 +133,24 @@ impl<B: Backend> Controller<B> {
     /// the new probe results merged in. The observation is as old as the probes took:
     /// harmless, since every action names its end state.
     pub async fn pass(&self, set: &Valid<InstanceSet>, probe: bool) -> Result<Pass> {
-        let observed = self.backend.observe(set).await?;
-        if probe {
-            self.probe_observed(set, &observed).await;
-        }
-        self.reconcile_observed(set, observed).await
+        let pass = async {
+            let observed = self.backend.observe(set).await?;
+            if probe {
+                self.probe_observed(set, &observed).await;
+            }
+            self.reconcile_observed(set, observed).await
+        };
+        self.counted(pass.await)
+    }
+
+    /// Counts a pass's result.
+    fn counted(&self, pass: Result<Pass>) -> Result<Pass> {
+        self.metrics.pass(match &pass {
+            Ok(p) if p.converged => "converged",
+            Ok(_) => "converging",
+            Err(_) => "failed",
+        });
+        pass
     }
 
     /// Probes the running instances of `observed` and keeps the newer results.
@@ -142,7 +174,11 @@ impl<B: Backend> Controller<B> {
                 // never outranks one asked for later.
                 let version = self.probe_version.fetch_add(1, Ordering::SeqCst) + 1;
                 asking.push(async move {
+                    let started = std::time::Instant::now();
                     let role = self.backend.probe_role(set, ordinal).await;
+                    self.metrics
+                        .probe_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     (ordinal, version, role)
                 });
             }
@@ -165,8 +201,11 @@ impl<B: Backend> Controller<B> {
 
     /// One reconcile pass over `set`.
     pub async fn reconcile(&self, set: &Valid<InstanceSet>) -> Result<Pass> {
-        let observed = self.backend.observe(set).await?;
-        self.reconcile_observed(set, observed).await
+        let pass = async {
+            let observed = self.backend.observe(set).await?;
+            self.reconcile_observed(set, observed).await
+        };
+        self.counted(pass.await)
     }
 
     /// Plans from `observed` (with the kept probe results and switchover merged in) and
@@ -233,9 +272,20 @@ impl<B: Backend> Controller<B> {
         .await;
         for (action, outcome) in plan.actions.iter().zip(outcomes) {
             let applied = match outcome {
-                Outcome::Skipped => continue,
+                Outcome::Skipped => {
+                    self.metrics.action(action, "skipped");
+                    continue;
+                }
                 Outcome::Done(result) => result,
             };
+            self.metrics.action(
+                action,
+                match &applied {
+                    Ok((Applied::Wrote, _)) => "wrote",
+                    Ok((Applied::Unchanged, _)) => "unchanged",
+                    Err(_) => "failed",
+                },
+            );
             match applied {
                 Ok((applied, done)) => {
                     if done.is_some() {
@@ -589,6 +639,25 @@ mod tests {
                 && degraded[0].message.contains("admission webhook"),
             "{}",
             degraded[0].message
+        );
+
+        let count = |kind: &str, outcome: &str| {
+            controller
+                .metrics()
+                .actions
+                .get_or_create(&vec![("kind", kind.into()), ("outcome", outcome.into())])
+                .get()
+        };
+        assert_eq!(count("create-volume", "failed"), 1);
+        assert_eq!(count("create-volume", "wrote"), 2);
+        assert_eq!(count("create", "skipped"), 1);
+        assert_eq!(count("create", "wrote"), 2);
+        let failed = vec![("result", "failed".to_string())];
+        assert_eq!(controller.metrics().passes.get_or_create(&failed).get(), 1);
+        assert_eq!(
+            controller.metrics().writes.get(),
+            6,
+            "five actions and the status"
         );
 
         // The same failure again: the same status, so no second status write.

@@ -7,6 +7,7 @@
 //! - [`commit`]: the commit phase's schedule: actions concurrently in dependency
 //!   order, within a bound on writes in flight and a rate limit (QPS, burst).
 //! - [`latency`]: a fixed per-request latency for the members without an API server.
+//! - [`metrics`]: what the controller counts, for the agent's `/metrics`.
 //! - [`nodes`]: nodes from node groups, first-fit placement and free capacity, shared
 //!   by the members that schedule instances themselves (simulated, process).
 //! - [`redis`]: Redis `ROLE` probes and switchovers over RESP.
@@ -19,6 +20,7 @@ pub mod controller;
 mod engine;
 mod error;
 pub mod latency;
+pub mod metrics;
 pub mod nodes;
 pub mod redis;
 pub mod sim;
@@ -28,3 +30,4 @@ pub use backend::{Applied, Backend};
 pub use commit::{CommitOptions, CommitStats};
 pub use controller::{Controller, Pass};
 pub use error::{Error, Result};
+pub use metrics::MemberMetrics;

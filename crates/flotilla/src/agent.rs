@@ -16,10 +16,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_agent::SessionMetrics;
+use flotilla_agent::http::Telemetry;
 use flotilla_agent::{
     KubeMember, KubeMemberOptions, LocalMemberOptions, Member, ProcessMember, SimMember,
 };
 use flotilla_kube::standalone;
+use flotilla_member::MemberMetrics;
 use flotilla_member::sim::SimConfig;
 use flotilla_process::ProcessConfig;
 
@@ -39,10 +42,13 @@ pub fn run(args: &AgentArgs) -> Result<(), CliError> {
         let client = flotilla_kube::client(args.kubeconfig.as_deref())
             .await
             .map_err(failed)?;
+        let metrics = Arc::new(MemberMetrics::default());
+        serve_http(args, &metrics, None).await?;
         let options = standalone::Options {
             namespace: args.namespace.clone(),
             resync: Duration::from_secs(args.resync_seconds.max(1)),
             commit,
+            metrics: Some(metrics),
             ..standalone::Options::default()
         };
         tracing::info!(
@@ -131,13 +137,16 @@ fn federated_options(args: &AgentArgs) -> Result<(flotilla_agent::Options, Membe
 fn federated(args: &AgentArgs) -> Result<(), CliError> {
     let (options, member) = federated_options(args)?;
     let commit = args.commit()?;
+    let metrics = Arc::new(MemberMetrics::default());
     let local = LocalMemberOptions {
         commit,
+        metrics: Some(Arc::clone(&metrics)),
         ..LocalMemberOptions::default()
     };
     process::logging(args.log.json());
     let runtime = process::runtime()?;
     runtime.block_on(async {
+        serve_http(args, &metrics, Some(Arc::clone(&options.metrics))).await?;
         tracing::info!(
             server = %options.server,
             cluster = %options.cluster,
@@ -176,6 +185,7 @@ fn federated(args: &AgentArgs) -> Result<(), CliError> {
                             namespace: args.namespace.clone(),
                             resync: Duration::from_secs(args.resync_seconds.max(1)),
                             commit,
+                            metrics: Some(Arc::clone(&metrics)),
                             ..standalone::Options::default()
                         },
                         ..KubeMemberOptions::default()
@@ -189,6 +199,25 @@ fn federated(args: &AgentArgs) -> Result<(), CliError> {
         tracing::info!("agent stopped");
         Ok(())
     })
+}
+
+/// Serves the agent's HTTP port (`--http`) in the background, if asked for; a port
+/// that cannot be bound fails the agent before it starts.
+async fn serve_http(
+    args: &AgentArgs,
+    member: &MemberMetrics,
+    session: Option<Arc<SessionMetrics>>,
+) -> Result<(), CliError> {
+    let Some(addr) = args.http else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("--http {addr}: {e}")))?;
+    let telemetry = Arc::new(Telemetry::new(member, session));
+    tracing::info!(http = %listener.local_addr().unwrap_or(addr), "serving /metrics, /healthz, /readyz");
+    tokio::spawn(flotilla_agent::http::serve(listener, telemetry));
+    Ok(())
 }
 
 /// Runs the session loop over `member` until shutdown.
@@ -242,6 +271,7 @@ mod tests {
             namespace: None,
             resync_seconds: 60,
             max_concurrent_writes: 16,
+            http: None,
             write_qps: 200.0,
             write_burst: 400,
             log: crate::cli::LogArgs::default(),

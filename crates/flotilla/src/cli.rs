@@ -241,6 +241,9 @@ pub struct AgentArgs {
     /// Writes that may go out at once before --write-qps applies.
     #[arg(long, value_name = "N", default_value_t = CommitOptions::default().burst)]
     pub write_burst: u32,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub log: LogArgs,
 }
