@@ -417,6 +417,11 @@ fn failed_status(why: &str) -> InstanceSetStatus {
     }
 }
 
+/// The shortest time between two syncs: wake-ups that come faster (the local
+/// controller's passes during a rollout) are taken together, each sync listing every
+/// federated InstanceSet once.
+const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(200);
+
 /// The sync task: a pass on every wake-up and every `poll`, until the member is dropped.
 async fn syncer(member: Weak<Inner>, wake: Arc<Notify>) {
     loop {
@@ -429,9 +434,10 @@ async fn syncer(member: Weak<Inner>, wake: Arc<Notify>) {
             }
             inner.options.poll
         };
+        let earliest = tokio::time::sleep(MIN_SYNC_INTERVAL.min(poll));
         tokio::select! {
             () = tokio::time::sleep(poll) => {}
-            () = wake.notified() => {}
+            () = wake.notified() => earliest.await,
         }
     }
 }

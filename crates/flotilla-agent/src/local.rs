@@ -125,6 +125,9 @@ struct State {
     serial: u64,
     /// A Snapshot came and the backend's leftovers have not been looked for since.
     orphans_due: bool,
+    /// Bumped by every `resync_now`, so a pass that ends after one does not push the
+    /// set's next pass back.
+    resyncs: u64,
 }
 
 /// One held set and when it is due.
@@ -178,6 +181,7 @@ impl<B: LocalBackend> LocalMember<B> {
         let now = Instant::now();
         {
             let mut state = self.inner.lock();
+            state.resyncs += 1;
             for slot in state.sets.values_mut() {
                 slot.due = now;
                 slot.converged = false;
@@ -342,16 +346,23 @@ impl<B: LocalBackend> Inner<B> {
         };
         // Every due set at once: the controller holds no lock across a request, and its
         // commit phase bounds the writes in flight across all of them.
-        let passes = futures::future::join_all(due.into_iter().map(
-            |(key, set, serial, probe)| async move {
+        // Each pass's result is taken as it ends: a slow set (a switchover) holds up
+        // no other set's status.
+        let resyncs = self.lock().resyncs;
+        let mut passes: futures::stream::FuturesUnordered<_> = due
+            .into_iter()
+            .map(|(key, set, serial, probe)| async move {
                 let pass = self.controller.pass(&set, probe).await;
                 let status = self.backend().status(&set);
                 (key, set, serial, probe, pass, status)
-            },
-        ))
-        .await;
-        for (key, set, serial, probe, pass, status) in passes {
+            })
+            .collect();
+        while let Some((key, set, serial, probe, pass, status)) =
+            futures::StreamExt::next(&mut passes).await
+        {
+            let now = Instant::now().max(now);
             let mut state = self.lock();
+            let resynced = state.resyncs != resyncs;
             let Some(slot) = state.sets.get_mut(&key).filter(|s| s.serial == serial) else {
                 continue; // replaced or removed meanwhile: its own pass comes
             };
@@ -392,6 +403,11 @@ impl<B: LocalBackend> Inner<B> {
                         .saturating_mul(1u32 << slot.stalls.min(16))
                         .min(self.options.max_retry)
                 };
+            if resynced {
+                // A resync asked for while the pass ran: it is due again at once.
+                slot.due = now;
+                slot.converged = false;
+            }
             // Published under the state lock, so a delete that comes meanwhile cannot
             // be followed by this (stale) status.
             if let Some(status) = status {
@@ -440,7 +456,11 @@ impl<B: LocalBackend> Inner<B> {
                 ordinal: inst.ordinal,
             })
             .collect();
-        for done in futures::future::join_all(deletes.iter().map(|d| backend.apply(set, d))).await {
+        // Within the commit phase's bound and rate, as every write of the member.
+        let controller = &self.controller;
+        for done in
+            futures::future::join_all(deletes.iter().map(|d| controller.apply(set, d))).await
+        {
             done.map_err(Error::Member)?;
         }
         if set
@@ -454,7 +474,10 @@ impl<B: LocalBackend> Inner<B> {
                     ordinal: v.ordinal,
                     claim: v.claim.clone(),
                 };
-                backend.apply(set, &delete).await.map_err(Error::Member)?;
+                controller
+                    .apply(set, &delete)
+                    .await
+                    .map_err(Error::Member)?;
             }
         }
         self.controller.forget(set);

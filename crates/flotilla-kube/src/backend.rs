@@ -68,7 +68,18 @@ pub struct KubeBackend {
     /// The headless Services (`namespace/name/uid` of their set) this process made or
     /// found in place, so a pod create costs no Service request after the first.
     services: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// Pod IPs looked up by `status.podIP` (`namespace/ip`): the pod that had it, or
+    /// none (an address in another member), and when; a sentinel polled every 100 ms
+    /// during a switchover costs one list, not hundreds.
+    ip_lookups: IpLookups,
 }
+
+/// See [`KubeBackend::ip_lookups`].
+type IpLookups =
+    std::sync::Arc<std::sync::Mutex<BTreeMap<String, (Option<String>, std::time::Instant)>>>;
+
+/// How long a pod IP lookup is kept.
+const IP_LOOKUP_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl fmt::Debug for KubeBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -100,6 +111,7 @@ impl KubeBackend {
             pod_access: access::resolve(PodAccess::Auto, access::recorded()),
             addrs: std::sync::Arc::default(),
             services: std::sync::Arc::default(),
+            ip_lookups: std::sync::Arc::default(),
         }
     }
 
@@ -781,11 +793,27 @@ impl KubeBackend {
         if let Some(pod) = known {
             return Ok(Some((pod, port)));
         }
+        let lookup = format!("{ns}/{host}");
+        let cached = self
+            .ip_lookups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&lookup)
+            .filter(|(_, at)| at.elapsed() < IP_LOOKUP_TTL)
+            .map(|(pod, _)| pod.clone());
+        if let Some(pod) = cached {
+            return Ok(pod.map(|p| (p, port)));
+        }
         let found = self
             .api::<Pod>(set)
             .list(&ListParams::default().fields(&format!("status.podIP={host}")))
             .await
             .map_err(Error::kube(format!("listing pods of {ns} with IP {host}")))?;
-        Ok(found.items.into_iter().find_map(|p| p.metadata.name)).map(|pod| pod.map(|p| (p, port)))
+        let pod = found.items.into_iter().find_map(|p| p.metadata.name);
+        self.ip_lookups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(lookup, (pod.clone(), std::time::Instant::now()));
+        Ok(pod.map(|p| (p, port)))
     }
 }

@@ -171,7 +171,8 @@ pub async fn run(
             every.tick().await;
             loop {
                 every.tick().await;
-                if store.wait_until_ready().now_or_never().is_none() {
+                // Not listed yet, or the reflector gone: its cache says nothing.
+                if !matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))) {
                     continue;
                 }
                 let live: std::collections::HashSet<String> =
@@ -250,14 +251,18 @@ async fn reconcile(object: Arc<DynamicObject>, context: Arc<Context>) -> Result<
     };
     // A failed probe keeps the instance's previous result; it never fails the pass.
     let probe = period.is_some_and(|period| context.probe_due(&set, period));
-    let pass = context
-        .controller
-        .pass(&set, probe)
-        .await
-        .map_err(|source| Error::Reconcile {
-            set: key.clone(),
-            source,
-        })?;
+    let pass = context.controller.pass(&set, probe).await;
+    // A pass that wrote (or failed, and so wrote its ApplyFailed status) is worth
+    // reading back now.
+    if pass.as_ref().map_or(true, |p| p.writes > 0)
+        && let Some(wrote) = &context.options.wrote
+    {
+        wrote.notify_one();
+    }
+    let pass = pass.map_err(|source| Error::Reconcile {
+        set: key.clone(),
+        source,
+    })?;
     if !pass.actions.is_empty() || pass.blocked.is_some() {
         tracing::info!(
             set = %key,
@@ -268,11 +273,6 @@ async fn reconcile(object: Arc<DynamicObject>, context: Arc<Context>) -> Result<
         );
     }
     let options = &context.options;
-    if pass.writes > 0
-        && let Some(wrote) = &options.wrote
-    {
-        wrote.notify_one();
-    }
     let next = if pass.converged {
         options.resync
     } else {

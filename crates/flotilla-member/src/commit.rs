@@ -12,8 +12,12 @@
 //! So a volume is created before the pod that mounts it, a switchover completes before
 //! anything else touches either instance, and the actions of one ordinal go in the
 //! planner's order; actions on different ordinals go out together. A refused action
-//! skips only what depends on it. Ready actions start in plan order (the semaphore is
-//! fair), so with `max_concurrent: 1` the requests are exactly the sequential ones.
+//! skips what depends on it, transitively (a failed switchover too: nothing touches
+//! the old primary after one; a switchover after a failed action on one of its
+//! instances waits for the next pass). Ready actions start in plan order (the
+//! semaphore is fair), so with `max_concurrent: 1` the requests go one at a time in
+//! plan order. A Redis set's switchover is Redis commands, not API writes: it runs
+//! outside the write bound and the rate.
 //!
 //! The rate limit is a token bucket (as client-go's): `burst` requests at once, then
 //! `qps` a second; a request that finds no token reserves the next one and waits for
@@ -62,9 +66,9 @@ impl CommitOptions {
         if self.max_concurrent == 0 {
             return Err("--max-concurrent-writes: must be at least 1".into());
         }
-        if !self.qps.is_finite() || self.qps < 0.0 {
+        if !self.qps.is_finite() || self.qps < 0.0 || (self.qps > 0.0 && self.qps < MIN_QPS) {
             return Err(format!(
-                "--write-qps: must be a number of writes a second, 0 for no limit, not {}",
+                "--write-qps: must be a number of writes a second from {MIN_QPS}, or 0 for no limit, not {}",
                 self.qps
             ));
         }
@@ -87,6 +91,9 @@ impl Default for CommitOptions {
         }
     }
 }
+
+/// The least rate limit: one write in 100 s.
+const MIN_QPS: f64 = 0.01;
 
 /// What the commit phase has sent since the controller started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -122,7 +129,7 @@ impl Limits {
             max_concurrent: options.max_concurrent.max(1),
             burst: options.burst.max(1),
             qps: if options.qps.is_finite() && options.qps > 0.0 {
-                options.qps
+                options.qps.max(MIN_QPS)
             } else {
                 0.0
             },
@@ -170,7 +177,7 @@ impl Limits {
         if bucket.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-bucket.tokens / qps)
+            Duration::try_from_secs_f64(-bucket.tokens / qps).unwrap_or(Duration::MAX)
         }
     }
 
@@ -190,10 +197,19 @@ impl Limits {
         self.sent.fetch_add(1, Ordering::Relaxed);
         self.metrics.writes.inc();
         self.metrics.writes_in_flight.inc();
-        let out = write.await;
-        self.metrics.writes_in_flight.dec();
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        out
+        // Out of flight however the write ends, dropped (a cancelled pass) included.
+        let _landed = Landed(self);
+        write.await
+    }
+}
+
+/// Takes a write out of flight when dropped.
+struct Landed<'a>(&'a Limits);
+
+impl Drop for Landed<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.writes_in_flight.dec();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -238,12 +254,13 @@ fn dependencies(actions: &[Action]) -> Vec<BTreeSet<usize>> {
         .collect()
 }
 
-/// Sends `actions` through `limits` with `run`, in dependency order (see the module
-/// documentation), and returns each one's outcome, in plan order. At most
-/// `max_concurrent` of this plan's actions are started at once, so a plan of 10,000
-/// holds a bounded number of futures.
+/// Runs `actions` with `run`, in dependency order (see the module documentation), and
+/// returns each one's outcome, in plan order. At most `bound` of this plan's actions
+/// are started at once, so a plan of 10,000 holds a bounded number of futures; `run`
+/// sends what is an API write through [`Limits::send`] (a Redis switchover is not:
+/// it would hold a write permit for as long as Redis takes).
 pub(crate) async fn commit<'a, T, F, Fut>(
-    limits: &Limits,
+    bound: usize,
     actions: &'a [Action],
     run: F,
 ) -> Vec<Outcome<T>>
@@ -263,13 +280,13 @@ where
     // Ready to start, in plan order.
     let mut ready: BTreeSet<usize> = (0..actions.len()).filter(|&i| waiting[i] == 0).collect();
     let mut in_flight = FuturesUnordered::new();
-    let bound = limits.options.max_concurrent;
+    let bound = bound.max(1);
     loop {
         while in_flight.len() < bound
             && let Some(i) = ready.pop_first()
         {
             let write = run(&actions[i]);
-            in_flight.push(async move { (i, limits.send(write).await) });
+            in_flight.push(async move { (i, write.await) });
         }
         let Some((i, result)) = in_flight.next().await else {
             break;
@@ -326,11 +343,12 @@ mod tests {
     ) -> (Vec<Outcome<()>>, BTreeMap<String, (u64, u64)>) {
         let t0 = Instant::now();
         let log = Arc::new(Mutex::new(BTreeMap::new()));
-        let outcomes = commit(limits, actions, |action| {
+        let bound = limits.options().max_concurrent;
+        let outcomes = commit(bound, actions, |action| {
             let log = Arc::clone(&log);
             let name = action.to_string();
             let fails = fail.contains(&name.as_str());
-            async move {
+            limits.send(async move {
                 let start = t0.elapsed().as_millis() as u64;
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 let end = t0.elapsed().as_millis() as u64;
@@ -340,7 +358,7 @@ mod tests {
                 } else {
                     Ok(())
                 }
-            }
+            })
         })
         .await;
         let log = log.lock().unwrap().clone();
@@ -489,6 +507,13 @@ mod tests {
                 ..CommitOptions::default()
             })
             .starts_with("--write-burst")
+        );
+        assert!(
+            bad(CommitOptions {
+                qps: 1e-30,
+                ..CommitOptions::default()
+            })
+            .starts_with("--write-qps")
         );
         CommitOptions::default().check().unwrap();
         CommitOptions::SEQUENTIAL.check().unwrap();

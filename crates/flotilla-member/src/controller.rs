@@ -8,10 +8,10 @@
 //!                    naming the failed actions when some failed; the pass then fails)
 //! ```
 //!
-//! One refused action does not stop the others: every action is tried (but those on
-//! an ordinal whose earlier action failed, which depend on it), the status is written
-//! with a `Degraded` condition of reason `ApplyFailed` that names each failure, and the
-//! pass returns the error so that its caller retries.
+//! One refused action does not stop the others: every action is tried (but those that
+//! depend on a failed one, transitively: see [`crate::commit`]), the status is written
+//! with a `Degraded` condition of reason `ApplyFailed` that names each failure and the
+//! actions skipped for it, and the pass returns the error so that its caller retries.
 //!
 //! [`Controller::pass`] does both with one observation: observe, probe the running
 //! instances it found (when asked), then plan from that same observation with the new
@@ -107,6 +107,12 @@ impl<B: Backend> Controller<B> {
             metrics,
             ..self
         }
+    }
+
+    /// Applies one action outside a plan (a removed set's teardown), within the commit
+    /// phase's bound and rate.
+    pub async fn apply(&self, set: &InstanceSet, action: &Action) -> Result<Applied> {
+        self.limits.send(self.backend.apply(set, action)).await
     }
 
     /// What this controller counts.
@@ -261,19 +267,27 @@ impl<B: Backend> Controller<B> {
         let mut failures: Vec<(String, Error)> = Vec::new();
         let backend = &*self.backend;
         let redis_seen = redis.as_ref();
-        let outcomes = commit::commit(&self.limits, &plan.actions, |action| async move {
+        let limits = &self.limits;
+        let bound = limits.options().max_concurrent;
+        let outcomes = commit::commit(bound, &plan.actions, |action| async move {
             match (action, redis_seen) {
+                // Redis commands, for as long as Redis takes: no write permit held.
                 (Action::Switchover { from, to, .. }, Some(seen)) => {
                     engine::switchover(backend, set, seen, *from, *to).await
                 }
-                _ => backend.apply(set, action).await.map(|a| (a, None)),
+                _ => limits
+                    .send(backend.apply(set, action))
+                    .await
+                    .map(|a| (a, None)),
             }
         })
         .await;
+        let mut skipped = Vec::new();
         for (action, outcome) in plan.actions.iter().zip(outcomes) {
             let applied = match outcome {
                 Outcome::Skipped => {
                     self.metrics.action(action, "skipped");
+                    skipped.push(action.to_string());
                     continue;
                 }
                 Outcome::Done(result) => result,
@@ -286,6 +300,7 @@ impl<B: Backend> Controller<B> {
                     Err(_) => "failed",
                 },
             );
+            let ok = applied.is_ok();
             match applied {
                 Ok((applied, done)) => {
                     if done.is_some() {
@@ -309,8 +324,11 @@ impl<B: Backend> Controller<B> {
                 }
                 Err(e) => failures.push((action.to_string(), e)),
             }
+            // A switchover that could not start yet (the successor not caught up) is
+            // neither: the next pass plans it again.
             if let Action::Switchover { role, from, to } = action
                 && switchover.is_none()
+                && ok
             {
                 switchover = Some(SwitchoverOutcome {
                     role: role.clone(),
@@ -345,7 +363,7 @@ impl<B: Backend> Controller<B> {
             engine::report_sentinels(&mut plan.status, &seen);
         }
         if !failures.is_empty() {
-            report_failures(&mut plan.status, &failures);
+            report_failures(&mut plan.status, &failures, &skipped);
         }
         let unchanged = {
             let mut sets = self.lock();
@@ -453,13 +471,23 @@ fn state_of<'a>(sets: &'a mut BTreeMap<String, SetState>, set: &InstanceSet) -> 
 /// Says in `status` which actions failed and why: `Degraded=True`, reason
 /// `ApplyFailed`, replacing the planner's Degraded condition (whose message, when it
 /// was degraded too, is kept after the failures).
-fn report_failures(status: &mut InstanceSetStatus, failures: &[(String, Error)]) {
+fn report_failures(
+    status: &mut InstanceSetStatus,
+    failures: &[(String, Error)],
+    skipped: &[String],
+) {
     let mut message = failures
         .iter()
         .map(|(action, e)| format!("{action}: {e}"))
         .collect::<Vec<_>>()
         .join("; ");
     message.insert_str(0, "applying the plan failed: ");
+    if !skipped.is_empty() {
+        message.push_str(&format!(
+            " (skipped, as they depend on it: {})",
+            skipped.join(", ")
+        ));
+    }
     let planned = status.conditions.iter().position(|c| c.type_ == "Degraded");
     if let Some(c) = planned.map(|i| status.conditions.remove(i))
         && c.status == "True"
@@ -636,7 +664,10 @@ mod tests {
         assert_eq!(degraded[0].reason, "ApplyFailed");
         assert!(
             degraded[0].message.contains("create-volume data-1")
-                && degraded[0].message.contains("admission webhook"),
+                && degraded[0].message.contains("admission webhook")
+                && degraded[0]
+                    .message
+                    .contains("skipped, as they depend on it: create 1"),
             "{}",
             degraded[0].message
         );

@@ -41,15 +41,7 @@ impl RequestLatency {
     /// Serves one request: waits the latency, then runs `serve` (the backend's own
     /// work, under its lock).
     pub async fn request<T>(&self, serve: impl FnOnce() -> T) -> T {
-        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.peak.fetch_max(now, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
-        }
-        let out = serve();
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        out
+        self.around(async { serve() }).await
     }
 
     /// Serves one request whose work is asynchronous: waits the latency, then runs
@@ -58,12 +50,12 @@ impl RequestLatency {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(now, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
+        // Out of flight however the request ends, dropped included.
+        let _served = Served(&self.in_flight);
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
-        let out = serve.await;
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        out
+        serve.await
     }
 
     /// What it saw so far.
@@ -72,6 +64,15 @@ impl RequestLatency {
             total: self.requests.load(Ordering::Relaxed),
             peak_in_flight: self.peak.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Takes a request out of flight when dropped.
+struct Served<'a>(&'a AtomicUsize);
+
+impl Drop for Served<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

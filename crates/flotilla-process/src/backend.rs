@@ -86,8 +86,9 @@ struct SetProcs {
     /// Consecutive early deaths per ordinal, kept across recreates.
     crashes: BTreeMap<u32, Crashes>,
     status: Option<InstanceSetStatus>,
-    /// The last observation found a running instance not ready yet.
-    starting: bool,
+    /// Since when observations find a running instance not ready yet (none: every
+    /// running instance was ready at the last one).
+    starting: Option<std::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -292,13 +293,15 @@ impl ProcessBackend {
     }
 
     /// The sets (by `namespace/name`) whose last observation found an instance
-    /// running but not ready yet: their readiness is worth asking again at once, as a
-    /// kubelet's readiness probe would (a process has no watch to report it).
+    /// running but not ready yet, for at most [`STARTING`]: their readiness is worth
+    /// asking again at once, as a kubelet's readiness probe would (a process has no
+    /// watch to report it). One that stays unready longer is left to the set's retry
+    /// backoff.
     pub fn starting(&self) -> Vec<String> {
         self.lock()
             .sets
             .iter()
-            .filter(|(_, s)| s.starting)
+            .filter(|(_, s)| s.starting.is_some_and(|since| since.elapsed() < STARTING))
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -844,6 +847,9 @@ fn wrote(changed: bool) -> Applied {
     }
 }
 
+/// How long an instance that runs but is not ready yet counts as starting.
+pub const STARTING: Duration = Duration::from_secs(30);
+
 /// The requests themselves (the latency is [`Backend`]'s).
 impl ProcessBackend {
     async fn observe_now(&self, set: &InstanceSet) -> flotilla_member::Result<Observed> {
@@ -893,7 +899,10 @@ impl ProcessBackend {
             .iter()
             .any(|i| i.phase == Phase::Running && !i.ready);
         if let Some(s) = self.lock().sets.get_mut(&key(set)) {
-            s.starting = starting;
+            s.starting = match (starting, s.starting) {
+                (false, _) => None,
+                (true, since) => since.or_else(|| Some(std::time::Instant::now())),
+            };
         }
         let volumes = self
             .layout
