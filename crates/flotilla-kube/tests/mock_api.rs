@@ -819,16 +819,30 @@ async fn timeout_after_1s(handle: tokio::task::JoinHandle<()>) {
 struct FakeRedis {
     role: Arc<std::sync::Mutex<String>>,
     commands: Arc<std::sync::Mutex<Vec<String>>>,
+    /// A log shared with other fakes (`<ip> <command>`), when given.
+    shared: Option<Arc<std::sync::Mutex<Vec<String>>>>,
+    ip: String,
 }
 
 impl FakeRedis {
     async fn start(ip: &str, port: u16, role: &str) -> FakeRedis {
+        FakeRedis::start_logged(ip, port, role, None).await
+    }
+
+    async fn start_logged(
+        ip: &str,
+        port: u16,
+        role: &str,
+        shared: Option<Arc<std::sync::Mutex<Vec<String>>>>,
+    ) -> FakeRedis {
         let listener = tokio::net::TcpListener::bind((ip, port))
             .await
             .expect("binding a loopback address");
         let fake = FakeRedis {
             role: Arc::new(std::sync::Mutex::new(role.into())),
             commands: Arc::default(),
+            shared,
+            ip: ip.to_string(),
         };
         let this = fake.clone();
         tokio::spawn(async move {
@@ -856,6 +870,12 @@ impl FakeRedis {
         }
         let command = args.join(" ");
         self.commands.lock().unwrap().push(command.clone());
+        if let Some(shared) = &self.shared {
+            shared
+                .lock()
+                .unwrap()
+                .push(format!("{} {command}", self.ip));
+        }
         let reply = if command == "ROLE" {
             let role = self.role.lock().unwrap().clone();
             format!("*1\r\n${}\r\n{role}\r\n", role.len())
@@ -1694,8 +1714,19 @@ fn fake_api(
     Arc<std::sync::Mutex<Vec<String>>>,
     tokio::task::JoinHandle<()>,
 ) {
+    fake_api_logged(answer, Arc::default())
+}
+
+/// [`fake_api`] recording into `seen` (shared with other fakes).
+fn fake_api_logged(
+    answer: impl Fn(&Method, &str, &str) -> Response<Body> + Send + 'static,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+) -> (
+    kube::Client,
+    Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
     let server = tokio::spawn(async move {
         while let Some((request, send)) = handle.next_request().await {
@@ -2137,5 +2168,61 @@ async fn concurrently_the_claims_go_together_and_no_pod_is_created_before_its_cl
             .filter(|(_, e)| e.starts_with("answer POST"))
             .all(|(i, _)| i < status),
         "the status is written once, after every create: {log:#?}"
+    );
+}
+
+/// Under the concurrent commit, the primary's instance is touched by nothing but the
+/// switchover once it starts: its role label before, the switchover's own commands,
+/// and no update of it in the same pass (the next pass updates it).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn concurrently_an_exclusive_holder_is_touched_only_before_and_by_its_switchover() {
+    let port = free_port();
+    let (set, mut pods) = redis_set(port);
+    // The primary runs an older revision: it must hand over before its update.
+    pods[0]
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert(REVISION_LABEL.into(), "old".into());
+    let claims = set.claims(&[0, 1, 5]);
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let _redis = [
+        FakeRedis::start_logged("127.0.0.1", port, "master", Some(Arc::clone(&log))).await,
+        FakeRedis::start_logged("127.0.0.2", port, "slave", Some(Arc::clone(&log))).await,
+        FakeRedis::start_logged("127.0.0.6", port, "slave", Some(Arc::clone(&log))).await,
+    ];
+    let (client, _, server) = fake_api_logged(answer_from(pods.clone(), claims), Arc::clone(&log));
+    let controller = Controller::new(Arc::new(KubeBackend::with_epoch(client, "test")));
+    let pass = controller.pass(&set.valid(), true).await.unwrap();
+    drop(controller);
+    finished(server).await;
+    let actions: Vec<String> = pass.actions.iter().map(ToString::to_string).collect();
+    assert!(
+        actions.contains(&"switchover primary 0->1".to_string())
+            && !actions
+                .iter()
+                .any(|a| a.ends_with(" 0") && !a.starts_with("set-role")),
+        "a switchover, and no update of the old primary in the same pass: {actions:?}"
+    );
+    let log = log.lock().unwrap().clone();
+    let at = |event: &str| {
+        log.iter()
+            .position(|e| e == event)
+            .unwrap_or_else(|| panic!("no {event:?} in {log:#?}"))
+    };
+    let promoted = at("127.0.0.2 REPLICAOF NO ONE");
+    let label = |o: u32| {
+        log.iter()
+            .rposition(|e| e.starts_with(&format!("PATCH {PODS}/redis-{o}?")))
+            .unwrap_or_else(|| panic!("no label patch of {o} in {log:#?}"))
+    };
+    assert!(label(0) < promoted && label(1) < promoted, "{log:#?}");
+    assert!(
+        log[promoted..]
+            .iter()
+            .all(|e| !e.starts_with(&format!("PATCH {PODS}/redis-0")) && !e.starts_with("DELETE")),
+        "nothing but the switchover touches the old primary once it starts: {log:#?}"
     );
 }
