@@ -126,7 +126,7 @@ mod tests {
             )
             .unwrap(),
             SimMemberOptions {
-                metrics: Some(Arc::clone(&member_metrics)),
+                metrics: Arc::clone(&member_metrics),
                 ..SimMemberOptions::default()
             },
         );

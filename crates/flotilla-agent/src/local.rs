@@ -80,8 +80,8 @@ pub struct LocalMemberOptions {
     pub default_probe_period: Duration,
     /// How the commit phase sends its writes: in flight at once, QPS and burst.
     pub commit: CommitOptions,
-    /// Where the controller counts (the agent's `/metrics`); its own when `None`.
-    pub metrics: Option<Arc<MemberMetrics>>,
+    /// Where the controller counts (shared with the agent's `/metrics`).
+    pub metrics: Arc<MemberMetrics>,
 }
 
 impl Default for LocalMemberOptions {
@@ -92,7 +92,7 @@ impl Default for LocalMemberOptions {
             resync: Duration::from_secs(10),
             default_probe_period: Duration::from_secs(10),
             commit: CommitOptions::default(),
-            metrics: None,
+            metrics: Arc::default(),
         }
     }
 }
@@ -153,7 +153,8 @@ impl<B: LocalBackend> LocalMember<B> {
     pub fn start(backend: Arc<B>, options: LocalMemberOptions) -> Arc<LocalMember<B>> {
         let wake = Arc::new(Notify::new());
         let inner = Arc::new(Inner {
-            controller: counting(Controller::with_commit(backend, options.commit), &options),
+            controller: Controller::with_commit(backend, options.commit)
+                .with_metrics(Arc::clone(&options.metrics)),
             options,
             state: Mutex::new(State::default()),
             held: watch::Sender::new(Held::new()),
@@ -344,10 +345,9 @@ impl<B: LocalBackend> Inner<B> {
                 })
                 .collect()
         };
-        // Every due set at once: the controller holds no lock across a request, and its
-        // commit phase bounds the writes in flight across all of them.
-        // Each pass's result is taken as it ends: a slow set (a switchover) holds up
-        // no other set's status.
+        // Every due set at once (the controller holds no lock across a request, and its
+        // commit phase bounds the writes in flight across all of them), each pass's
+        // result taken as it ends: a slow set (a switchover) holds up no other's status.
         let resyncs = self.lock().resyncs;
         let mut passes: futures::stream::FuturesUnordered<_> = due
             .into_iter()
@@ -487,14 +487,6 @@ impl<B: LocalBackend> Inner<B> {
 
     fn backend(&self) -> &Arc<B> {
         self.controller.backend()
-    }
-}
-
-/// `controller`, counting where `options` say.
-fn counting<B: Backend>(controller: Controller<B>, options: &LocalMemberOptions) -> Controller<B> {
-    match &options.metrics {
-        Some(m) => controller.with_metrics(Arc::clone(m)),
-        None => controller,
     }
 }
 

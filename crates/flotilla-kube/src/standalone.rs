@@ -59,8 +59,8 @@ pub struct Options {
     /// reader of the statuses (the federated agent) to read them back at once rather
     /// than at its next poll.
     pub wrote: Option<Arc<tokio::sync::Notify>>,
-    /// Where the controller counts (the agent's `/metrics`); its own when `None`.
-    pub metrics: Option<Arc<MemberMetrics>>,
+    /// Where the controller counts (shared with the agent's `/metrics`).
+    pub metrics: Arc<MemberMetrics>,
 }
 
 impl Default for Options {
@@ -74,7 +74,7 @@ impl Default for Options {
             pod_access: PodAccess::default(),
             commit: CommitOptions::default(),
             wrote: None,
-            metrics: None,
+            metrics: Arc::default(),
         }
     }
 }
@@ -150,11 +150,8 @@ pub async fn run(
         .with_pod_access(options.pod_access);
     tracing::info!(pod_access = ?backend.pod_access(), "reaching Redis ports");
     let context = Arc::new(Context {
-        controller: match &options.metrics {
-            Some(m) => Controller::with_commit(Arc::new(backend), options.commit)
-                .with_metrics(Arc::clone(m)),
-            None => Controller::with_commit(Arc::new(backend), options.commit),
-        },
+        controller: Controller::with_commit(Arc::new(backend), options.commit)
+            .with_metrics(Arc::clone(&options.metrics)),
         options,
         probed: Mutex::new(HashMap::new()),
     });

@@ -24,8 +24,8 @@
 //! every pass, so a crash between two writes costs nothing but a repeated pass.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use flotilla_api::status::Condition;
 use flotilla_api::{InstanceSet, InstanceSetStatus, Valid};
@@ -34,7 +34,6 @@ use flotilla_instanceset::{
 };
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use std::sync::Mutex;
 
 use crate::backend::{Applied, Backend};
 use crate::commit::{self, CommitOptions, CommitStats, Limits, Outcome};

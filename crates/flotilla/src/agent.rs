@@ -48,7 +48,7 @@ pub fn run(args: &AgentArgs) -> Result<(), CliError> {
             namespace: args.namespace.clone(),
             resync: Duration::from_secs(args.resync_seconds.max(1)),
             commit,
-            metrics: Some(metrics),
+            metrics,
             ..standalone::Options::default()
         };
         tracing::info!(
@@ -140,7 +140,7 @@ fn federated(args: &AgentArgs) -> Result<(), CliError> {
     let metrics = Arc::new(MemberMetrics::default());
     let local = LocalMemberOptions {
         commit,
-        metrics: Some(Arc::clone(&metrics)),
+        metrics: Arc::clone(&metrics),
         ..LocalMemberOptions::default()
     };
     process::logging(args.log.json());
@@ -185,7 +185,7 @@ fn federated(args: &AgentArgs) -> Result<(), CliError> {
                             namespace: args.namespace.clone(),
                             resync: Duration::from_secs(args.resync_seconds.max(1)),
                             commit,
-                            metrics: Some(Arc::clone(&metrics)),
+                            metrics: Arc::clone(&metrics),
                             ..standalone::Options::default()
                         },
                         ..KubeMemberOptions::default()
