@@ -29,6 +29,18 @@ pub enum Error {
     /// The server could not be reached.
     #[error("connecting to the server")]
     Connect(#[source] tonic::transport::Error),
+    /// TLS with the server failed in a way retrying cannot fix: a certificate one side
+    /// does not accept.
+    #[error("TLS with the server failed: {hint}")]
+    TlsRefused {
+        /// What it most likely means.
+        hint: &'static str,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A TLS file (`--ca`, `--cert`, `--key`) cannot be used.
+    #[error(transparent)]
+    Tls(flotilla_tls::Error),
     /// The server ended the call with an error status.
     #[error("the server ended the session: {0:?}: {msg}", msg = .0.message())]
     Stream(tonic::Status),
@@ -55,23 +67,33 @@ impl Error {
     /// until the token changes).
     pub fn is_refusal(&self) -> bool {
         match self {
-            Error::Refused { .. } => true,
+            Error::Refused { .. } | Error::TlsRefused { .. } | Error::Tls(_) => true,
             Error::Stream(status) => refused(status.code()),
             _ => false,
         }
     }
 
+    /// Whether this is about TLS (a certificate, a TLS file), not the token.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Error::TlsRefused { .. } | Error::Tls(_))
+    }
+
     /// The message and every cause, `a: b: c`.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(e) = source {
-            text.push_str(": ");
-            text.push_str(&e.to_string());
-            source = e.source();
-        }
-        text
+        chain_of(self)
     }
+}
+
+/// An error and every cause, `a: b: c`.
+pub fn chain_of(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether a gRPC code means "your credentials are not accepted".

@@ -71,6 +71,9 @@ pub struct Options {
     pub min_heartbeat: Duration,
     /// What the session counts (connected, sessions, heartbeats).
     pub metrics: Arc<SessionMetrics>,
+    /// For an `https://` server: the CA to trust and the client certificate, read
+    /// again at every connection (rotated files are picked up on reconnect).
+    pub tls: flotilla_tls::ClientTls,
 }
 
 impl Options {
@@ -89,6 +92,7 @@ impl Options {
             connect_timeout: Duration::from_secs(5),
             min_heartbeat: Duration::from_millis(100),
             metrics: Arc::default(),
+            tls: flotilla_tls::ClientTls::default(),
         }
     }
 }
@@ -229,7 +233,19 @@ async fn stream<M: Member>(
     member: &M,
     state: &mut Resume,
 ) -> Result<std::convert::Infallible> {
-    let channel = endpoint.connect().await.map_err(Error::Connect)?;
+    let endpoint = match options.tls.for_url(&options.server).map_err(Error::Tls)? {
+        Some(tls) => endpoint.clone().tls_config(tls).map_err(Error::Connect)?,
+        None => endpoint.clone(),
+    };
+    let channel = endpoint.connect().await.map_err(|source| {
+        let chain = crate::error::chain_of(&source);
+        match flotilla_tls::explain(&options.server, &chain) {
+            Some(hint) if flotilla_tls::certificate_refused(&chain) => {
+                Error::TlsRefused { hint, source }
+            }
+            _ => Error::Connect(source),
+        }
+    })?;
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::unbounded_channel();
     let hello = Hello {

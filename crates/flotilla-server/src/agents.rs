@@ -77,6 +77,9 @@ pub struct Agents {
     pub ttl: Duration,
     /// How often agents are asked to send one.
     pub heartbeat: Duration,
+    /// Mutual TLS (`--client-ca`): an agent must present a client certificate that
+    /// names its cluster.
+    pub client_certs: bool,
     leases: Mutex<HashMap<String, LeaseId>>,
     /// When each cluster's status was last written for a capacity change.
     capacity_written: Mutex<HashMap<String, Instant>>,
@@ -98,6 +101,7 @@ impl Agents {
             presence,
             ttl,
             heartbeat,
+            client_certs: false,
             leases: Mutex::new(HashMap::new()),
             capacity_written: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -347,6 +351,27 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// With mutual TLS, the agent's certificate (verified against the client CA in the
+/// handshake) must name the cluster its token is for: a stolen token alone is not
+/// enough, and neither is another cluster's certificate.
+fn client_cert_names(
+    certs: Option<&[flotilla_tls::CertificateDer<'static>]>,
+    cluster: &str,
+) -> Result<(), Status> {
+    let Some(leaf) = certs.and_then(|c| c.first()) else {
+        return Err(Status::permission_denied(format!(
+            "cluster {cluster:?}: no client certificate; this server requires agents to present one signed by its --client-ca (agent flags --cert/--key)"
+        )));
+    };
+    if flotilla_tls::valid_for(leaf, cluster) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "cluster {cluster:?}: the client certificate does not name this cluster (it must carry {cluster:?} as a DNS subject alternative name)"
+        )))
+    }
+}
+
 /// The gRPC service over the shared [`Agents`].
 #[derive(Clone, Debug)]
 pub struct Service(pub Arc<Agents>);
@@ -362,6 +387,7 @@ impl AgentService for Service {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Outgoing>, Status> {
         let token = auth::bearer(request.metadata())?.to_string();
+        let certs = flotilla_tls::peer_certs(&request);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -375,6 +401,9 @@ impl AgentService for Service {
             ));
         };
         self.0.authenticate(&hello.cluster, &token).await?;
+        if self.0.client_certs {
+            client_cert_names(certs.as_deref(), &hello.cluster)?;
+        }
         let cluster = hello.cluster.clone();
         let (id, stop) = self.0.register(&cluster);
         self.0.metrics.agent_sessions.inc();

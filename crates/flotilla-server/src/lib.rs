@@ -36,6 +36,7 @@ use bytes::Bytes;
 use flotilla_proto::v1::agent_service_server::AgentServiceServer;
 use flotilla_proto::v1::federation_server::FederationServer;
 use flotilla_store::{Condition, Store};
+use flotilla_tls::{Alpn, Incoming};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -64,6 +65,9 @@ pub struct Config {
     /// The leader lease's TTL: how long the servers go without a federation controller
     /// when the leader dies without resigning.
     pub leader_ttl: Duration,
+    /// TLS on both ports (`--tls-cert`/`--tls-key`, mutual with `--client-ca`); its
+    /// files are re-read when they change. `None`: plaintext.
+    pub tls: Option<Arc<flotilla_tls::ServerTls>>,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(2),
             history: Duration::from_secs(600),
             leader_ttl: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -93,6 +98,8 @@ pub struct Running {
     pub identity: String,
     /// Where this server stands in the leader election.
     pub election: watch::Receiver<leader::State>,
+    /// Whether both ports serve TLS.
+    pub tls: bool,
     store: Arc<dyn Store>,
     lease: Arc<std::sync::Mutex<Option<flotilla_store::LeaseId>>>,
     stop: Option<oneshot::Sender<()>>,
@@ -102,7 +109,8 @@ pub struct Running {
 impl Running {
     /// The gRPC URL clients dial.
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc)
     }
 
     /// Stops serving and every background task, and gives up the lead if it has it.
@@ -171,13 +179,15 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
         metrics: metrics.clone(),
         presence: presence.clone(),
     });
-    let agents = Arc::new(agents::Agents::new(
+    let mut agents = agents::Agents::new(
         store.clone(),
         metrics.clone(),
         presence,
         config.cluster_ttl,
         config.heartbeat,
-    ));
+    );
+    agents.client_certs = config.tls.as_ref().is_some_and(|t| t.verifies_clients());
+    let agents = Arc::new(agents);
     let admin = auth::AdminAuth::new(&admin_token);
     let federation =
         FederationServer::with_interceptor(api::Service(api), move |req: tonic::Request<()>| {
@@ -190,17 +200,30 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
     tasks.push(tokio::spawn(elector.run()));
     tasks.push(tokio::spawn(controller.run(election.clone())));
     tasks.push(tokio::spawn(compact(store.clone(), config.history)));
+    let tls = config.tls.clone();
+    if let Some(tls) = &tls {
+        tasks.push(tls.watch(flotilla_tls::RELOAD_EVERY));
+    }
+    let grpc = Port::new(grpc, tls.as_ref(), Alpn::H2)?;
+    let http_listener = Port::new(http_listener, tls.as_ref(), Alpn::Http1)?;
     tasks.push(tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(federation)
-            .add_service(AgentServiceServer::new(agents::Service(agents)))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async {
-                let _ = stop_rx.await;
-                let _ = http_stop_tx.send(());
-            })
-            .await;
+            .add_service(AgentServiceServer::new(agents::Service(agents)));
+        let stopped = async {
+            let _ = stop_rx.await;
+            let _ = http_stop_tx.send(());
+        };
+        let result = match grpc {
+            Port::Tls(incoming) => router.serve_with_incoming_shutdown(incoming, stopped).await,
+            Port::Plain(plain) => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(plain), stopped)
+                    .await
+            }
+        };
         if let Err(e) = result {
             tracing::error!(error = %e, "gRPC server failed");
         }
@@ -212,27 +235,60 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
         election: election.clone(),
     });
     tasks.push(tokio::spawn(async move {
-        let result = axum::serve(http_listener, router)
-            .with_graceful_shutdown(async {
-                let _ = http_stop_rx.await;
-            })
-            .await;
+        let stopped = async {
+            let _ = http_stop_rx.await;
+        };
+        let result = match http_listener {
+            Port::Tls(incoming) => {
+                axum::serve(incoming, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            Port::Plain(plain) => axum::serve(plain, router).with_graceful_shutdown(stopped).await,
+        };
         if let Err(e) = result {
             tracing::error!(error = %e, "HTTP server failed");
         }
     }));
-    tracing::info!(grpc = %grpc_addr, http = %http_addr, %identity, "flotilla server listening");
+    tracing::info!(
+        grpc = %grpc_addr,
+        http = %http_addr,
+        tls = tls.is_some(),
+        client_certs = tls.as_ref().is_some_and(|t| t.verifies_clients()),
+        %identity,
+        "flotilla server listening"
+    );
     Ok(Running {
         grpc: grpc_addr,
         http: http_addr,
         admin_token,
         identity,
         election,
+        tls: tls.is_some(),
         store,
         lease,
         stop: Some(stop_tx),
         tasks,
     })
+}
+
+/// A bound port, plaintext or TLS.
+enum Port {
+    Plain(TcpListener),
+    Tls(Incoming),
+}
+
+impl Port {
+    fn new(
+        listener: TcpListener,
+        tls: Option<&Arc<flotilla_tls::ServerTls>>,
+        alpn: Alpn,
+    ) -> std::io::Result<Port> {
+        Ok(match tls {
+            Some(tls) => Port::Tls(Incoming::new(listener, tls.clone(), alpn)?),
+            None => Port::Plain(listener),
+        })
+    }
 }
 
 /// The given token, else the stored one, else a new one (stored for the next start).

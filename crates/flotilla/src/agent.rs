@@ -125,11 +125,16 @@ fn federated_options(args: &AgentArgs) -> Result<(flotilla_agent::Options, Membe
         }
         (None, None) => MemberKind::Kube(args.kubeconfig.clone()),
     };
-    let options = flotilla_agent::Options::new(
-        args.server.clone().unwrap_or_default(),
-        cluster,
-        args.token.clone().unwrap_or_default(),
-    );
+    let server = args.server.clone().unwrap_or_default();
+    let tls = args.tls.files();
+    tls.for_url(&server)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(warning) = flotilla_tls::plaintext_warning(&server) {
+        eprintln!("{warning}");
+    }
+    let mut options =
+        flotilla_agent::Options::new(server, cluster, args.token.clone().unwrap_or_default());
+    options.tls = tls;
     Ok((options, member))
 }
 
@@ -228,7 +233,7 @@ async fn serve<M: Member>(
     flotilla_agent::run(options, member, shutdown())
         .await
         .map_err(|e| {
-            let refused = e.is_refusal();
+            let refused = e.is_refusal() && !e.is_tls();
             let e = anyhow::Error::new(e);
             CliError::Failed(if refused {
                 e.context(

@@ -83,6 +83,34 @@ pub struct ClientArgs {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
+}
+
+/// How a client (the CLI, an agent) dials an `https://` server.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClientTlsArgs {
+    /// The CA certificate (PEM) that signed the server's certificate. Default: the
+    /// system's roots.
+    #[arg(long, env = "FLOTILLA_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for a server that verifies clients
+    /// (`--client-ca`); read again at every connection.
+    #[arg(long, env = "FLOTILLA_CERT", value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of `--cert`.
+    #[arg(long, env = "FLOTILLA_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    pub fn files(&self) -> flotilla_tls::ClientTls {
+        flotilla_tls::ClientTls {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 /// Where `flotilla server` listens for gRPC by default, and where clients look.
@@ -124,6 +152,18 @@ pub struct ServerArgs {
     /// leader that dies without stepping down is replaced after this long.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub leader_ttl_seconds: u64,
+    /// Serve gRPC and HTTP over TLS with this certificate chain (PEM, leaf first).
+    /// The files are re-read when they change: rotate them in place.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: agents must present a certificate signed by this CA (PEM) that
+    /// names their cluster (a DNS subject alternative name); other clients may
+    /// present one.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -244,6 +284,8 @@ pub struct AgentArgs {
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }

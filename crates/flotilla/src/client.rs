@@ -345,14 +345,30 @@ async fn connect(args: &ClientArgs) -> Result<Conn, CliError> {
     } else {
         format!("http://{}", args.server)
     };
-    let endpoint = Endpoint::from_shared(server.clone())
+    let mut endpoint = Endpoint::from_shared(server.clone())
         .map_err(|e| CliError::Usage(format!("--server {:?} is not a URL: {e}", args.server)))?
         .connect_timeout(Duration::from_secs(10));
+    if let Some(tls) = args
+        .tls
+        .files()
+        .for_url(&server)
+        .map_err(|e| CliError::Usage(e.to_string()))?
+    {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| CliError::Usage(format!("--server {server}: {}", error_chain(&e))))?;
+    }
+    if let Some(warning) = flotilla_tls::plaintext_warning(&server) {
+        eprintln!("{warning}");
+    }
     let channel = endpoint.connect().await.map_err(|e| {
+        let chain = error_chain(&e);
+        let advice = match flotilla_tls::explain(&server, &chain) {
+            Some(hint) => format!("{hint}"),
+            None => "start one with `flotilla dev` (or `flotilla server`), or point --server / FLOTILLA_SERVER at it".into(),
+        };
         CliError::Failed(anyhow::anyhow!(
-            "cannot reach the federation server at {server}: {}\n\
-             start one with `flotilla dev` (or `flotilla server`), or point --server / FLOTILLA_SERVER at it",
-            error_chain(&e)
+            "cannot reach the federation server at {server}: {chain}\n{advice}"
         ))
     })?;
     Ok(Conn {
@@ -361,17 +377,7 @@ async fn connect(args: &ClientArgs) -> Result<Conn, CliError> {
     })
 }
 
-/// An error and its causes, `: `-separated.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+use flotilla_agent::error::chain_of as error_chain;
 
 /// What a failed call means for the user, with its exit code. INVALID_ARGUMENT is
 /// input (exit 2), attributed to `file` when the request carried one; the rest exit 1.

@@ -23,6 +23,15 @@ pub fn run(args: &ServerArgs) -> Result<(), CliError> {
             "--leader-ttl-seconds: must be at least 2 (etcd's shortest lease)".into(),
         ));
     }
+    let tls = flotilla_tls::ServerFiles::from_flags(
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        args.client_ca.clone(),
+    )
+    .map_err(|e| CliError::Usage(e.to_string()))?
+    .map(flotilla_tls::ServerTls::load)
+    .transpose()
+    .map_err(|e| CliError::Usage(e.to_string()))?;
     process::logging(args.log.json());
     process::runtime()?.block_on(async {
         let store: Arc<dyn Store> = if args.etcd_endpoints.is_empty() {
@@ -43,6 +52,7 @@ pub fn run(args: &ServerArgs) -> Result<(), CliError> {
             cluster_ttl: Duration::from_secs(args.cluster_ttl_seconds),
             heartbeat: heartbeat_for(Duration::from_secs(args.cluster_ttl_seconds)),
             leader_ttl: Duration::from_secs(args.leader_ttl_seconds),
+            tls,
             ..flotilla_server::Config::default()
         };
         let generated = config.admin_token.is_none();
@@ -53,7 +63,12 @@ pub fn run(args: &ServerArgs) -> Result<(), CliError> {
                 "no --admin-token given: using the server's generated admin token (kept in the store)"
             );
         }
-        println!("flotilla server: gRPC on {}, HTTP on {}", running.grpc, running.http);
+        let scheme = if running.tls { "https" } else { "http" };
+        println!(
+            "flotilla server: gRPC on {}, HTTP on {scheme}://{}",
+            running.url(),
+            running.http
+        );
         process::stop_signal().await;
         tracing::info!("stopping");
         running.stop().await;
