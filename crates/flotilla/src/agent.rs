@@ -280,6 +280,7 @@ mod tests {
             write_qps: 200.0,
             write_burst: 400,
             log: crate::cli::LogArgs::default(),
+            tls: crate::cli::ClientTlsArgs::default(),
             server: None,
             cluster: None,
             token: None,
