@@ -77,9 +77,9 @@ pub struct Agents {
     pub ttl: Duration,
     /// How often agents are asked to send one.
     pub heartbeat: Duration,
-    /// Mutual TLS (`--client-ca`): an agent must present a client certificate that
-    /// names its cluster.
-    pub client_certs: bool,
+    /// The server's TLS: with `--client-ca`, an agent must present a certificate of
+    /// that CA naming its cluster.
+    pub tls: Option<Arc<flotilla_tls::ServerTls>>,
     leases: Mutex<HashMap<String, LeaseId>>,
     /// When each cluster's status was last written for a capacity change.
     capacity_written: Mutex<HashMap<String, Instant>>,
@@ -101,7 +101,7 @@ impl Agents {
             presence,
             ttl,
             heartbeat,
-            client_certs: false,
+            tls: None,
             leases: Mutex::new(HashMap::new()),
             capacity_written: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -351,27 +351,6 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// With mutual TLS, the agent's certificate (verified against the client CA in the
-/// handshake) must name the cluster its token is for: a stolen token alone is not
-/// enough, and neither is another cluster's certificate.
-fn client_cert_names(
-    certs: Option<&[flotilla_tls::CertificateDer<'static>]>,
-    cluster: &str,
-) -> Result<(), Status> {
-    let Some(leaf) = certs.and_then(|c| c.first()) else {
-        return Err(Status::permission_denied(format!(
-            "cluster {cluster:?}: no client certificate; this server requires agents to present one signed by its --client-ca (agent flags --cert/--key)"
-        )));
-    };
-    if flotilla_tls::valid_for(leaf, cluster) {
-        Ok(())
-    } else {
-        Err(Status::permission_denied(format!(
-            "cluster {cluster:?}: the client certificate does not name this cluster (it must carry {cluster:?} as a DNS subject alternative name)"
-        )))
-    }
-}
-
 /// The gRPC service over the shared [`Agents`].
 #[derive(Clone, Debug)]
 pub struct Service(pub Arc<Agents>);
@@ -401,8 +380,14 @@ impl AgentService for Service {
             ));
         };
         self.0.authenticate(&hello.cluster, &token).await?;
-        if self.0.client_certs {
-            client_cert_names(certs.as_deref(), &hello.cluster)?;
+        // With mutual TLS the certificate must be the CA's and name the cluster of the
+        // token: a stolen token alone is not enough, nor another cluster's certificate.
+        if let Some(tls) = self.0.tls.as_ref().filter(|t| t.verifies_clients()) {
+            tls.check_client(certs.as_deref(), &hello.cluster)
+                .map_err(|why| {
+                    tracing::warn!(cluster = %hello.cluster, %why, "agent refused");
+                    Status::permission_denied(format!("cluster {:?}: {why}", hello.cluster))
+                })?;
         }
         let cluster = hello.cluster.clone();
         let (id, stop) = self.0.register(&cluster);

@@ -186,7 +186,7 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
         config.cluster_ttl,
         config.heartbeat,
     );
-    agents.client_certs = config.tls.as_ref().is_some_and(|t| t.verifies_clients());
+    agents.tls = config.tls.clone();
     let agents = Arc::new(agents);
     let admin = auth::AdminAuth::new(&admin_token);
     let federation =
@@ -244,7 +244,11 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
                     .with_graceful_shutdown(stopped)
                     .await
             }
-            Port::Plain(plain) => axum::serve(plain, router).with_graceful_shutdown(stopped).await,
+            Port::Plain(plain) => {
+                axum::serve(plain, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "HTTP server failed");

@@ -28,12 +28,9 @@ impl ClientTls {
             _ => {}
         }
         if !url.starts_with("https://") {
-            let flag = [
-                (self.ca.is_some(), "--ca"),
-                (self.cert.is_some(), "--cert"),
-            ]
-            .into_iter()
-            .find_map(|(set, flag)| set.then_some(flag));
+            let flag = [(self.ca.is_some(), "--ca"), (self.cert.is_some(), "--cert")]
+                .into_iter()
+                .find_map(|(set, flag)| set.then_some(flag));
             return match flag {
                 Some(flag) => Err(Error::Flags(format!(
                     "{flag}: given, but the server URL {url} is plaintext; use https://"
@@ -70,8 +67,8 @@ pub fn plaintext_warning(url: &str) -> Option<String> {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
     };
-    let loopback =
-        host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     (!loopback).then(|| {
         format!(
             "warning: {url} is plaintext to a non-loopback address: the token and every object cross the network unencrypted; serve TLS (flotilla server --tls-cert/--tls-key) and use https://"
@@ -93,9 +90,13 @@ pub fn explain(url: &str, chain: &str) -> Option<&'static str> {
         "the server's certificate is not signed by a CA this client trusts: pass the CA with --ca (or FLOTILLA_CA)"
     } else if has("alert") {
         "the server refused this client's TLS handshake: a client certificate (--cert/--key) signed by the server's --client-ca, valid now, is needed"
-    } else if https && (has("corrupt message") || has("invalidcontenttype") || has("invalid content type")) {
+    } else if https
+        && (has("corrupt message") || has("invalidcontenttype") || has("invalid content type"))
+    {
         "the server does not speak TLS on this address: use http://"
-    } else if !https && (has("frame") || has("reset") || has("broken pipe") || has("closed") || has("h2")) {
+    } else if !https
+        && (has("frame") || has("reset") || has("broken pipe") || has("closed") || has("h2"))
+    {
         "if the server serves TLS, use https:// (and --ca)"
     } else {
         return None;
@@ -122,7 +123,10 @@ mod tests {
         assert!(plaintext_warning("http://localhost:7443").is_none());
         assert!(plaintext_warning("https://10.0.0.1:7443").is_none());
         let w = plaintext_warning("http://10.0.0.1:7443").unwrap();
-        assert!(w.contains("http://10.0.0.1:7443") && w.contains("https://"), "{w}");
+        assert!(
+            w.contains("http://10.0.0.1:7443") && w.contains("https://"),
+            "{w}"
+        );
         assert!(plaintext_warning("http://flotilla.example.com").is_some());
         assert!(plaintext_warning("http://[2001:db8::1]:7443/").is_some());
     }
@@ -143,7 +147,12 @@ mod tests {
             half.for_url("https://h:1").unwrap_err().to_string(),
             "--key: required with --cert"
         );
-        assert!(ClientTls::default().for_url("http://h:1").unwrap().is_none());
+        assert!(
+            ClientTls::default()
+                .for_url("http://h:1")
+                .unwrap()
+                .is_none()
+        );
         let missing = ClientTls {
             ca: Some("/nonexistent/ca.pem".into()),
             ..ClientTls::default()

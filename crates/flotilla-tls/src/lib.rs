@@ -14,10 +14,12 @@
 //!                                      from the next connection on)
 //! ```
 //!
-//! With a client CA the server asks every client for a certificate and verifies the
-//! ones it gets against that CA, but lets a client without one finish the handshake:
-//! the user API authenticates by token, and the agent protocol requires the
-//! certificate and checks its name ([`valid_for`]) against the cluster of the token.
+//! With a client CA the server asks every client for a certificate and checks that
+//! the client holds its key, but lets every client finish the handshake: the user
+//! API authenticates by token, and the agent protocol requires the certificate,
+//! verifies it against the CA and checks its name against the cluster of the token
+//! ([`ServerTls::check_client`]), refusing with the reason (a TLS alert would mostly
+//! reach a TLS 1.3 client as a closed connection).
 
 mod client;
 mod error;
@@ -28,8 +30,8 @@ pub mod testing;
 
 pub use client::{ClientTls, certificate_refused, explain, plaintext_warning};
 pub use error::Error;
-pub use server::{Alpn, Incoming, RELOAD_EVERY, ServerFiles, ServerTls};
 pub use rustls::pki_types::CertificateDer;
+pub use server::{Alpn, Incoming, RELOAD_EVERY, ServerFiles, ServerTls};
 pub use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use rustls::pki_types::ServerName;

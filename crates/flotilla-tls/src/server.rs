@@ -8,8 +8,10 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -51,12 +53,8 @@ impl ServerFiles {
                 "--client-ca: needs --tls-cert and --tls-key (mutual TLS is TLS first)".into(),
             )),
             (None, None) => Ok(None),
-            (Some(_), None) => Err(Error::Flags(
-                "--tls-key: required with --tls-cert".into(),
-            )),
-            (None, Some(_)) => Err(Error::Flags(
-                "--tls-cert: required with --tls-key".into(),
-            )),
+            (Some(_), None) => Err(Error::Flags("--tls-key: required with --tls-cert".into())),
+            (None, Some(_)) => Err(Error::Flags("--tls-cert: required with --tls-key".into())),
         }
     }
 
@@ -85,6 +83,8 @@ pub enum Alpn {
 struct Loaded {
     grpc: Arc<ServerConfig>,
     http: Arc<ServerConfig>,
+    /// The client CA's verifier (`--client-ca`), for [`ServerTls::check_client`].
+    clients: Option<Arc<dyn ClientCertVerifier>>,
     /// The files' stamps when last looked at (loaded, or failed to load: a broken
     /// file is reported once, not every second).
     seen: Vec<Option<(SystemTime, u64)>>,
@@ -101,10 +101,15 @@ impl ServerTls {
     /// Loads the files; every problem names its flag and file.
     pub fn load(files: ServerFiles) -> Result<Arc<ServerTls>, Error> {
         let seen = files.stamps();
-        let (grpc, http) = configs(&files)?;
+        let (grpc, http, clients) = configs(&files)?;
         Ok(Arc::new(ServerTls {
             files,
-            loaded: RwLock::new(Loaded { grpc, http, seen }),
+            loaded: RwLock::new(Loaded {
+                grpc,
+                http,
+                clients,
+                seen,
+            }),
         }))
     }
 
@@ -138,10 +143,42 @@ impl ServerTls {
         let result = configs(&self.files);
         let mut loaded = self.loaded.write().unwrap_or_else(|e| e.into_inner());
         loaded.seen = stamps;
-        let (grpc, http) = result?;
+        let (grpc, http, clients) = result?;
         loaded.grpc = grpc;
         loaded.http = http;
+        loaded.clients = clients;
         Ok(true)
+    }
+
+    /// Whether `certs` (a peer's chain, leaf first, as the handshake received it) is
+    /// signed by the client CA, valid now, and names `name`; the reason when not.
+    /// The handshake itself lets any client through (see [`configs`]), so that this
+    /// answer, not a TLS alert a client may never read, is what a refused agent sees.
+    pub fn check_client(
+        &self,
+        certs: Option<&[CertificateDer<'_>]>,
+        name: &str,
+    ) -> Result<(), String> {
+        let clients = self
+            .loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clients
+            .clone()
+            .ok_or("this server verifies no client certificates (no --client-ca)")?;
+        let Some((leaf, intermediates)) = certs.and_then(|c| c.split_first()) else {
+            return Err("no client certificate: this server requires one signed by its --client-ca (agent flags --cert/--key)".into());
+        };
+        clients
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map_err(|e| format!("the client certificate was refused: {e}"))?;
+        if crate::valid_for(leaf, name) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the client certificate does not name this cluster (it must carry {name:?} as a DNS subject alternative name)"
+            ))
+        }
     }
 
     /// Looks at the files every `every` until the task is aborted, logging what
@@ -169,7 +206,22 @@ impl ServerTls {
     }
 }
 
-fn configs(files: &ServerFiles) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), Error> {
+type Configs = (
+    Arc<ServerConfig>,
+    Arc<ServerConfig>,
+    Option<Arc<dyn ClientCertVerifier>>,
+);
+
+/// Both ports' configurations from the files, and the client CA's verifier.
+///
+/// With a client CA the handshake asks for a certificate and checks that the client
+/// holds its key, but lets a client with none, or with one that does not verify,
+/// finish: in TLS 1.3 a client learns of a refused certificate only from an alert
+/// after it thinks the handshake done, which gRPC clients mostly lose to a closed
+/// connection. The agent protocol decides instead ([`ServerTls::check_client`]) and
+/// says why; the user API, which authenticates by token, ignores client
+/// certificates.
+fn configs(files: &ServerFiles) -> Result<Configs, Error> {
     let certs = pem::certs("--tls-cert", &files.cert)?;
     let key = pem::key("--tls-key", &files.key)?;
     let provider = provider();
@@ -179,19 +231,19 @@ fn configs(files: &ServerFiles) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>)
             flag: "--tls-cert",
             source,
         })?;
-    let builder = match &files.client_ca {
+    let (builder, clients) = match &files.client_ca {
         Some(path) => {
             let roots = pem::roots("--client-ca", path)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
                 .build()
                 .map_err(|e| Error::ClientCa {
                     path: path.clone(),
                     what: e.to_string(),
                 })?;
-            builder.with_client_cert_verifier(verifier)
+            let asking = Arc::new(AskOnly(verifier.clone()));
+            (builder.with_client_cert_verifier(asking), Some(verifier))
         }
-        None => builder.with_no_client_auth(),
+        None => (builder.with_no_client_auth(), None),
     };
     let mut grpc = builder
         .with_single_cert(certs, key)
@@ -202,7 +254,58 @@ fn configs(files: &ServerFiles) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>)
     let mut http = grpc.clone();
     grpc.alpn_protocols = vec![b"h2".to_vec()];
     http.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((Arc::new(grpc), Arc::new(http)))
+    Ok((Arc::new(grpc), Arc::new(http), clients))
+}
+
+/// Asks for a client certificate (naming the client CA) and checks the handshake's
+/// signature with it, so a client proves it holds the key; leaves the chain to
+/// [`ServerTls::check_client`].
+#[derive(Debug)]
+struct AskOnly(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for AskOnly {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// TLS connections accepted on a listener, as a stream (for tonic's

@@ -25,7 +25,11 @@ async fn serve(tls: Arc<ServerTls>) -> (u16, tokio::sync::mpsc::UnboundedReceive
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(mut stream)) = incoming.next().await {
-            let peers = stream.get_ref().1.peer_certificates().map_or(0, |c| c.len());
+            let peers = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map_or(0, |c| c.len());
             let _ = tx.send(peers);
             let _ = stream.write_all(b"!").await;
             let _ = stream.flush().await;
@@ -101,7 +105,10 @@ async fn rotated_files_serve_new_connections_and_broken_ones_are_not_taken() {
     std::fs::write(&files.key, "-----BEGIN PRIVATE KEY-----\nnot base64").unwrap();
     let e = tls.reload_if_changed().unwrap_err().to_string();
     assert!(e.starts_with("--tls-key "), "{e}");
-    assert!(!tls.reload_if_changed().unwrap(), "the same broken files are not tried again");
+    assert!(
+        !tls.reload_if_changed().unwrap(),
+        "the same broken files are not tried again"
+    );
     dial(port, &two.pem, None).await.unwrap();
 
     // A key that is not the certificate's.
@@ -112,7 +119,7 @@ async fn rotated_files_serve_new_connections_and_broken_ones_are_not_taken() {
 }
 
 #[tokio::test]
-async fn client_certificates_are_verified_when_offered() {
+async fn client_certificates_are_asked_for_and_checked_after_the_handshake() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, other) = (Ca::new("ca"), Ca::new("other"));
     let files = write_server(
@@ -122,23 +129,48 @@ async fn client_certificates_are_verified_when_offered() {
     );
     let tls = ServerTls::load(files).unwrap();
     assert!(tls.verifies_clients());
-    let (port, mut peers) = serve(tls).await;
+    let (port, mut peers) = serve(tls.clone()).await;
 
+    // Every client finishes the handshake, with or without a certificate; what it
+    // presented is checked afterwards, with the reason.
+    let der = |leaf: &Leaf| vec![CertificateDer::from_pem_slice(leaf.cert.as_bytes()).unwrap()];
     let good = ca.leaf(&["eu-west"], Validity::Now);
     dial(port, &ca.pem, Some(&good)).await.unwrap();
-    assert_eq!(peers.recv().await, Some(1), "the server saw the certificate");
+    assert_eq!(
+        peers.recv().await,
+        Some(1),
+        "the server saw the certificate"
+    );
+    tls.check_client(Some(&der(&good)), "eu-west").unwrap();
+    let e = tls.check_client(Some(&der(&good)), "us-east").unwrap_err();
+    assert!(e.contains("does not name this cluster"), "{e}");
     dial(port, &ca.pem, None).await.unwrap();
     assert_eq!(peers.recv().await, Some(0), "a client may present none");
+    let e = tls.check_client(None, "eu-west").unwrap_err();
+    assert!(e.starts_with("no client certificate"), "{e}");
 
-    for (what, leaf) in [
-        ("expired", ca.leaf(&["eu-west"], Validity::Expired)),
-        ("another CA's", other.leaf(&["eu-west"], Validity::Now)),
-        ("self-signed", Leaf::self_signed(&["eu-west"])),
+    for (what, leaf, says) in [
+        (
+            "expired",
+            ca.leaf(&["eu-west"], Validity::Expired),
+            "expired",
+        ),
+        (
+            "another CA's",
+            other.leaf(&["eu-west"], Validity::Now),
+            "UnknownIssuer",
+        ),
+        (
+            "self-signed",
+            Leaf::self_signed(&["eu-west"]),
+            "UnknownIssuer",
+        ),
     ] {
-        let e = dial(port, &ca.pem, Some(&leaf)).await.unwrap_err();
-        assert!(e.contains("alert"), "{what}: {e}");
+        dial(port, &ca.pem, Some(&leaf)).await.unwrap();
+        assert_eq!(peers.recv().await, Some(1), "{what}");
+        let e = tls.check_client(Some(&der(&leaf)), "eu-west").unwrap_err();
+        assert!(e.contains("refused") && e.contains(says), "{what}: {e}");
     }
-    assert!(peers.try_recv().is_err(), "no refused connection was served");
 }
 
 #[test]
@@ -151,7 +183,10 @@ fn a_certificate_is_valid_for_its_subject_alternative_names_only() {
     assert!(!flotilla_tls::valid_for(&a, "us-east"));
     assert!(!flotilla_tls::valid_for(&a, "west"));
     assert!(!flotilla_tls::valid_for(&a, "not a name"));
-    assert!(!flotilla_tls::valid_for(&CertificateDer::from(vec![1, 2, 3]), "eu-west"));
+    assert!(!flotilla_tls::valid_for(
+        &CertificateDer::from(vec![1, 2, 3]),
+        "eu-west"
+    ));
 }
 
 #[test]
@@ -171,13 +206,25 @@ fn bad_files_are_refused_naming_their_flag() {
         .to_string()
     };
     let e = load(&nothing, &key, None);
-    assert!(e.starts_with("--tls-cert ") && e.contains("no certificate"), "{e}");
+    assert!(
+        e.starts_with("--tls-cert ") && e.contains("no certificate"),
+        "{e}"
+    );
     let e = load(&cert, &nothing, None);
-    assert!(e.starts_with("--tls-key ") && e.contains("no private key"), "{e}");
+    assert!(
+        e.starts_with("--tls-key ") && e.contains("no private key"),
+        "{e}"
+    );
     let e = load(&cert, &key, Some(&nothing));
-    assert!(e.starts_with("--client-ca ") && e.contains("no certificate"), "{e}");
+    assert!(
+        e.starts_with("--client-ca ") && e.contains("no certificate"),
+        "{e}"
+    );
     let e = load(&cert, &dir.path().join("missing.key"), None);
-    assert!(e.starts_with("--tls-key ") && e.contains("missing.key"), "{e}");
+    assert!(
+        e.starts_with("--tls-key ") && e.contains("missing.key"),
+        "{e}"
+    );
     assert!(
         ServerFiles::from_flags(Some(cert.clone()), None, None)
             .unwrap_err()

@@ -384,6 +384,21 @@ use flotilla_agent::error::chain_of as error_chain;
 pub fn status_error(status: &Status, server: &str, file: Option<&Path>) -> CliError {
     let message = status.message().trim();
     let failed = |text: String| CliError::Failed(anyhow::anyhow!(text));
+    // A transport failure that is TLS on one side only (channels connect lazily, so
+    // it shows up here, as a call's status).
+    if matches!(
+        status.code(),
+        Code::Internal | Code::Unknown | Code::Unavailable
+    ) {
+        let cause = std::error::Error::source(status)
+            .map(|e| format!(": {}", error_chain(e)))
+            .unwrap_or_default();
+        if let Some(hint) = flotilla_tls::explain(server, &format!("{message}{cause}")) {
+            return failed(format!(
+                "cannot talk to the federation server at {server}: {message}{cause}\n{hint}"
+            ));
+        }
+    }
     match status.code() {
         Code::InvalidArgument => CliError::Input {
             file: file.map_or_else(|| "the request".into(), |f| f.display().to_string()),
