@@ -364,7 +364,7 @@ async fn connect(args: &ClientArgs) -> Result<Conn, CliError> {
     let channel = endpoint.connect().await.map_err(|e| {
         let chain = error_chain(&e);
         let advice = match flotilla_tls::explain(&server, &chain) {
-            Some(hint) => format!("{hint}"),
+            Some(hint) => hint.to_string(),
             None => "start one with `flotilla dev` (or `flotilla server`), or point --server / FLOTILLA_SERVER at it".into(),
         };
         CliError::Failed(anyhow::anyhow!(
