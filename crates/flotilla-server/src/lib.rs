@@ -2,7 +2,7 @@
 //! federation controller, cluster health, and `/metrics` `/healthz` `/readyz` over HTTP.
 //!
 //! ```text
-//!  flotilla CLI ──gRPC (admin token)──▶ api ──validate──▶ store ◀── controller
+//!  flotilla CLI ──gRPC (user token)──▶ api ──decide, validate──▶ store ◀── controller
 //!                                                          ▲  │      (plan, slices,
 //!  agents ──gRPC stream (cluster token)──▶ agents ─────────┘  │       status)
 //!     ▲  heartbeats → lease, reports                          │
@@ -17,6 +17,7 @@
 
 mod agents;
 mod api;
+mod audit;
 mod auth;
 mod controller;
 mod federation;
@@ -64,6 +65,8 @@ pub struct Config {
     /// The leader lease's TTL: how long the servers go without a federation controller
     /// when the leader dies without resigning.
     pub leader_ttl: Duration,
+    /// Audit records older than this are pruned (default 30 days).
+    pub audit_retention: Duration,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(2),
             history: Duration::from_secs(600),
             leader_ttl: Duration::from_secs(10),
+            audit_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -166,10 +170,12 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
         ttl: config.cluster_ttl,
         synced: synced_tx,
     };
+    let tokens = Arc::new(auth::Tokens::new(store.clone(), &admin_token));
     let api = Arc::new(api::Api {
         store: store.clone(),
         metrics: metrics.clone(),
         presence: presence.clone(),
+        tokens: tokens.clone(),
     });
     let agents = Arc::new(agents::Agents::new(
         store.clone(),
@@ -177,19 +183,17 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
         presence,
         config.cluster_ttl,
         config.heartbeat,
+        tokens,
     ));
-    let admin = auth::AdminAuth::new(&admin_token);
-    let federation =
-        FederationServer::with_interceptor(api::Service(api), move |req: tonic::Request<()>| {
-            admin.check(req.metadata())?;
-            Ok(req)
-        });
+    // Every call is authorized by the Api itself (`auth::decide`), per RPC.
+    let federation = FederationServer::new(api::Service(api));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(elector.run()));
     tasks.push(tokio::spawn(controller.run(election.clone())));
     tasks.push(tokio::spawn(compact(store.clone(), config.history)));
+    tasks.push(tokio::spawn(audit::prune(store.clone(), config.audit_retention)));
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
