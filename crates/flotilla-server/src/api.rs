@@ -1148,6 +1148,11 @@ impl Federation for Service {
                 ApiKind::Sets => keys::set_key(ns, &req.name),
                 _ => req.name.clone(),
             };
+            if kind == ApiKind::InstanceSets && !id.contains('/') {
+                return Err(Status::invalid_argument(
+                    "name: an InstanceSet is named <cluster>/<set> (or <cluster>/<namespace>/<set>)",
+                ));
+            }
             let slice = slice_id(&id);
             let scope = match kind {
                 ApiKind::Sets => Some(ns),

@@ -365,7 +365,8 @@ impl Tokens {
         }
         if let Some(cluster) = self.cluster_by_digest(&d).await? {
             return Err(Status::permission_denied(format!(
-                "the agent token of cluster {cluster:?} may not call the user API: it opens                  that cluster's agent session only; use a user token (flotilla token create)"
+                "the agent token of cluster {cluster:?} may not call the user API: it opens \
+                 that cluster's agent session only; use a user token (flotilla token create)"
             )));
         }
         Err(Status::unauthenticated(
@@ -393,7 +394,8 @@ impl Tokens {
                 Match::Expired => {
                     let until = record.previous.map(|p| p.until).unwrap_or_default();
                     return Err(Status::unauthenticated(format!(
-                        "the token of cluster {cluster:?} was replaced (flotilla cluster                          rotate-token) and its grace ended at {until}; use the new token"
+                        "the token of cluster {cluster:?} was replaced (flotilla cluster \
+                 rotate-token) and its grace ended at {until}; use the new token"
                     )));
                 }
                 Match::No => {}
@@ -401,12 +403,14 @@ impl Tokens {
         }
         if let Some(p) = self.user_by_digest(&d).await? {
             return Err(Status::permission_denied(format!(
-                "{p} is a user token and may not open an agent session; agents use their                  cluster's token (flotilla cluster add, flotilla cluster rotate-token)"
+                "{p} is a user token and may not open an agent session; agents use their \
+                 cluster's token (flotilla cluster add, flotilla cluster rotate-token)"
             )));
         }
         if let Some(other) = self.cluster_by_digest(&d).await? {
             return Err(Status::permission_denied(format!(
-                "the agent token of cluster {other:?} may not open a session for cluster                  {cluster:?}: an agent token is for its own cluster only"
+                "the agent token of cluster {other:?} may not open a session for cluster \
+                 {cluster:?}: an agent token is for its own cluster only"
             )));
         }
         match stored {
