@@ -586,7 +586,7 @@ impl Api {
                         "name: an InstanceSet is named <cluster>/<set> (or <cluster>/<namespace>/<set>)",
                     ));
                 };
-                self.with_status(&keys::slice(cluster, &set), &keys::report(cluster, &set))
+                self.with_status(&keys::slice(cluster, set), &keys::report(cluster, set))
                     .await?
                     .map(|(kv, st)| slice_json(&kv, st.as_ref()))
                     .transpose()
@@ -711,12 +711,7 @@ impl Api {
                 let generation = decode_json::<FederatedInstanceSet>(&old)?
                     .metadata
                     .generation;
-                match self
-                    .store
-                    .delete(&key, None)
-                    .await
-                    .map_err(store_status)?
-                {
+                match self.store.delete(&key, None).await.map_err(store_status)? {
                     Some(rev) => {
                         tracing::info!(set = %id, revision = rev, "deleted");
                         trail.done("deleted", generation, None);
@@ -770,7 +765,7 @@ impl Api {
                 trail.target(kind.plural(), &ns, &req.name);
                 decide(who, Verb::Delete, kind.plural(), Some(&ns))?;
                 Err(Status::failed_precondition(
-                "InstanceSets are the members' slices, written by the federation: delete or \
+                    "InstanceSets are the members' slices, written by the federation: delete or \
                  scale the FederatedInstanceSet instead",
                 ))
             }

@@ -226,10 +226,7 @@ impl Query {
 
 /// The records `query` wants, oldest first.
 pub async fn list(store: &dyn Store, query: &Query) -> Result<Vec<Record>, Status> {
-    let listing = store
-        .list(keys::AUDIT)
-        .await
-        .map_err(crate::store_status)?;
+    let listing = store.list(keys::AUDIT).await.map_err(crate::store_status)?;
     Ok(listing
         .items
         .iter()

@@ -264,7 +264,11 @@ pub fn decide(
     namespace: Option<&str>,
 ) -> Result<(), Status> {
     let need = if namespaced(kind) {
-        if verb.reads() { Scope::View } else { Scope::Edit }
+        if verb.reads() {
+            Scope::View
+        } else {
+            Scope::Edit
+        }
     } else if kind == "clusters" && verb.reads() {
         Scope::View
     } else {
@@ -433,7 +437,10 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("flt_") && a.len() == 4 + 64);
         let mut md = MetadataMap::new();
-        assert_eq!(bearer(&md).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            bearer(&md).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
         md.insert("authorization", format!("Bearer {a}").parse().unwrap());
         assert_eq!(bearer(&md).unwrap(), a);
         md.insert("authorization", a.parse().unwrap());
@@ -482,7 +489,12 @@ mod tests {
             (Get, fis, Some("team-a"), ["ok", "ok", "ok"]),
             (Get, fis, Some("team-b"), ["ok", "namespace", "namespace"]),
             (List, fis, None, ["ok", "ok", "ok"]),
-            (Watch, "instancesets", Some("team-b"), ["ok", "namespace", "namespace"]),
+            (
+                Watch,
+                "instancesets",
+                Some("team-b"),
+                ["ok", "namespace", "namespace"],
+            ),
             (Plan, fis, Some("team-a"), ["ok", "ok", "ok"]),
             (Apply, fis, Some("team-a"), ["ok", "ok", "read"]),
             (Apply, fis, Some("team-b"), ["ok", "namespace", "read"]),
@@ -509,7 +521,10 @@ mod tests {
                     Err(s) => {
                         assert_eq!(s.code(), tonic::Code::PermissionDenied);
                         let m = s.message();
-                        assert!(m.starts_with(&format!("{p} may not {} {kind}", verb.as_str())), "{m}");
+                        assert!(
+                            m.starts_with(&format!("{p} may not {} {kind}", verb.as_str())),
+                            "{m}"
+                        );
                         if m.contains("only an admin") {
                             "admin"
                         } else if m.contains("may only read") {

@@ -213,7 +213,10 @@ mod tests {
         assert_eq!(Key::parse(LEADER), Key::Other);
         assert_eq!(Key::parse(&user_token("ci")), Key::Other);
         assert!(!audit(1, "ab").starts_with(ROOT));
-        assert_eq!(audit_time(&audit(1_700_000_000_000_000_000, "ab")), Some(1_700_000_000_000_000_000));
+        assert_eq!(
+            audit_time(&audit(1_700_000_000_000_000_000, "ab")),
+            Some(1_700_000_000_000_000_000)
+        );
         assert!(audit(9, "ff") < audit(10, "00"), "audit keys sort by time");
         assert_eq!(Key::parse("/flotilla/sets/too/many/parts"), Key::Other);
         assert!(slice("c", "ns/a").starts_with(&slices_of("c")));

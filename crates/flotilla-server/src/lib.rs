@@ -193,7 +193,10 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
     tasks.push(tokio::spawn(elector.run()));
     tasks.push(tokio::spawn(controller.run(election.clone())));
     tasks.push(tokio::spawn(compact(store.clone(), config.history)));
-    tasks.push(tokio::spawn(audit::prune(store.clone(), config.audit_retention)));
+    tasks.push(tokio::spawn(audit::prune(
+        store.clone(),
+        config.audit_retention,
+    )));
     tasks.push(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -838,9 +838,14 @@ async fn every_rpc_is_allowed_or_refused_by_the_tokens_scope_with_a_reason() {
     let view = create_token(&mut api, "view-a", "view", &["team-a"]).await;
     let revoked = create_token(&mut api, "gone", "admin", &[]).await;
     create_token(&mut api, "spare", "view", &["team-a"]).await;
-    api.revoke_token(authed(ADMIN, RevokeTokenRequest { name: "gone".into() }))
-        .await
-        .unwrap();
+    api.revoke_token(authed(
+        ADMIN,
+        RevokeTokenRequest {
+            name: "gone".into(),
+        },
+    ))
+    .await
+    .unwrap();
     let agent = add_cluster(&mut api, "c1").await;
     add_cluster(&mut api, "c2").await;
     for ns in ["team-a", "other"] {
@@ -857,32 +862,38 @@ async fn every_rpc_is_allowed_or_refused_by_the_tokens_scope_with_a_reason() {
     let tokens = [&edit, &view, &agent, &revoked, &ADMIN.to_string()];
     let table: &[(Call, [Code; 5])] = &[
         // call                            edit-a view-a agent revoked admin
-        (ApplySet("team-a"),               [OK,  NO,  NO,  WHO, OK]),
-        (ApplySet("other"),                [NO,  NO,  NO,  WHO, OK]),
-        (ApplyCluster,                     [NO,  NO,  NO,  WHO, OK]),
-        (Get("fis", "team-a"),             [OK,  OK,  NO,  WHO, OK]),
-        (Get("fis", "other"),              [NO,  NO,  NO,  WHO, OK]),
-        (Get("instancesets", "team-a"),    [Code::NotFound, Code::NotFound, NO, WHO, Code::NotFound]),
-        (Get("clusters", ""),              [OK,  OK,  NO,  WHO, OK]),
-        (List("fis", ""),                  [OK,  OK,  NO,  WHO, OK]),
-        (List("fis", "team-a"),            [OK,  OK,  NO,  WHO, OK]),
-        (List("fis", "other"),             [NO,  NO,  NO,  WHO, OK]),
-        (List("instancesets", "other"),    [NO,  NO,  NO,  WHO, OK]),
-        (List("clusters", ""),             [OK,  OK,  NO,  WHO, OK]),
-        (Watch("fis", ""),                 [OK,  OK,  NO,  WHO, OK]),
-        (Watch("fis", "other"),            [NO,  NO,  NO,  WHO, OK]),
-        (Watch("clusters", ""),            [OK,  OK,  NO,  WHO, OK]),
-        (Plan("team-a"),                   [OK,  OK,  NO,  WHO, OK]),
-        (Plan("other"),                    [NO,  NO,  NO,  WHO, OK]),
-        (AddCluster("c3"),                 [NO,  NO,  NO,  WHO, OK]),
-        (CreateToken("t2"),                [NO,  NO,  NO,  WHO, OK]),
-        (ListTokens,                       [NO,  NO,  NO,  WHO, OK]),
-        (RevokeToken("spare"),             [NO,  NO,  NO,  WHO, OK]),
-        (Rotate("c1"),                     [NO,  NO,  NO,  WHO, OK]),
-        (ListAudit,                        [NO,  NO,  NO,  WHO, OK]),
-        (DeleteSet("team-a", "doomed"),    [OK,  NO,  NO,  WHO, Code::NotFound]),
-        (DeleteSet("other", "doomed"),     [NO,  NO,  NO,  WHO, OK]),
-        (DeleteCluster("c2"),              [NO,  NO,  NO,  WHO, OK]),
+        (ApplySet("team-a"), [OK, NO, NO, WHO, OK]),
+        (ApplySet("other"), [NO, NO, NO, WHO, OK]),
+        (ApplyCluster, [NO, NO, NO, WHO, OK]),
+        (Get("fis", "team-a"), [OK, OK, NO, WHO, OK]),
+        (Get("fis", "other"), [NO, NO, NO, WHO, OK]),
+        (
+            Get("instancesets", "team-a"),
+            [Code::NotFound, Code::NotFound, NO, WHO, Code::NotFound],
+        ),
+        (Get("clusters", ""), [OK, OK, NO, WHO, OK]),
+        (List("fis", ""), [OK, OK, NO, WHO, OK]),
+        (List("fis", "team-a"), [OK, OK, NO, WHO, OK]),
+        (List("fis", "other"), [NO, NO, NO, WHO, OK]),
+        (List("instancesets", "other"), [NO, NO, NO, WHO, OK]),
+        (List("clusters", ""), [OK, OK, NO, WHO, OK]),
+        (Watch("fis", ""), [OK, OK, NO, WHO, OK]),
+        (Watch("fis", "other"), [NO, NO, NO, WHO, OK]),
+        (Watch("clusters", ""), [OK, OK, NO, WHO, OK]),
+        (Plan("team-a"), [OK, OK, NO, WHO, OK]),
+        (Plan("other"), [NO, NO, NO, WHO, OK]),
+        (AddCluster("c3"), [NO, NO, NO, WHO, OK]),
+        (CreateToken("t2"), [NO, NO, NO, WHO, OK]),
+        (ListTokens, [NO, NO, NO, WHO, OK]),
+        (RevokeToken("spare"), [NO, NO, NO, WHO, OK]),
+        (Rotate("c1"), [NO, NO, NO, WHO, OK]),
+        (ListAudit, [NO, NO, NO, WHO, OK]),
+        (
+            DeleteSet("team-a", "doomed"),
+            [OK, NO, NO, WHO, Code::NotFound],
+        ),
+        (DeleteSet("other", "doomed"), [NO, NO, NO, WHO, OK]),
+        (DeleteCluster("c2"), [NO, NO, NO, WHO, OK]),
     ];
     let names = ["edit-a", "view-a", "agent", "revoked", "admin"];
     let mut wrong = Vec::new();
@@ -890,7 +901,9 @@ async fn every_rpc_is_allowed_or_refused_by_the_tokens_scope_with_a_reason() {
         for ((token, want), name) in tokens.iter().zip(expect).zip(names) {
             let (got, message) = call(&mut api, token, *c).await;
             if got != *want {
-                wrong.push(format!("{c:?} as {name}: {got:?} ({message}), expected {want:?}"));
+                wrong.push(format!(
+                    "{c:?} as {name}: {got:?} ({message}), expected {want:?}"
+                ));
             }
             if got == NO && name != "agent" {
                 assert!(
@@ -899,7 +912,10 @@ async fn every_rpc_is_allowed_or_refused_by_the_tokens_scope_with_a_reason() {
                 );
             }
             if got == NO && name == "agent" {
-                assert!(message.contains("agent token of cluster \"c1\""), "{message}");
+                assert!(
+                    message.contains("agent token of cluster \"c1\""),
+                    "{message}"
+                );
             }
         }
     }
@@ -913,7 +929,10 @@ async fn every_rpc_is_allowed_or_refused_by_the_tokens_scope_with_a_reason() {
          namespace other: a view token may only read (get, list, watch, plan)"
     );
     let (_, message) = call(&mut api, &edit, ApplySet("other")).await;
-    assert!(message.ends_with("in namespace other: the token is not for that namespace"), "{message}");
+    assert!(
+        message.ends_with("in namespace other: the token is not for that namespace"),
+        "{message}"
+    );
 
     // Every namespace, asked by a namespaced token: only its own.
     let listed = api
@@ -930,7 +949,9 @@ async fn every_rpc_is_allowed_or_refused_by_the_tokens_scope_with_a_reason() {
         .items;
     let namespaces: Vec<String> = listed
         .iter()
-        .map(|o| serde_json::from_str::<Value>(&o.json).unwrap()["metadata"]["namespace"].to_string())
+        .map(|o| {
+            serde_json::from_str::<Value>(&o.json).unwrap()["metadata"]["namespace"].to_string()
+        })
         .collect();
     assert_eq!(namespaces, ["\"team-a\""], "{namespaces:?}");
     let mut events = api
@@ -951,7 +972,11 @@ async fn every_rpc_is_allowed_or_refused_by_the_tokens_scope_with_a_reason() {
     assert_eq!(first["metadata"]["namespace"], "team-a");
 
     // A multi-document apply with one refused document stores nothing.
-    let both = format!("{}---\n{}", set_in("team-a", "pair"), set_in("other", "pair"));
+    let both = format!(
+        "{}---\n{}",
+        set_in("team-a", "pair"),
+        set_in("other", "pair")
+    );
     let e = api.apply(authed(&edit, apply_req(both))).await.unwrap_err();
     assert_eq!(e.code(), NO);
     let e = api
@@ -1004,7 +1029,12 @@ async fn every_rpc_is_allowed_or_refused_by_the_tokens_scope_with_a_reason() {
         .tokens;
     let listed: Vec<(String, String)> = listed
         .iter()
-        .map(|t| (t.name.clone(), format!("{} {}", t.scope, t.namespaces.join(","))))
+        .map(|t| {
+            (
+                t.name.clone(),
+                format!("{} {}", t.scope, t.namespaces.join(",")),
+            )
+        })
         .collect();
     assert_eq!(
         listed,
@@ -1018,11 +1048,31 @@ async fn every_rpc_is_allowed_or_refused_by_the_tokens_scope_with_a_reason() {
     // Agent sessions: only the cluster's own token opens one.
     let c3 = add_cluster(&mut api, "c4").await;
     for (token, cluster, want, says) in [
-        (&c3, "c1", NO, "agent token of cluster \"c4\" may not open a session for cluster \"c1\""),
-        (&view, "c1", NO, "token \"view-a\" (view, namespaces team-a) is a user token"),
-        (&ADMIN.to_string(), "c1", NO, "token \"admin\" (admin) is a user token"),
+        (
+            &c3,
+            "c1",
+            NO,
+            "agent token of cluster \"c4\" may not open a session for cluster \"c1\"",
+        ),
+        (
+            &view,
+            "c1",
+            NO,
+            "token \"view-a\" (view, namespaces team-a) is a user token",
+        ),
+        (
+            &ADMIN.to_string(),
+            "c1",
+            NO,
+            "token \"admin\" (admin) is a user token",
+        ),
         (&revoked, "c1", WHO, "refused"),
-        (&c3, "nope", NO, "may not open a session for cluster \"nope\""),
+        (
+            &c3,
+            "nope",
+            NO,
+            "may not open a session for cluster \"nope\"",
+        ),
     ] {
         let e = connect(&h, cluster, token, 0).await.err().unwrap();
         assert_eq!(e.code(), want, "{}", e.message());
@@ -1053,7 +1103,12 @@ async fn a_rotated_agent_token_works_through_its_grace_and_is_refused_after() {
         .unwrap()
         .into_inner();
     assert_ne!(rotated.token, old);
-    assert!(rotated.previous_valid_until.parse::<jiff::Timestamp>().is_ok());
+    assert!(
+        rotated
+            .previous_valid_until
+            .parse::<jiff::Timestamp>()
+            .is_ok()
+    );
     // During the grace both work. (A new session replaces the cluster's previous one.)
     let mut new_session = connect(&h, "r", &rotated.token, 0).await.unwrap();
     assert!(matches!(new_session.next().await, Out::Welcome(_)));
@@ -1140,8 +1195,12 @@ async fn every_write_leaves_an_audit_record_without_secrets_or_documents() {
     let mut api = FederationClient::new(channel(&h).await);
     let edit = create_token(&mut api, "ci", "edit", &["team-a"]).await;
     let doc = set_in("team-a", "cache");
-    api.apply(authed(&edit, apply_req(doc.clone()))).await.unwrap();
-    api.apply(authed(&edit, apply_req(doc.clone()))).await.unwrap();
+    api.apply(authed(&edit, apply_req(doc.clone())))
+        .await
+        .unwrap();
+    api.apply(authed(&edit, apply_req(doc.clone())))
+        .await
+        .unwrap();
     api.apply(authed(
         &edit,
         ApplyRequest {
@@ -1194,8 +1253,18 @@ async fn every_write_leaves_an_audit_record_without_secrets_or_documents() {
     );
     for r in &records {
         assert_eq!(r["kind"], "federatedinstancesets");
-        assert!(r["source"].as_str().unwrap().starts_with("127.0.0.1:"), "{r}");
-        assert!(r["time"].as_str().unwrap().parse::<jiff::Timestamp>().is_ok(), "{r}");
+        assert!(
+            r["source"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{r}"
+        );
+        assert!(
+            r["time"]
+                .as_str()
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .is_ok(),
+            "{r}"
+        );
     }
     assert!(
         records[3]["result"]
@@ -1207,13 +1276,19 @@ async fn every_write_leaves_an_audit_record_without_secrets_or_documents() {
     );
     let created = audit_records(&mut api, "token/ci").await;
     assert_eq!(created.len(), 1);
-    assert_eq!((created[0]["verb"].as_str(), created[0]["token"].as_str()), (Some("create"), Some("admin")));
+    assert_eq!(
+        (created[0]["verb"].as_str(), created[0]["token"].as_str()),
+        (Some("create"), Some("admin"))
+    );
 
     // Nothing secret or bulky in the trail or its log line: the whole trail, as text.
     let all = audit_records(&mut api, "").await;
     let text = serde_json::to_string(&all).unwrap();
     for secret in [edit.as_str(), ADMIN, "redis:7", "containers", "digest"] {
-        assert!(!text.contains(secret), "{secret:?} in the audit trail: {text}");
+        assert!(
+            !text.contains(secret),
+            "{secret:?} in the audit trail: {text}"
+        );
     }
     assert_eq!(all.len(), 5, "{text}");
 
@@ -1228,7 +1303,12 @@ async fn every_write_leaves_an_audit_record_without_secrets_or_documents() {
 
 #[tokio::test]
 async fn audit_records_past_the_retention_are_pruned() {
-    let h = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(10), Duration::from_secs(1)).await;
+    let h = start_with(
+        tempfile::tempdir().unwrap(),
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    )
+    .await;
     let mut api = FederationClient::new(channel(&h).await);
     add_cluster(&mut api, "a").await;
     assert_eq!(audit_records(&mut api, "clusters/a").await.len(), 1);

@@ -6,8 +6,8 @@ use std::time::Duration;
 use flotilla_api::{FieldError, Invalid, validate};
 use flotilla_proto::v1::{
     CreateTokenRequest, CreateTokenResponse, ListAuditRequest, ListAuditResponse,
-    ListTokensResponse, RevokeTokenRequest, RevokeTokenResponse,
-    RotateClusterTokenRequest, RotateClusterTokenResponse, TokenInfo,
+    ListTokensResponse, RevokeTokenRequest, RevokeTokenResponse, RotateClusterTokenRequest,
+    RotateClusterTokenResponse, TokenInfo,
 };
 use flotilla_store::{Condition, Error as StoreError};
 use jiff::Timestamp;
@@ -47,7 +47,10 @@ fn new_token(req: &CreateTokenRequest, digest: String) -> Result<UserToken, Inva
     let scope = match Scope::parse(&req.scope) {
         Ok(s) => Some(s),
         Err(e) => {
-            problems.push(FieldError::new("scope", e.message().trim_start_matches("scope: ")));
+            problems.push(FieldError::new(
+                "scope",
+                e.message().trim_start_matches("scope: "),
+            ));
             None
         }
     };
@@ -77,7 +80,10 @@ fn new_token(req: &CreateTokenRequest, digest: String) -> Result<UserToken, Inva
             digest,
             scope,
             namespaces,
-            created: Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| Timestamp::now()).to_string(),
+            created: Timestamp::now()
+                .round(jiff::Unit::Second)
+                .unwrap_or_else(|_| Timestamp::now())
+                .to_string(),
         }),
         _ => Err(Invalid(problems)),
     }
@@ -228,7 +234,9 @@ impl Api {
                 .get(&key)
                 .await
                 .map_err(store_status)?
-                .ok_or_else(|| Status::not_found(format!("clusters {:?} not found", req.cluster)))?;
+                .ok_or_else(|| {
+                    Status::not_found(format!("clusters {:?} not found", req.cluster))
+                })?;
             let old = ClusterToken::parse(&kv.value);
             let until = Timestamp::now()
                 .checked_add(jiff::SignedDuration::try_from(grace).unwrap_or_default())
@@ -313,12 +321,21 @@ mod tests {
     #[test]
     fn a_token_request_is_judged_whole_and_each_problem_names_its_field() {
         let t = new_token(&req("ci", "view", &["b", "a", "a"]), "d".into()).unwrap();
-        assert_eq!((t.scope, t.namespaces), (Scope::View, vec!["a".into(), "b".into()]));
+        assert_eq!(
+            (t.scope, t.namespaces),
+            (Scope::View, vec!["a".into(), "b".into()])
+        );
         let problems = |r| new_token(&r, "d".into()).unwrap_err().to_string();
         let e = problems(req("CI", "owner", &[]));
-        assert!(e.contains("name:") && e.contains("scope:") && e.contains("\"owner\""), "{e}");
+        assert!(
+            e.contains("name:") && e.contains("scope:") && e.contains("\"owner\""),
+            "{e}"
+        );
         let e = problems(req("ci", "edit", &[]));
-        assert!(e.contains("namespaces:") && e.contains("--namespace"), "{e}");
+        assert!(
+            e.contains("namespaces:") && e.contains("--namespace"),
+            "{e}"
+        );
         let e = problems(req("ci", "admin", &["a"]));
         assert!(e.contains("namespaces:"), "{e}");
         let e = problems(req("admin", "admin", &[]));

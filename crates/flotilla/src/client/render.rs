@@ -481,7 +481,13 @@ pub fn token_table(items: &[Value], now: i64) -> Table {
 /// The table of audit records: one a line, oldest first.
 pub fn audit_table(records: &[Value]) -> Table {
     let mut table = Table::new(&[
-        "TIME", "TOKEN", "SOURCE", "VERB", "OBJECT", "GENERATION", "RESULT",
+        "TIME",
+        "TOKEN",
+        "SOURCE",
+        "VERB",
+        "OBJECT",
+        "GENERATION",
+        "RESULT",
     ]);
     for r in records {
         let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
@@ -491,9 +497,16 @@ pub fn audit_table(records: &[Value]) -> Table {
             .collect::<Vec<_>>()
             .join("/");
         let generation = |k: &str| r[k].as_i64().map_or_else(|| "-".into(), |g| g.to_string());
-        let generation = match (r["generationBefore"].is_null(), r["generationAfter"].is_null()) {
+        let generation = match (
+            r["generationBefore"].is_null(),
+            r["generationAfter"].is_null(),
+        ) {
             (true, true) => "-".to_string(),
-            _ => format!("{}->{}", generation("generationBefore"), generation("generationAfter")),
+            _ => format!(
+                "{}->{}",
+                generation("generationBefore"),
+                generation("generationAfter")
+            ),
         };
         let result = match r["change"].as_str() {
             Some(change) => format!("{} ({change})", text("result")),

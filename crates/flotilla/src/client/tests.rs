@@ -194,7 +194,9 @@ impl Federation for Fake {
         &self,
         _: Request<flotilla_proto::v1::CreateTokenRequest>,
     ) -> Result<Response<flotilla_proto::v1::CreateTokenResponse>, Status> {
-        Err(Status::unimplemented("not faked: see real_server_tokens_and_audit"))
+        Err(Status::unimplemented(
+            "not faked: see real_server_tokens_and_audit",
+        ))
     }
 
     async fn list_tokens(
@@ -971,14 +973,26 @@ async fn real_server_tokens_and_audit() {
         Cli::try_parse_from(argv).expect("parses").command
     };
 
-    let Command::Token(crate::cli::TokenCommand::Create(args)) =
-        cli(&url, &["token", "create", "ci", "--scope", "view", "--namespace", "team-a"])
-    else {
+    let Command::Token(crate::cli::TokenCommand::Create(args)) = cli(
+        &url,
+        &[
+            "token",
+            "create",
+            "ci",
+            "--scope",
+            "view",
+            "--namespace",
+            "team-a",
+        ],
+    ) else {
         unreachable!()
     };
     let (r, out, _) = capture!(token_create_to(&args));
     r.unwrap();
-    assert!(out.starts_with("token.flotilla.io/ci created (view, namespaces team-a)\n"), "{out}");
+    assert!(
+        out.starts_with("token.flotilla.io/ci created (view, namespaces team-a)\n"),
+        "{out}"
+    );
     let ci = out.lines().last().unwrap().to_string();
     assert!(ci.starts_with("flt_"), "{out}");
 
@@ -1011,7 +1025,11 @@ async fn real_server_tokens_and_audit() {
         unreachable!()
     };
     let (r, _, _) = capture!(token_list_to(&args));
-    assert!(r.unwrap_err().to_string().contains("only an admin token may"));
+    assert!(
+        r.unwrap_err()
+            .to_string()
+            .contains("only an admin token may")
+    );
 
     let Command::Token(crate::cli::TokenCommand::List(args)) = cli(&url, &["token", "list"]) else {
         unreachable!()
@@ -1019,12 +1037,19 @@ async fn real_server_tokens_and_audit() {
     let (r, out, _) = capture!(token_list_to(&args));
     r.unwrap();
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["NAME", "SCOPE", "NAMESPACES", "AGE"]);
-    assert_eq!(lines[1].split_whitespace().take(3).collect::<Vec<_>>(), ["ci", "view", "team-a"]);
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "SCOPE", "NAMESPACES", "AGE"]
+    );
+    assert_eq!(
+        lines[1].split_whitespace().take(3).collect::<Vec<_>>(),
+        ["ci", "view", "team-a"]
+    );
     assert!(!out.contains(&ci), "the token is never listed");
 
     // Rotation prints the new agent token last.
-    let Command::Cluster(crate::cli::ClusterCommand::Add(args)) = cli(&url, &["cluster", "add", "eu-1"])
+    let Command::Cluster(crate::cli::ClusterCommand::Add(args)) =
+        cli(&url, &["cluster", "add", "eu-1"])
     else {
         unreachable!()
     };
@@ -1037,10 +1062,14 @@ async fn real_server_tokens_and_audit() {
     };
     let (r, out, _) = capture!(rotate_token_to(&args));
     r.unwrap();
-    assert!(out.starts_with("cluster.flotilla.io/eu-1 token rotated; the previous token works until "), "{out}");
+    assert!(
+        out.starts_with("cluster.flotilla.io/eu-1 token rotated; the previous token works until "),
+        "{out}"
+    );
     assert!(out.lines().last().unwrap().starts_with("flt_"), "{out}");
 
-    let Command::Token(crate::cli::TokenCommand::Revoke(args)) = cli(&url, &["token", "revoke", "ci"])
+    let Command::Token(crate::cli::TokenCommand::Revoke(args)) =
+        cli(&url, &["token", "revoke", "ci"])
     else {
         unreachable!()
     };
@@ -1051,7 +1080,11 @@ async fn real_server_tokens_and_audit() {
         unreachable!()
     };
     let (r, _, _) = capture!(get_to(&args));
-    assert!(r.unwrap_err().to_string().contains("the server refused the token"));
+    assert!(
+        r.unwrap_err()
+            .to_string()
+            .contains("the server refused the token")
+    );
 
     // The audit trail: every write above, oldest first; filtered by object.
     let Command::Audit(args) = cli(&url, &["audit", "--since", "1h"]) else {
@@ -1059,8 +1092,22 @@ async fn real_server_tokens_and_audit() {
     };
     let (r, out, _) = capture!(audit_to(&args));
     r.unwrap();
-    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(rows[0], ["TIME", "TOKEN", "SOURCE", "VERB", "OBJECT", "GENERATION", "RESULT"]);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "TIME",
+            "TOKEN",
+            "SOURCE",
+            "VERB",
+            "OBJECT",
+            "GENERATION",
+            "RESULT"
+        ]
+    );
     let summary: Vec<String> = rows[1..]
         .iter()
         .map(|r| format!("{} {} {} {}", r[1], r[3], r[4], r[6]))
@@ -1076,7 +1123,8 @@ async fn real_server_tokens_and_audit() {
         ],
         "{out}"
     );
-    let Command::Audit(args) = cli(&url, &["audit", "--object", "cluster/eu-1", "-o", "json"]) else {
+    let Command::Audit(args) = cli(&url, &["audit", "--object", "cluster/eu-1", "-o", "json"])
+    else {
         unreachable!()
     };
     let (r, out, _) = capture!(audit_to(&args));
