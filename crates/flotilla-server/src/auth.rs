@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use flotilla_api::validate;
-use flotilla_store::Store;
+use flotilla_store::{KeyValue, Store};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -301,6 +301,21 @@ pub fn decide(
     }
 }
 
+/// The user tokens of a listing of `/flotilla/user-tokens/`, by name; an unreadable
+/// record is skipped (and logged).
+pub fn user_tokens(items: &[KeyValue]) -> impl Iterator<Item = (&str, UserToken)> {
+    items.iter().filter_map(|kv| {
+        let name = kv.key.strip_prefix(keys::USER_TOKENS)?;
+        match serde_json::from_slice::<UserToken>(&kv.value) {
+            Ok(t) => Some((name, t)),
+            Err(e) => {
+                tracing::warn!(key = %kv.key, error = %e, "unreadable user token record; ignored");
+                None
+            }
+        }
+    })
+}
+
 /// Resolves bearer tokens against the admin token and the store.
 pub struct Tokens {
     store: Arc<dyn Store>,
@@ -331,14 +346,7 @@ impl Tokens {
             .list(keys::USER_TOKENS)
             .await
             .map_err(store_status)?;
-        for kv in &users.items {
-            let Some(name) = kv.key.strip_prefix(keys::USER_TOKENS) else {
-                continue;
-            };
-            let Ok(t) = serde_json::from_slice::<UserToken>(&kv.value) else {
-                tracing::warn!(key = %kv.key, "unreadable user token record; ignored");
-                continue;
-            };
+        for (name, t) in user_tokens(&users.items) {
             if same(d.as_bytes(), t.digest.as_bytes()) {
                 return Ok(Some(Principal {
                     name: name.to_string(),

@@ -162,14 +162,8 @@ impl Api {
             .list(keys::USER_TOKENS)
             .await
             .map_err(store_status)?;
-        let tokens = listing
-            .items
-            .iter()
-            .filter_map(|kv| {
-                let name = kv.key.strip_prefix(keys::USER_TOKENS)?;
-                let t: UserToken = serde_json::from_slice(&kv.value).ok()?;
-                Some(info(name, &t))
-            })
+        let tokens = auth::user_tokens(&listing.items)
+            .map(|(name, t)| info(name, &t))
             .collect();
         Ok(ListTokensResponse { tokens })
     }
