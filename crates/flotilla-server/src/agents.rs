@@ -3,7 +3,8 @@
 //! One session per connected agent:
 //!
 //! ```text
-//!   Hello ─▶ check the token against /flotilla/tokens/<cluster>
+//!   Hello ─▶ check the token against /flotilla/tokens/<cluster> (current, or the
+//!            previous one within its rotation grace; `auth::Tokens::agent`)
 //!        ─▶ Welcome, then Snapshot (list /flotilla/slices/<cluster>/) or, when the
 //!           agent's revision is still in the store's history, nothing: the watch
 //!           resumes right after it
@@ -15,7 +16,8 @@
 //! ```
 //!
 //! The cluster's identity comes from the token alone, so an agent can only ever watch
-//! and report for its own cluster. A second session for the same cluster (the agent
+//! and report for its own cluster. Every heartbeat checks the token again, so a session
+//! opened with a token since revoked or rotated past its grace ends at the next one. A second session for the same cluster (the agent
 //! restarted) ends the first.
 
 use std::collections::HashMap;
@@ -85,6 +87,8 @@ pub struct Agents {
     capacity_written: Mutex<HashMap<String, Instant>>,
     sessions: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
     next: AtomicU64,
+    /// Checks agent tokens.
+    tokens: Arc<auth::Tokens>,
 }
 
 impl Agents {
@@ -94,6 +98,7 @@ impl Agents {
         presence: Arc<Presence>,
         ttl: Duration,
         heartbeat: Duration,
+        tokens: Arc<auth::Tokens>,
     ) -> Agents {
         Agents {
             store,
@@ -106,31 +111,13 @@ impl Agents {
             capacity_written: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            tokens,
         }
     }
 
-    /// The token must be the cluster's.
+    /// The token must be the cluster's (see [`auth::Tokens::agent`]).
     async fn authenticate(&self, cluster: &str, token: &str) -> Result<(), Status> {
-        let refused =
-            || Status::unauthenticated(format!("the token was refused for cluster {cluster:?}"));
-        if validate::dns_label(cluster).is_err() {
-            return Err(refused());
-        }
-        let stored = self
-            .store
-            .get(&keys::token(cluster))
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| {
-                Status::unauthenticated(format!(
-                    "cluster {cluster:?} is not registered (flotilla cluster add {cluster})"
-                ))
-            })?;
-        if auth::same(auth::digest(token).as_bytes(), &stored.value) {
-            Ok(())
-        } else {
-            Err(refused())
-        }
+        self.tokens.agent(cluster, token).await
     }
 
     /// Registers a session, ending any earlier one of the same cluster.
@@ -445,7 +432,10 @@ impl AgentService for Service {
                 };
                 if let Err(status) = result {
                     tracing::warn!(cluster, error = %status.message(), "agent message refused");
-                    if matches!(status.code(), tonic::Code::Unauthenticated) {
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                    ) {
                         let _ = tx.send(Err(status)).await;
                         break;
                     }

@@ -1,5 +1,11 @@
 //! The user API (`proto/flotilla/v1/federation.proto`): apply, get, list, delete,
-//! watch, plan, add cluster.
+//! watch, plan, add cluster, and (in `tokens`) user tokens, cluster token rotation and
+//! the audit trail.
+//!
+//! Every call resolves its bearer token to a [`Principal`] (`auth::Tokens::user`) and
+//! asks [`auth::decide`] before it touches the store, with the kind and namespace from
+//! the request body (an interceptor could not see them). Every write runs under an
+//! [`audit::Trail`] and leaves its records whether it succeeded or not.
 //!
 //! Every write is decoded and validated first, all documents of an apply together: if
 //! any is invalid the call fails with every field error and nothing is stored. Writes
@@ -20,9 +26,12 @@ use flotilla_api::{
 use flotilla_proto::v1::federation_server::Federation;
 use flotilla_proto::v1::watch_event::Type as EventType;
 use flotilla_proto::v1::{
-    AddClusterRequest, AddClusterResponse, Applied, ApplyRequest, ApplyResponse, DeleteRequest,
-    DeleteResponse, GetRequest, ListRequest, ListResponse, Object as WireObject, PlanRequest,
-    PlanResponse, WatchEvent, WatchRequest,
+    AddClusterRequest, AddClusterResponse, Applied, ApplyRequest, ApplyResponse,
+    CreateTokenRequest, CreateTokenResponse, DeleteRequest, DeleteResponse, GetRequest,
+    ListAuditRequest, ListAuditResponse, ListRequest, ListResponse, ListTokensRequest,
+    ListTokensResponse, Object as WireObject, PlanRequest, PlanResponse, RevokeTokenRequest,
+    RevokeTokenResponse, RotateClusterTokenRequest, RotateClusterTokenResponse, WatchEvent,
+    WatchRequest,
 };
 use flotilla_scheduler::{Inventory, Plan};
 use flotilla_store::{Condition, Error as StoreError, KeyValue, Store};
@@ -35,10 +44,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::agents::Presence;
+use crate::audit::{self, Trail};
+use crate::auth::{self, Principal, Verb, decide};
 use crate::federation::{self, Member};
 use crate::keys::{self, Key};
 use crate::metrics::Metrics;
-use crate::{auth, store_status};
+use crate::store_status;
+
+mod tokens;
 
 /// The kinds of the API, by plural name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +74,7 @@ impl ApiKind {
         }
     }
 
-    fn plural(self) -> &'static str {
+    pub(crate) fn plural(self) -> &'static str {
         match self {
             ApiKind::Sets => "federatedinstancesets",
             ApiKind::Clusters => "clusters",
@@ -87,6 +100,8 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub presence: Arc<Presence>,
+    /// Resolves bearer tokens to principals.
+    pub tokens: Arc<auth::Tokens>,
 }
 
 fn invalid(e: Invalid) -> Status {
@@ -196,7 +211,12 @@ impl Api {
         r
     }
 
-    async fn apply_inner(&self, req: ApplyRequest) -> Result<ApplyResponse, Status> {
+    async fn apply_inner(
+        &self,
+        who: &Principal,
+        req: ApplyRequest,
+        trail: &mut Trail,
+    ) -> Result<ApplyResponse, Status> {
         // Every document is judged, also when another is broken, so that one answer
         // names every problem in the file.
         let docs = decode::decode_each(&req.document).map_err(invalid)?;
@@ -227,9 +247,14 @@ impl Api {
                     if o.status.take().is_some() {
                         warnings.push(format!("{label}: status is written by Flotilla; ignored"));
                     }
-                    o.metadata
+                    let ns = o
+                        .metadata
                         .namespace
-                        .get_or_insert_with(|| "default".to_string());
+                        .get_or_insert_with(|| "default".to_string())
+                        .clone();
+                    let kind = ApiKind::Sets.plural();
+                    trail.target(kind, &ns, o.metadata.name.as_deref().unwrap_or_default());
+                    decide(who, Verb::Apply, kind, Some(&ns))?;
                     if o.spec.sentinel_for.is_some() {
                         errors.extend(
                             tag(Invalid::one(
@@ -249,6 +274,9 @@ impl Api {
                     }
                 }
                 AnyObject::Cluster(mut o) => {
+                    let kind = ApiKind::Clusters.plural();
+                    trail.target(kind, "", o.metadata.name.as_deref().unwrap_or_default());
+                    decide(who, Verb::Apply, kind, None)?;
                     if o.status.take().is_some() {
                         warnings.push(format!("{label}: status is written by Flotilla; ignored"));
                     }
@@ -307,14 +335,27 @@ impl Api {
             }
         }
         if !errors.is_empty() {
+            if many {
+                trail.untarget();
+            }
             return Err(invalid(Invalid(errors)));
         }
         let mut applied = Vec::new();
         for w in writes {
-            applied.push(match w {
-                Write::Set(s) => self.apply_set((*s).into_inner(), req.dry_run).await?,
-                Write::Cluster(c) => self.apply_cluster((*c).into_inner(), req.dry_run).await?,
-            });
+            let a = match w {
+                Write::Set(s) => {
+                    let s = (*s).into_inner();
+                    let ns = s.namespace().unwrap_or("default").to_string();
+                    trail.target(ApiKind::Sets.plural(), &ns, s.name());
+                    self.apply_set(s, req.dry_run, trail).await?
+                }
+                Write::Cluster(c) => {
+                    let c = (*c).into_inner();
+                    trail.target(ApiKind::Clusters.plural(), "", c.name());
+                    self.apply_cluster(c, req.dry_run, trail).await?
+                }
+            };
+            applied.push(a);
         }
         Ok(ApplyResponse { applied, warnings })
     }
@@ -334,7 +375,12 @@ impl Api {
         Ok(unmakeable(&old, set))
     }
 
-    async fn apply_set(&self, set: FederatedInstanceSet, dry_run: bool) -> Result<Applied, Status> {
+    async fn apply_set(
+        &self,
+        set: FederatedInstanceSet,
+        dry_run: bool,
+        trail: &mut Trail,
+    ) -> Result<Applied, Status> {
         let ns = set.namespace().unwrap_or("default").to_string();
         let name = set.name().to_string();
         let key = keys::set(&keys::set_key(&ns, &name));
@@ -345,12 +391,12 @@ impl Api {
                 status: None,
                 ..set.clone()
             };
-            let (result, condition) = match &existing {
+            let (result, condition, before) = match &existing {
                 None => {
                     new.metadata.generation = Some(1);
                     new.metadata.creation_timestamp = Some(now_time());
                     new.metadata.uid = Some(uid()?);
-                    ("created", Condition::Absent)
+                    ("created", Condition::Absent, None)
                 }
                 Some(kv) => {
                     let old: FederatedInstanceSet = decode_json(kv)?;
@@ -363,6 +409,11 @@ impl Api {
                         && old.metadata.labels == new.metadata.labels
                         && old.metadata.annotations == new.metadata.annotations
                     {
+                        trail.done(
+                            "unchanged",
+                            old.metadata.generation,
+                            old.metadata.generation,
+                        );
                         return Ok(applied(
                             "FederatedInstanceSet",
                             &ns,
@@ -376,7 +427,11 @@ impl Api {
                     new.metadata.generation = Some(generation + i64::from(spec_changed));
                     new.metadata.creation_timestamp = old.metadata.creation_timestamp.clone();
                     new.metadata.uid = old.metadata.uid.clone();
-                    ("configured", Condition::ModRevision(kv.mod_revision))
+                    (
+                        "configured",
+                        Condition::ModRevision(kv.mod_revision),
+                        old.metadata.generation,
+                    )
                 }
             };
             if dry_run {
@@ -393,6 +448,7 @@ impl Api {
             match self.store.put(&key, bytes, condition, None).await {
                 Ok(rev) => {
                     tracing::info!(set = %format!("{ns}/{name}"), result, revision = rev, "applied");
+                    trail.done(result, before, new.metadata.generation);
                     return Ok(applied(
                         "FederatedInstanceSet",
                         &ns,
@@ -411,7 +467,12 @@ impl Api {
         )))
     }
 
-    async fn apply_cluster(&self, cluster: Cluster, dry_run: bool) -> Result<Applied, Status> {
+    async fn apply_cluster(
+        &self,
+        cluster: Cluster,
+        dry_run: bool,
+        trail: &mut Trail,
+    ) -> Result<Applied, Status> {
         let name = cluster.name().to_string();
         let key = keys::cluster(&name);
         for _ in 0..RETRIES {
@@ -431,6 +492,11 @@ impl Api {
                 .filter(|a| !a.is_empty());
             new.spec = cluster.spec.clone();
             if new == old {
+                trail.done(
+                    "unchanged",
+                    old.metadata.generation,
+                    old.metadata.generation,
+                );
                 return Ok(applied(
                     "Cluster",
                     "",
@@ -464,6 +530,11 @@ impl Api {
                 .await
             {
                 Ok(rev) => {
+                    trail.done(
+                        "configured",
+                        old.metadata.generation,
+                        new.metadata.generation,
+                    );
                     return Ok(applied(
                         "Cluster",
                         "",
@@ -509,17 +580,13 @@ impl Api {
                 .map(|(kv, st)| self.cluster_json(&kv, st.as_ref()))
                 .transpose(),
             ApiKind::InstanceSets => {
+                let id = slice_id(id);
                 let Some((cluster, set)) = id.split_once('/') else {
                     return Err(Status::invalid_argument(
                         "name: an InstanceSet is named <cluster>/<set> (or <cluster>/<namespace>/<set>)",
                     ));
                 };
-                let set = if set.contains('/') {
-                    set.to_string()
-                } else {
-                    keys::set_key("default", set)
-                };
-                self.with_status(&keys::slice(cluster, &set), &keys::report(cluster, &set))
+                self.with_status(&keys::slice(cluster, set), &keys::report(cluster, set))
                     .await?
                     .map(|(kv, st)| slice_json(&kv, st.as_ref()))
                     .transpose()
@@ -569,7 +636,13 @@ impl Api {
         to_json(&c)
     }
 
-    async fn list_inner(&self, kind: ApiKind, namespace: &str) -> Result<ListResponse, Status> {
+    /// Every object of `kind` in `namespace` (`""`: every namespace `who` may read).
+    async fn list_inner(
+        &self,
+        who: &Principal,
+        kind: ApiKind,
+        namespace: &str,
+    ) -> Result<ListResponse, Status> {
         let (main, side) = match kind {
             ApiKind::Sets => (keys::SETS, keys::SET_STATUS),
             ApiKind::Clusters => (keys::CLUSTERS, keys::CLUSTER_STATUS),
@@ -587,11 +660,11 @@ impl Api {
             let Some(id) = kind.owns(&Key::parse(&kv.key)) else {
                 continue;
             };
-            if !namespace.is_empty()
-                && kind != ApiKind::Clusters
-                && namespace_of(kind, &id) != namespace
-            {
-                continue;
+            if kind != ApiKind::Clusters {
+                let ns = namespace_of(kind, &id);
+                if (!namespace.is_empty() && ns != namespace) || !who.sees(ns) {
+                    continue;
+                }
             }
             let side = extra.get(&id).copied();
             let json = match kind {
@@ -607,7 +680,12 @@ impl Api {
         })
     }
 
-    async fn delete_inner(&self, req: DeleteRequest) -> Result<DeleteResponse, Status> {
+    async fn delete_inner(
+        &self,
+        who: &Principal,
+        req: DeleteRequest,
+        trail: &mut Trail,
+    ) -> Result<DeleteResponse, Status> {
         let kind = ApiKind::parse(&req.kind)?;
         match kind {
             ApiKind::Sets => {
@@ -616,25 +694,45 @@ impl Api {
                 } else {
                     &req.namespace
                 };
+                trail.target(kind.plural(), ns, &req.name);
+                decide(who, Verb::Delete, kind.plural(), Some(ns))?;
                 let id = keys::set_key(ns, &req.name);
-                match self
-                    .store
-                    .delete(&keys::set(&id), None)
-                    .await
-                    .map_err(store_status)?
-                {
-                    Some(rev) => {
-                        tracing::info!(set = %id, revision = rev, "deleted");
-                        Ok(DeleteResponse { deleted: true })
-                    }
-                    None => Err(Status::not_found(format!(
+                let key = keys::set(&id);
+                let not_found = || {
+                    Status::not_found(format!(
                         "federatedinstancesets {:?} not found in namespace {ns:?}",
                         req.name
-                    ))),
+                    ))
+                };
+                let old = self.store.get(&key).await.map_err(store_status)?;
+                let Some(old) = old else {
+                    return Err(not_found());
+                };
+                let generation = decode_json::<FederatedInstanceSet>(&old)?
+                    .metadata
+                    .generation;
+                match self.store.delete(&key, None).await.map_err(store_status)? {
+                    Some(rev) => {
+                        tracing::info!(set = %id, revision = rev, "deleted");
+                        trail.done("deleted", generation, None);
+                        Ok(DeleteResponse { deleted: true })
+                    }
+                    None => Err(not_found()),
                 }
             }
             ApiKind::Clusters => {
                 let name = &req.name;
+                trail.target(kind.plural(), "", name);
+                decide(who, Verb::Delete, kind.plural(), None)?;
+                let generation = match self
+                    .store
+                    .get(&keys::cluster(name))
+                    .await
+                    .map_err(store_status)?
+                {
+                    Some(kv) => decode_json::<Cluster>(&kv)?.metadata.generation,
+                    None => None,
+                };
                 // The token first: from here on its agent cannot reconnect.
                 self.store
                     .delete(&keys::token(name), None)
@@ -656,19 +754,25 @@ impl Api {
                 match deleted {
                     Some(_) => {
                         tracing::info!(cluster = %name, "cluster deleted: its instances are placed again");
+                        trail.done("deleted", generation, None);
                         Ok(DeleteResponse { deleted: true })
                     }
                     None => Err(Status::not_found(format!("clusters {name:?} not found"))),
                 }
             }
-            ApiKind::InstanceSets => Err(Status::failed_precondition(
-                "InstanceSets are the members' slices, written by the federation: delete or \
+            ApiKind::InstanceSets => {
+                let ns = namespace_of(kind, &slice_id(&req.name)).to_string();
+                trail.target(kind.plural(), &ns, &req.name);
+                decide(who, Verb::Delete, kind.plural(), Some(&ns))?;
+                Err(Status::failed_precondition(
+                    "InstanceSets are the members' slices, written by the federation: delete or \
                  scale the FederatedInstanceSet instead",
-            )),
+                ))
+            }
         }
     }
 
-    async fn plan_inner(&self, req: PlanRequest) -> Result<PlanResponse, Status> {
+    async fn plan_inner(&self, who: &Principal, req: PlanRequest) -> Result<PlanResponse, Status> {
         let mut docs = decode::split(&req.document).map_err(invalid)?;
         if docs.len() != 1 {
             return Err(Status::invalid_argument(format!(
@@ -686,6 +790,12 @@ impl Api {
         set.metadata
             .namespace
             .get_or_insert_with(|| "default".to_string());
+        decide(
+            who,
+            Verb::Plan,
+            ApiKind::Sets.plural(),
+            Some(set.namespace().unwrap_or("default")),
+        )?;
         let valid = validate::federated_instance_set(set).map_err(invalid)?;
         let id = keys::set_key(valid.namespace().unwrap_or("default"), valid.name());
         let clusters = self
@@ -763,8 +873,12 @@ impl Api {
 
     async fn add_cluster_inner(
         &self,
+        who: &Principal,
         req: AddClusterRequest,
+        trail: &mut Trail,
     ) -> Result<AddClusterResponse, Status> {
+        trail.target(ApiKind::Clusters.plural(), "", &req.name);
+        decide(who, Verb::Add, ApiKind::Clusters.plural(), None)?;
         let mut cluster: Cluster = Object::new(&req.name, ClusterSpec::default());
         if !req.labels.is_empty() {
             cluster.metadata.labels = Some(req.labels.into_iter().collect());
@@ -785,7 +899,7 @@ impl Api {
         self.store
             .put(
                 &keys::token(&name),
-                Bytes::from(auth::digest(&token)),
+                auth::ClusterToken::new(auth::digest(&token)).to_bytes(),
                 Condition::Any,
                 None,
             )
@@ -802,6 +916,7 @@ impl Api {
             .await
             .map_err(store_status)?;
         tracing::info!(cluster = %name, revision = rev, "cluster registered");
+        trail.done("created", None, cluster.metadata.generation);
         let kv = self.store.get(&key).await.map_err(store_status)?;
         let json = match kv {
             Some(kv) => self.cluster_json(&kv, None)?,
@@ -816,17 +931,18 @@ impl Api {
     /// Streams the kind's objects: every current one, then changes.
     async fn watch_inner(
         self: Arc<Self>,
+        who: Principal,
         req: WatchRequest,
         tx: mpsc::Sender<Result<WatchEvent, Status>>,
     ) -> Result<(), Status> {
         let kind = ApiKind::parse(&req.kind)?;
         let wanted = |id: &str| -> bool {
             (req.name.is_empty() || name_of(kind, id) == req.name)
-                && (req.namespace.is_empty()
-                    || kind == ApiKind::Clusters
-                    || namespace_of(kind, id) == req.namespace)
+                && (kind == ApiKind::Clusters
+                    || ((req.namespace.is_empty() || namespace_of(kind, id) == req.namespace)
+                        && who.sees(namespace_of(kind, id))))
         };
-        let listing = self.list_inner(kind, "").await?;
+        let listing = self.list_inner(&who, kind, "").await?;
         let mut known: HashMap<String, String> = HashMap::new();
         for item in listing.items {
             let id = id_of(kind, &item.json);
@@ -927,6 +1043,17 @@ fn name_of(kind: ApiKind, id: &str) -> &str {
     }
 }
 
+/// A slice's name as users give it (`<cluster>/<set>` in `default`, or
+/// `<cluster>/<namespace>/<set>`) as its id `<cluster>/<namespace>/<set>`.
+fn slice_id(name: &str) -> String {
+    match name.split_once('/') {
+        Some((cluster, set)) if !set.contains('/') => {
+            format!("{cluster}/{}", keys::set_key("default", set))
+        }
+        _ => name.to_string(),
+    }
+}
+
 fn namespace_of(kind: ApiKind, id: &str) -> &str {
     let parts: Vec<&str> = id.split('/').collect();
     match (kind, parts.as_slice()) {
@@ -949,19 +1076,63 @@ pub struct Service(pub Arc<Api>);
 
 type Events = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
+/// The peer address of a call, for the audit trail.
+fn source<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
+impl Service {
+    /// Who is calling, and the request.
+    async fn caller<T>(&self, request: Request<T>) -> Result<(Principal, T), Status> {
+        let who = self.0.tokens.user(request.metadata()).await?;
+        Ok((who, request.into_inner()))
+    }
+
+    /// Who is calling, a trail for the write it asks, and the request.
+    async fn writer<T>(
+        &self,
+        request: Request<T>,
+        verb: Verb,
+    ) -> Result<(Principal, Trail, T), Status> {
+        let from = source(&request);
+        let (who, req) = self.caller(request).await?;
+        let trail = Trail::new(&who, from, verb);
+        Ok((who, trail, req))
+    }
+}
+
+impl Api {
+    /// Records a write's trail and passes its result on.
+    pub(crate) async fn audited<T>(&self, trail: Trail, r: Result<T, Status>) -> Result<T, Status> {
+        let now = jiff::Timestamp::now();
+        audit::write(&*self.store, trail.records(&r, now), now).await;
+        r
+    }
+}
+
 #[tonic::async_trait]
 impl Federation for Service {
     async fn apply(
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
-        let r = self.0.apply_inner(request.into_inner()).await;
+        let r = async {
+            let (who, mut trail, req) = self.writer(request, Verb::Apply).await?;
+            if req.dry_run {
+                trail.off();
+            }
+            let r = self.0.apply_inner(&who, req, &mut trail).await;
+            self.0.audited(trail, r).await
+        }
+        .await;
         self.0.done("Apply", r).map(Response::new)
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<WireObject>, Status> {
-        let req = request.into_inner();
         let r = async {
+            let (who, req) = self.caller(request).await?;
             let kind = ApiKind::parse(&req.kind)?;
             let ns = if req.namespace.is_empty() {
                 "default"
@@ -972,6 +1143,18 @@ impl Federation for Service {
                 ApiKind::Sets => keys::set_key(ns, &req.name),
                 _ => req.name.clone(),
             };
+            if kind == ApiKind::InstanceSets && !id.contains('/') {
+                return Err(Status::invalid_argument(
+                    "name: an InstanceSet is named <cluster>/<set> (or <cluster>/<namespace>/<set>)",
+                ));
+            }
+            let slice = slice_id(&id);
+            let scope = match kind {
+                ApiKind::Sets => Some(ns),
+                ApiKind::Clusters => None,
+                ApiKind::InstanceSets => Some(namespace_of(kind, &slice)),
+            };
+            decide(&who, Verb::Get, kind.plural(), scope)?;
             self.0.object(kind, &id).await?.map(wire).ok_or_else(|| {
                 Status::not_found(match kind {
                     ApiKind::Clusters => format!("{} {:?} not found", kind.plural(), req.name),
@@ -988,11 +1171,14 @@ impl Federation for Service {
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let req = request.into_inner();
-        let r = match ApiKind::parse(&req.kind) {
-            Ok(kind) => self.0.list_inner(kind, &req.namespace).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            let (who, req) = self.caller(request).await?;
+            let kind = ApiKind::parse(&req.kind)?;
+            let ns = (!req.namespace.is_empty()).then_some(req.namespace.as_str());
+            decide(&who, Verb::List, kind.plural(), ns)?;
+            self.0.list_inner(&who, kind, &req.namespace).await
+        }
+        .await;
         self.0.done("List", r).map(Response::new)
     }
 
@@ -1000,21 +1186,32 @@ impl Federation for Service {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let r = self.0.delete_inner(request.into_inner()).await;
+        let r = async {
+            let (who, mut trail, req) = self.writer(request, Verb::Delete).await?;
+            let r = self.0.delete_inner(&who, req, &mut trail).await;
+            self.0.audited(trail, r).await
+        }
+        .await;
         self.0.done("Delete", r).map(Response::new)
     }
 
     type WatchStream = Events;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Events>, Status> {
-        let req = request.into_inner();
-        let r = ApiKind::parse(&req.kind).map(|_| ());
-        self.0.done("Watch", r)?;
+        let r = async {
+            let (who, req) = self.caller(request).await?;
+            let kind = ApiKind::parse(&req.kind)?;
+            let ns = (!req.namespace.is_empty()).then_some(req.namespace.as_str());
+            decide(&who, Verb::Watch, kind.plural(), ns)?;
+            Ok((who, req))
+        }
+        .await;
+        let (who, req) = self.0.done("Watch", r)?;
         let (tx, rx) = mpsc::channel(64);
         let api = self.0.clone();
         tokio::spawn(async move {
             let err_tx = tx.clone();
-            if let Err(status) = api.watch_inner(req, tx).await
+            if let Err(status) = api.watch_inner(who, req, tx).await
                 && status.code() != tonic::Code::Cancelled
             {
                 let _ = err_tx.send(Err(status)).await;
@@ -1024,7 +1221,11 @@ impl Federation for Service {
     }
 
     async fn plan(&self, request: Request<PlanRequest>) -> Result<Response<PlanResponse>, Status> {
-        let r = self.0.plan_inner(request.into_inner()).await;
+        let r = async {
+            let (who, req) = self.caller(request).await?;
+            self.0.plan_inner(&who, req).await
+        }
+        .await;
         self.0.done("Plan", r).map(Response::new)
     }
 
@@ -1032,8 +1233,76 @@ impl Federation for Service {
         &self,
         request: Request<AddClusterRequest>,
     ) -> Result<Response<AddClusterResponse>, Status> {
-        let r = self.0.add_cluster_inner(request.into_inner()).await;
+        let r = async {
+            let (who, mut trail, req) = self.writer(request, Verb::Add).await?;
+            let r = self.0.add_cluster_inner(&who, req, &mut trail).await;
+            self.0.audited(trail, r).await
+        }
+        .await;
         self.0.done("AddCluster", r).map(Response::new)
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let r = async {
+            let (who, mut trail, req) = self.writer(request, Verb::Create).await?;
+            let r = self.0.create_token_inner(&who, req, &mut trail).await;
+            self.0.audited(trail, r).await
+        }
+        .await;
+        self.0.done("CreateToken", r).map(Response::new)
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        let r = async {
+            let (who, _) = self.caller(request).await?;
+            self.0.list_tokens_inner(&who).await
+        }
+        .await;
+        self.0.done("ListTokens", r).map(Response::new)
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let r = async {
+            let (who, mut trail, req) = self.writer(request, Verb::Revoke).await?;
+            let r = self.0.revoke_token_inner(&who, req, &mut trail).await;
+            self.0.audited(trail, r).await
+        }
+        .await;
+        self.0.done("RevokeToken", r).map(Response::new)
+    }
+
+    async fn rotate_cluster_token(
+        &self,
+        request: Request<RotateClusterTokenRequest>,
+    ) -> Result<Response<RotateClusterTokenResponse>, Status> {
+        let r = async {
+            let (who, mut trail, req) = self.writer(request, Verb::RotateToken).await?;
+            let r = self.0.rotate_inner(&who, req, &mut trail).await;
+            self.0.audited(trail, r).await
+        }
+        .await;
+        self.0.done("RotateClusterToken", r).map(Response::new)
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        let r = async {
+            let (who, req) = self.caller(request).await?;
+            self.0.list_audit_inner(&who, req).await
+        }
+        .await;
+        self.0.done("ListAudit", r).map(Response::new)
     }
 }
 

@@ -8,19 +8,31 @@
 //! /flotilla/clusters/<name>                Cluster (labels, taints)     (cluster add, apply)
 //! /flotilla/status/clusters/<name>         its status: ready, capacity  (agent heartbeats,
 //!                                                                         controller)
-//! /flotilla/tokens/<name>                  SHA-256 of its agent token
+//! /flotilla/tokens/<name>                  its agent token: JSON {digest, previous?:
+//!                                          {digest, until}} (SHA-256s; `previous`
+//!                                          while a rotation's grace lasts), or the
+//!                                          bare hex digest as written before rotation
+//! /flotilla/user-tokens/<name>             a user token: JSON {digest, scope,
+//!                                          namespaces, created}       (token create)
 //! /flotilla/alive/<name>                   under a lease its heartbeats renew
 //! /flotilla/slices/<cluster>/<ns>/<name>   InstanceSet: the member's slice (controller)
 //! /flotilla/reports/<cluster>/<ns>/<name>  the slice's status as the agent reports it
 //! /flotilla/admin-token                    the generated admin token (when none is given)
 //! /flotilla/leader                         the server whose controller runs, under its
 //!                                          lease (see `leader`)
+//!
+//! /flotilla-audit/<unix nanos, 20 digits>-<8 hex>   one audit record (JSON, see
+//!                                          `audit`), in time order; pruned after the
+//!                                          retention
 //! ```
+//!
+//! The audit trail is outside `/flotilla/` on purpose: the controller and every API
+//! watch list and watch `/flotilla/`, and a month of records must cost them nothing.
 //!
 //! Names are DNS labels (validated before anything is stored), so `/` never appears
 //! inside a segment.
 
-/// The root of every key.
+/// The root of every key but the audit trail's.
 pub const ROOT: &str = "/flotilla/";
 pub const SETS: &str = "/flotilla/sets/";
 pub const SET_STATUS: &str = "/flotilla/status/sets/";
@@ -31,6 +43,8 @@ pub const TOKENS: &str = "/flotilla/tokens/";
 pub const ALIVE: &str = "/flotilla/alive/";
 pub const SLICES: &str = "/flotilla/slices/";
 pub const REPORTS: &str = "/flotilla/reports/";
+pub const USER_TOKENS: &str = "/flotilla/user-tokens/";
+pub const AUDIT: &str = "/flotilla-audit/";
 pub const ADMIN_TOKEN: &str = "/flotilla/admin-token";
 pub const LEADER: &str = "/flotilla/leader";
 
@@ -69,6 +83,21 @@ pub fn cluster_status(name: &str) -> String {
 
 pub fn token(name: &str) -> String {
     format!("{TOKENS}{name}")
+}
+
+pub fn user_token(name: &str) -> String {
+    format!("{USER_TOKENS}{name}")
+}
+
+/// An audit record's key: its time (nanoseconds since the epoch, zero-padded so that
+/// keys sort by time) and a random suffix, so servers sharing a store never collide.
+pub fn audit(unix_nanos: i128, suffix: &str) -> String {
+    format!("{AUDIT}{unix_nanos:020}-{suffix}")
+}
+
+/// The time (nanoseconds since the epoch) of an audit record's key.
+pub fn audit_time(key: &str) -> Option<i128> {
+    key.strip_prefix(AUDIT)?.split_once('-')?.0.parse().ok()
 }
 
 pub fn alive(name: &str) -> String {
@@ -182,6 +211,13 @@ mod tests {
         );
         assert_eq!(Key::parse(ADMIN_TOKEN), Key::Other);
         assert_eq!(Key::parse(LEADER), Key::Other);
+        assert_eq!(Key::parse(&user_token("ci")), Key::Other);
+        assert!(!audit(1, "ab").starts_with(ROOT));
+        assert_eq!(
+            audit_time(&audit(1_700_000_000_000_000_000, "ab")),
+            Some(1_700_000_000_000_000_000)
+        );
+        assert!(audit(9, "ff") < audit(10, "00"), "audit keys sort by time");
         assert_eq!(Key::parse("/flotilla/sets/too/many/parts"), Key::Other);
         assert!(slice("c", "ns/a").starts_with(&slices_of("c")));
         assert!(!slice("cc", "ns/a").starts_with(&slices_of("c")));

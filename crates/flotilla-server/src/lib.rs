@@ -2,7 +2,7 @@
 //! federation controller, cluster health, and `/metrics` `/healthz` `/readyz` over HTTP.
 //!
 //! ```text
-//!  flotilla CLI ──gRPC (admin token)──▶ api ──validate──▶ store ◀── controller
+//!  flotilla CLI ──gRPC (user token)──▶ api ──decide, validate──▶ store ◀── controller
 //!                                                          ▲  │      (plan, slices,
 //!  agents ──gRPC stream (cluster token)──▶ agents ─────────┘  │       status)
 //!     ▲  heartbeats → lease, reports                          │
@@ -17,6 +17,7 @@
 
 mod agents;
 mod api;
+mod audit;
 mod auth;
 mod controller;
 mod federation;
@@ -68,6 +69,8 @@ pub struct Config {
     /// TLS on both ports (`--tls-cert`/`--tls-key`, mutual with `--client-ca`); its
     /// files are re-read when they change. `None`: plaintext.
     pub tls: Option<Arc<flotilla_tls::ServerTls>>,
+    /// Audit records older than this are pruned (default 30 days).
+    pub audit_retention: Duration,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             history: Duration::from_secs(600),
             leader_ttl: Duration::from_secs(10),
             tls: None,
+            audit_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -174,10 +178,12 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
         ttl: config.cluster_ttl,
         synced: synced_tx,
     };
+    let tokens = Arc::new(auth::Tokens::new(store.clone(), &admin_token));
     let api = Arc::new(api::Api {
         store: store.clone(),
         metrics: metrics.clone(),
         presence: presence.clone(),
+        tokens: tokens.clone(),
     });
     let mut agents = agents::Agents::new(
         store.clone(),
@@ -185,15 +191,12 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
         presence,
         config.cluster_ttl,
         config.heartbeat,
+        tokens,
     );
     agents.tls = config.tls.clone();
     let agents = Arc::new(agents);
-    let admin = auth::AdminAuth::new(&admin_token);
-    let federation =
-        FederationServer::with_interceptor(api::Service(api), move |req: tonic::Request<()>| {
-            admin.check(req.metadata())?;
-            Ok(req)
-        });
+    // Every call is authorized by the Api itself (`auth::decide`), per RPC.
+    let federation = FederationServer::new(api::Service(api));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let mut tasks = Vec::new();
@@ -206,6 +209,10 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
     }
     let grpc = Port::new(grpc, tls.as_ref(), Alpn::H2)?;
     let http_listener = Port::new(http_listener, tls.as_ref(), Alpn::Http1)?;
+    tasks.push(tokio::spawn(audit::prune(
+        store.clone(),
+        config.audit_retention,
+    )));
     tasks.push(tokio::spawn(async move {
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))

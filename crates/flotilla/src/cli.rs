@@ -46,9 +46,16 @@ pub enum Command {
     ///
     /// Exit codes: 0 stopped on request, 1 failed, 2 bad usage.
     Agent(AgentArgs),
-    /// Register member clusters.
+    /// Register member clusters and rotate their agent tokens.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// User tokens with a scope (admin, edit, view) and namespaces: create, list,
+    /// revoke. Needs an admin token.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The audit trail: every write through the API, who made it, from where, and how
+    /// it ended. Needs an admin token.
+    Audit(AuditArgs),
     /// Create or update the objects in a file (FederatedInstanceSets, Clusters).
     Apply(ApplyArgs),
     /// Show objects: a table, or `-o json|yaml` with their status.
@@ -75,7 +82,8 @@ pub struct ClientArgs {
     /// The server's gRPC URL.
     #[arg(long, env = "FLOTILLA_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
     pub server: String,
-    /// The admin token (`flotilla server --admin-token`, or printed by `flotilla dev`).
+    /// The token: the admin token (`flotilla server --admin-token`, or printed by
+    /// `flotilla dev`) or a user token (`flotilla token create`).
     #[arg(
         long,
         env = "FLOTILLA_TOKEN",
@@ -164,8 +172,41 @@ pub struct ServerArgs {
     /// present one.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
+    /// How long audit records are kept (e.g. `720h`, `30d`); older ones are pruned.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
+    pub audit_retention: std::time::Duration,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// A duration as `90s`, `10m`, `1h30m`, `720h` or `30d` (units s, m, h, d).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration like 90s, 10m, 1h30m or 30d");
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        number.clear();
+    }
+    if !number.is_empty() || text.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 /// How a long-running command logs (to stderr; the filter is RUST_LOG, default
@@ -220,6 +261,87 @@ pub struct DevArgs {
 pub enum ClusterCommand {
     /// Register a member cluster; prints its agent token as the last line.
     Add(ClusterAddArgs),
+    /// Issue a new agent token for a cluster (printed as the last line). The old one
+    /// keeps working for `--grace`, then is refused.
+    RotateToken(RotateTokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RotateTokenArgs {
+    /// The cluster's name.
+    pub name: String,
+    /// How long the old token keeps working (`0s`: it stops now; at most 7d).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a user token; prints it (once) as the last line.
+    Create(TokenCreateArgs),
+    /// The user tokens: name, scope, namespaces, created (never the tokens).
+    List(TokenListArgs),
+    /// Revoke a user token: from now on it is refused.
+    Revoke(TokenRevokeArgs),
+}
+
+/// What a user token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scope {
+    /// Everything.
+    Admin,
+    /// Apply and delete sets, and read, in the token's namespaces.
+    Edit,
+    /// Read (get, list, watch, plan) in the token's namespaces; clusters anywhere.
+    View,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenCreateArgs {
+    /// The token's name (a DNS label), as the audit trail shows it.
+    pub name: String,
+    #[arg(long, value_enum)]
+    pub scope: Scope,
+    /// A namespace the token applies to (edit and view need at least one); repeat for
+    /// more.
+    #[arg(short = 'n', long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenListArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenRevokeArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Only records of the last DURATION (e.g. `1h`, `7d`); default: all kept.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// Only records of one object: `KIND/NAME` or `KIND/NAMESPACE/NAME` (e.g.
+    /// `fis/cache`, `cluster/eu-1`, `token/ci`).
+    #[arg(long, value_name = "KIND/NAME")]
+    pub object: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -420,6 +542,19 @@ mod tests {
             }
             let help = sub.render_help().to_string();
             assert!(help.starts_with(&version), "{path:?}: {help}");
+        }
+    }
+
+    #[test]
+    fn durations_are_numbers_with_units() {
+        let secs = |t: &str| parse_duration(t).map(|d| d.as_secs());
+        assert_eq!(secs("90s"), Ok(90));
+        assert_eq!(secs("10m"), Ok(600));
+        assert_eq!(secs("1h30m"), Ok(5400));
+        assert_eq!(secs("720h"), Ok(30 * 86_400));
+        assert_eq!(secs("30d"), Ok(30 * 86_400));
+        for bad in ["", "10", "m", "1w", "-1h", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
 

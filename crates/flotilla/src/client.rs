@@ -1,5 +1,6 @@
 //! The user CLI's commands against a federation server: `cluster add`, `apply`, `get`,
-//! `describe`, `delete`, `clusters`, and the RPC behind `plan` without `--clusters`.
+//! `describe`, `delete`, `clusters`, the RPC behind `plan` without `--clusters`, and
+//! (in `admin`) `token create|list|revoke`, `cluster rotate-token` and `audit`.
 //!
 //! ```text
 //!  args ─▶ resolve the kind, parse labels, check the token     (usage errors: exit 2)
@@ -17,6 +18,7 @@
 //! binary, buffers in tests); the public functions run it on a one-thread runtime.
 //! How things look lives in [`render`].
 
+mod admin;
 mod render;
 #[cfg(test)]
 mod tests;
@@ -41,8 +43,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::cli::{
-    ApplyArgs, ClientArgs, ClusterAddArgs, ClustersArgs, DeleteArgs, DescribeArgs, GetArgs, Output,
-    PlanArgs,
+    ApplyArgs, AuditArgs, ClientArgs, ClusterAddArgs, ClustersArgs, DeleteArgs, DescribeArgs,
+    GetArgs, Output, PlanArgs, RotateTokenArgs, TokenCreateArgs, TokenListArgs, TokenRevokeArgs,
 };
 use crate::input::{self, CliError};
 use render::{SetView, SliceView, Table};
@@ -250,6 +252,36 @@ pub fn plan(args: &PlanArgs) -> Result<(), CliError> {
     run_main!(plan_to(args))
 }
 
+/// `flotilla cluster rotate-token NAME [--grace 10m]`
+pub fn cluster_rotate_token(args: &RotateTokenArgs) -> Result<(), CliError> {
+    use admin::rotate_token_to;
+    run_main!(rotate_token_to(args))
+}
+
+/// `flotilla token create NAME --scope S [--namespace NS]...`
+pub fn token_create(args: &TokenCreateArgs) -> Result<(), CliError> {
+    use admin::token_create_to;
+    run_main!(token_create_to(args))
+}
+
+/// `flotilla token list [-o json|yaml]`
+pub fn token_list(args: &TokenListArgs) -> Result<(), CliError> {
+    use admin::token_list_to;
+    run_main!(token_list_to(args))
+}
+
+/// `flotilla token revoke NAME`
+pub fn token_revoke(args: &TokenRevokeArgs) -> Result<(), CliError> {
+    use admin::token_revoke_to;
+    run_main!(token_revoke_to(args))
+}
+
+/// `flotilla audit [--since 1h] [--object KIND/NAME] [-o json|yaml]`
+pub fn audit(args: &AuditArgs) -> Result<(), CliError> {
+    use admin::audit_to;
+    run_main!(audit_to(args))
+}
+
 /// Puts the bearer token on every call.
 #[derive(Clone, Debug)]
 struct Bearer(MetadataValue<Ascii>);
@@ -415,9 +447,10 @@ pub fn status_error(status: &Status, server: &str, file: Option<&Path>) -> CliEr
         Code::Aborted => failed(format!(
             "{message} (another write won; run the command again)"
         )),
-        Code::Unauthenticated | Code::PermissionDenied => failed(format!(
-            "the server refused the token ({message}); pass the admin token with --token or FLOTILLA_TOKEN"
+        Code::Unauthenticated => failed(format!(
+            "the server refused the token ({message}); pass a token with --token or FLOTILLA_TOKEN"
         )),
+        Code::PermissionDenied => failed(format!("permission denied: {message}")),
         Code::Unavailable => failed(format!(
             "the federation server at {server} is unavailable: {message}\n\
              is it running? start one with `flotilla dev` (or `flotilla server`)"

@@ -19,6 +19,13 @@ fn main() -> ExitCode {
         cli::Command::Server(args) => server::run(&args),
         cli::Command::Agent(args) => agent::run(&args),
         cli::Command::Cluster(cli::ClusterCommand::Add(args)) => client::cluster_add(&args),
+        cli::Command::Cluster(cli::ClusterCommand::RotateToken(args)) => {
+            client::cluster_rotate_token(&args)
+        }
+        cli::Command::Token(cli::TokenCommand::Create(args)) => client::token_create(&args),
+        cli::Command::Token(cli::TokenCommand::List(args)) => client::token_list(&args),
+        cli::Command::Token(cli::TokenCommand::Revoke(args)) => client::token_revoke(&args),
+        cli::Command::Audit(args) => client::audit(&args),
         cli::Command::Apply(args) => client::apply(&args),
         cli::Command::Get(args) => client::get(&args),
         cli::Command::Describe(args) => client::describe(&args),

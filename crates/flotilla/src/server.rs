@@ -53,6 +53,7 @@ pub fn run(args: &ServerArgs) -> Result<(), CliError> {
             heartbeat: heartbeat_for(Duration::from_secs(args.cluster_ttl_seconds)),
             leader_ttl: Duration::from_secs(args.leader_ttl_seconds),
             tls,
+            audit_retention: args.audit_retention,
             ..flotilla_server::Config::default()
         };
         let generated = config.admin_token.is_none();

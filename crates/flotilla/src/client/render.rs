@@ -455,6 +455,76 @@ fn node_count(v: &ClusterView) -> Option<u64> {
     )
 }
 
+/// The table of user tokens (as `token list` gets them: name, scope, namespaces,
+/// created).
+pub fn token_table(items: &[Value], now: i64) -> Table {
+    let mut table = Table::new(&["NAME", "SCOPE", "NAMESPACES", "AGE"]);
+    for t in items {
+        let namespaces: Vec<&str> = t["namespaces"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        table.push(vec![
+            dash(t["name"].as_str().unwrap_or_default()),
+            dash(t["scope"].as_str().unwrap_or_default()),
+            if namespaces.is_empty() {
+                "*".into()
+            } else {
+                namespaces.join(",")
+            },
+            ago(t["created"].as_str(), now),
+        ]);
+    }
+    table
+}
+
+/// The table of audit records: one a line, oldest first.
+pub fn audit_table(records: &[Value]) -> Table {
+    let mut table = Table::new(&[
+        "TIME",
+        "TOKEN",
+        "SOURCE",
+        "VERB",
+        "OBJECT",
+        "GENERATION",
+        "RESULT",
+    ]);
+    for r in records {
+        let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        let object = [text("kind"), text("namespace"), text("name")]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join("/");
+        let generation = |k: &str| r[k].as_i64().map_or_else(|| "-".into(), |g| g.to_string());
+        let generation = match (
+            r["generationBefore"].is_null(),
+            r["generationAfter"].is_null(),
+        ) {
+            (true, true) => "-".to_string(),
+            _ => format!(
+                "{}->{}",
+                generation("generationBefore"),
+                generation("generationAfter")
+            ),
+        };
+        let result = match r["change"].as_str() {
+            Some(change) => format!("{} ({change})", text("result")),
+            None => text("result"),
+        };
+        table.push(vec![
+            text("time"),
+            dash(&text("token")),
+            dash(&text("source")),
+            text("verb"),
+            dash(&object),
+            generation,
+            result,
+        ]);
+    }
+    table
+}
+
 /// The table of clusters; `instances` from [`instances_per_cluster`] (None: unknown).
 pub fn cluster_table(
     items: &[Value],

@@ -17,6 +17,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response};
 
+use super::admin::{audit_to, rotate_token_to, token_create_to, token_list_to, token_revoke_to};
 use super::*;
 use crate::cli::{Cli, Command};
 
@@ -188,6 +189,42 @@ impl Federation for Fake {
             cluster: Some(object(&cluster)),
             token: format!("agent-token-for-{}", labels.len()),
         }))
+    }
+    async fn create_token(
+        &self,
+        _: Request<flotilla_proto::v1::CreateTokenRequest>,
+    ) -> Result<Response<flotilla_proto::v1::CreateTokenResponse>, Status> {
+        Err(Status::unimplemented(
+            "not faked: see real_server_tokens_and_audit",
+        ))
+    }
+
+    async fn list_tokens(
+        &self,
+        _: Request<flotilla_proto::v1::ListTokensRequest>,
+    ) -> Result<Response<flotilla_proto::v1::ListTokensResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn revoke_token(
+        &self,
+        _: Request<flotilla_proto::v1::RevokeTokenRequest>,
+    ) -> Result<Response<flotilla_proto::v1::RevokeTokenResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn rotate_cluster_token(
+        &self,
+        _: Request<flotilla_proto::v1::RotateClusterTokenRequest>,
+    ) -> Result<Response<flotilla_proto::v1::RotateClusterTokenResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn list_audit(
+        &self,
+        _: Request<flotilla_proto::v1::ListAuditRequest>,
+    ) -> Result<Response<flotilla_proto::v1::ListAuditResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
     }
 }
 
@@ -365,6 +402,7 @@ fn statuses_map_to_exit_codes_and_messages() {
         (Code::AlreadyExists, "clusters \"a\" already exists"),
         (Code::Aborted, "run the command again"),
         (Code::Unauthenticated, "the server refused the token"),
+        (Code::PermissionDenied, "permission denied: "),
         (
             Code::Unavailable,
             "the federation server at http://s is unavailable",
@@ -900,5 +938,204 @@ async fn against_the_real_server() {
     let (result, _, _) = capture!(get_to(&args));
     let e = result.unwrap_err();
     assert!(e.to_string().contains("refused the token"), "{e}");
+    server.stop().await;
+}
+
+/// The admin's commands against a real server on the embedded store: a token created,
+/// used within and outside its scope, listed, revoked; a rotation; the audit table.
+#[tokio::test]
+async fn real_server_tokens_and_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn flotilla_store::Store> = Arc::new(
+        flotilla_store::EmbeddedStore::open(
+            dir.path().join("s.redb"),
+            flotilla_store::EmbeddedOptions::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    let server = flotilla_server::start(
+        store,
+        flotilla_server::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            http: "127.0.0.1:0".parse().unwrap(),
+            admin_token: Some(TOKEN.into()),
+            ..flotilla_server::Config::default()
+        },
+    )
+    .await
+    .unwrap();
+    let url = server.url();
+    let as_token = |token: &str, args: &[&str]| {
+        let mut argv = vec!["flotilla"];
+        argv.extend_from_slice(args);
+        argv.extend(["--server", &url, "--token", token]);
+        Cli::try_parse_from(argv).expect("parses").command
+    };
+
+    let Command::Token(crate::cli::TokenCommand::Create(args)) = cli(
+        &url,
+        &[
+            "token",
+            "create",
+            "ci",
+            "--scope",
+            "view",
+            "--namespace",
+            "team-a",
+        ],
+    ) else {
+        unreachable!()
+    };
+    let (r, out, _) = capture!(token_create_to(&args));
+    r.unwrap();
+    assert!(
+        out.starts_with("token.flotilla.io/ci created (view, namespaces team-a)\n"),
+        "{out}"
+    );
+    let ci = out.lines().last().unwrap().to_string();
+    assert!(ci.starts_with("flt_"), "{out}");
+
+    // Within its scope it reads; outside it is refused with the reason (exit 1).
+    let Command::Get(args) = as_token(&ci, &["get", "fis", "-n", "team-a"]) else {
+        unreachable!()
+    };
+    let (r, _, _) = capture!(get_to(&args));
+    r.unwrap();
+    let file = dir.path().join("set.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: flotilla.io/v1alpha1\nkind: FederatedInstanceSet\nmetadata: {name: cache, namespace: team-a}\n\
+         spec:\n  replicas: 1\n  template: {spec: {containers: [{name: c, image: redis:7}]}}\n",
+    )
+    .unwrap();
+    let Command::Apply(args) = as_token(&ci, &["apply", "-f", file.to_str().unwrap()]) else {
+        unreachable!()
+    };
+    let (r, _, _) = capture!(apply_to(&args));
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), 1);
+    assert_eq!(
+        e.to_string(),
+        "error: permission denied: token \"ci\" (view, namespaces team-a) may not apply \
+         federatedinstancesets in namespace team-a: a view token may only read (get, list, watch, plan)"
+    );
+    let Command::Token(crate::cli::TokenCommand::List(args)) = as_token(&ci, &["token", "list"])
+    else {
+        unreachable!()
+    };
+    let (r, _, _) = capture!(token_list_to(&args));
+    assert!(
+        r.unwrap_err()
+            .to_string()
+            .contains("only an admin token may")
+    );
+
+    let Command::Token(crate::cli::TokenCommand::List(args)) = cli(&url, &["token", "list"]) else {
+        unreachable!()
+    };
+    let (r, out, _) = capture!(token_list_to(&args));
+    r.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "SCOPE", "NAMESPACES", "AGE"]
+    );
+    assert_eq!(
+        lines[1].split_whitespace().take(3).collect::<Vec<_>>(),
+        ["ci", "view", "team-a"]
+    );
+    assert!(!out.contains(&ci), "the token is never listed");
+
+    // Rotation prints the new agent token last.
+    let Command::Cluster(crate::cli::ClusterCommand::Add(args)) =
+        cli(&url, &["cluster", "add", "eu-1"])
+    else {
+        unreachable!()
+    };
+    let (r, _, _) = capture!(cluster_add_to(&args));
+    r.unwrap();
+    let Command::Cluster(crate::cli::ClusterCommand::RotateToken(args)) =
+        cli(&url, &["cluster", "rotate-token", "eu-1", "--grace", "1m"])
+    else {
+        unreachable!()
+    };
+    let (r, out, _) = capture!(rotate_token_to(&args));
+    r.unwrap();
+    assert!(
+        out.starts_with("cluster.flotilla.io/eu-1 token rotated; the previous token works until "),
+        "{out}"
+    );
+    assert!(out.lines().last().unwrap().starts_with("flt_"), "{out}");
+
+    let Command::Token(crate::cli::TokenCommand::Revoke(args)) =
+        cli(&url, &["token", "revoke", "ci"])
+    else {
+        unreachable!()
+    };
+    let (r, out, _) = capture!(token_revoke_to(&args));
+    r.unwrap();
+    assert_eq!(out, "token.flotilla.io/ci revoked\n");
+    let Command::Get(args) = as_token(&ci, &["get", "fis", "-n", "team-a"]) else {
+        unreachable!()
+    };
+    let (r, _, _) = capture!(get_to(&args));
+    assert!(
+        r.unwrap_err()
+            .to_string()
+            .contains("the server refused the token")
+    );
+
+    // The audit trail: every write above, oldest first; filtered by object.
+    let Command::Audit(args) = cli(&url, &["audit", "--since", "1h"]) else {
+        unreachable!()
+    };
+    let (r, out, _) = capture!(audit_to(&args));
+    r.unwrap();
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "TIME",
+            "TOKEN",
+            "SOURCE",
+            "VERB",
+            "OBJECT",
+            "GENERATION",
+            "RESULT"
+        ]
+    );
+    let summary: Vec<String> = rows[1..]
+        .iter()
+        .map(|r| format!("{} {} {} {}", r[1], r[3], r[4], r[6]))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "admin create tokens/ci ok",
+            "ci apply federatedinstancesets/team-a/cache PermissionDenied:",
+            "admin add clusters/eu-1 ok",
+            "admin rotate-token clusters/eu-1 ok",
+            "admin revoke tokens/ci ok",
+        ],
+        "{out}"
+    );
+    let Command::Audit(args) = cli(&url, &["audit", "--object", "cluster/eu-1", "-o", "json"])
+    else {
+        unreachable!()
+    };
+    let (r, out, _) = capture!(audit_to(&args));
+    r.unwrap();
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let verbs: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["verb"].as_str().unwrap())
+        .collect();
+    assert_eq!(verbs, ["add", "rotate-token"]);
     server.stop().await;
 }
