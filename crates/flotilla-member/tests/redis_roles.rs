@@ -49,7 +49,19 @@ fn binary() -> String {
     bin
 }
 
+/// A `redis-server` on a free loopback port. The port is free when picked but may be
+/// taken by another process before Redis binds it: then Redis exits, and another
+/// port is tried.
 async fn start(replica_of: Option<&str>) -> Redis {
+    for _ in 0..5 {
+        if let Some(redis) = try_start(replica_of).await {
+            return redis;
+        }
+    }
+    panic!("redis-server did not start on any of 5 free ports");
+}
+
+async fn try_start(replica_of: Option<&str>) -> Option<Redis> {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -77,21 +89,24 @@ async fn start(replica_of: Option<&str>) -> Redis {
         cmd.args(["--replicaof", host, p]);
     }
     let child = cmd.spawn().expect("start redis-server");
-    let redis = Redis {
+    let mut redis = Redis {
         child,
         addr: format!("127.0.0.1:{port}"),
         _dir: TempDir(dir),
     };
-    for _ in 0..100 {
+    for _ in 0..200 {
         if redis::command(&redis.addr, &["PING"], TIMEOUT)
             .await
             .is_ok()
         {
-            return redis;
+            return Some(redis);
+        }
+        if redis.child.try_wait().ok().flatten().is_some() {
+            return None; // exited: the port was taken
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("redis-server on {} did not answer", redis.addr);
+    panic!("redis-server on {} did not answer within 10 s", redis.addr);
 }
 
 #[tokio::test]
