@@ -281,7 +281,7 @@ fn tls_and_mutual_tls_between_real_processes() {
             "cluster a's certificate for b",
             &token_b,
             vec!["--ca", ca_flag, "--cert", &a_cert, "--key", &a_key],
-            "does not name this cluster",
+            "refused this agent's client certificate: --cert/--key",
         ),
         (
             "no client certificate",
@@ -331,7 +331,7 @@ fn tls_and_mutual_tls_between_real_processes() {
             "cluster a's token with b's certificate",
             &token_a,
             vec!["--ca", ca_flag, "--cert", &b_cert, "--key", &b_key],
-            "refused",
+            "the agent token of cluster \"a\" may not open a session for cluster \"b\"",
         ),
     ];
     for (what, token, tls, says) in &attempts {

@@ -366,9 +366,9 @@ impl AgentService for Service {
                 "the first message must be a Hello",
             ));
         };
-        self.0.authenticate(&hello.cluster, &token).await?;
         // With mutual TLS the certificate must be the CA's and name the cluster of the
         // token: a stolen token alone is not enough, nor another cluster's certificate.
+        // It is checked first, so that without one nothing is learnt about a token.
         if let Some(tls) = self.0.tls.as_ref().filter(|t| t.verifies_clients()) {
             tls.check_client(certs.as_deref(), &hello.cluster)
                 .map_err(|why| {
@@ -376,6 +376,7 @@ impl AgentService for Service {
                     Status::permission_denied(format!("cluster {:?}: {why}", hello.cluster))
                 })?;
         }
+        self.0.authenticate(&hello.cluster, &token).await?;
         let cluster = hello.cluster.clone();
         let (id, stop) = self.0.register(&cluster);
         self.0.metrics.agent_sessions.inc();

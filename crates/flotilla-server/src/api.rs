@@ -198,6 +198,9 @@ enum Write {
 
 const RETRIES: usize = 8;
 
+/// How often an open watch checks that its token still exists (revoked: it ends).
+const WATCH_TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Api {
     fn done<T>(&self, method: &'static str, r: Result<T, Status>) -> Result<T, Status> {
         let code = match &r {
@@ -708,9 +711,11 @@ impl Api {
                 let Some(old) = old else {
                     return Err(not_found());
                 };
-                let generation = decode_json::<FederatedInstanceSet>(&old)?
-                    .metadata
-                    .generation;
+                // For the record only: a stored set that no longer decodes is deleted all
+                // the same.
+                let generation = decode_json::<FederatedInstanceSet>(&old)
+                    .ok()
+                    .and_then(|s| s.metadata.generation);
                 match self.store.delete(&key, None).await.map_err(store_status)? {
                     Some(rev) => {
                         tracing::info!(set = %id, revision = rev, "deleted");
@@ -730,7 +735,9 @@ impl Api {
                     .await
                     .map_err(store_status)?
                 {
-                    Some(kv) => decode_json::<Cluster>(&kv)?.metadata.generation,
+                    Some(kv) => decode_json::<Cluster>(&kv)
+                        .ok()
+                        .and_then(|c| c.metadata.generation),
                     None => None,
                 };
                 // The token first: from here on its agent cannot reconnect.
@@ -1097,9 +1104,24 @@ impl Service {
         verb: Verb,
     ) -> Result<(Principal, Trail, T), Status> {
         let from = source(&request);
-        let (who, req) = self.caller(request).await?;
-        let trail = Trail::new(&who, from, verb);
-        Ok((who, trail, req))
+        match self.caller(request).await {
+            Ok((who, req)) => {
+                let trail = Trail::new(&who, from, verb);
+                Ok((who, trail, req))
+            }
+            // A known token of the wrong kind (an agent's): refused, and recorded.
+            Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                let agent = Principal {
+                    name: "(an agent token)".into(),
+                    scope: auth::Scope::View,
+                    namespaces: Vec::new(),
+                };
+                self.0
+                    .audited(Trail::new(&agent, from, verb), Err(status))
+                    .await
+            }
+            Err(status) => Err(status),
+        }
     }
 }
 
@@ -1198,6 +1220,7 @@ impl Federation for Service {
     type WatchStream = Events;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Events>, Status> {
+        let metadata = request.metadata().clone();
         let r = async {
             let (who, req) = self.caller(request).await?;
             let kind = ApiKind::parse(&req.kind)?;
@@ -1211,10 +1234,40 @@ impl Federation for Service {
         let api = self.0.clone();
         tokio::spawn(async move {
             let err_tx = tx.clone();
-            if let Err(status) = api.watch_inner(who, req, tx).await
-                && status.code() != tonic::Code::Cancelled
-            {
-                let _ = err_tx.send(Err(status)).await;
+            // A watch lives as long as its token: revoked, it ends.
+            let revoked = async {
+                loop {
+                    tokio::time::sleep(WATCH_TOKEN_RECHECK).await;
+                    match api.tokens.user(&metadata).await {
+                        Err(s)
+                            if matches!(
+                                s.code(),
+                                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                            ) =>
+                        {
+                            return s;
+                        }
+                        // Still valid, or the store did not answer: check again later.
+                        _ => {}
+                    }
+                }
+            };
+            tokio::select! {
+                r = api.clone().watch_inner(who, req, tx) => {
+                    if let Err(status) = r
+                        && status.code() != tonic::Code::Cancelled
+                    {
+                        let _ = err_tx.send(Err(status)).await;
+                    }
+                }
+                status = revoked => {
+                    let _ = err_tx
+                        .send(Err(Status::unauthenticated(format!(
+                            "the watch ended: {}",
+                            status.message()
+                        ))))
+                        .await;
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -8,9 +8,11 @@
 //! ```
 //!
 //! A record holds time, token name, source address, verb, object (kind, namespace,
-//! name), result (`ok`, or the error's code and message), what changed and the
-//! generation before and after. Never a token, a digest or a document: refusal
-//! messages name objects and scopes only. A dry-run apply is not a write and leaves no
+//! name), result (`ok`, or the error's code and message: see [`failure`]), what changed
+//! and the generation before and after. Never a token, a digest or a document: refusal
+//! messages name objects and scopes only, an invalid document is recorded by the fields
+//! at fault (a field error may quote a value), and a known token of the wrong kind (an
+//! agent's) is recorded as `(an agent token)`. A dry-run apply is not a write and leaves no
 //! record. Calls without a known token (`Unauthenticated`) are not recorded either: no
 //! one to name, and no way for strangers to fill the store.
 //!
@@ -46,7 +48,8 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     pub name: String,
-    /// `ok`, or `<code>: <message>`.
+    /// `ok`, or `<code>: <message>` (for an invalid document only the fields at
+    /// fault; for unexpected failures only the code).
     pub result: String,
     /// `created`, `configured`, `unchanged`, `deleted`, ... (successes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,12 +162,39 @@ impl Trail {
             })
             .collect();
         if let Err(status) = result {
-            out.push(record(
-                &self.target,
-                format!("{:?}: {}", status.code(), status.message()),
-            ));
+            out.push(record(&self.target, failure(status)));
         }
         out
+    }
+}
+
+/// A failure as recorded: refusals and conflicts with their message (it names objects,
+/// scopes and tokens' names, never values); invalid documents by the fields at fault
+/// only, since a field error may quote the value (a template's, a secret's); anything
+/// else by its code.
+fn failure(status: &Status) -> String {
+    use tonic::Code;
+    let code = status.code();
+    match code {
+        Code::InvalidArgument => {
+            let fields: Vec<&str> = status
+                .message()
+                .lines()
+                .filter_map(|l| l.split_once(": ").map(|(path, _)| path.trim()))
+                .filter(|p| !p.is_empty() && !p.contains(' '))
+                .collect();
+            if fields.is_empty() {
+                "InvalidArgument: the document is invalid".into()
+            } else {
+                format!("InvalidArgument: invalid {}", fields.join(", "))
+            }
+        }
+        Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::Aborted => format!("{code:?}: {}", status.message()),
+        _ => format!("{code:?}"),
     }
 }
 

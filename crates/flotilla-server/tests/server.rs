@@ -1225,6 +1225,44 @@ async fn every_write_leaves_an_audit_record_without_secrets_or_documents() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
+    // An invalid document whose error quotes a value: the record names the field only.
+    let invalid = set_in("team-a", "leaky").replace("replicas: 2", "replicas: hunter2-secret");
+    let e = api
+        .apply(authed(&edit, apply_req(invalid)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("hunter2-secret"), "{}", e.message());
+    let leaky = audit_records(&mut api, "").await;
+    let failed = leaky
+        .iter()
+        .find(|r| r["result"].as_str().unwrap().starts_with("InvalidArgument"))
+        .expect("the invalid apply is recorded");
+    assert_eq!(
+        failed["result"], "InvalidArgument: invalid spec.replicas",
+        "{failed}"
+    );
+    // An agent's token on a write: refused and recorded.
+    let agent = add_cluster(&mut api, "c1").await;
+    let e = api
+        .apply(authed(&agent, apply_req(set_in("team-a", "cache"))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let by_agent: Vec<Value> = audit_records(&mut api, "")
+        .await
+        .into_iter()
+        .filter(|r| r["token"] == "(an agent token)")
+        .collect();
+    assert_eq!(by_agent.len(), 1, "{by_agent:?}");
+    assert!(
+        by_agent[0]["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("PermissionDenied: the agent token of cluster \"c1\""),
+        "{}",
+        by_agent[0]
+    );
 
     let records = audit_records(&mut api, "fis/cache").await;
     let row = |r: &Value| {
@@ -1284,13 +1322,23 @@ async fn every_write_leaves_an_audit_record_without_secrets_or_documents() {
     // Nothing secret or bulky in the trail or its log line: the whole trail, as text.
     let all = audit_records(&mut api, "").await;
     let text = serde_json::to_string(&all).unwrap();
-    for secret in [edit.as_str(), ADMIN, "redis:7", "containers", "digest"] {
+    for secret in [
+        edit.as_str(),
+        agent.as_str(),
+        ADMIN,
+        "redis:7",
+        "containers",
+        "digest",
+        "hunter2",
+    ] {
         assert!(
             !text.contains(secret),
             "{secret:?} in the audit trail: {text}"
         );
     }
-    assert_eq!(all.len(), 5, "{text}");
+    // 4 of fis/cache, the token's creation, the invalid apply, the cluster's
+    // registration and the agent token's refused apply.
+    assert_eq!(all.len(), 8, "{text}");
 
     // Only admin reads it.
     let e = api
@@ -1317,5 +1365,49 @@ async fn audit_records_past_the_retention_are_pruned() {
         async move { audit_records(&mut api, "clusters/a").await.is_empty() }
     })
     .await;
+    h.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_watch_ends_when_its_token_is_revoked() {
+    let h = start(Duration::from_secs(10)).await;
+    let mut api = FederationClient::new(channel(&h).await);
+    let view = create_token(&mut api, "watcher", "view", &["team-a"]).await;
+    let mut events = api
+        .watch(authed(
+            &view,
+            WatchRequest {
+                kind: "fis".into(),
+                ..WatchRequest::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    api.revoke_token(authed(
+        ADMIN,
+        RevokeTokenRequest {
+            name: "watcher".into(),
+        },
+    ))
+    .await
+    .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match events.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the watch ends once its token is revoked")
+    .expect("with a status, not a silent close");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(
+        ended.message().starts_with("the watch ended: "),
+        "{ended:?}"
+    );
     h.server.stop().await;
 }

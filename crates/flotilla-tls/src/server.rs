@@ -23,6 +23,9 @@ use crate::{Error, pem, provider};
 /// How often the files are looked at for a change (their mtime and size).
 pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
+/// Handshakes in progress at once, per port.
+const HANDSHAKES: usize = 256;
+
 /// How long a client has to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -248,7 +251,10 @@ fn configs(files: &ServerFiles) -> Result<Configs, Error> {
     let mut grpc = builder
         .with_single_cert(certs, key)
         .map_err(|source| Error::Config {
-            flag: "--tls-key",
+            flag: match source {
+                rustls::Error::InconsistentKeys(_) => "--tls-key",
+                _ => "--tls-cert",
+            },
             source,
         })?;
     let mut http = grpc.clone();
@@ -324,6 +330,7 @@ impl Incoming {
     pub fn new(listener: TcpListener, tls: Arc<ServerTls>, alpn: Alpn) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
         let accept = tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -342,7 +349,12 @@ impl Incoming {
                 let _ = tcp.set_nodelay(true);
                 let acceptor = TlsAcceptor::from(tls.current(alpn));
                 let tx = tx.clone();
+                // At most HANDSHAKES at once; beyond that, accepting waits.
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let _ = tx.send((stream, peer)).await;

@@ -234,8 +234,14 @@ async fn serve<M: Member>(
         .await
         .map_err(|e| {
             let refused = e.is_refusal() && !e.is_tls();
+            let certificate = e.chain().contains("client certificate");
             let e = anyhow::Error::new(e);
-            CliError::Failed(if refused {
+            CliError::Failed(if refused && certificate {
+                e.context(
+                    "the federation server refused this agent's client certificate: --cert/--key \
+                     must be a certificate of the server's --client-ca, valid now, naming this --cluster",
+                )
+            } else if refused {
                 e.context(
                     "the federation server refused this agent: --token must be the token \
                      `flotilla cluster add` printed for this --cluster",

@@ -23,6 +23,12 @@ pub fn run(args: &ServerArgs) -> Result<(), CliError> {
             "--leader-ttl-seconds: must be at least 2 (etcd's shortest lease)".into(),
         ));
     }
+    if args.audit_retention < Duration::from_secs(60) {
+        return Err(CliError::Usage(format!(
+            "--audit-retention: {:?} is less than a minute; records would be gone before anyone reads them",
+            args.audit_retention
+        )));
+    }
     let tls = flotilla_tls::ServerFiles::from_flags(
         args.tls_cert.clone(),
         args.tls_key.clone(),

@@ -95,6 +95,12 @@ pub async fn token_revoke_to(args: &TokenRevokeArgs, mut io: Io<'_>) -> Result<(
 }
 
 pub async fn rotate_token_to(args: &RotateTokenArgs, mut io: Io<'_>) -> Result<(), CliError> {
+    if args.grace > std::time::Duration::from_secs(7 * 24 * 3600) {
+        return Err(CliError::Usage(format!(
+            "--grace: {:?} is longer than the 7 days a replaced token may keep working",
+            args.grace
+        )));
+    }
     let grace_seconds = i64::try_from(args.grace.as_secs())
         .map_err(|_| CliError::Usage(format!("--grace: {:?} is too long", args.grace)))?;
     let mut conn = connect(&args.client).await?;
