@@ -151,7 +151,7 @@ impl Session {
                 _ = tokio::time::sleep_until(until), if deadline.is_some() => return End::Drained,
                 n = read_backend(&mut self.backend, &mut backend_buf), if has_backend => match n {
                     Ok(0) => return End::Failed("the backend closed the connection".into()),
-                    Ok(n) => if let Err(e) = self.from_backend(n, &backend_buf) {
+                    Ok(n) => if let Err(e) = self.on_backend_bytes(n, &backend_buf) {
                         return End::Failed(e);
                     },
                     Err(e) => return End::Failed(format!("backend: {e}")),
@@ -231,7 +231,7 @@ impl Session {
     }
 
     /// Copies backend bytes to the client, each reply where it belongs.
-    fn from_backend(&mut self, n: usize, buf: &[u8]) -> Result<(), String> {
+    fn on_backend_bytes(&mut self, n: usize, buf: &[u8]) -> Result<(), String> {
         let chunk = &buf[..n];
         let Some(b) = &mut self.backend else {
             return Ok(());

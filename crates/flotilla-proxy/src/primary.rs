@@ -181,7 +181,7 @@ impl Discovery {
     /// published (if it is not already).
     async fn choose(&mut self) {
         let mut ordered: Vec<(u64, String)> = self.candidates.values().cloned().collect();
-        ordered.sort_by(|a, b| b.0.cmp(&a.0));
+        ordered.sort_by_key(|c| std::cmp::Reverse(c.0));
         let mut seen = Vec::new();
         for (_, endpoint) in ordered {
             if seen.contains(&endpoint) {
