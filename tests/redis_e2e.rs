@@ -385,7 +385,7 @@ fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
         "the proxy routes to the primary Sentinel names"
     );
     assert!(matches!(through.cmd(&["ROLE"]), Ok(Reply::Array(a)) if a[0].text() == "master"));
-    drop(proxy);
+    proxy.terminate();
 
     let lost = missing(&new_primary, &acked);
     println!(
@@ -481,7 +481,7 @@ fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
 
 /// A `flotilla proxy` process for `default/cache`, killed by its handle.
 struct Proxy {
-    _proc: support::Proc,
+    proc: support::Proc,
     addr: String,
     log: PathBuf,
 }
@@ -501,7 +501,7 @@ impl Proxy {
             .spawn()
             .unwrap();
         let proxy = Proxy {
-            _proc: support::Proc(child),
+            proc: support::Proc(child),
             addr: format!("127.0.0.1:{port}"),
             log,
         };
@@ -515,6 +515,31 @@ impl Proxy {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM: the proxy drains (nothing in flight here) and exits 0.
+    fn terminate(mut self) {
+        let pid = self.proc.0.id();
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.proc.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "the proxy's exit after SIGTERM: {status}\n{}",
+            self.log()
+        );
     }
 }
 

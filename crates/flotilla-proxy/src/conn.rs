@@ -283,7 +283,8 @@ impl Session {
     async fn handle(&mut self, request: Request) -> Result<(), End> {
         let name = request.name();
         let metrics = self.shared.metrics.clone();
-        let policy: &Policy = &self.shared.policy;
+        let shared = self.shared.clone();
+        let policy: &Policy = &shared.policy;
         match name.as_str() {
             "AUTH" => {
                 let args: Vec<&[u8]> = request.args[1..].iter().map(|a| &a[..]).collect();
@@ -315,6 +316,7 @@ impl Session {
                 }
                 return Ok(());
             }
+            "HELLO" => return self.hello(request).await,
             "QUIT" => {
                 metrics.command("local");
                 self.local(&b"+OK\r\n"[..]);
@@ -328,11 +330,6 @@ impl Session {
                 "PING" => {
                     metrics.command("local");
                     self.local(&b"+PONG\r\n"[..]);
-                }
-                "HELLO" if request.args.len() <= 2 => return self.forward(request, 1).await,
-                "HELLO" => {
-                    metrics.command("local");
-                    self.local(&b"-ERR the flotilla proxy takes AUTH, not HELLO with AUTH: send AUTH first\r\n"[..]);
                 }
                 _ => {
                     metrics.command("noauth");
@@ -387,6 +384,53 @@ impl Session {
             _ => 1,
         };
         self.forward(request, replies).await
+    }
+
+    /// `HELLO [protover [AUTH username password] [SETNAME name]]`: the proxy checks
+    /// the credentials and forwards the rest (the backend never sees them).
+    async fn hello(&mut self, request: Request) -> Result<(), End> {
+        let shared = self.shared.clone();
+        let mut args = request.args;
+        let auth = args
+            .iter()
+            .skip(2)
+            .position(|a| a.eq_ignore_ascii_case(b"AUTH"))
+            .map(|i| i + 2);
+        if let Some(i) = auth {
+            if args.len() < i + 3 {
+                shared.metrics.command("local");
+                self.local(&b"-ERR Syntax error in HELLO option 'auth'\r\n"[..]);
+                return Ok(());
+            }
+            match shared.policy.auth(&[&args[i + 1][..], &args[i + 2][..]]) {
+                Auth::Ok(user) => {
+                    if user == User::Admin {
+                        shared
+                            .audit
+                            .record(self.peer, Some(user), "hello", Outcome::Admin);
+                    }
+                    self.user = Some(user);
+                    shared.metrics.command("auth_ok");
+                    args.drain(i..i + 3);
+                }
+                _ => {
+                    shared
+                        .audit
+                        .record(self.peer, self.user, "hello", Outcome::WrongPass);
+                    shared.metrics.command("auth_failed");
+                    self.local(
+                        &b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"[..],
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        if self.user.is_none() {
+            shared.metrics.command("noauth");
+            self.local(&b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n"[..]);
+            return Ok(());
+        }
+        self.forward(Request::from_args(args), 1).await
     }
 
     async fn forward(&mut self, request: Request, replies: usize) -> Result<(), End> {

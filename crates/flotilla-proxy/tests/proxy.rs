@@ -237,6 +237,25 @@ async fn clients_authenticate_to_the_proxy() {
             .next(),
         Some("WRONGPASS")
     );
+    // HELLO: before AUTH only with its AUTH option, which the backend never sees.
+    let mut h = Client::open(p.addr.to_string()).await;
+    assert!(
+        h.text(&["HELLO", "2"])
+            .await
+            .starts_with("NOAUTH HELLO must be called")
+    );
+    assert!(
+        h.text(&["HELLO", "2", "AUTH", "default", "nope"])
+            .await
+            .starts_with("WRONGPASS")
+    );
+    let hello = h
+        .cmd(&["HELLO", "2", "AUTH", "default", "user-pw", "SETNAME", "app"])
+        .await
+        .unwrap();
+    assert!(format!("{hello:?}").contains("redis"), "{hello:?}");
+    assert_eq!(h.text(&["CLIENT", "GETNAME"]).await, "app");
+    assert_eq!(h.text(&["GET", "k"]).await, "v");
     // Before AUTH a client may not declare big requests.
     d.stream.write_all(b"*1\r\n$100000\r\n").await.unwrap();
     let e = d.read().await.unwrap().text().unwrap();
