@@ -385,6 +385,11 @@ fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
         "the proxy routes to the primary Sentinel names"
     );
     assert!(matches!(through.cmd(&["ROLE"]), Ok(Reply::Array(a)) if a[0].text() == "master"));
+    assert!(
+        proxy.log().contains("+switch-master"),
+        "the proxy followed the sentinels:\n{}",
+        proxy.log()
+    );
     proxy.terminate();
 
     let lost = missing(&new_primary, &acked);

@@ -12,8 +12,10 @@
 //!
 //! Architecture invariant: nothing is published that `ROLE` did not just call
 //! `master`, and the published primary is re-verified every `verify_every`; one that
-//! stops answering `master` is withdrawn (generation + 1, `None`), which closes every
-//! client connection attached to it.
+//! answers anything but `master`, refuses the connection, or times out twice in a row
+//! is withdrawn (generation + 1, `None`), which closes every client connection
+//! attached to it. A newer candidate that did not verify is tried again at every
+//! verification.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -117,6 +119,7 @@ pub fn start(
         offers: offers.clone(),
         candidates: BTreeMap::new(),
         seq: 0,
+        timeouts: 0,
         sentinels: BTreeMap::new(),
     };
     let handle = tokio::spawn(task.run(rx));
@@ -131,6 +134,8 @@ struct Discovery {
     /// The latest endpoint each source named, with the order it was named in.
     candidates: BTreeMap<Source, (u64, String)>,
     seq: u64,
+    /// `ROLE`s of the published primary that timed out in a row.
+    timeouts: u32,
     /// One follower task per sentinel address.
     sentinels: BTreeMap<String, JoinHandle<()>>,
 }
@@ -167,14 +172,34 @@ impl Discovery {
         let current = self.publish.borrow().addr.clone();
         if let Some(addr) = current {
             match role(&addr, self.timing.role_timeout).await {
-                Ok(r) if r == "master" => return,
+                Ok(r) if r == "master" => {
+                    self.timeouts = 0;
+                    if self.newest().as_deref() == Some(addr.as_str()) {
+                        return;
+                    }
+                    // A newer candidate that did not verify yet: try it again.
+                }
+                // One slow answer is not a demotion; two in a row withdraw it.
+                Err(RoleError::Timeout(_)) if self.timeouts == 0 => {
+                    self.timeouts += 1;
+                    return;
+                }
                 outcome => {
+                    self.timeouts = 0;
                     tracing::warn!(%addr, ?outcome, "the primary is no longer verified by ROLE; withdrawing it");
                     self.set(None);
                 }
             }
         }
         self.choose().await;
+    }
+
+    /// The endpoint named last.
+    fn newest(&self) -> Option<String> {
+        self.candidates
+            .values()
+            .max_by_key(|(seq, _)| *seq)
+            .map(|(_, e)| e.clone())
     }
 
     /// Tries the candidates, newest first: the first that `ROLE` calls `master` is
