@@ -35,7 +35,12 @@ use crate::resp::{Limits, ReplyScanner, Request, RequestReader};
 enum Expect {
     /// `remaining` replies from the backend; copied to the client when `forward`,
     /// swallowed otherwise (a `DISCARD` the proxy sent in place of an `EXEC`).
-    Backend { remaining: usize, forward: bool },
+    Backend {
+        remaining: usize,
+        forward: bool,
+        /// When the request went out (for the latency histogram).
+        sent: tokio::time::Instant,
+    },
     /// A reply the proxy made.
     Local(Bytes),
 }
@@ -245,10 +250,18 @@ impl Session {
             let piece = &chunk[start..end.end];
             start = end.end;
             let forward = match self.pending.front_mut() {
-                Some(Expect::Backend { remaining, forward }) if !end.push => {
+                Some(Expect::Backend {
+                    remaining,
+                    forward,
+                    sent,
+                }) if !end.push => {
                     let f = *forward;
                     *remaining -= 1;
                     if *remaining == 0 {
+                        self.shared
+                            .metrics
+                            .latency
+                            .observe(sent.elapsed().as_secs_f64());
                         self.pending.pop_front();
                     }
                     f
@@ -442,6 +455,7 @@ impl Session {
         self.pending.push_back(Expect::Backend {
             remaining: replies,
             forward: true,
+            sent: tokio::time::Instant::now(),
         });
         Ok(())
     }
@@ -454,6 +468,7 @@ impl Session {
         self.pending.push_back(Expect::Backend {
             remaining: 1,
             forward: false,
+            sent: tokio::time::Instant::now(),
         });
         Ok(())
     }

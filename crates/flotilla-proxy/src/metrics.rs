@@ -15,6 +15,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// How a command ended.
@@ -26,8 +27,10 @@ pub struct OutcomeLabel {
 }
 
 /// Everything the proxy counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
+    /// Seconds from a request written to the backend to its reply's last byte read.
+    pub latency: Histogram,
     /// Client connections open now.
     pub connections: Gauge,
     /// Client connections accepted.
@@ -41,6 +44,22 @@ pub struct Metrics {
     /// 1 while a verified primary is known.
     pub primary_known: Gauge,
     ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            // 50 µs to ~0.8 s.
+            latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 15)),
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            commands: Family::default(),
+            backend_switches: Counter::default(),
+            closed_on_switch: Counter::default(),
+            primary_known: Gauge::default(),
+            ready: AtomicBool::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -76,6 +95,11 @@ impl Metrics {
             "commands",
             "Client commands, by outcome",
             self.commands.clone(),
+        );
+        r.register(
+            "backend_latency_seconds",
+            "From a request written to the backend to its reply read",
+            self.latency.clone(),
         );
         r.register(
             "backend_switches",

@@ -414,12 +414,29 @@ async fn a_switch_of_primary_closes_old_connections_and_never_routes_to_a_replic
         refused.contains("no primary verified for default/cache"),
         "{refused}"
     );
+    // a, b, none (and maybe none between a and b, if a verification saw a demoted
+    // before the offer of b arrived).
+    let metrics = p.metrics.encode();
     assert!(
-        p.metrics
-            .encode()
-            .contains("flotilla_proxy_backend_switches_total")
+        metric(&metrics, "flotilla_proxy_backend_switches_total") >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "flotilla_proxy_closed_on_switch_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "flotilla_proxy_backend_latency_seconds_count") > 0.0,
+        "{metrics}"
     );
     p.stop().await;
+}
+
+/// A sample's value in OpenMetrics text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
