@@ -204,4 +204,24 @@ mod tests {
             assert_eq!(e.code(), 2);
         }
     }
+
+    #[test]
+    fn password_files_are_read_without_their_newline_and_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let got = read_secret(Some(&file), "--password-file").unwrap();
+        assert_eq!(got.as_deref(), Some("s3cret"));
+        std::fs::write(&file, "\n").unwrap();
+        let e = read_secret(Some(&file), "--password-file").unwrap_err();
+        assert!(
+            e.to_string().contains("--password-file") && e.to_string().contains("empty"),
+            "{e}"
+        );
+        let missing = dir.path().join("missing");
+        let e = read_secret(Some(&missing), "--admin-password-file").unwrap_err();
+        assert!(e.to_string().contains("--admin-password-file"), "{e}");
+        assert_eq!(e.code(), 2);
+        assert_eq!(read_secret(None, "--password-file").unwrap(), None);
+    }
 }
