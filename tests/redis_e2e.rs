@@ -299,6 +299,16 @@ fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
     let acked = write_acknowledged(&primary, "k", 1000);
     assert_eq!(acked.len(), 1000, "every write acknowledged by a replica");
 
+    // `flotilla proxy` for the set: it routes to the primary the status and the
+    // sentinels name, verified by ROLE.
+    let proxy = Proxy::start(&s.f);
+    let mut through = resp::Conn::open(&proxy.addr).expect("the proxy accepts");
+    assert_eq!(
+        through.cmd(&["SET", "via-proxy", "1"]).unwrap(),
+        Reply::Simple("OK".into())
+    );
+    assert_eq!(run_id(&mut through), resp::info_field(&primary, "run_id"));
+
     let (ordinal, cluster, _) = s.primary("cache").unwrap();
     let pid = s.pid(&cluster, &format!("cache-{ordinal}"));
     let killed = Instant::now();
@@ -343,6 +353,45 @@ fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
         took < Duration::from_secs(15),
         "a new primary within 15 s (down-after 2 s), took {took:?}"
     );
+    // Through the proxy: its connection to the killed primary fails once; writes
+    // succeed again on the new primary, as the sentinels name it.
+    let writing = Instant::now();
+    let mut errors = 0;
+    loop {
+        match through.cmd(&["SET", "via-proxy", "2"]) {
+            Ok(Reply::Simple(ok)) if ok == "OK" => break,
+            Ok(_) => {}
+            Err(_) => {
+                errors += 1;
+                std::thread::sleep(Duration::from_millis(100));
+                if let Ok(c) = resp::Conn::open(&proxy.addr) {
+                    through = c;
+                }
+            }
+        }
+        assert!(
+            writing.elapsed() < Duration::from_secs(20),
+            "no write through the proxy after the failover:\n{}",
+            proxy.log()
+        );
+    }
+    println!(
+        "through the proxy: writes again {:.1} s after the new primary accepted writes ({errors} connection errors)",
+        writing.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        run_id(&mut through),
+        resp::info_field(&new_primary, "run_id"),
+        "the proxy routes to the primary Sentinel names"
+    );
+    assert!(matches!(through.cmd(&["ROLE"]), Ok(Reply::Array(a)) if a[0].text() == "master"));
+    assert!(
+        proxy.log().contains("+switch-master"),
+        "the proxy followed the sentinels:\n{}",
+        proxy.log()
+    );
+    proxy.terminate();
+
     let lost = missing(&new_primary, &acked);
     println!(
         "acknowledged writes lost: {} of {}",
@@ -433,6 +482,77 @@ fn sentinels_fail_a_killed_primary_over_without_losing_an_acknowledged_write() {
         let lost = missing(&e, &all);
         assert!(lost.is_empty(), "cache-{o} lost {} keys", lost.len());
     }
+}
+
+/// A `flotilla proxy` process for `default/cache`, killed by its handle.
+struct Proxy {
+    proc: support::Proc,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Proxy {
+    fn start(f: &Federation) -> Proxy {
+        let port = support::free_port();
+        let http = support::free_port();
+        let log = f.dir.path().join("proxy.log");
+        let child = Command::new(support::BIN)
+            .args(["proxy", "--server", &f.url(), "--token", support::TOKEN])
+            .args(["--set", "default/cache"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--http", &format!("127.0.0.1:{http}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let proxy = Proxy {
+            proc: support::Proc(child),
+            addr: format!("127.0.0.1:{port}"),
+            log,
+        };
+        eventually_or(
+            "the proxy ready (a primary verified)",
+            || support::http_get(http, "/readyz").is_some_and(|(code, _)| code == 200),
+            || proxy.log(),
+        );
+        proxy
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM: the proxy drains (nothing in flight here) and exits 0.
+    fn terminate(mut self) {
+        let pid = self.proc.0.id();
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.proc.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "the proxy's exit after SIGTERM: {status}\n{}",
+            self.log()
+        );
+    }
+}
+
+/// The `run_id` of the instance a connection reaches.
+fn run_id(c: &mut resp::Conn) -> Option<String> {
+    let text = c.cmd(&["INFO", "server"]).ok()?.text();
+    text.lines()
+        .find_map(|l| l.trim_end().strip_prefix("run_id:").map(str::to_string))
 }
 
 /// `eventually`, with what `cache` looks like when it times out.

@@ -46,6 +46,12 @@ pub enum Command {
     ///
     /// Exit codes: 0 stopped on request, 1 failed, 2 bad usage.
     Agent(AgentArgs),
+    /// A primary-aware Redis proxy for one set: clients connect here and always reach
+    /// the set's current primary (learnt from the federation and the set's sentinels,
+    /// verified with ROLE); client passwords, a deny list and an audit log.
+    ///
+    /// Exit codes: 0 stopped on request (after draining), 1 failed, 2 bad usage.
+    Proxy(ProxyArgs),
     /// Register member clusters and rotate their agent tokens.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -424,6 +430,40 @@ impl AgentArgs {
         options.check().map_err(crate::input::CliError::Usage)?;
         Ok(options)
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// The set to proxy, as `NAMESPACE/NAME` (e.g. `default/cache`).
+    #[arg(long, value_name = "NS/NAME")]
+    pub set: String,
+    /// Where clients connect (RESP).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6380")]
+    pub listen: std::net::SocketAddr,
+    /// Serve /metrics (Prometheus), /healthz and /readyz (ready once a primary is
+    /// verified) on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Clients must `AUTH` with the password in this file (trailing newline ignored).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// `AUTH` with the password in this file makes a client admin: the deny list does
+    /// not apply to it.
+    #[arg(long, value_name = "FILE")]
+    pub admin_password_file: Option<PathBuf>,
+    /// Commands refused to non-admin clients, comma-separated; replaces the default
+    /// list (FLUSHALL FLUSHDB CONFIG DEBUG SHUTDOWN REPLICAOF SLAVEOF FAILOVER MONITOR
+    /// CLUSTER SCRIPT KEYS). `--deny ''` denies nothing.
+    #[arg(long, value_name = "CMD,...", value_delimiter = ',')]
+    pub deny: Option<Vec<String>>,
+    /// Append one JSON line per denied command, per deny-listed command an admin runs
+    /// and per failed or admin AUTH (time, client, user, command; never arguments).
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Debug, clap::Args)]

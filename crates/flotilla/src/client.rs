@@ -297,7 +297,7 @@ impl Interceptor for Bearer {
 
 /// A connection to the federation server.
 #[derive(Debug)]
-struct Conn {
+pub(crate) struct Conn {
     client: FederationClient<InterceptedService<Channel, Bearer>>,
     /// The URL, for messages.
     server: String,
@@ -339,7 +339,7 @@ impl Conn {
         list.items.iter().map(|o| parse_object(&o.json)).collect()
     }
 
-    async fn watch(
+    pub(crate) async fn watch(
         &mut self,
         kind: Kind,
         name: &str,
@@ -358,7 +358,7 @@ impl Conn {
 }
 
 /// Connects to `--server` with `--token`. Without a token nothing is attempted.
-async fn connect(args: &ClientArgs) -> Result<Conn, CliError> {
+pub(crate) async fn connect(args: &ClientArgs) -> Result<Conn, CliError> {
     let token = args
         .token
         .as_deref()

@@ -8,6 +8,7 @@ mod dev;
 mod input;
 mod plan;
 mod process;
+mod proxy;
 mod server;
 
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
         cli::Command::Dev(args) => dev::run(&args),
         cli::Command::Server(args) => server::run(&args),
         cli::Command::Agent(args) => agent::run(&args),
+        cli::Command::Proxy(args) => proxy::run(&args),
         cli::Command::Cluster(cli::ClusterCommand::Add(args)) => client::cluster_add(&args),
         cli::Command::Cluster(cli::ClusterCommand::RotateToken(args)) => {
             client::cluster_rotate_token(&args)

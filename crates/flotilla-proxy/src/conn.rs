@@ -1,0 +1,534 @@
+//! One client session: its own backend connection to the verified primary (so that
+//! `MULTI`/`EXEC`, `SUBSCRIBE`, blocking commands and pipelining keep Redis's
+//! semantics), requests checked against the [`Policy`] and forwarded as they are,
+//! replies copied back as they come.
+//!
+//! Replies the proxy makes itself (`AUTH`, a denied command, `-NOAUTH`) must reach
+//! the client in request order, between the backend's: every forwarded request
+//! leaves an [`Expect`] in a queue, the [`ReplyScanner`] says where each backend
+//! reply ends, and a local reply waits in the queue behind the backend replies still
+//! due before it.
+//!
+//! Architecture invariant: a session writes only to the primary of the generation it
+//! connected in; once a newer generation is published it writes nothing more and
+//! closes the client's connection (the client sees one connection error and
+//! reconnects, to the new primary).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+
+use crate::Shared;
+use crate::policy::{Auth, Outcome, Policy, User, deny_error};
+use crate::primary::Primary;
+use crate::resp::{Limits, ReplyScanner, Request, RequestReader};
+
+/// What the client is owed next, in order.
+#[derive(Debug)]
+enum Expect {
+    /// `remaining` replies from the backend; copied to the client when `forward`,
+    /// swallowed otherwise (a `DISCARD` the proxy sent in place of an `EXEC`).
+    Backend {
+        remaining: usize,
+        forward: bool,
+        /// When the request went out (for the latency histogram).
+        sent: tokio::time::Instant,
+    },
+    /// A reply the proxy made.
+    Local(Bytes),
+}
+
+struct Backend {
+    read: OwnedReadHalf,
+    write: OwnedWriteHalf,
+    /// The generation of the primary this connection goes to.
+    generation: u64,
+    addr: String,
+    scanner: ReplyScanner,
+}
+
+/// How a session ends.
+#[derive(Debug)]
+enum End {
+    /// The client closed, or sent `QUIT`.
+    Client,
+    /// The primary changed.
+    Switched,
+    /// Draining finished (or its deadline passed).
+    Drained,
+    /// A protocol or I/O error (logged).
+    Failed(String),
+}
+
+struct Session {
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    user: Option<User>,
+    in_multi: bool,
+    /// A command inside `MULTI` was refused: `EXEC` must abort.
+    multi_dirty: bool,
+    pending: VecDeque<Expect>,
+    /// Bytes for the client, written after each step.
+    out: Vec<u8>,
+    /// Bytes for the backend, written after each step.
+    to_backend: Vec<u8>,
+    backend: Option<Backend>,
+    primary: watch::Receiver<Primary>,
+    quit: bool,
+}
+
+/// Serves one client until it leaves, its primary changes, or draining ends.
+pub(crate) async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut drain: watch::Receiver<bool>,
+) {
+    shared.metrics.connections.inc();
+    let primary = shared.primary.clone();
+    let mut session = Session {
+        peer,
+        user: shared.policy.initial_user(),
+        shared: shared.clone(),
+        in_multi: false,
+        multi_dirty: false,
+        pending: VecDeque::new(),
+        out: Vec::new(),
+        to_backend: Vec::new(),
+        backend: None,
+        primary,
+        quit: false,
+    };
+    let (mut read, mut write) = client.into_split();
+    let end = session.run(&mut read, &mut write, &mut drain).await;
+    // Whatever the client is owed and has arrived goes out before the close.
+    let _ = write.write_all(&session.out).await;
+    let _ = write.shutdown().await;
+    match &end {
+        End::Failed(e) => tracing::debug!(%peer, error = %e, "client session failed"),
+        End::Switched => {
+            shared.metrics.closed_on_switch.inc();
+            tracing::info!(%peer, "closed: the primary changed");
+        }
+        _ => tracing::debug!(%peer, ?end, "client session ended"),
+    }
+    shared.metrics.connections.dec();
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        read: &mut OwnedReadHalf,
+        write: &mut OwnedWriteHalf,
+        drain: &mut watch::Receiver<bool>,
+    ) -> End {
+        let mut reader = RequestReader::default();
+        let mut inbuf = BytesMut::with_capacity(16 * 1024);
+        let mut backend_buf = vec![0u8; 16 * 1024];
+        let mut draining = *drain.borrow();
+        let drain_for = self.shared.drain;
+        let mut deadline = None;
+        loop {
+            if draining {
+                if self.pending.is_empty() {
+                    return End::Drained;
+                }
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + drain_for);
+            }
+            let has_backend = self.backend.is_some();
+            let until = deadline
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
+            tokio::select! {
+                biased;
+                changed = self.primary.changed(), if has_backend => {
+                    if changed.is_err() || self.switched() {
+                        return End::Switched;
+                    }
+                }
+                _ = drain.changed(), if !draining => draining = true,
+                _ = tokio::time::sleep_until(until), if deadline.is_some() => return End::Drained,
+                n = read_backend(&mut self.backend, &mut backend_buf), if has_backend => match n {
+                    Ok(0) => return End::Failed("the backend closed the connection".into()),
+                    Ok(n) => if let Err(e) = self.on_backend_bytes(n, &backend_buf) {
+                        return End::Failed(e);
+                    },
+                    Err(e) => return End::Failed(format!("backend: {e}")),
+                },
+                n = read.read_buf(&mut inbuf), if !draining && !self.quit => match n {
+                    Ok(0) => return End::Client,
+                    Ok(_) => {
+                        loop {
+                            let limits = if self.user.is_some() { Limits::OPEN } else { Limits::UNAUTHENTICATED };
+                            match reader.next(&mut inbuf, limits) {
+                                Ok(Some(request)) => {
+                                    if let Err(end) = self.handle(request).await {
+                                        return end;
+                                    }
+                                    if self.quit { break; }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    self.local(format!("-ERR Protocol error: {e}\r\n").into_bytes());
+                                    return End::Failed(format!("protocol error: {e}"));
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => return End::Failed(format!("client: {e}")),
+                },
+            }
+            if let Err(e) = self.flush_backend().await {
+                return e;
+            }
+            if !self.out.is_empty() {
+                if let Err(e) = write.write_all(&self.out).await {
+                    return End::Failed(format!("client: {e}"));
+                }
+                self.out.clear();
+            }
+            if self.quit && self.pending.is_empty() {
+                return End::Client;
+            }
+        }
+    }
+
+    /// Whether the published primary is no longer this session's.
+    fn switched(&self) -> bool {
+        match &self.backend {
+            Some(b) => self.primary.borrow().generation != b.generation,
+            None => false,
+        }
+    }
+
+    /// Writes what is due to the backend, unless the primary changed: then nothing.
+    async fn flush_backend(&mut self) -> Result<(), End> {
+        if self.to_backend.is_empty() {
+            return Ok(());
+        }
+        if self.switched() {
+            return Err(End::Switched);
+        }
+        let Some(b) = &mut self.backend else {
+            return Ok(());
+        };
+        if let Err(e) = b.write.write_all(&self.to_backend).await {
+            return Err(End::Failed(format!("backend {}: {e}", b.addr)));
+        }
+        self.to_backend.clear();
+        Ok(())
+    }
+
+    /// A reply of the proxy's own, in its turn.
+    fn local(&mut self, reply: impl Into<Bytes>) {
+        let reply = reply.into();
+        if self.pending.is_empty() {
+            self.out.extend_from_slice(&reply);
+        } else {
+            self.pending.push_back(Expect::Local(reply));
+        }
+    }
+
+    /// Copies backend bytes to the client, each reply where it belongs.
+    fn on_backend_bytes(&mut self, n: usize, buf: &[u8]) -> Result<(), String> {
+        let chunk = &buf[..n];
+        let Some(b) = &mut self.backend else {
+            return Ok(());
+        };
+        let ends = b
+            .scanner
+            .feed(chunk)
+            .map_err(|e| format!("backend reply: {e}"))?;
+        let mut start = 0;
+        for end in ends {
+            let piece = &chunk[start..end.end];
+            start = end.end;
+            let forward = match self.pending.front_mut() {
+                Some(Expect::Backend {
+                    remaining,
+                    forward,
+                    sent,
+                }) if !end.push => {
+                    let f = *forward;
+                    *remaining -= 1;
+                    if *remaining == 0 {
+                        self.shared
+                            .metrics
+                            .latency
+                            .observe(sent.elapsed().as_secs_f64());
+                        self.pending.pop_front();
+                    }
+                    f
+                }
+                // A push, or a message in subscribed mode: nobody asked, it goes out.
+                _ => true,
+            };
+            if forward {
+                self.out.extend_from_slice(piece);
+            }
+            while let Some(Expect::Local(_)) = self.pending.front() {
+                if let Some(Expect::Local(reply)) = self.pending.pop_front() {
+                    self.out.extend_from_slice(&reply);
+                }
+            }
+        }
+        // The start of a reply still arriving belongs to whoever is due.
+        let tail = &chunk[start..];
+        if !tail.is_empty() {
+            let forward = !matches!(
+                self.pending.front(),
+                Some(Expect::Backend { forward: false, .. })
+            );
+            if forward {
+                self.out.extend_from_slice(tail);
+            }
+        }
+        Ok(())
+    }
+
+    /// One request: answered here, refused, or forwarded.
+    async fn handle(&mut self, request: Request) -> Result<(), End> {
+        let name = request.name();
+        let metrics = self.shared.metrics.clone();
+        let shared = self.shared.clone();
+        let policy: &Policy = &shared.policy;
+        match name.as_str() {
+            "AUTH" => {
+                let args: Vec<&[u8]> = request.args[1..].iter().map(|a| &a[..]).collect();
+                match policy.auth(&args) {
+                    Auth::Ok(user) => {
+                        if user == User::Admin {
+                            self.shared
+                                .audit
+                                .record(self.peer, Some(user), "auth", Outcome::Admin);
+                        }
+                        self.user = Some(user);
+                        metrics.command("auth_ok");
+                        self.local(&b"+OK\r\n"[..]);
+                    }
+                    Auth::WrongPass => {
+                        self.shared
+                            .audit
+                            .record(self.peer, self.user, "auth", Outcome::WrongPass);
+                        metrics.command("auth_failed");
+                        self.local(
+                            &b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+                                [..],
+                        );
+                    }
+                    Auth::Syntax => {
+                        metrics.command("local");
+                        self.local(&b"-ERR wrong number of arguments for 'auth' command\r\n"[..]);
+                    }
+                }
+                return Ok(());
+            }
+            "HELLO" => return self.hello(request).await,
+            "QUIT" => {
+                metrics.command("local");
+                self.local(&b"+OK\r\n"[..]);
+                self.quit = true;
+                return Ok(());
+            }
+            _ => {}
+        }
+        let Some(user) = self.user else {
+            match name.as_str() {
+                "PING" => {
+                    metrics.command("local");
+                    self.local(&b"+PONG\r\n"[..]);
+                }
+                _ => {
+                    metrics.command("noauth");
+                    self.local(&b"-NOAUTH Authentication required.\r\n"[..]);
+                }
+            }
+            return Ok(());
+        };
+        if policy.denied(user, &name) {
+            self.shared
+                .audit
+                .record(self.peer, Some(user), &name, Outcome::Denied);
+            metrics.command("denied");
+            if self.in_multi {
+                self.multi_dirty = true;
+            }
+            self.local(deny_error(&name).into_bytes());
+            return Ok(());
+        }
+        if policy.listed(&name) {
+            self.shared
+                .audit
+                .record(self.peer, Some(user), &name, Outcome::Allowed);
+        }
+        match name.as_str() {
+            "MULTI" => {
+                self.in_multi = true;
+                self.multi_dirty = false;
+            }
+            "EXEC" if self.multi_dirty => {
+                // As Redis does after an error while queueing: the transaction is
+                // discarded, and EXEC says so.
+                self.in_multi = false;
+                self.multi_dirty = false;
+                self.forward_swallowed(Request::from_args(vec![Bytes::from_static(b"DISCARD")]))
+                    .await?;
+                metrics.command("local");
+                self.local(
+                    &b"-EXECABORT Transaction discarded because of previous errors.\r\n"[..],
+                );
+                return Ok(());
+            }
+            "EXEC" | "DISCARD" | "RESET" => {
+                self.in_multi = false;
+                self.multi_dirty = false;
+            }
+            _ => {}
+        }
+        let replies = match name.as_str() {
+            "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE"
+            | "SUNSUBSCRIBE" => request.args.len().saturating_sub(1).max(1),
+            _ => 1,
+        };
+        self.forward(request, replies).await
+    }
+
+    /// `HELLO [protover [AUTH username password] [SETNAME name]]`: the proxy checks
+    /// the credentials and forwards the rest (the backend never sees them).
+    async fn hello(&mut self, request: Request) -> Result<(), End> {
+        let shared = self.shared.clone();
+        let mut args = request.args;
+        let auth = args
+            .iter()
+            .skip(2)
+            .position(|a| a.eq_ignore_ascii_case(b"AUTH"))
+            .map(|i| i + 2);
+        if let Some(i) = auth {
+            if args.len() < i + 3 {
+                shared.metrics.command("local");
+                self.local(&b"-ERR Syntax error in HELLO option 'auth'\r\n"[..]);
+                return Ok(());
+            }
+            match shared.policy.auth(&[&args[i + 1][..], &args[i + 2][..]]) {
+                Auth::Ok(user) => {
+                    if user == User::Admin {
+                        shared
+                            .audit
+                            .record(self.peer, Some(user), "hello", Outcome::Admin);
+                    }
+                    self.user = Some(user);
+                    shared.metrics.command("auth_ok");
+                    args.drain(i..i + 3);
+                }
+                _ => {
+                    shared
+                        .audit
+                        .record(self.peer, self.user, "hello", Outcome::WrongPass);
+                    shared.metrics.command("auth_failed");
+                    self.local(
+                        &b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"[..],
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        if self.user.is_none() {
+            shared.metrics.command("noauth");
+            self.local(&b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n"[..]);
+            return Ok(());
+        }
+        self.forward(Request::from_args(args), 1).await
+    }
+
+    async fn forward(&mut self, request: Request, replies: usize) -> Result<(), End> {
+        if !self.connect().await? {
+            return Ok(());
+        }
+        self.shared.metrics.command("forwarded");
+        self.to_backend.extend_from_slice(&request.wire);
+        self.pending.push_back(Expect::Backend {
+            remaining: replies,
+            forward: true,
+            sent: tokio::time::Instant::now(),
+        });
+        Ok(())
+    }
+
+    async fn forward_swallowed(&mut self, request: Request) -> Result<(), End> {
+        if !self.connect().await? {
+            return Ok(());
+        }
+        self.to_backend.extend_from_slice(&request.wire);
+        self.pending.push_back(Expect::Backend {
+            remaining: 1,
+            forward: false,
+            sent: tokio::time::Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Connects to the verified primary if not yet connected (waiting a little for
+    /// one); `false` (and an error reply queued) when there is none.
+    async fn connect(&mut self) -> Result<bool, End> {
+        if self.backend.is_some() {
+            return Ok(true);
+        }
+        let wait = self.shared.wait_for_primary;
+        let found = tokio::time::timeout(wait, self.primary.wait_for(|p| p.addr.is_some()))
+            .await
+            .ok()
+            .and_then(|r| r.ok().map(|p| p.clone()));
+        let current = match found {
+            Some(p) => p,
+            None => {
+                self.shared.metrics.command("no_primary");
+                let msg = format!(
+                    "-ERR flotilla proxy: no primary verified for {} yet, retry\r\n",
+                    self.shared.set
+                );
+                self.local(msg.into_bytes());
+                return Ok(false);
+            }
+        };
+        let Some(addr) = current.addr else {
+            return Ok(false);
+        };
+        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let (read, write) = stream.into_split();
+                tracing::debug!(peer = %self.peer, backend = %addr, "connected to the primary");
+                self.backend = Some(Backend {
+                    read,
+                    write,
+                    generation: current.generation,
+                    addr,
+                    scanner: ReplyScanner::default(),
+                });
+                Ok(true)
+            }
+            outcome => {
+                let why = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                Err(End::Failed(format!(
+                    "connecting to the primary {addr}: {why}"
+                )))
+            }
+        }
+    }
+}
+
+async fn read_backend(backend: &mut Option<Backend>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match backend {
+        Some(b) => b.read.read(buf).await,
+        None => std::future::pending().await,
+    }
+}

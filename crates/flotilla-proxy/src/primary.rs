@@ -1,0 +1,379 @@
+//! Which instance is the primary: candidates come from sources (the federation's
+//! watch of the set's `status.primary`, the set's sentinels' `+switch-master`, or a
+//! test), and one task verifies them with `ROLE` before it publishes one.
+//!
+//! ```text
+//! federation watch ─┐ offer(endpoint)
+//! sentinel a, b, c ─┼──────────────▶ discovery task ──ROLE──▶ candidate
+//! a test double   ──┘                   │ publishes (generation, Some(addr) | None)
+//!                                       ▼ watch channel
+//!                          every client session (closes on a new generation)
+//! ```
+//!
+//! Architecture invariant: nothing is published that `ROLE` did not just call
+//! `master`, and the published primary is re-verified every `verify_every`; one that
+//! answers anything but `master`, refuses the connection, or times out twice in a row
+//! is withdrawn (generation + 1, `None`), which closes every client connection
+//! attached to it. A newer candidate that did not verify is tried again at every
+//! verification.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+use crate::resp::{self, Value};
+
+/// The verified primary, as published.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Primary {
+    /// Bumped at every change; a session attached to an older one closes.
+    pub generation: u64,
+    /// `host:port`, or `None` while no candidate verifies.
+    pub addr: Option<String>,
+}
+
+/// Where a candidate came from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// The federation's `status.primary.endpoint`.
+    Federation,
+    /// A sentinel (its address).
+    Sentinel(String),
+    /// Anything else (tests).
+    Other(String),
+}
+
+enum Message {
+    Offer(Source, String),
+    Sentinels(String, Vec<String>),
+}
+
+/// Feeds the discovery task.
+#[derive(Debug, Clone)]
+pub struct Offers {
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Message::Offer(s, e) => write!(f, "offer {e} from {s:?}"),
+            Message::Sentinels(n, e) => write!(f, "sentinels of {n}: {e:?}"),
+        }
+    }
+}
+
+impl Offers {
+    /// `source` names `endpoint` as the primary: the newest offer is tried first.
+    pub fn offer(&self, source: Source, endpoint: impl Into<String>) {
+        let _ = self.tx.send(Message::Offer(source, endpoint.into()));
+    }
+
+    /// The sentinels that watch `master_name` (replaces the previous list): each is
+    /// asked `SENTINEL GET-MASTER-ADDR-BY-NAME` and followed on `+switch-master`.
+    pub fn sentinels(&self, master_name: impl Into<String>, endpoints: Vec<String>) {
+        let _ = self
+            .tx
+            .send(Message::Sentinels(master_name.into(), endpoints));
+    }
+}
+
+/// Timings of the discovery task.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How often the published primary is re-verified (and, without one, candidates
+    /// tried again).
+    pub verify_every: Duration,
+    /// The longest a `ROLE` may take.
+    pub role_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            verify_every: Duration::from_millis(500),
+            role_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Starts the discovery task: the offers it takes, and the primary it publishes.
+pub fn start(
+    timing: Timing,
+    metrics: Arc<Metrics>,
+) -> (Offers, watch::Receiver<Primary>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (publish, primary) = watch::channel(Primary::default());
+    let offers = Offers { tx };
+    let task = Discovery {
+        timing,
+        metrics,
+        publish,
+        offers: offers.clone(),
+        candidates: BTreeMap::new(),
+        seq: 0,
+        timeouts: 0,
+        sentinels: BTreeMap::new(),
+    };
+    let handle = tokio::spawn(task.run(rx));
+    (offers, primary, handle)
+}
+
+struct Discovery {
+    timing: Timing,
+    metrics: Arc<Metrics>,
+    publish: watch::Sender<Primary>,
+    offers: Offers,
+    /// The latest endpoint each source named, with the order it was named in.
+    candidates: BTreeMap<Source, (u64, String)>,
+    seq: u64,
+    /// `ROLE`s of the published primary that timed out in a row.
+    timeouts: u32,
+    /// One follower task per sentinel address.
+    sentinels: BTreeMap<String, JoinHandle<()>>,
+}
+
+impl Discovery {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Message>) {
+        let mut tick = tokio::time::interval(self.timing.verify_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = rx.recv() => match message {
+                    // Every sender (the proxy's handle and our own clone) is gone
+                    // only when the discovery task itself is dropped.
+                    None => return,
+                    Some(Message::Offer(source, endpoint)) => {
+                        self.seq += 1;
+                        let changed = self.candidates.get(&source).map(|(_, e)| e) != Some(&endpoint);
+                        self.candidates.insert(source.clone(), (self.seq, endpoint.clone()));
+                        if changed {
+                            tracing::info!(%endpoint, ?source, "primary candidate");
+                            self.choose().await;
+                        }
+                    }
+                    Some(Message::Sentinels(name, endpoints)) => self.follow(&name, endpoints),
+                },
+                _ = tick.tick() => self.verify().await,
+            }
+        }
+    }
+
+    /// Re-verifies the published primary; without one (or when it fails), tries the
+    /// candidates.
+    async fn verify(&mut self) {
+        let current = self.publish.borrow().addr.clone();
+        if let Some(addr) = current {
+            match role(&addr, self.timing.role_timeout).await {
+                Ok(r) if r == "master" => {
+                    self.timeouts = 0;
+                    if self.newest().as_deref() == Some(addr.as_str()) {
+                        return;
+                    }
+                    // A newer candidate that did not verify yet: try it again.
+                }
+                // One slow answer is not a demotion; two in a row withdraw it.
+                Err(RoleError::Timeout(_)) if self.timeouts == 0 => {
+                    self.timeouts += 1;
+                    return;
+                }
+                outcome => {
+                    self.timeouts = 0;
+                    tracing::warn!(%addr, ?outcome, "the primary is no longer verified by ROLE; withdrawing it");
+                    self.set(None);
+                }
+            }
+        }
+        self.choose().await;
+    }
+
+    /// The endpoint named last.
+    fn newest(&self) -> Option<String> {
+        self.candidates
+            .values()
+            .max_by_key(|(seq, _)| *seq)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// Tries the candidates, newest first: the first that `ROLE` calls `master` is
+    /// published (if it is not already).
+    async fn choose(&mut self) {
+        let mut ordered: Vec<(u64, String)> = self.candidates.values().cloned().collect();
+        ordered.sort_by_key(|c| std::cmp::Reverse(c.0));
+        let mut seen = Vec::new();
+        for (_, endpoint) in ordered {
+            if seen.contains(&endpoint) {
+                continue;
+            }
+            seen.push(endpoint.clone());
+            if self.publish.borrow().addr.as_deref() == Some(endpoint.as_str()) {
+                // The newest candidate verified is the one published.
+                return;
+            }
+            match role(&endpoint, self.timing.role_timeout).await {
+                Ok(r) if r == "master" => {
+                    self.set(Some(endpoint));
+                    return;
+                }
+                outcome => tracing::debug!(%endpoint, ?outcome, "candidate not a primary"),
+            }
+        }
+    }
+
+    fn set(&mut self, addr: Option<String>) {
+        let mut previous = None;
+        self.publish.send_modify(|p| {
+            previous = p.addr.clone();
+            p.generation += 1;
+            p.addr = addr.clone();
+        });
+        self.metrics.backend_switches.inc();
+        self.metrics.set_ready(addr.is_some());
+        tracing::info!(from = ?previous, to = ?addr, "primary verified by ROLE");
+    }
+
+    fn follow(&mut self, name: &str, endpoints: Vec<String>) {
+        self.sentinels.retain(|addr, task| {
+            let keep = endpoints.contains(addr);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        // Offers from sentinels no longer followed are forgotten.
+        self.candidates
+            .retain(|s, _| !matches!(s, Source::Sentinel(a) if !endpoints.contains(a)));
+        for addr in endpoints {
+            if !self.sentinels.contains_key(&addr) {
+                let task = tokio::spawn(follow_sentinel(
+                    addr.clone(),
+                    name.to_string(),
+                    self.offers.clone(),
+                ));
+                self.sentinels.insert(addr, task);
+            }
+        }
+    }
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        for task in self.sentinels.values() {
+            task.abort();
+        }
+    }
+}
+
+/// Why a `ROLE` did not say `master`.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// An answer that is not a `ROLE` reply.
+    #[error("unexpected reply {0:?}")]
+    Reply(String),
+}
+
+/// The first element of `ROLE` at `addr` (`master`, `slave`, `sentinel`).
+pub async fn role(addr: &str, timeout: Duration) -> Result<String, RoleError> {
+    let ask = async {
+        let mut conn = TcpStream::connect(addr).await?;
+        match request(&mut conn, &[b"ROLE"]).await? {
+            Value::Array(Some(items)) => items
+                .first()
+                .and_then(Value::text)
+                .ok_or_else(|| RoleError::Reply(format!("{items:?}"))),
+            other => Err(RoleError::Reply(format!("{other:?}"))),
+        }
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .map_err(|_| RoleError::Timeout(timeout))?
+}
+
+/// Sends one command and reads its reply (control connections).
+async fn request(conn: &mut TcpStream, args: &[&[u8]]) -> Result<Value, RoleError> {
+    conn.write_all(&resp::encode(args)).await?;
+    let mut buf = BytesMut::with_capacity(512);
+    read_value(conn, &mut buf).await
+}
+
+/// The next reply on a control connection (bytes past it stay in `buf`).
+async fn read_value(conn: &mut TcpStream, buf: &mut BytesMut) -> Result<Value, RoleError> {
+    loop {
+        match resp::parse_value(buf) {
+            Ok(Some((v, n))) => {
+                let _ = buf.split_to(n);
+                return Ok(v);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(RoleError::Reply(e.to_string())),
+        }
+        if conn.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+}
+
+/// Follows one sentinel for `name`, reconnecting after a failure: its current
+/// answer to `GET-MASTER-ADDR-BY-NAME`, then every `+switch-master`.
+async fn follow_sentinel(addr: String, name: String, offers: Offers) {
+    loop {
+        if let Err(e) = follow_once(&addr, &name, &offers).await {
+            tracing::debug!(sentinel = %addr, error = %e, "sentinel connection ended; retrying");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn follow_once(addr: &str, name: &str, offers: &Offers) -> Result<(), RoleError> {
+    let mut conn = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .map_err(|_| RoleError::Timeout(Duration::from_secs(2)))??;
+    let source = Source::Sentinel(addr.to_string());
+    // Subscribe first, then ask: a switch between the two is not missed.
+    conn.write_all(&resp::encode(&[&b"SUBSCRIBE"[..], b"+switch-master"]))
+        .await?;
+    let mut buf = BytesMut::with_capacity(512);
+    read_value(&mut conn, &mut buf).await?;
+    // A subscribed connection cannot ask; a second one does.
+    let mut ask = TcpStream::connect(addr).await?;
+    let reply = request(
+        &mut ask,
+        &[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", name.as_bytes()],
+    )
+    .await?;
+    drop(ask);
+    if let Value::Array(Some(items)) = reply
+        && let [host, port] = &items[..]
+        && let (Some(h), Some(p)) = (host.text(), port.text())
+    {
+        offers.offer(source.clone(), format!("{h}:{p}"));
+    }
+    loop {
+        let message = read_value(&mut conn, &mut buf).await?;
+        // ["message", "+switch-master", "<name> <old-ip> <old-port> <new-ip> <new-port>"]
+        if let Value::Array(Some(items)) = message
+            && let Some(text) = items.get(2).and_then(Value::text)
+        {
+            let words: Vec<&str> = text.split_whitespace().collect();
+            if let [master, _, _, ip, port] = words[..]
+                && master == name
+            {
+                tracing::info!(sentinel = %addr, new = %format!("{ip}:{port}"), "+switch-master");
+                offers.offer(source.clone(), format!("{ip}:{port}"));
+            }
+        }
+    }
+}

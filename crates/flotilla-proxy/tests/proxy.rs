@@ -1,0 +1,461 @@
+//! The proxy against real `redis-server` processes on loopback; the primary source is
+//! the test, through [`Offers`]. Every process a test starts is stopped by PID when it
+//! ends (`Drop`).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use flotilla_proxy::policy::DEFAULT_DENY;
+use flotilla_proxy::resp::{self, Value};
+use flotilla_proxy::{Audit, Config, Policy, Running, Source, Timing};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A `redis-server` on a free loopback port, killed by PID when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let r = Redis {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(r.addr()).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A RESP client.
+struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Client {
+    async fn open(addr: impl AsRef<str>) -> Client {
+        Client {
+            stream: TcpStream::connect(addr.as_ref()).await.unwrap(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, args: &[&str]) -> std::io::Result<()> {
+        self.stream.write_all(&resp::encode(args)).await
+    }
+
+    async fn read(&mut self) -> std::io::Result<Value> {
+        let read = async {
+            loop {
+                if let Some((v, n)) = resp::parse_value(&self.buf).unwrap() {
+                    let _ = self.buf.split_to(n);
+                    return Ok(v);
+                }
+                if self.stream.read_buf(&mut self.buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+    }
+
+    async fn cmd(&mut self, args: &[&str]) -> std::io::Result<Value> {
+        self.send(args).await?;
+        self.read().await
+    }
+
+    /// The reply's text (errors too), panicking on a connection error.
+    async fn text(&mut self, args: &[&str]) -> String {
+        let v = self.cmd(args).await.unwrap();
+        v.text().unwrap_or_else(|| format!("{v:?}"))
+    }
+}
+
+fn ok() -> String {
+    "OK".into()
+}
+
+/// A proxy for `primary`, fast timings for tests.
+async fn proxy(primary: &Redis, policy: Policy, audit: Audit) -> Running {
+    let mut config = Config::new("default/cache");
+    config.policy = policy;
+    config.audit = audit;
+    config.drain = Duration::from_secs(5);
+    config.wait_for_primary = Duration::from_millis(500);
+    config.timing = Timing {
+        verify_every: Duration::from_millis(100),
+        role_timeout: Duration::from_millis(500),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = flotilla_proxy::start(listener, config).unwrap();
+    running
+        .offers
+        .offer(Source::Other("test".into()), primary.addr());
+    wait_for(&running, Some(primary.addr())).await;
+    running
+}
+
+async fn wait_for(running: &Running, addr: Option<String>) {
+    let mut rx = running.primary.clone();
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|p| p.addr == addr))
+        .await
+        .unwrap_or_else(|_| panic!("the proxy never published {addr:?}"))
+        .unwrap();
+}
+
+/// The port of the instance a client reached, from `INFO server`.
+async fn backend_port(c: &mut Client) -> u16 {
+    let info = c.text(&["INFO", "server"]).await;
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("tcp_port:"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no tcp_port in {info}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_transactions_pubsub_and_blocking_commands_work() {
+    let redis = Redis::start();
+    let p = proxy(&redis, Policy::new(None, None), Audit::none()).await;
+    let mut c = Client::open(p.addr.to_string()).await;
+
+    // 200 commands in one write, 200 replies in order.
+    let mut batch = Vec::new();
+    for i in 0..100 {
+        batch.extend(resp::encode(&["SET", &format!("k{i}"), &format!("v{i}")]));
+        batch.extend(resp::encode(&["GET", &format!("k{i}")]));
+    }
+    c.stream.write_all(&batch).await.unwrap();
+    for i in 0..100 {
+        assert_eq!(c.read().await.unwrap().text(), Some(ok()));
+        assert_eq!(c.read().await.unwrap().text(), Some(format!("v{i}")));
+    }
+    // Inline commands too.
+    c.stream.write_all(b"PING\r\n").await.unwrap();
+    assert_eq!(c.read().await.unwrap().text().as_deref(), Some("PONG"));
+
+    // MULTI/EXEC.
+    assert_eq!(c.text(&["MULTI"]).await, "OK");
+    assert_eq!(c.text(&["INCR", "n"]).await, "QUEUED");
+    assert_eq!(c.text(&["INCR", "n"]).await, "QUEUED");
+    assert_eq!(
+        c.cmd(&["EXEC"]).await.unwrap(),
+        Value::Array(Some(vec![Value::Integer(1), Value::Integer(2)]))
+    );
+
+    // SUBSCRIBE/PUBLISH.
+    let mut sub = Client::open(p.addr.to_string()).await;
+    let reply = sub.cmd(&["SUBSCRIBE", "news"]).await.unwrap();
+    assert!(format!("{reply:?}").contains("subscribe"), "{reply:?}");
+    assert_eq!(
+        c.cmd(&["PUBLISH", "news", "hello"]).await.unwrap(),
+        Value::Integer(1)
+    );
+    let message = sub.read().await.unwrap();
+    assert!(format!("{message:?}").contains("hello"), "{message:?}");
+
+    // BLPOP waits for a push from another client.
+    let mut blocked = Client::open(p.addr.to_string()).await;
+    blocked.send(&["BLPOP", "queue", "5"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        c.cmd(&["LPUSH", "queue", "job"]).await.unwrap(),
+        Value::Integer(1)
+    );
+    let popped = blocked.read().await.unwrap();
+    assert!(format!("{popped:?}").contains("job"), "{popped:?}");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_authenticate_to_the_proxy() {
+    let redis = Redis::start();
+    let policy = Policy::new(Some("user-pw".into()), Some("admin-pw".into()));
+    let p = proxy(&redis, policy, Audit::none()).await;
+    let mut c = Client::open(p.addr.to_string()).await;
+    assert_eq!(
+        c.text(&["GET", "k"]).await,
+        "NOAUTH Authentication required."
+    );
+    assert_eq!(c.text(&["PING"]).await, "PONG");
+    assert_eq!(
+        c.text(&["AUTH", "nope"]).await,
+        "WRONGPASS invalid username-password pair or user is disabled."
+    );
+    assert_eq!(
+        c.text(&["SET", "k", "v"]).await,
+        "NOAUTH Authentication required."
+    );
+    assert_eq!(c.text(&["AUTH", "user-pw"]).await, "OK");
+    assert_eq!(c.text(&["SET", "k", "v"]).await, "OK");
+    let mut d = Client::open(p.addr.to_string()).await;
+    assert_eq!(c.text(&["AUTH", "default", "user-pw"]).await, "OK");
+    assert_eq!(
+        d.text(&["AUTH", "default", "admin-pw"])
+            .await
+            .split(' ')
+            .next(),
+        Some("WRONGPASS")
+    );
+    // HELLO: before AUTH only with its AUTH option, which the backend never sees.
+    let mut h = Client::open(p.addr.to_string()).await;
+    assert!(
+        h.text(&["HELLO", "2"])
+            .await
+            .starts_with("NOAUTH HELLO must be called")
+    );
+    assert!(
+        h.text(&["HELLO", "2", "AUTH", "default", "nope"])
+            .await
+            .starts_with("WRONGPASS")
+    );
+    let hello = h
+        .cmd(&["HELLO", "2", "AUTH", "default", "user-pw", "SETNAME", "app"])
+        .await
+        .unwrap();
+    assert!(format!("{hello:?}").contains("redis"), "{hello:?}");
+    assert_eq!(h.text(&["CLIENT", "GETNAME"]).await, "app");
+    assert_eq!(h.text(&["GET", "k"]).await, "v");
+    // Before AUTH a client may not declare big requests.
+    d.stream.write_all(b"*1\r\n$100000\r\n").await.unwrap();
+    let e = d.read().await.unwrap().text().unwrap();
+    assert!(e.starts_with("ERR Protocol error"), "{e}");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_commands_are_refused_unless_admin_and_audited_without_values() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let policy = Policy::new(Some("user-pw".into()), Some("admin-pw".into()));
+    let p = proxy(&redis, policy, Audit::open(&log).unwrap()).await;
+    let mut c = Client::open(p.addr.to_string()).await;
+    assert_eq!(c.text(&["AUTH", "user-pw"]).await, "OK");
+    assert_eq!(c.text(&["SET", "secret-key", "secret-value"]).await, "OK");
+    for name in DEFAULT_DENY {
+        let lower = name.to_ascii_lowercase();
+        assert_eq!(
+            c.text(&[&lower, "secret-value"]).await,
+            format!("ERR command '{lower}' is denied by the flotilla proxy"),
+        );
+    }
+    assert_eq!(
+        c.text(&["GET", "secret-key"]).await,
+        "secret-value",
+        "nothing flushed"
+    );
+    // Inside MULTI: refused, and the transaction aborts as Redis's would.
+    assert_eq!(c.text(&["MULTI"]).await, "OK");
+    assert_eq!(c.text(&["SET", "a", "1"]).await, "QUEUED");
+    assert!(c.text(&["FLUSHDB"]).await.contains("'flushdb' is denied"));
+    assert!(c.text(&["EXEC"]).await.starts_with("EXECABORT"));
+    assert_eq!(c.cmd(&["GET", "a"]).await.unwrap(), Value::Bulk(None));
+    assert_eq!(c.text(&["GET", "secret-key"]).await, "secret-value");
+    // A denied command in a pipeline is answered in its turn.
+    let mut batch = resp::encode(&["SET", "b", "1"]);
+    batch.extend(resp::encode(&["FLUSHALL"]));
+    batch.extend(resp::encode(&["GET", "b"]));
+    c.stream.write_all(&batch).await.unwrap();
+    assert_eq!(c.read().await.unwrap().text(), Some(ok()));
+    assert!(
+        c.read()
+            .await
+            .unwrap()
+            .text()
+            .unwrap()
+            .contains("'flushall'")
+    );
+    assert_eq!(c.read().await.unwrap().text().as_deref(), Some("1"));
+
+    // The admin password unlocks the list.
+    let mut admin = Client::open(p.addr.to_string()).await;
+    assert_eq!(admin.text(&["AUTH", "admin-pw"]).await, "OK");
+    let keys = admin.cmd(&["KEYS", "secret-*"]).await.unwrap();
+    assert_eq!(
+        keys,
+        Value::Array(Some(vec![Value::Bulk(Some("secret-key".into()))]))
+    );
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("secret"), "values in the audit log: {text}");
+    assert!(!text.contains("pw"), "passwords in the audit log: {text}");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let denied: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["outcome"] == "denied")
+        .map(|l| l["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(denied.len(), DEFAULT_DENY.len() + 2, "{text}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["time"].is_string() && l["client"].is_string())
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["user"] == "admin" && l["command"] == "keys" && l["outcome"] == "allowed"),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["user"] == "default" && l["command"] == "flushall"),
+        "{text}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_of_primary_closes_old_connections_and_never_routes_to_a_replica() {
+    let a = Redis::start();
+    let b = Redis::start();
+    let mut direct_b = Client::open(b.addr()).await;
+    assert_eq!(
+        direct_b
+            .text(&["REPLICAOF", "127.0.0.1", &a.port.to_string()])
+            .await,
+        "OK"
+    );
+    let p = proxy(&a, Policy::new(None, None), Audit::none()).await;
+
+    // A replica offered is never published.
+    p.offers.offer(Source::Other("stale".into()), b.addr());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.primary.borrow().addr, Some(a.addr()));
+
+    let mut old = Client::open(p.addr.to_string()).await;
+    assert_eq!(old.text(&["SET", "before", "1"]).await, "OK");
+    assert_eq!(backend_port(&mut old).await, a.port);
+
+    // The switchover: b becomes the primary, a its replica; the source names b.
+    assert_eq!(direct_b.text(&["REPLICAOF", "NO", "ONE"]).await, "OK");
+    let mut direct_a = Client::open(a.addr()).await;
+    assert_eq!(
+        direct_a
+            .text(&["REPLICAOF", "127.0.0.1", &b.port.to_string()])
+            .await,
+        "OK"
+    );
+    p.offers.offer(Source::Other("sentinel".into()), b.addr());
+    wait_for(&p, Some(b.addr())).await;
+
+    // The old connection: one error, then a new connection reaches b.
+    let after = old.cmd(&["SET", "after", "1"]).await;
+    assert!(after.is_err(), "a command on the old connection: {after:?}");
+    let mut new = Client::open(p.addr.to_string()).await;
+    assert_eq!(new.text(&["SET", "after", "1"]).await, "OK");
+    assert_eq!(backend_port(&mut new).await, b.port);
+    let role = new.cmd(&["ROLE"]).await.unwrap();
+    let Value::Array(Some(items)) = role else {
+        panic!("{role:?}")
+    };
+    assert_eq!(items[0].text().as_deref(), Some("master"));
+
+    // The primary demoted with no new candidate: withdrawn, connections closed, new
+    // commands refused rather than sent to a replica.
+    let mut c = Client::open(p.addr.to_string()).await;
+    assert_eq!(c.text(&["SET", "x", "1"]).await, "OK");
+    assert_eq!(
+        direct_b
+            .text(&["REPLICAOF", "127.0.0.1", &a.port.to_string()])
+            .await,
+        "OK"
+    );
+    wait_for(&p, None).await;
+    assert!(c.cmd(&["SET", "x", "2"]).await.is_err());
+    let mut late = Client::open(p.addr.to_string()).await;
+    let refused = late.text(&["SET", "x", "3"]).await;
+    assert!(
+        refused.contains("no primary verified for default/cache"),
+        "{refused}"
+    );
+    // a, b, none (and maybe none between a and b, if a verification saw a demoted
+    // before the offer of b arrived).
+    let metrics = p.metrics.encode();
+    assert!(
+        metric(&metrics, "flotilla_proxy_backend_switches_total") >= 3.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "flotilla_proxy_closed_on_switch_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "flotilla_proxy_backend_latency_seconds_count") > 0.0,
+        "{metrics}"
+    );
+    p.stop().await;
+}
+
+/// A sample's value in OpenMetrics text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_lets_an_in_flight_command_finish() {
+    let redis = Redis::start();
+    let p = proxy(&redis, Policy::new(None, None), Audit::none()).await;
+    let addr = p.addr;
+    let mut c = Client::open(addr.to_string()).await;
+    c.send(&["BLPOP", "nothing", "1"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let stop = tokio::spawn(p.stop());
+    // The blocked command still gets its answer (nil after 1 s), then the close.
+    assert_eq!(c.read().await.unwrap(), Value::Array(None));
+    assert!(c.read().await.is_err());
+    stop.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
