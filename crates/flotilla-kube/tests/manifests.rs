@@ -1,4 +1,4 @@
-//! `deploy/agent/` and `deploy/server/` as Kubernetes would read them, and the agent's
+//! `deploy/agent/`, `deploy/server/` and `deploy/proxy/` as Kubernetes would read them, and the agent's
 //! ClusterRole against the permission table the code is checked against.
 //!
 //! ```text
@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use flotilla_kube::rbac::REQUIRED_PERMISSIONS;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, Namespace, PodSpec, Secret, Service, ServiceAccount,
 };
@@ -139,6 +140,7 @@ struct Objects {
     deployments: Vec<(String, Deployment)>,
     services: Vec<Service>,
     stateful_sets: Vec<StatefulSet>,
+    autoscalers: Vec<HorizontalPodAutoscaler>,
 }
 
 fn objects(dir: &str) -> Objects {
@@ -156,6 +158,7 @@ fn objects(dir: &str) -> Objects {
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => o.bindings.push(doc.typed()),
             ("apps/v1", "Deployment") => o.deployments.push((doc.file.clone(), doc.typed())),
             ("apps/v1", "StatefulSet") => o.stateful_sets.push(doc.typed()),
+            ("autoscaling/v2", "HorizontalPodAutoscaler") => o.autoscalers.push(doc.typed()),
             (api, kind) => panic!("{}: unexpected {api} {kind}", doc.file),
         }
     }
@@ -167,6 +170,7 @@ fn objects(dir: &str) -> Objects {
         .chain(o.services.iter().map(|x| &x.metadata))
         .chain(o.deployments.iter().map(|x| &x.1.metadata))
         .chain(o.stateful_sets.iter().map(|x| &x.metadata))
+        .chain(o.autoscalers.iter().map(|x| &x.metadata))
     {
         assert_eq!(ns.namespace.as_deref(), Some(NAMESPACE), "{:?}", ns.name);
     }
@@ -568,4 +572,98 @@ fn a_misspelt_field_is_caught() {
     let caught = std::panic::catch_unwind(|| doc.typed::<ServiceAccount>());
     let message = *caught.unwrap_err().downcast::<String>().unwrap();
     assert!(message.contains(".metadata.namespce"), "{message}");
+}
+
+#[test]
+fn the_proxy_serves_redis_is_probed_and_scales_down_slowly() {
+    let o = objects("proxy");
+    assert_eq!(o.deployments.len(), 1);
+    let (_, d) = &o.deployments[0];
+    let pod = pod_spec(d);
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let c = &pod.containers[0];
+    hardened(pod, c);
+    let args = c.args.clone().unwrap_or_default();
+    assert_eq!(args[0], "proxy");
+    flags_exist(&args[1..]);
+    for flag in [
+        "--set=",
+        "--listen=0.0.0.0:6379",
+        "--http=0.0.0.0:7080",
+        "--password-file=",
+        "--admin-password-file=",
+    ] {
+        assert!(
+            args.iter().any(|a| a.starts_with(flag)),
+            "{flag} in {args:?}"
+        );
+    }
+    // The token and the passwords come from the Secret of this directory.
+    let secret = &o.secrets[0];
+    let secret_name = secret.metadata.name.clone().unwrap();
+    let token = env(c, "FLOTILLA_TOKEN").expect("FLOTILLA_TOKEN");
+    let key_ref = token
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(key_ref.name, secret_name);
+    let keys: BTreeSet<&str> = secret
+        .string_data
+        .as_ref()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert!(keys.contains(key_ref.key.as_str()));
+    let mounted = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find_map(|v| v.secret.as_ref()?.secret_name.clone());
+    assert_eq!(mounted.as_deref(), Some(secret_name.as_str()));
+    for file in ["password", "admin-password", "ca.crt"] {
+        assert!(keys.contains(file), "the Secret holds {file}");
+    }
+    // Probes on the HTTP port.
+    for (probe, path) in [
+        (&c.liveness_probe, "/healthz"),
+        (&c.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("an httpGet probe");
+        assert_eq!(get.path.as_deref(), Some(path));
+    }
+    // The Service reaches the pods' redis port.
+    let selector = d
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .match_labels
+        .clone()
+        .unwrap();
+    let service = &o.services[0];
+    let spec = service.spec.as_ref().unwrap();
+    assert_eq!(spec.selector.clone().unwrap(), selector);
+    assert_eq!(spec.ports.as_ref().unwrap()[0].port, 6379);
+    // The autoscaler targets the Deployment and waits before scaling down.
+    let hpa = o.autoscalers[0].spec.as_ref().unwrap();
+    assert_eq!(hpa.scale_target_ref.name, d.metadata.name.clone().unwrap());
+    assert!(hpa.min_replicas.unwrap_or(1) >= 2, "two proxies at least");
+    let down = hpa
+        .behavior
+        .as_ref()
+        .and_then(|b| b.scale_down.as_ref())
+        .and_then(|r| r.stabilization_window_seconds)
+        .expect("a scale-down stabilisation window");
+    assert!(
+        down >= 300,
+        "scale-down waits at least 5 minutes, not {down} s"
+    );
 }

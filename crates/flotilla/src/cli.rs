@@ -261,6 +261,10 @@ pub struct DevArgs {
     /// Simulated members even when redis-server and redis-sentinel are on PATH.
     #[arg(long)]
     pub simulated: bool,
+    /// With `--example` on process members: where `flotilla proxy` for the example's
+    /// shard listens (clients reach its primary there, wherever it moves).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6380")]
+    pub proxy: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]

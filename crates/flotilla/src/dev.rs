@@ -180,11 +180,17 @@ pub fn run(args: &DevArgs) -> Result<(), CliError> {
             }
         }
         print_welcome(&server, &dir, args.data_dir.is_some(), missing.as_deref());
+        let mut proxy = None;
         if args.example && missing.is_none() {
+            proxy = Some(start_proxy(args.proxy, &url, &server.admin_token).await?);
             tokio::spawn(print_primary(url.clone(), server.admin_token.clone()));
         }
         process::stop_signal().await;
         println!("stopping");
+        if let Some((running, follow)) = proxy {
+            follow.abort();
+            running.stop().await;
+        }
         stop_tx.send_replace(true);
         for a in agents {
             let _ = a.await;
@@ -228,6 +234,40 @@ fn missing_programs(simulated: bool) -> Option<String> {
             missing.join(" and ")
         )
     })
+}
+
+/// `flotilla proxy` for the example's shard, in this process: it follows the set
+/// through the server as the standalone proxy does. No passwords (loopback only).
+async fn start_proxy(
+    listen: std::net::SocketAddr,
+    url: &str,
+    token: &str,
+) -> Result<(flotilla_proxy::Running, tokio::task::JoinHandle<()>), CliError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--proxy {listen}: the example's proxy cannot listen there"))
+        .map_err(failed)?;
+    let running = flotilla_proxy::start(listener, flotilla_proxy::Config::new("default/redis-a"))
+        .context("starting the example's proxy")
+        .map_err(failed)?;
+    let args = crate::cli::ClientArgs {
+        server: url.to_string(),
+        token: Some(token.to_string()),
+        tls: Default::default(),
+    };
+    let conn = crate::client::connect(&args).await?;
+    let follow = tokio::spawn(crate::proxy::follow_set(
+        conn,
+        "default".into(),
+        "redis-a".into(),
+        running.offers.clone(),
+    ));
+    println!(
+        "The example's proxy (always its primary): redis-cli -h {} -p {}",
+        running.addr.ip(),
+        running.addr.port()
+    );
+    Ok((running, follow))
 }
 
 /// Waits for the example's primary and prints how to reach it.

@@ -127,7 +127,12 @@ fn read_secret(path: Option<&Path>, flag: &str) -> Result<Option<String>, CliErr
 
 /// Follows the namespace's sets, resuming after a failure: `name`'s primary endpoint
 /// is offered, and `name-sentinel`'s endpoints are the sentinels to follow.
-async fn follow_set(mut conn: client::Conn, namespace: String, name: String, offers: Offers) {
+pub(crate) async fn follow_set(
+    mut conn: client::Conn,
+    namespace: String,
+    name: String,
+    offers: Offers,
+) {
     let sentinel_set = format!("{name}-sentinel");
     loop {
         match conn
