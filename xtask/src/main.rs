@@ -23,6 +23,9 @@ tasks:
   bench member the member controller's commit phase, sequential against concurrent, on
                the simulated member with 5 ms a request (N = 100, 1,000, 10,000; pick
                with `FLOTILLA_BENCH_SIZES=100,1000` or `cargo xtask bench member -- 100`)
+  bench proxy  the proxy hop: redis-benchmark -t get,set -c 50 (-P 1 and 16) against
+               redis-server directly, through flotilla proxy and through haproxy as
+               redis-ha configures it (needs redis-tools and haproxy from Debian)
   run -- ARGS  build and run the flotilla binary with ARGS
   crdgen       write deploy/crds/ from the API types; `crdgen --check` (also run by
                `test`) fails when the committed files are stale
@@ -59,6 +62,17 @@ fn main() -> Result<()> {
                 &rest,
             )
         }
+        "bench" if rest.first().is_some_and(|a| a == "proxy") => cargo(
+            &[
+                "bench",
+                "--package",
+                "flotilla-proxy",
+                "--bench",
+                "proxy",
+                "--",
+            ],
+            &rest[1..],
+        ),
         "bench" => cargo(&["bench", "--workspace"], &rest),
         "run" => cargo(&["run", "--quiet", "--package", "flotilla", "--"], &rest),
         "help" | "--help" | "-h" => {
