@@ -237,8 +237,13 @@ impl Drop for KubeMember {
 }
 
 impl Member for KubeMember {
-    fn replace(&self, slices: Vec<InstanceSet>) {
-        let held: Held = slices.into_iter().map(|s| (set_key(&s), s)).collect();
+    fn replace(&self, slices: Vec<InstanceSet>, undecoded: &[String]) {
+        let mut held: Held = slices.into_iter().map(|s| (set_key(&s), s)).collect();
+        for key in undecoded {
+            if let Some(old) = self.inner.held.borrow().get(key) {
+                held.insert(key.clone(), old.clone());
+            }
+        }
         self.inner.lock().complete = true;
         self.inner.held.send_replace(held);
         self.inner.wake.notify_one();
@@ -554,7 +559,7 @@ mod tests {
     #[tokio::test]
     async fn a_held_slice_is_applied_and_its_status_read_back() {
         let (member, fake) = member();
-        member.replace(vec![slice(7)]);
+        member.replace(vec![slice(7)], &[]);
         {
             let mut s = fake.script();
             s.lists.push_back(vec![]);
@@ -587,7 +592,7 @@ mod tests {
     #[tokio::test]
     async fn a_changed_slice_is_applied_again() {
         let (member, fake) = member();
-        member.replace(vec![slice(7)]);
+        member.replace(vec![slice(7)], &[]);
         {
             let mut s = fake.script();
             s.lists.push_back(vec![]);
@@ -620,7 +625,7 @@ mod tests {
             s.lists.push_back(vec![stored(4)]);
         }
         member.sync().await.unwrap();
-        member.replace(vec![]);
+        member.replace(vec![], &[]);
         member.sync().await.unwrap();
         assert_eq!(
             fake.script().calls,

@@ -256,10 +256,14 @@ impl<B: LocalBackend> Drop for LocalMember<B> {
 }
 
 impl<B: LocalBackend> Member for LocalMember<B> {
-    fn replace(&self, slices: Vec<InstanceSet>) {
+    fn replace(&self, slices: Vec<InstanceSet>, undecoded: &[String]) {
         let mut state = self.inner.lock();
         state.orphans_due = true;
-        let keep: std::collections::BTreeSet<String> = slices.iter().map(set_key).collect();
+        let keep: std::collections::BTreeSet<String> = slices
+            .iter()
+            .map(set_key)
+            .chain(undecoded.iter().cloned())
+            .collect();
         let gone: Vec<String> = state
             .sets
             .keys()

@@ -35,8 +35,10 @@ pub(crate) fn set_key(set: &InstanceSet) -> String {
 /// the session loop: `replace`, `put` and `delete` only record what to hold.
 pub trait Member: Send + Sync + 'static {
     /// Holds exactly `slices` (a Snapshot): every slice held that is not among them is
-    /// deleted.
-    fn replace(&self, slices: Vec<InstanceSet>);
+    /// deleted, except those named in `undecoded` (`namespace/name` of the snapshot's
+    /// slices that did not decode): a slice the agent cannot read is unknown, not gone,
+    /// so what it holds for it stays as it is.
+    fn replace(&self, slices: Vec<InstanceSet>, undecoded: &[String]);
 
     /// Holds `slice`, replacing the slice of the same `namespace/name`.
     fn put(&self, slice: InstanceSet);

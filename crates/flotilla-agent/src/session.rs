@@ -352,9 +352,23 @@ fn apply<M: Member>(message: ServerMessage, member: &M, state: &mut Resume) -> R
     match message.message {
         Some(server_message::Message::Snapshot(Snapshot { revision, slices })) => {
             let count = slices.len();
-            let sets = slices.into_iter().filter_map(decode).collect();
-            member.replace(sets);
-            tracing::info!(revision, slices = count, "applied snapshot");
+            let mut sets = Vec::with_capacity(count);
+            let mut undecoded = Vec::new();
+            for slice in slices {
+                let key = crate::slice_key(&slice.namespace, &slice.name);
+                match decode(slice) {
+                    Some(set) => sets.push(set),
+                    None => undecoded.push(key),
+                }
+            }
+            // A slice that does not decode keeps what runs for it: unknown is not gone.
+            member.replace(sets, &undecoded);
+            tracing::info!(
+                revision,
+                slices = count,
+                undecoded = undecoded.len(),
+                "applied snapshot"
+            );
             state.revision = revision;
         }
         Some(server_message::Message::Change(Change {
@@ -399,7 +413,8 @@ fn apply<M: Member>(message: ServerMessage, member: &M, state: &mut Resume) -> R
 
 /// The InstanceSet a slice carries, named as the slice says. A slice that does not
 /// decode is logged and skipped: the server validated it, so this is a version skew
-/// that reconnecting would not fix, and the rest of the stream must go on.
+/// that reconnecting would not fix, and the rest of the stream must go on. Skipped
+/// means unknown, not deleted: a put leaves the slice held before; a snapshot keeps it.
 fn decode(slice: Slice) -> Option<InstanceSet> {
     match serde_json::from_str::<InstanceSet>(&slice.json) {
         Ok(mut set) => {

@@ -126,14 +126,14 @@ async fn a_removed_slice_is_torn_down_and_a_new_member_adopts_or_tears_down_what
 
     // A new agent that still holds the set adopts the processes.
     let m = member(&data_dir).await;
-    m.replace(vec![sleeper()]);
+    m.replace(vec![sleeper()], &[]);
     let adopted = running(&m, &reaper).await;
     assert_eq!(adopted, second, "same processes, nothing restarted");
     drop(m);
 
     // A new agent whose first Snapshot no longer has the set tears it down.
     let m = member(&data_dir).await;
-    m.replace(vec![]);
+    m.replace(vec![], &[]);
     until("leftovers torn down", || alive(&second) == [false, false]).await;
     until("their state files removed", || {
         layout.records().unwrap().is_empty()

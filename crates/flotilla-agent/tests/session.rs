@@ -408,6 +408,26 @@ async fn the_agent_holds_its_slices_reports_them_and_resumes_after_a_broken_stre
     let s = next_session(&mut opened).await;
     assert_eq!(s.hello.resume_revision, 9);
 
+    // A snapshot whose slice for `other` does not decode: `other` is unknown, not
+    // gone, and what runs for it stays. (A change the agent can read follows, so the
+    // snapshot has been applied when it shows.)
+    s.welcome(false);
+    let before = member.held().borrow()["cache/other"].clone();
+    let broken = Slice {
+        namespace: "cache".into(),
+        name: "other".into(),
+        json: r#"{"spec": 42}"#.into(),
+    };
+    s.snapshot(10, vec![broken]);
+    s.put(11, redis.clone());
+    held_until(&mut held, |h| {
+        keys(h) == BTreeSet::from(["cache/other", "cache/redis"])
+    })
+    .await;
+    assert_eq!(member.held().borrow()["cache/other"], before);
+    let observed = member.sim().observe(&set_of(&other)).await.unwrap();
+    assert_eq!(observed.instances.len(), 1, "other's instance still runs");
+
     stop.send(()).unwrap();
     tokio::time::timeout(PATIENCE, run)
         .await
