@@ -114,7 +114,12 @@ pub async fn run<M: Member>(
             source,
         })?
         .connect_timeout(options.connect_timeout)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A connection that silently died (a NAT or a load balancer dropped it) is
+        // found within 20 s, not when the kernel gives up on it.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
     let auth: MetadataValue<Ascii> = format!("Bearer {}", options.token)
         .parse()
         .map_err(|_| Error::InvalidToken)?;

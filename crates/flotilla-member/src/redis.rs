@@ -124,20 +124,41 @@ pub async fn command_via<D: Dial>(
         })?
 }
 
-fn read_reply<'a, R: AsyncBufReadExt + Unpin + Send>(
-    r: &'a mut R,
-) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<Reply>> + Send + 'a>> {
+/// The longest reply line (a type byte, a simple string, an error or a length).
+const MAX_LINE: u64 = 64 * 1024;
+/// The longest bulk string: Redis's own `proto-max-bulk-len` default.
+const MAX_BULK: u64 = 512 * 1024 * 1024;
+/// The most elements in one array, and the deepest nesting of arrays.
+const MAX_ELEMENTS: i64 = 1 << 20;
+const MAX_DEPTH: u32 = 16;
+
+/// One reply, read without trusting the wire: every length is bounded, and memory
+/// grows only with bytes that arrived (a declared length allocates nothing).
+fn read_reply<R: AsyncBufReadExt + Unpin + Send>(
+    r: &mut R,
+) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<Reply>> + Send + '_>> {
+    read_reply_at(r, 0)
+}
+
+fn read_reply_at<R: AsyncBufReadExt + Unpin + Send>(
+    r: &mut R,
+    depth: u32,
+) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<Reply>> + Send + '_>> {
     Box::pin(async move {
         let bad =
             |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-        let mut line = String::new();
-        if r.read_line(&mut line).await? == 0 {
+        let mut raw = Vec::new();
+        let read = (&mut *r).take(MAX_LINE).read_until(b'\n', &mut raw).await?;
+        if read == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "connection closed",
             ));
         }
-        let line = line.trim_end_matches("\r\n");
+        if !raw.ends_with(b"\r\n") {
+            return Err(bad("a reply line longer than 64 KiB, or cut short"));
+        }
+        let line = String::from_utf8_lossy(&raw[..raw.len() - 2]).into_owned();
         let (kind, rest) = line.split_at_checked(1).ok_or_else(|| bad("empty reply"))?;
         let number = || rest.parse::<i64>().map_err(|_| bad("bad length"));
         Ok(match kind {
@@ -146,19 +167,32 @@ fn read_reply<'a, R: AsyncBufReadExt + Unpin + Send>(
             ":" => Reply::Integer(number()?),
             "$" => match number()? {
                 n if n < 0 => Reply::Bulk(None),
+                n if n as u64 > MAX_BULK => return Err(bad("a bulk string over 512 MiB")),
                 n => {
-                    let mut buf = vec![0; n as usize + 2];
-                    r.read_exact(&mut buf).await?;
+                    let want = n as u64 + 2;
+                    let mut buf = Vec::new();
+                    (&mut *r).take(want).read_to_end(&mut buf).await?;
+                    if buf.len() as u64 != want {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "connection closed inside a bulk string",
+                        ));
+                    }
+                    if !buf.ends_with(b"\r\n") {
+                        return Err(bad("a bulk string not ended by CRLF"));
+                    }
                     buf.truncate(n as usize);
                     Reply::Bulk(Some(buf))
                 }
             },
             "*" => match number()? {
                 n if n < 0 => Reply::Array(None),
+                n if n > MAX_ELEMENTS => return Err(bad("an array of over 2^20 elements")),
+                _ if depth >= MAX_DEPTH => return Err(bad("arrays nested over 16 deep")),
                 n => {
-                    let mut items = Vec::with_capacity(n as usize);
+                    let mut items = Vec::with_capacity(n.min(64) as usize);
                     for _ in 0..n {
-                        items.push(read_reply(r).await?);
+                        items.push(read_reply_at(r, depth + 1).await?);
                     }
                     Reply::Array(Some(items))
                 }
@@ -500,6 +534,87 @@ mod tests {
                 matches!(role_via(&dial, bad, t).await, Err(Error::Probe { .. })),
                 "{bad}"
             );
+        }
+    }
+
+    /// `read_reply` over exactly `bytes` (then EOF).
+    async fn parse(bytes: &[u8]) -> std::io::Result<Reply> {
+        let mut r = BufReader::new(bytes);
+        read_reply(&mut r).await
+    }
+
+    #[tokio::test]
+    async fn hostile_lengths_are_refused_and_allocate_nothing() {
+        // Declared lengths far beyond what arrives: refused, or cut short, at once.
+        let e = parse(b"$4000000000\r\n").await.unwrap_err();
+        assert!(e.to_string().contains("512 MiB"), "{e}");
+        let e = parse(b"$100000000\r\nabc").await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+        let e = parse(b"*99999999999\r\n").await.unwrap_err();
+        assert!(e.to_string().contains("2^20"), "{e}");
+        let e = parse(b"*1000000\r\n:1\r\n").await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+        let deep = b"*1\r\n".repeat(40);
+        let e = parse(&deep).await.unwrap_err();
+        assert!(e.to_string().contains("16 deep"), "{e}");
+        let long = vec![b'+'; 70 * 1024];
+        let e = parse(&long).await.unwrap_err();
+        assert!(e.to_string().contains("64 KiB"), "{e}");
+        let e = parse(b"$3\r\nabcd\r\n").await.unwrap_err();
+        assert!(e.to_string().contains("CRLF"), "{e}");
+        // And what is well formed still parses.
+        assert_eq!(
+            parse(b"*2\r\n$3\r\nabc\r\n*1\r\n:7\r\n").await.unwrap(),
+            Reply::Array(Some(vec![
+                Reply::Bulk(Some(b"abc".to_vec())),
+                Reply::Array(Some(vec![Reply::Integer(7)])),
+            ]))
+        );
+    }
+
+    /// 10,000 inputs made by mutating valid replies (bytes flipped, dropped, repeated,
+    /// cut) and by random bytes: each one parses or is an error; none panics or hangs.
+    #[tokio::test]
+    async fn mutated_and_random_replies_never_panic() {
+        let seeds: [&[u8]; 5] = [
+            b"*3\r\n$6\r\nmaster\r\n:42\r\n*1\r\n*3\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n$2\r\n42\r\n",
+            b"$11\r\nrole:master\r\n",
+            b"-ERR unknown command\r\n",
+            b"*2\r\n$9\r\nmaxmemory\r\n$8\r\n67108864\r\n",
+            b"+OK\r\n",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..10_000u32 {
+            let mut input: Vec<u8> = if i % 10 == 9 {
+                (0..next() % 64).map(|_| next() as u8).collect()
+            } else {
+                seeds[i as usize % seeds.len()].to_vec()
+            };
+            for _ in 0..1 + next() % 4 {
+                if input.is_empty() {
+                    break;
+                }
+                let at = (next() % input.len() as u64) as usize;
+                match next() % 4 {
+                    0 => input[at] = next() as u8,
+                    1 => {
+                        input.remove(at);
+                    }
+                    2 => {
+                        let b = input[at];
+                        input.insert(at, b);
+                    }
+                    _ => input.truncate(at),
+                }
+            }
+            let parsed = tokio::time::timeout(Duration::from_secs(5), parse(&input)).await;
+            assert!(parsed.is_ok(), "input {input:?} hung");
         }
     }
 }

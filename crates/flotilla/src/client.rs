@@ -379,7 +379,12 @@ pub(crate) async fn connect(args: &ClientArgs) -> Result<Conn, CliError> {
     };
     let mut endpoint = Endpoint::from_shared(server.clone())
         .map_err(|e| CliError::Usage(format!("--server {:?} is not a URL: {e}", args.server)))?
-        .connect_timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(10))
+        // `get -w`, `apply --wait` and the proxy's watch hold a stream open for long:
+        // a connection that silently died is found within 20 s.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
     if let Some(tls) = args
         .tls
         .files()
