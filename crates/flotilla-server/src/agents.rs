@@ -131,10 +131,17 @@ impl Agents {
         (id, rx)
     }
 
+    /// Forgets the session, and with it what this server kept for the cluster (its
+    /// lease id, when its capacity was last written): the maps hold connected clusters
+    /// only, however many come and go. The lease itself is left to run out (the agent
+    /// may be reconnecting, here or to another server); a new session grants another
+    /// and moves the alive key under it.
     fn deregister(&self, cluster: &str, id: u64) {
         let mut sessions = lock(&self.sessions);
         if sessions.get(cluster).is_some_and(|(i, _)| *i == id) {
             sessions.remove(cluster);
+            lock(&self.leases).remove(cluster);
+            lock(&self.capacity_written).remove(cluster);
         }
     }
 
