@@ -155,13 +155,13 @@ pub async fn run<M: Member>(
                     },
                     other => other,
                 };
-                tracing::error!(parent: &span, error = %error.chain(), "the server refused this agent's token");
+                tracing::error!(parent: &span, error = %error.chain(), "the server refused this agent (its token, or with TLS its certificate)");
                 return Err(error);
             }
             tracing::error!(
                 parent: &span,
                 error = %ended.chain(),
-                "the server refused this agent's token (wrong or revoked?); retrying"
+                "the server refused this agent (token wrong or revoked, or a certificate refused); retrying"
             );
             options.backoff_max
         } else {
