@@ -7,7 +7,7 @@
 //!                  │ trim what policy no longer allows (max, share, maxClusters, maxGroups)
 //!                  ▼
 //!      kept + stuck ≤ replicas ─▶ scale up: select clusters, divide with lo = kept,
-//!                  │                        new ordinals lowest free first
+//!                  │                        new ordinals lowest free first (not busy)
 //!      kept + stuck > replicas ─▶ scale down: remove from the clusters furthest above
 //!                                 their target, highest ordinal first
 //! ```
@@ -153,7 +153,20 @@ impl<'a> Inventory<'a> {
         set: &Valid<FederatedInstanceSet>,
         previous: Option<&Plan>,
     ) -> Result<Plan, Invalid> {
-        plan_on(self, set, previous)
+        plan_on(self, set, previous, &BTreeSet::new())
+    }
+
+    /// Like [`Inventory::plan`], but no ordinal in `busy` is given out as a new one:
+    /// for sets whose instances are replaced before they are removed (a Redis shard
+    /// moving between members), the ordinals still running where they are leaving.
+    /// Ordinals already placed stay where they are, busy or not.
+    pub fn plan_avoiding(
+        &self,
+        set: &Valid<FederatedInstanceSet>,
+        previous: Option<&Plan>,
+        busy: &BTreeSet<u32>,
+    ) -> Result<Plan, Invalid> {
+        plan_on(self, set, previous, busy)
     }
 }
 
@@ -174,6 +187,7 @@ fn plan_on(
     inventory: &Inventory<'_>,
     set: &Valid<FederatedInstanceSet>,
     previous: Option<&Plan>,
+    busy: &BTreeSet<u32>,
 ) -> Result<Plan, Invalid> {
     let spec = &set.spec;
     let p = &spec.placement;
@@ -229,7 +243,7 @@ fn plan_on(
         scale_down(p, replicas, &mut members);
         false
     } else {
-        scale_up(p, replicas - stuck, &space, &mut members, &mut notes)
+        scale_up(p, replicas - stuck, &space, busy, &mut members, &mut notes)
     };
     if !blocked {
         unmet_minimums(p, replicas, &members, &mut notes);
@@ -810,6 +824,7 @@ fn scale_up(
     p: &Placement,
     total: u32,
     space: &OrdinalSpace,
+    busy: &BTreeSet<u32>,
     members: &mut [Member<'_>],
     notes: &mut Vec<String>,
 ) -> bool {
@@ -861,9 +876,11 @@ fn scale_up(
     let mut taken: Vec<u32> = members
         .iter()
         .flat_map(|m| m.kept.iter().chain(&m.stuck))
+        .chain(busy)
         .copied()
         .collect();
     taken.sort_unstable();
+    taken.dedup();
     // Both ascending: walk the space and skip what is taken.
     let mut taken = taken.into_iter().peekable();
     let mut free = space.iter().filter(move |&o| {

@@ -563,3 +563,27 @@ fn raised_minimums_are_reported_and_met_by_the_next_scale_up() {
         "a=0-3 b=4",
     );
 }
+
+#[test]
+fn ordinals_still_running_elsewhere_are_not_given_out_again() {
+    use flotilla_scheduler::Inventory;
+    use std::collections::BTreeSet;
+    let cs = clusters(&[cluster("a", 10, 8), cluster("b", 10, 8)]);
+    let p = check(&set(3, "weights: {static: {a: 1}}"), &cs, None, "a=0-2");
+    let moved = set(3, "weights: {static: {a: 1, b: 1}}, perCluster: {a: {max: 0}}");
+    // Without busy ordinals the move reuses 0-2 (each waits for its old member).
+    check(&moved, &cs, Some(&p), "b=0-2");
+    // With a's instances still running, b gets new ordinals; they stay once a's go.
+    let busy: BTreeSet<u32> = [0, 1, 2].into();
+    let inventory = Inventory::new(&cs);
+    let q = inventory.plan_avoiding(&moved, Some(&p), &busy).unwrap();
+    assert_eq!(show(&q), "b=3-5");
+    let r = inventory
+        .plan_avoiding(&moved, Some(&q), &BTreeSet::new())
+        .unwrap();
+    assert_eq!(show(&r), "b=3-5");
+    // Busy ordinals a cluster keeps stay with it.
+    let grown = set(4, "weights: {static: {a: 1}}");
+    let s = inventory.plan_avoiding(&grown, Some(&p), &busy).unwrap();
+    assert_eq!(show(&s), "a=0-3");
+}
