@@ -102,6 +102,20 @@ pub fn compact_list(ordinals: &[u32]) -> String {
     joined_runs(ordinals, ",")
 }
 
+/// The ordinals of a [`compact_list`] (`0-3,7`); an unreadable part reads as none (these
+/// lists are written by Flotilla itself, on annotations), and a range is capped at a
+/// million ordinals.
+pub fn parse_compact_list(text: &str) -> std::collections::BTreeSet<u32> {
+    let mut out = std::collections::BTreeSet::new();
+    for part in text.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
+            out.extend(a..=b.min(a.saturating_add(1_000_000)));
+        }
+    }
+    out
+}
+
 fn joined_runs(ordinals: &[u32], separator: &str) -> String {
     let mut sorted = ordinals.to_vec();
     sorted.sort_unstable();

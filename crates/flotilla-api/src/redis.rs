@@ -191,6 +191,23 @@ pub fn promote_of(set: &crate::InstanceSet) -> Option<(u32, String)> {
     Some((ordinal.trim().parse().ok()?, run_id.trim().to_string()))
 }
 
+/// On the slice of a member whose instances are being replaced elsewhere (the shard
+/// moves away from it): the ordinals that still run there, in the slice, until their
+/// replacements have caught up and the primary has moved (`0-2`). Their member keeps
+/// them out of every election (`replica-priority 0`), so a failover or a switchover
+/// never lands on an instance about to go.
+pub const RETIRING_ANNOTATION: &str = "flotilla.io/redis-retiring";
+
+/// The ordinals a slice says are retiring (see [`RETIRING_ANNOTATION`]).
+pub fn retiring_of(set: &crate::InstanceSet) -> std::collections::BTreeSet<u32> {
+    set.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RETIRING_ANNOTATION))
+        .map(|t| crate::ordinals::parse_compact_list(t))
+        .unwrap_or_default()
+}
+
 /// On every slice of a Redis set with sentinels: the sentinels' addresses
 /// (`host:port,host:port`), for the planned switchovers a member asks Sentinel for.
 pub const SENTINELS_ANNOTATION: &str = "flotilla.io/redis-sentinels";

@@ -279,6 +279,39 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
             "switchover from {from} waits: no sentinel of {watched} is known yet"
         )));
     }
+    // Sentinel promotes the replica it ranks best: one retiring here must be ranked out
+    // (replica-priority 0) in the sentinel's own view before it is asked.
+    let retiring: Vec<&str> = flotilla_api::redis::retiring_of(set)
+        .iter()
+        .filter(|o| **o != from)
+        .filter_map(|o| seen.get(o).map(|s| s.endpoint.as_str()))
+        .collect();
+    let mut sentinels = sentinels;
+    if !retiring.is_empty() {
+        let mut viewed = None;
+        for (n, s) in sentinels.iter().enumerate() {
+            let Ok(Reply::Array(Some(replicas))) = backend
+                .redis_at(set, s, &["SENTINEL", "REPLICAS", watched], COMMAND_TIMEOUT)
+                .await
+            else {
+                continue;
+            };
+            if let Some(addr) = electable(&replicas, &retiring) {
+                return Err(Error::Backend(format!(
+                    "switchover from {from} waits: sentinel {s} does not yet see replica-priority 0 on retiring {addr}"
+                )));
+            }
+            viewed = Some(n);
+            break;
+        }
+        let Some(n) = viewed else {
+            return Err(Error::Backend(format!(
+                "switchover from {from} waits: no sentinel of {watched} answers SENTINEL REPLICAS"
+            )));
+        };
+        // The sentinel that was checked is the one asked.
+        sentinels.swap(0, n);
+    }
     let send = |args: &'static [&'static str]| backend.redis(set, from, args, COMMAND_TIMEOUT);
     match send(&["CLIENT", "PAUSE", "15000", "WRITE"]).await {
         Ok(Reply::Simple(_)) => {}
@@ -386,6 +419,26 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
     result
 }
 
+/// Of a `SENTINEL REPLICAS` reply (one flat field/value array per replica): the
+/// address of a `retiring` replica that Sentinel could still promote (its
+/// `slave-priority` is not 0), if any.
+fn electable(replicas: &[Reply], retiring: &[&str]) -> Option<String> {
+    replicas.iter().find_map(|r| {
+        let Reply::Array(Some(fields)) = r else {
+            return None;
+        };
+        let field = |name: &str| {
+            fields
+                .chunks(2)
+                .find(|kv| kv[0].as_text().as_deref() == Some(name))
+                .and_then(|kv| kv.get(1)?.as_text())
+        };
+        let addr = info::join(&field("ip")?, &field("port")?);
+        (retiring.contains(&addr.as_str()) && field("slave-priority").as_deref() != Some("0"))
+            .then_some(addr)
+    })
+}
+
 async fn role<B: Backend>(backend: &B, set: &InstanceSet, ordinal: u32) -> Option<String> {
     let reply = backend
         .redis(set, ordinal, &["ROLE"], COMMAND_TIMEOUT)
@@ -420,16 +473,16 @@ pub(crate) async fn wire<B: Backend>(
             }
         }
     }
-    let want = engine::dynamic_config(set);
     state.configured.retain(|o, _| seen.contains_key(o));
     let mut configuring = Vec::new();
     for (&ordinal, s) in seen {
+        let want = engine::instance_config(set, ordinal);
         let done = state
             .configured
             .get(&ordinal)
             .is_some_and(|(run, config)| *run == s.info.run_id && *config == want);
         if !done && let Some(c) = engine::config_set(ordinal, &want) {
-            configuring.push((ordinal, s.info.run_id.clone()));
+            configuring.push((ordinal, s.info.run_id.clone(), want));
             commands.push(c);
         }
     }
@@ -439,7 +492,7 @@ pub(crate) async fn wire<B: Backend>(
             Ok(Reply::Simple(_)) => {
                 writes += 1;
                 tracing::info!(instance = %name(set, c.ordinal), command = %c.args.join(" "), why = %c.why, "redis");
-                if let Some((_, run)) = configuring.iter().find(|(o, _)| *o == c.ordinal)
+                if let Some((_, run, want)) = configuring.iter().find(|(o, _, _)| *o == c.ordinal)
                     && c.args[0] == "CONFIG"
                 {
                     state
@@ -552,5 +605,42 @@ pub(crate) fn report_sentinels(
         if let Some(s) = seen.get(&i.ordinal) {
             i.redis = Some(s.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(ip: &str, port: &str, priority: &str) -> Reply {
+        let bulk = |s: &str| Reply::Bulk(Some(s.as_bytes().to_vec()));
+        Reply::Array(Some(vec![
+            bulk("name"),
+            bulk(&format!("{ip}:{port}")),
+            bulk("ip"),
+            bulk(ip),
+            bulk("port"),
+            bulk(port),
+            bulk("slave-priority"),
+            bulk(priority),
+        ]))
+    }
+
+    #[test]
+    fn a_retiring_replica_sentinel_could_still_promote_is_named() {
+        let replicas = [
+            replica("127.0.0.2", "6379", "100"),
+            replica("127.0.0.3", "6379", "0"),
+        ];
+        assert_eq!(electable(&replicas, &["127.0.0.3:6379"]), None);
+        assert_eq!(
+            electable(&replicas, &["127.0.0.3:6379", "127.0.0.2:6379"]).as_deref(),
+            Some("127.0.0.2:6379")
+        );
+        assert_eq!(electable(&replicas, &[]), None);
+        assert_eq!(
+            electable(&[replica("::1", "7000", "5")], &["[::1]:7000"]).as_deref(),
+            Some("[::1]:7000")
+        );
     }
 }

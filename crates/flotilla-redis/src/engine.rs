@@ -243,6 +243,24 @@ pub fn dynamic_config(set: &InstanceSet) -> BTreeMap<String, String> {
     out
 }
 
+/// The dynamic parameters instance `ordinal` runs with: the set's, and
+/// `replica-priority` 0 while the slice says it is retiring (a replacement elsewhere is
+/// catching up), so that neither Sentinel nor a switchover ever promotes it; back to
+/// the set's value (Redis's default 100) once it is not.
+pub fn instance_config(set: &InstanceSet, ordinal: u32) -> BTreeMap<String, String> {
+    let mut out = dynamic_config(set);
+    if flotilla_api::redis::retiring_of(set).contains(&ordinal) {
+        out.insert(REPLICA_PRIORITY.into(), "0".into());
+    } else {
+        out.entry(REPLICA_PRIORITY.into())
+            .or_insert_with(|| DEFAULT_REPLICA_PRIORITY.into());
+    }
+    out
+}
+
+const REPLICA_PRIORITY: &str = "replica-priority";
+const DEFAULT_REPLICA_PRIORITY: &str = "100";
+
 /// `CONFIG SET` of every parameter of `want` (one command; Redis 7 sets them
 /// atomically).
 pub fn config_set(ordinal: u32, want: &BTreeMap<String, String>) -> Option<Command> {

@@ -43,6 +43,7 @@ use crate::federation::{self, Member};
 use crate::keys::{self, Key, SetKey};
 use crate::leader;
 use crate::metrics::{Metrics, label};
+use crate::migration;
 use crate::status;
 
 /// Slice writes of one set in flight at once.
@@ -526,25 +527,28 @@ impl Controller {
         let clusters = federation::clusters_for(&set, &members, &reports);
         let inventory = Inventory::new(&clusters);
         let previous = cache.placements.get(key);
-        let plan = match inventory.plan(&valid, previous.map(|e| &e.value)) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(set = %key, error = %e, "stored placement is inconsistent; planning afresh");
-                inventory.plan(&valid, None)?
-            }
-        };
-        let alive = |c: &str| cache.alive.contains(c);
-        let placement_write = (previous.map(|e| &e.value) != Some(&plan))
-            .then(|| (keys::placement(key), previous.map(|e| e.rev)));
         let existing: BTreeMap<String, Entry<InstanceSet>> =
             cache.slices.get(key).cloned().unwrap_or_default();
         let existing_slices: BTreeMap<String, &InstanceSet> = existing
             .iter()
             .map(|(c, e)| (c.clone(), &e.value))
             .collect();
+        let busy = migration::busy(&set, &existing_slices, &reports);
+        let plan = match inventory.plan_avoiding(&valid, previous.map(|e| &e.value), &busy) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(set = %key, error = %e, "stored placement is inconsistent; planning afresh");
+                inventory.plan_avoiding(&valid, None, &busy)?
+            }
+        };
+        let alive = |c: &str| cache.alive.contains(c);
+        let placement_write = (previous.map(|e| &e.value) != Some(&plan))
+            .then(|| (keys::placement(key), previous.map(|e| e.rev)));
         let awaits =
             |c: &str| federation::awaits(&set, cache.clusters.get(c).map(|e| &e.value), alive(c));
         let desired = federation::slice_ordinals(&plan, &existing_slices, &reports, &awaits);
+        let usable = |c: &str| alive(c) && cache.clusters.contains_key(c);
+        let retiring = migration::retiring(&set, &desired, &existing_slices, &usable);
 
         // Decide every write before making any.
         let home = federation::exclusive_home(&set, &desired, &existing_slices, &reports, &alive);
@@ -557,10 +561,44 @@ impl Controller {
             &desired,
             &existing_slices,
             &reports,
+            &retiring,
             home.as_deref(),
             previous_primary,
             &alive,
         );
+        // A Redis shard moving away from a member keeps its instances there until
+        // the new ones caught up and the primary moved (see `migration`).
+        let moving = migration::progress(
+            &plan,
+            &retiring,
+            &existing_slices,
+            &reports,
+            redis.as_ref().and_then(|d| d.primary.as_ref()),
+        );
+        let held = match &moving {
+            Some(m) if !m.done() => retiring.clone(),
+            Some(m) => {
+                tracing::info!(set = %key, retiring = ?m.retiring, "the move caught up: the retiring instances go");
+                BTreeMap::new()
+            }
+            None => BTreeMap::new(),
+        };
+        let ordinals_of = |cluster: &str| -> Vec<u32> {
+            let mut out = desired.get(cluster).cloned().unwrap_or_default();
+            out.extend(held.get(cluster).into_iter().flatten());
+            out.sort_unstable();
+            out
+        };
+        let extra_of = |extra: &BTreeMap<String, String>, cluster: &str| {
+            let mut out = extra.clone();
+            if let Some(r) = held.get(cluster) {
+                out.insert(
+                    flotilla_api::redis::RETIRING_ANNOTATION.to_string(),
+                    flotilla_api::ordinals::compact_list(r),
+                );
+            }
+            out
+        };
         if let Some(d) = &redis
             && d.primary.as_ref().map(|p| (p.ordinal, &p.endpoint))
                 != previous_primary.map(|p| (p.ordinal, &p.endpoint))
@@ -619,7 +657,7 @@ impl Controller {
         let mut shrink = Vec::new();
         let mut grow = Vec::new();
         for (cluster, e) in &existing {
-            let ordinals = desired.get(cluster).map_or(&[][..], Vec::as_slice);
+            let ordinals = &ordinals_of(cluster)[..];
             let want: BTreeSet<u32> = ordinals.iter().copied().collect();
             let leaving =
                 federation::next_leaving(Some(&e.value), &want, reports.get(cluster).copied());
@@ -637,7 +675,7 @@ impl Controller {
                 Some(&e.value),
                 home.as_deref(),
                 &leaving,
-                &extra,
+                &extra_of(&extra, cluster),
             );
             if new.spec == e.value.spec
                 && new.metadata.labels == e.value.metadata.labels
@@ -714,6 +752,7 @@ impl Controller {
             previous: before.map(|e| &e.value),
             now: &now,
             redis: redis.as_ref(),
+            migration: moving.as_ref().filter(|m| !m.done()),
         });
         if before.map(|e| &e.value) != Some(&status) {
             // The companion sentinel set names the primary; the Redis set names the

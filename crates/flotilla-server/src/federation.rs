@@ -190,19 +190,13 @@ pub const LEAVING_ANNOTATION: &str = "flotilla.io/leaving";
 /// The ordinals a slice says are still leaving it (an unreadable part reads as none:
 /// only the server writes it).
 pub fn leaving_of(slice: &InstanceSet) -> BTreeSet<u32> {
-    let mut out = BTreeSet::new();
-    let text = slice
+    slice
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(LEAVING_ANNOTATION));
-    for part in text.into_iter().flat_map(|t| t.split(',')) {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
-            out.extend(a..=b.min(a.saturating_add(1_000_000)));
-        }
-    }
-    out
+        .and_then(|a| a.get(LEAVING_ANNOTATION))
+        .map(|t| flotilla_api::ordinals::parse_compact_list(t))
+        .unwrap_or_default()
 }
 
 /// Every ordinal a member may still run: those of its slice, those leaving it that

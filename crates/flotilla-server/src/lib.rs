@@ -25,6 +25,7 @@ mod http;
 pub mod keys;
 pub mod leader;
 mod metrics;
+mod migration;
 mod redis;
 mod status;
 

@@ -19,12 +19,14 @@ use flotilla_api::{
 };
 use flotilla_redis::primary::{Decision, Seen, choose};
 
-/// The primary of a Redis set, or `None` for any other set.
+/// The primary of a Redis set, or `None` for any other set. `desired`: the ordinals
+/// staying in each member; `retiring`: those held there until a move caught up.
 pub fn decide(
     set: &FederatedInstanceSet,
     desired: &BTreeMap<String, Vec<u32>>,
     slices: &BTreeMap<String, &InstanceSet>,
     reports: &BTreeMap<String, &InstanceSetStatus>,
+    retiring: &BTreeMap<String, Vec<u32>>,
     home: Option<&str>,
     previous: Option<&PrimaryStatus>,
     alive: &dyn Fn(&str) -> bool,
@@ -55,7 +57,14 @@ pub fn decide(
         .and_then(|h| desired.get(h))
         .and_then(|o| o.first().copied())
         .or_else(|| desired.values().filter_map(|o| o.first()).min().copied());
-    let placed = |o: u32| desired.values().any(|ordinals| ordinals.contains(&o));
+    // A retiring instance still runs (it is not gone when it stops answering), but it
+    // does not stay: a primary among them hands over.
+    let placed = |o: u32| {
+        desired
+            .values()
+            .chain(retiring.values())
+            .any(|ordinals| ordinals.contains(&o))
+    };
     Some(choose(
         previous,
         &seen,

@@ -33,6 +33,8 @@ pub struct Inputs<'a> {
     pub now: &'a str,
     /// A Redis set's primary, as the federation decided it.
     pub redis: Option<&'a flotilla_redis::primary::Decision>,
+    /// A Redis shard's move between members, while it has not caught up.
+    pub migration: Option<&'a crate::migration::Progress>,
 }
 
 impl std::fmt::Debug for Inputs<'_> {
@@ -161,8 +163,10 @@ pub fn aggregate(i: &Inputs<'_>) -> FederatedInstanceSetStatus {
             ),
         )
     });
-    let progressing = !stale.is_empty() || ready < placed;
-    conditions.push(if progressing {
+    let progressing = !stale.is_empty() || ready < placed || i.migration.is_some();
+    conditions.push(if let Some(m) = i.migration {
+        condition("Progressing", true, "Migrating", m.message())
+    } else if progressing {
         let mut why = Vec::new();
         if !stale.is_empty() {
             why.push(format!(
@@ -378,6 +382,7 @@ mod tests {
             previous: None,
             now: "2026-01-01T00:00:00Z",
             redis: None,
+            migration: None,
         });
         assert_eq!((s.replicas, s.ready_replicas, s.unschedulable), (4, 4, 0));
         assert_eq!(s.observed_generation, Some(3));
@@ -399,6 +404,7 @@ mod tests {
             previous: Some(&s),
             now: "2026-01-01T00:05:00Z",
             redis: None,
+            migration: None,
         });
         assert_eq!(again, s);
     }
@@ -430,6 +436,7 @@ mod tests {
             previous: None,
             now: "2026-01-01T00:00:00Z",
             redis: Some(&decision),
+            migration: None,
         });
         let degraded = get(&s, "Degraded");
         assert_eq!(degraded.status, "True");
@@ -463,6 +470,7 @@ mod tests {
             previous: None,
             now: "2026-01-01T00:00:00Z",
             redis: None,
+            migration: None,
         });
         assert_eq!((s.replicas, s.ready_replicas, s.unschedulable), (4, 3, 1));
         let sched = get(&s, "Scheduled");
@@ -517,6 +525,7 @@ mod tests {
             previous: None,
             now: "2026-01-01T00:00:00Z",
             redis: None,
+            migration: None,
         });
         let deg = get(&s, "Degraded");
         assert_eq!(
