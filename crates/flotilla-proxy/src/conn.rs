@@ -10,9 +10,17 @@
 //! due before it.
 //!
 //! Architecture invariant: a session writes only to the primary of the generation it
-//! connected in; once a newer generation is published it writes nothing more and
-//! closes the client's connection (the client sees one connection error and
-//! reconnects, to the new primary).
+//! connected in; once a newer generation is published it writes nothing more to it.
+//! A session with no state on its backend connection (no `SELECT`, `WATCH`, `MULTI`,
+//! subscription, `HELLO`, `CLIENT` …) and nothing in flight moves to the new primary
+//! unseen; any other closes the client's connection (the client sees one connection
+//! error and reconnects, to the new primary).
+//!
+//! A planned switchover: the old primary pauses writes, then answers them `-READONLY`
+//! as a replica, which means the command did not run. A movable session's only
+//! command in flight answered so is sent again to the new primary once one is
+//! published (the client sees a pause, not an error); discovery is told to verify at
+//! once and tries first the master the old primary now follows.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -40,6 +48,9 @@ enum Expect {
         forward: bool,
         /// When the request went out (for the latency histogram).
         sent: tokio::time::Instant,
+        /// The request, kept when it may be sent again to a new primary after a
+        /// `-READONLY` (one reply, no connection state).
+        retry: Option<Bytes>,
     },
     /// A reply the proxy made.
     Local(Bytes),
@@ -72,6 +83,14 @@ struct Session {
     shared: Arc<Shared>,
     user: Option<User>,
     in_multi: bool,
+    /// The backend connection holds state of the client's (see the module docs): the
+    /// session cannot move to a new primary unseen.
+    sticky: bool,
+    /// A request answered `-READONLY` to send again (with that reply, for the client if
+    /// no new primary comes).
+    resend: Option<(Bytes, Bytes)>,
+    /// The last backend bytes ended inside a reply (its start already forwarded).
+    mid_reply: bool,
     /// A command inside `MULTI` was refused: `EXEC` must abort.
     multi_dirty: bool,
     pending: VecDeque<Expect>,
@@ -98,6 +117,9 @@ pub(crate) async fn serve(
         user: shared.policy.initial_user(),
         shared: shared.clone(),
         in_multi: false,
+        sticky: false,
+        resend: None,
+        mid_reply: false,
         multi_dirty: false,
         pending: VecDeque::new(),
         out: Vec::new(),
@@ -148,17 +170,33 @@ impl Session {
             tokio::select! {
                 biased;
                 changed = self.primary.changed(), if has_backend => {
-                    if changed.is_err() || self.switched() {
+                    if changed.is_err() {
                         return End::Switched;
+                    }
+                    if self.switched() {
+                        if !self.movable() || !self.pending.is_empty() {
+                            return End::Switched;
+                        }
+                        // Nothing in flight, no state: the next command goes to the new
+                        // primary.
+                        self.backend = None;
+                        self.shared.metrics.moved_on_switch.inc();
                     }
                 }
                 _ = drain.changed(), if !draining => draining = true,
                 _ = tokio::time::sleep_until(until), if deadline.is_some() => return End::Drained,
                 n = read_backend(&mut self.backend, &mut backend_buf), if has_backend => match n {
                     Ok(0) => return End::Failed("the backend closed the connection".into()),
-                    Ok(n) => if let Err(e) = self.on_backend_bytes(n, &backend_buf) {
-                        return End::Failed(e);
-                    },
+                    Ok(n) => {
+                        if let Err(e) = self.on_backend_bytes(n, &backend_buf) {
+                            return End::Failed(e);
+                        }
+                        if let Some((wire, refused)) = self.resend.take()
+                            && let Err(end) = self.send_again(wire, refused).await
+                        {
+                            return end;
+                        }
+                    }
                     Err(e) => return End::Failed(format!("backend: {e}")),
                 },
                 n = read.read_buf(&mut inbuf), if !draining && !self.quit => match n {
@@ -207,13 +245,27 @@ impl Session {
         }
     }
 
-    /// Writes what is due to the backend, unless the primary changed: then nothing.
+    /// Whether the session may move to another primary unseen.
+    fn movable(&self) -> bool {
+        !self.sticky && !self.in_multi
+    }
+
+    /// Writes what is due to the backend, unless the primary changed: then nothing
+    /// (or, for a movable session with nothing in flight, to the new primary).
     async fn flush_backend(&mut self) -> Result<(), End> {
         if self.to_backend.is_empty() {
             return Ok(());
         }
         if self.switched() {
-            return Err(End::Switched);
+            let idle = self.pending.iter().all(|e| matches!(e, Expect::Local(_)));
+            if !self.movable() || !idle {
+                return Err(End::Switched);
+            }
+            self.backend = None;
+            self.shared.metrics.moved_on_switch.inc();
+            if !self.connect().await? {
+                return Ok(());
+            }
         }
         let Some(b) = &mut self.backend else {
             return Ok(());
@@ -222,6 +274,41 @@ impl Session {
             return Err(End::Failed(format!("backend {}: {e}", b.addr)));
         }
         self.to_backend.clear();
+        Ok(())
+    }
+
+    /// Sends `wire` (whose reply, `refused`, was `-READONLY`) again once a newer
+    /// primary than this backend's is published; without one in time, the client gets
+    /// the refusal.
+    async fn send_again(&mut self, wire: Bytes, refused: Bytes) -> Result<(), End> {
+        let Some(old) = self.backend.take() else {
+            return Ok(());
+        };
+        let wait = self.shared.wait_for_primary;
+        let newer = tokio::time::timeout(
+            wait,
+            self.primary
+                .wait_for(|p| p.generation > old.generation && p.addr.is_some()),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if !newer {
+            self.pending.pop_front();
+            self.out.extend_from_slice(&refused);
+            self.shared.metrics.command("readonly");
+            return Ok(());
+        }
+        // In front of anything queued behind it (one was in flight: nothing else was
+        // sent since), behind the proxy's own AUTH that connecting puts first.
+        self.to_backend.splice(0..0, wire.iter().copied());
+        if !self.connect().await? {
+            self.to_backend.drain(..wire.len());
+            self.pending.pop_front();
+            self.out.extend_from_slice(&refused);
+            return Ok(());
+        }
+        tracing::debug!(peer = %self.peer, from = %old.addr, "a command refused as READONLY sent again to the new primary");
+        self.shared.metrics.resent.inc();
         Ok(())
     }
 
@@ -246,14 +333,36 @@ impl Session {
             .feed(chunk)
             .map_err(|e| format!("backend reply: {e}"))?;
         let mut start = 0;
+        let alone = self.pending.len() == 1;
         for end in ends {
             let piece = &chunk[start..end.end];
             start = end.end;
+            if !end.push && piece.starts_with(b"-READONLY") {
+                // The primary turned replica: discovery looks again at once.
+                self.shared.offers.verify_now();
+                if let Some(Expect::Backend {
+                    retry: Some(wire),
+                    remaining: 1,
+                    forward: true,
+                    ..
+                }) = self.pending.front()
+                    && alone
+                    && self.resend.is_none()
+                    && !self.sticky
+                {
+                    // The only reply due, none of it forwarded yet: sent again instead.
+                    if !(piece.as_ptr() == chunk.as_ptr() && self.mid_reply) {
+                        self.resend = Some((wire.clone(), Bytes::copy_from_slice(piece)));
+                        continue;
+                    }
+                }
+            }
             let forward = match self.pending.front_mut() {
                 Some(Expect::Backend {
                     remaining,
                     forward,
                     sent,
+                    ..
                 }) if !end.push => {
                     let f = *forward;
                     *remaining -= 1;
@@ -280,6 +389,7 @@ impl Session {
         }
         // The start of a reply still arriving belongs to whoever is due.
         let tail = &chunk[start..];
+        self.mid_reply = !tail.is_empty();
         if !tail.is_empty() {
             let forward = !matches!(
                 self.pending.front(),
@@ -367,6 +477,12 @@ impl Session {
                 .audit
                 .record(self.peer, Some(user), &name, Outcome::Allowed);
         }
+        // Sent again after a -READONLY only while the connection holds nothing of the
+        // client's, and never an EXEC or DISCARD (the MULTI was the old primary's).
+        let retryable = self.movable() && !matches!(name.as_str(), "EXEC" | "DISCARD");
+        if sticky_command(&name) {
+            self.sticky = true;
+        }
         match name.as_str() {
             "MULTI" => {
                 self.in_multi = true;
@@ -396,6 +512,9 @@ impl Session {
             | "SUNSUBSCRIBE" => request.args.len().saturating_sub(1).max(1),
             _ => 1,
         };
+        if retryable && replies == 1 {
+            return self.forward_retryable(request).await;
+        }
         self.forward(request, replies).await
     }
 
@@ -403,6 +522,8 @@ impl Session {
     /// the credentials and forwards the rest (the backend never sees them).
     async fn hello(&mut self, request: Request) -> Result<(), End> {
         let shared = self.shared.clone();
+        // The protocol version (and a name) live on the backend connection.
+        self.sticky = true;
         let mut args = request.args;
         let auth = args
             .iter()
@@ -456,6 +577,24 @@ impl Session {
             remaining: replies,
             forward: true,
             sent: tokio::time::Instant::now(),
+            retry: None,
+        });
+        Ok(())
+    }
+
+    /// [`Session::forward`] of a one-reply request that may be sent again after a
+    /// `-READONLY`.
+    async fn forward_retryable(&mut self, request: Request) -> Result<(), End> {
+        if !self.connect().await? {
+            return Ok(());
+        }
+        self.shared.metrics.command("forwarded");
+        self.to_backend.extend_from_slice(&request.wire);
+        self.pending.push_back(Expect::Backend {
+            remaining: 1,
+            forward: true,
+            sent: tokio::time::Instant::now(),
+            retry: Some(request.wire),
         });
         Ok(())
     }
@@ -469,6 +608,7 @@ impl Session {
             remaining: 1,
             forward: false,
             sent: tokio::time::Instant::now(),
+            retry: None,
         });
         Ok(())
     }
@@ -503,6 +643,17 @@ impl Session {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let (read, write) = stream.into_split();
+                if let Some(auth) = &self.shared.backend_auth {
+                    // The proxy's own credentials go first; their +OK is not the
+                    // client's (a refusal is: its commands then fail with NOAUTH).
+                    self.to_backend.splice(0..0, auth.command());
+                    self.pending.push_front(Expect::Backend {
+                        remaining: 1,
+                        forward: false,
+                        sent: tokio::time::Instant::now(),
+                        retry: None,
+                    });
+                }
                 tracing::debug!(peer = %self.peer, backend = %addr, "connected to the primary");
                 self.backend = Some(Backend {
                     read,
@@ -524,6 +675,25 @@ impl Session {
             }
         }
     }
+}
+
+/// Commands that leave state on the backend connection: a session that sent one
+/// cannot move to a new primary without the client knowing.
+fn sticky_command(name: &str) -> bool {
+    matches!(
+        name,
+        "SELECT"
+            | "WATCH"
+            | "SUBSCRIBE"
+            | "PSUBSCRIBE"
+            | "SSUBSCRIBE"
+            | "CLIENT"
+            | "HELLO"
+            | "READONLY"
+            | "READWRITE"
+            | "MONITOR"
+            | "SWAPDB"
+    )
 }
 
 async fn read_backend(backend: &mut Option<Backend>, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 
 pub use metrics::Metrics;
 pub use policy::{Audit, Policy};
-pub use primary::{Offers, Primary, Source, Timing};
+pub use primary::{BackendAuth, Offers, Primary, Source, Timing};
 
 /// How the proxy runs.
 #[derive(Debug)]
@@ -51,6 +51,8 @@ pub struct Config {
     pub wait_for_primary: Duration,
     /// Discovery's timings.
     pub timing: Timing,
+    /// The proxy's own credentials to Redis, if the instances require them.
+    pub backend_auth: Option<BackendAuth>,
 }
 
 impl Config {
@@ -63,6 +65,7 @@ impl Config {
             drain: Duration::from_secs(10),
             wait_for_primary: Duration::from_secs(5),
             timing: Timing::default(),
+            backend_auth: None,
         }
     }
 }
@@ -77,6 +80,8 @@ pub(crate) struct Shared {
     primary: watch::Receiver<Primary>,
     drain: Duration,
     wait_for_primary: Duration,
+    offers: Offers,
+    backend_auth: Option<BackendAuth>,
 }
 
 /// A running proxy.
@@ -99,7 +104,8 @@ pub struct Running {
 pub fn start(listener: TcpListener, config: Config) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
-    let (offers, primary, discovery) = primary::start(config.timing, metrics.clone());
+    let (offers, primary, discovery) =
+        primary::start(config.timing, config.backend_auth.clone(), metrics.clone());
     let shared = Arc::new(Shared {
         set: config.set,
         policy: config.policy,
@@ -108,6 +114,8 @@ pub fn start(listener: TcpListener, config: Config) -> std::io::Result<Running> 
         primary: primary.clone(),
         drain: config.drain,
         wait_for_primary: config.wait_for_primary,
+        offers: offers.clone(),
+        backend_auth: config.backend_auth,
     });
     let (stop, stopped) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(listener, shared, stopped));

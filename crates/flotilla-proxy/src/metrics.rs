@@ -41,6 +41,10 @@ pub struct Metrics {
     pub backend_switches: Counter,
     /// Client connections closed because their primary was replaced.
     pub closed_on_switch: Counter,
+    /// Client connections moved to a new primary unseen (nothing in flight, no state).
+    pub moved_on_switch: Counter,
+    /// Commands a demoted primary refused (`-READONLY`) sent again to the new one.
+    pub resent: Counter,
     /// 1 while a verified primary is known.
     pub primary_known: Gauge,
     ready: AtomicBool,
@@ -56,6 +60,8 @@ impl Default for Metrics {
             commands: Family::default(),
             backend_switches: Counter::default(),
             closed_on_switch: Counter::default(),
+            moved_on_switch: Counter::default(),
+            resent: Counter::default(),
             primary_known: Gauge::default(),
             ready: AtomicBool::default(),
         }
@@ -110,6 +116,16 @@ impl Metrics {
             "closed_on_switch",
             "Client connections closed because their primary was replaced",
             self.closed_on_switch.clone(),
+        );
+        r.register(
+            "moved_on_switch",
+            "Client connections moved to a new primary unseen",
+            self.moved_on_switch.clone(),
+        );
+        r.register(
+            "resent_after_readonly",
+            "Commands refused by a demoted primary and sent again to the new one",
+            self.resent.clone(),
         );
         r.register(
             "primary_known",

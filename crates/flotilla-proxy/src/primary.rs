@@ -46,6 +46,9 @@ pub enum Source {
     Federation,
     /// A sentinel (its address).
     Sentinel(String),
+    /// The master a withdrawn primary replicates from once demoted (a planned
+    /// switchover: `FAILOVER TO`, or Sentinel's failover with the old one reachable).
+    Followed,
     /// Anything else (tests).
     Other(String),
 }
@@ -53,6 +56,8 @@ pub enum Source {
 enum Message {
     Offer(Source, String),
     Sentinels(String, Vec<String>),
+    /// A session saw the primary refuse a write (`-READONLY`): verify it now.
+    Verify,
 }
 
 /// Feeds the discovery task.
@@ -66,6 +71,7 @@ impl std::fmt::Debug for Message {
         match self {
             Message::Offer(s, e) => write!(f, "offer {e} from {s:?}"),
             Message::Sentinels(n, e) => write!(f, "sentinels of {n}: {e:?}"),
+            Message::Verify => write!(f, "verify now"),
         }
     }
 }
@@ -83,6 +89,12 @@ impl Offers {
             .tx
             .send(Message::Sentinels(master_name.into(), endpoints));
     }
+
+    /// The published primary refused a write as a replica: verify it at once rather
+    /// than at the next tick.
+    pub(crate) fn verify_now(&self) {
+        let _ = self.tx.send(Message::Verify);
+    }
 }
 
 /// Timings of the discovery task.
@@ -93,6 +105,34 @@ pub struct Timing {
     pub verify_every: Duration,
     /// The longest a `ROLE` may take.
     pub role_timeout: Duration,
+}
+
+/// The proxy's own credentials to Redis (`AUTH [user] password`), sent first on every
+/// connection it opens: its sessions' and its `ROLE` checks'. Clients never see them.
+#[derive(Clone, Default)]
+pub struct BackendAuth {
+    /// An ACL user; `None` for the default user (`requirepass`).
+    pub user: Option<String>,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BackendAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendAuth")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackendAuth {
+    /// The `AUTH` command, on the wire.
+    pub fn command(&self) -> Vec<u8> {
+        match &self.user {
+            Some(u) => resp::encode(&[&b"AUTH"[..], u.as_bytes(), self.password.as_bytes()]),
+            None => resp::encode(&[&b"AUTH"[..], self.password.as_bytes()]),
+        }
+    }
 }
 
 impl Default for Timing {
@@ -107,6 +147,7 @@ impl Default for Timing {
 /// Starts the discovery task: the offers it takes, and the primary it publishes.
 pub fn start(
     timing: Timing,
+    auth: Option<BackendAuth>,
     metrics: Arc<Metrics>,
 ) -> (Offers, watch::Receiver<Primary>, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -114,6 +155,7 @@ pub fn start(
     let offers = Offers { tx };
     let task = Discovery {
         timing,
+        auth,
         metrics,
         publish,
         offers: offers.clone(),
@@ -128,6 +170,7 @@ pub fn start(
 
 struct Discovery {
     timing: Timing,
+    auth: Option<BackendAuth>,
     metrics: Arc<Metrics>,
     publish: watch::Sender<Primary>,
     offers: Offers,
@@ -160,6 +203,7 @@ impl Discovery {
                         }
                     }
                     Some(Message::Sentinels(name, endpoints)) => self.follow(&name, endpoints),
+                    Some(Message::Verify) => self.verify().await,
                 },
                 _ = tick.tick() => self.verify().await,
             }
@@ -171,8 +215,8 @@ impl Discovery {
     async fn verify(&mut self) {
         let current = self.publish.borrow().addr.clone();
         if let Some(addr) = current {
-            match role(&addr, self.timing.role_timeout).await {
-                Ok(r) if r == "master" => {
+            match role_of(&addr, self.auth.as_ref(), self.timing.role_timeout).await {
+                Ok(r) if r.role == "master" => {
                     self.timeouts = 0;
                     if self.newest().as_deref() == Some(addr.as_str()) {
                         return;
@@ -188,6 +232,16 @@ impl Discovery {
                     self.timeouts = 0;
                     tracing::warn!(%addr, ?outcome, "the primary is no longer verified by ROLE; withdrawing it");
                     self.set(None);
+                    // Demoted in a planned switchover: the master it follows now is the
+                    // first candidate to try (verified like any other).
+                    if let Ok(Role {
+                        master: Some(m), ..
+                    }) = outcome
+                    {
+                        self.seq += 1;
+                        tracing::info!(endpoint = %m, "primary candidate: the master the old primary follows");
+                        self.candidates.insert(Source::Followed, (self.seq, m));
+                    }
                 }
             }
         }
@@ -217,8 +271,8 @@ impl Discovery {
                 // The newest candidate verified is the one published.
                 return;
             }
-            match role(&endpoint, self.timing.role_timeout).await {
-                Ok(r) if r == "master" => {
+            match role_of(&endpoint, self.auth.as_ref(), self.timing.role_timeout).await {
+                Ok(r) if r.role == "master" => {
                     self.set(Some(endpoint));
                     return;
                 }
@@ -285,15 +339,58 @@ pub enum RoleError {
     Reply(String),
 }
 
+/// What `ROLE` says of an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    /// `master`, `slave`, `sentinel`.
+    pub role: String,
+    /// A replica's master, `host:port`.
+    pub master: Option<String>,
+}
+
 /// The first element of `ROLE` at `addr` (`master`, `slave`, `sentinel`).
 pub async fn role(addr: &str, timeout: Duration) -> Result<String, RoleError> {
+    role_of(addr, None, timeout).await.map(|r| r.role)
+}
+
+/// `ROLE` at `addr`, authenticated first with `auth` when given.
+pub async fn role_of(
+    addr: &str,
+    auth: Option<&BackendAuth>,
+    timeout: Duration,
+) -> Result<Role, RoleError> {
     let ask = async {
         let mut conn = TcpStream::connect(addr).await?;
+        if let Some(a) = auth {
+            conn.write_all(&a.command()).await?;
+            let mut buf = BytesMut::with_capacity(128);
+            match read_value(&mut conn, &mut buf).await? {
+                Value::Simple(_) => {}
+                other => return Err(RoleError::Reply(format!("AUTH: {other:?}"))),
+            }
+        }
         match request(&mut conn, &[b"ROLE"]).await? {
-            Value::Array(Some(items)) => items
-                .first()
-                .and_then(Value::text)
-                .ok_or_else(|| RoleError::Reply(format!("{items:?}"))),
+            Value::Array(Some(items)) => {
+                let role = items
+                    .first()
+                    .and_then(Value::text)
+                    .ok_or_else(|| RoleError::Reply(format!("{items:?}")))?;
+                let master = (role == "slave")
+                    .then(|| {
+                        let host = items.get(1)?.text()?;
+                        let port = items.get(2).and_then(|p| match p {
+                            Value::Integer(n) => Some(n.to_string()),
+                            other => other.text(),
+                        })?;
+                        Some(if host.contains(':') {
+                            format!("[{host}]:{port}")
+                        } else {
+                            format!("{host}:{port}")
+                        })
+                    })
+                    .flatten();
+                Ok(Role { role, master })
+            }
             other => Err(RoleError::Reply(format!("{other:?}"))),
         }
     };

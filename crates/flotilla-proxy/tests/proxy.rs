@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use flotilla_proxy::policy::DEFAULT_DENY;
 use flotilla_proxy::resp::{self, Value};
-use flotilla_proxy::{Audit, Config, Policy, Running, Source, Timing};
+use flotilla_proxy::{Audit, BackendAuth, Config, Policy, Running, Source, Timing};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -21,11 +21,17 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// With extra `redis-server` arguments.
+    fn start_with(extra: &[&str]) -> Redis {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -118,7 +124,19 @@ fn ok() -> String {
 
 /// A proxy for `primary`, fast timings for tests.
 async fn proxy(primary: &Redis, policy: Policy, audit: Audit) -> Running {
+    proxy_with(primary, policy, audit, None).await
+}
+
+/// [`proxy`], with the proxy's own credentials to Redis.
+async fn proxy_with(
+    primary: &Redis,
+    policy: Policy,
+    audit: Audit,
+    backend_auth: Option<BackendAuth>,
+) -> Running {
+    let verify = backend_auth.is_none();
     let mut config = Config::new("default/cache");
+    config.backend_auth = backend_auth;
     config.policy = policy;
     config.audit = audit;
     config.drain = Duration::from_secs(5);
@@ -132,7 +150,9 @@ async fn proxy(primary: &Redis, policy: Policy, audit: Audit) -> Running {
     running
         .offers
         .offer(Source::Other("test".into()), primary.addr());
-    wait_for(&running, Some(primary.addr())).await;
+    if verify {
+        wait_for(&running, Some(primary.addr())).await;
+    }
     running
 }
 
@@ -371,6 +391,10 @@ async fn a_switch_of_primary_closes_old_connections_and_never_routes_to_a_replic
     let mut old = Client::open(p.addr.to_string()).await;
     assert_eq!(old.text(&["SET", "before", "1"]).await, "OK");
     assert_eq!(backend_port(&mut old).await, a.port);
+    // A connection with state on its backend connection (a selected database).
+    let mut selected = Client::open(p.addr.to_string()).await;
+    assert_eq!(selected.text(&["SELECT", "0"]).await, "OK");
+    assert_eq!(backend_port(&mut selected).await, a.port);
 
     // The switchover: b becomes the primary, a its replica; the source names b.
     assert_eq!(direct_b.text(&["REPLICAOF", "NO", "ONE"]).await, "OK");
@@ -384,9 +408,12 @@ async fn a_switch_of_primary_closes_old_connections_and_never_routes_to_a_replic
     p.offers.offer(Source::Other("sentinel".into()), b.addr());
     wait_for(&p, Some(b.addr())).await;
 
-    // The old connection: one error, then a new connection reaches b.
-    let after = old.cmd(&["SET", "after", "1"]).await;
+    // The stateful connection: one error, then a new connection reaches b. The
+    // stateless one moved to b unseen.
+    let after = selected.cmd(&["SET", "after", "1"]).await;
     assert!(after.is_err(), "a command on the old connection: {after:?}");
+    assert_eq!(old.text(&["SET", "after", "1"]).await, "OK");
+    assert_eq!(backend_port(&mut old).await, b.port);
     let mut new = Client::open(p.addr.to_string()).await;
     assert_eq!(new.text(&["SET", "after", "1"]).await, "OK");
     assert_eq!(backend_port(&mut new).await, b.port);
@@ -407,7 +434,11 @@ async fn a_switch_of_primary_closes_old_connections_and_never_routes_to_a_replic
         "OK"
     );
     wait_for(&p, None).await;
-    assert!(c.cmd(&["SET", "x", "2"]).await.is_err());
+    let refused = c.text(&["SET", "x", "2"]).await;
+    assert!(
+        refused.contains("no primary verified for default/cache"),
+        "{refused}"
+    );
     let mut late = Client::open(p.addr.to_string()).await;
     let refused = late.text(&["SET", "x", "3"]).await;
     assert!(
@@ -458,4 +489,133 @@ async fn stopping_lets_an_in_flight_command_finish() {
         TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_switchover_is_a_pause_for_a_writing_client_not_an_error() {
+    let a = Redis::start();
+    let b = Redis::start();
+    let mut direct_b = Client::open(b.addr()).await;
+    assert_eq!(
+        direct_b
+            .text(&["REPLICAOF", "127.0.0.1", &a.port.to_string()])
+            .await,
+        "OK"
+    );
+    let p = proxy(&a, Policy::new(None, None), Audit::none()).await;
+    let addr = p.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    // One client writing without pause; every reply is kept.
+    let writer = tokio::spawn(async move {
+        let mut c = Client::open(addr.to_string()).await;
+        let mut replies = Vec::new();
+        let mut i = 0;
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            let key = format!("k:{i}");
+            let reply = c.cmd(&["SET", &key, "v"]).await;
+            replies.push((key, reply.map(|v| v.text().unwrap_or_default())));
+            i += 1;
+        }
+        replies
+    });
+    // The linked replica caught up, then FAILOVER TO it; nobody offers b: the
+    // proxy finds it as the master the demoted primary follows.
+    let mut direct_a = Client::open(a.addr()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !direct_a
+        .text(&["INFO", "replication"])
+        .await
+        .contains("state=online")
+    {
+        assert!(Instant::now() < deadline, "b never linked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        direct_a
+            .text(&["FAILOVER", "TO", "127.0.0.1", &b.port.to_string()])
+            .await,
+        "OK"
+    );
+    wait_for(&p, Some(b.addr())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let replies = writer.await.unwrap();
+    let failed: Vec<_> = replies
+        .iter()
+        .filter(|(_, r)| r.as_deref().ok() != Some("OK"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        replies.len()
+    );
+    // Every acknowledged write is on the new primary (no write reached the old one
+    // after it turned replica: it would have been refused, not acknowledged).
+    let mut check = Client::open(b.addr()).await;
+    let mut absent = 0;
+    for (key, _) in &replies {
+        if check.cmd(&["EXISTS", key]).await.unwrap() != Value::Integer(1) {
+            absent += 1;
+        }
+    }
+    assert_eq!(absent, 0, "of {} writes", replies.len());
+    let metrics = p.metrics.encode();
+    assert_eq!(
+        metric(&metrics, "flotilla_proxy_closed_on_switch_total"),
+        0.0,
+        "{metrics}"
+    );
+    println!(
+        "{} writes through a FAILOVER TO; {} sent again after -READONLY, {} connections moved",
+        replies.len(),
+        metric(&metrics, "flotilla_proxy_resent_after_readonly_total"),
+        metric(&metrics, "flotilla_proxy_moved_on_switch_total")
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_authenticates_to_redis_with_its_own_credentials() {
+    let redis = Redis::start_with(&["--requirepass", "backend-secret"]);
+    let auth = |password: &str| BackendAuth {
+        user: None,
+        password: password.into(),
+    };
+    let p = proxy_with(
+        &redis,
+        Policy::new(Some("client-secret".into()), None),
+        Audit::none(),
+        Some(auth("backend-secret")),
+    )
+    .await;
+    wait_for(&p, Some(redis.addr())).await;
+    let mut c = Client::open(p.addr.to_string()).await;
+    // The client's password is the proxy's; Redis's is never the client's to know.
+    assert!(
+        c.text(&["AUTH", "backend-secret"])
+            .await
+            .starts_with("WRONGPASS")
+    );
+    assert_eq!(c.text(&["AUTH", "client-secret"]).await, "OK");
+    assert_eq!(c.text(&["SET", "k", "1"]).await, "OK");
+    assert_eq!(c.text(&["GET", "k"]).await, "1");
+    p.stop().await;
+
+    // Wrong credentials to Redis: the primary never verifies, nothing is routed.
+    let p = proxy_with(
+        &redis,
+        Policy::new(None, None),
+        Audit::none(),
+        Some(auth("wrong")),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(p.primary.borrow().addr, None);
+    let mut c = Client::open(p.addr.to_string()).await;
+    let refused = c.text(&["SET", "k", "2"]).await;
+    assert!(refused.contains("no primary verified"), "{refused}");
+    p.stop().await;
 }

@@ -158,8 +158,7 @@ pub fn progress(
     for cp in &plan.placement {
         let report = reports.get(&cp.cluster).filter(|r| {
             slices.get(&cp.cluster).is_some_and(|s| {
-                r.observed_generation.is_some()
-                    && r.observed_generation >= s.metadata.generation
+                r.observed_generation.is_some() && r.observed_generation >= s.metadata.generation
             })
         });
         for &o in &cp.ordinals {
@@ -277,8 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn the_old_member_keeps_its_instances_until_the_new_ones_caught_up_and_the_primary_moved()
-    {
+    fn the_old_member_keeps_its_instances_until_the_new_ones_caught_up_and_the_primary_moved() {
         let x = slice(&[0, 1, 2], 1);
         let y = slice(&[3, 4, 5], 1);
         let slices = BTreeMap::from([("x".to_string(), &x), ("y".to_string(), &y)]);

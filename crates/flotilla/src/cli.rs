@@ -464,6 +464,13 @@ pub struct ProxyArgs {
     /// and per failed or admin AUTH (time, client, user, command; never arguments).
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// The proxy's own password to Redis, sent (`AUTH`) on every connection it opens
+    /// to an instance; never the clients' password.
+    #[arg(long, value_name = "FILE")]
+    pub redis_password_file: Option<PathBuf>,
+    /// The ACL user for --redis-password-file (default: Redis's default user).
+    #[arg(long, value_name = "USER", requires = "redis_password_file")]
+    pub redis_user: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
     #[command(flatten)]

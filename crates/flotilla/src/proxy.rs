@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use flotilla_proxy::{Audit, Config, Offers, Policy, Source};
+use flotilla_proxy::{Audit, BackendAuth, Config, Offers, Policy, Source};
 use serde_json::Value;
 use tokio_stream::StreamExt as _;
 
@@ -41,6 +41,13 @@ pub fn run(args: &ProxyArgs) -> Result<(), CliError> {
     let mut config = Config::new(format!("{namespace}/{name}"));
     config.policy = policy;
     config.audit = audit;
+    config.backend_auth =
+        read_secret(args.redis_password_file.as_deref(), "--redis-password-file")?.map(
+            |password| BackendAuth {
+                user: args.redis_user.clone(),
+                password,
+            },
+        );
     process::logging(args.log.json());
     process::runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
