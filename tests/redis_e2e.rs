@@ -211,6 +211,11 @@ fn diagnose(s: &Shard, last: &str) -> String {
 
 /// A Redis set of `replicas` instances; `extra` is appended under `spec.redis`.
 fn shard(name: &str, replicas: u32, redis: &str) -> String {
+    shard_placed(name, replicas, "    maxSharePerCluster: 50\n", redis)
+}
+
+/// [`shard`] with `placement` lines (besides one instance per node).
+fn shard_placed(name: &str, replicas: u32, placement: &str, redis: &str) -> String {
     format!(
         r#"apiVersion: flotilla.io/v1alpha1
 kind: FederatedInstanceSet
@@ -229,8 +234,7 @@ spec:
     spec: {{resources: {{requests: {{storage: 1Gi}}}}}}
   placement:
     maxInstancesPerNode: 1
-    maxSharePerCluster: 50
-  redis:
+{placement}  redis:
 {redis}
 "#
     )
@@ -493,12 +497,16 @@ struct Proxy {
 
 impl Proxy {
     fn start(f: &Federation) -> Proxy {
+        Proxy::start_for(f, "cache")
+    }
+
+    fn start_for(f: &Federation, set: &str) -> Proxy {
         let port = support::free_port();
         let http = support::free_port();
-        let log = f.dir.path().join("proxy.log");
+        let log = f.dir.path().join(format!("proxy-{set}.log"));
         let child = Command::new(support::BIN)
             .args(["proxy", "--server", &f.url(), "--token", support::TOKEN])
-            .args(["--set", "default/cache"])
+            .args(["--set", &format!("default/{set}")])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--http", &format!("127.0.0.1:{http}")])
             .stdout(std::process::Stdio::null())
@@ -727,4 +735,208 @@ fn without_sentinels_an_emptied_primary_wipes_nothing_agents_can_die_and_config_
     );
     let (_, _, primary) = s.primary("plain").unwrap();
     assert_eq!(dbsize(&primary), Some(201), "nothing lost in the rollout");
+}
+
+/// What a [`Writer`] saw.
+#[derive(Debug, Default)]
+struct Written {
+    /// Writes answered OK.
+    writes: usize,
+    /// Keys whose write `WAIT 1` acknowledged.
+    acked: Vec<String>,
+    /// Every failed command or connection, in order.
+    errors: Vec<String>,
+    /// The longest time between two writes answered OK.
+    longest_gap: Duration,
+}
+
+/// One client writing through the proxy without pause (`SET`, then `WAIT 1 1000`),
+/// reconnecting after an error, as a user's client would.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Written>>,
+}
+
+impl Writer {
+    fn start(addr: &str, prefix: &str) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let (addr, prefix) = (addr.to_string(), prefix.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut w = Written::default();
+            let mut conn = None;
+            let mut last_ok = Instant::now();
+            let mut i = 0;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match resp::Conn::open(&addr) {
+                        Ok(c) => conn.insert(c),
+                        Err(e) => {
+                            w.errors.push(format!("connect: {e}"));
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    },
+                };
+                let key = format!("{prefix}:{i}");
+                i += 1;
+                match c.cmd(&["SET", &key, "v"]) {
+                    Ok(Reply::Simple(ok)) if ok == "OK" => {
+                        w.writes += 1;
+                        w.longest_gap = w.longest_gap.max(last_ok.elapsed());
+                        last_ok = Instant::now();
+                    }
+                    Ok(other) => {
+                        w.errors.push(format!("SET {key}: {other:?}"));
+                        continue;
+                    }
+                    Err(e) => {
+                        w.errors.push(format!("SET {key}: {e}"));
+                        conn = None;
+                        continue;
+                    }
+                }
+                match c.cmd(&["WAIT", "1", "1000"]) {
+                    Ok(Reply::Integer(n)) if n >= 1 => w.acked.push(key),
+                    Ok(_) => {}
+                    Err(e) => {
+                        w.errors.push(format!("WAIT after {key}: {e}"));
+                        conn = None;
+                    }
+                }
+            }
+            w
+        });
+        Writer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Written {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_live_shard_moves_to_another_member_through_the_proxy_without_losing_a_write() {
+    let s = Shard::start(81);
+    let in_a = "    perCluster: {b: {max: 0}, c: {max: 0}}\n";
+    let in_b = "    perCluster: {a: {max: 0}, c: {max: 0}}\n";
+    let redis = "    config: {maxmemory: 64mb}";
+    let out = s.apply("moving.yaml", &shard_placed("moving", 3, in_a, redis));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the shard wired in member a", || {
+        s.wired("moving", 3) && s.endpoints("moving").iter().all(|(_, c, _)| c == "a")
+    });
+    let proxy = Proxy::start_for(&s.f, "moving");
+    let writer = Writer::start(&proxy.addr, "m");
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // The move: a may hold none of it now.
+    let out = s.apply("moving-2.yaml", &shard_placed("moving", 3, in_b, redis));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = Instant::now();
+    let in_a_now = || {
+        pids(s.data_dir("a"))
+            .into_iter()
+            .filter(|(_, n)| n.starts_with("moving-"))
+            .count()
+    };
+    let mut progress = Vec::new();
+    let mut described = String::new();
+    loop {
+        let set = s.set("moving");
+        let conditions = set["status"]["conditions"].as_array().cloned();
+        if let Some(c) = conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Progressing" && c["reason"] == "Migrating")
+        {
+            let m = c["message"].as_str().unwrap_or_default().to_string();
+            if progress.last() != Some(&m) {
+                progress.push(m);
+            }
+            if described.is_empty() {
+                described = s.f.ok(&["describe", "fis", "moving"]);
+            }
+        }
+        let left = in_a_now();
+        if left < 3 {
+            // Nothing leaves a before the primary runs in b.
+            let primary = s.primary("moving");
+            assert!(
+                primary.as_ref().is_some_and(|(_, c, _)| c == "b"),
+                "an instance left a while the primary is {primary:?}\n{progress:#?}"
+            );
+        }
+        if left == 0
+            && s.wired("moving", 3)
+            && s.endpoints("moving").iter().all(|(_, c, _)| c == "b")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "the move did not finish: {} instances left in a; status {}\nprogress {progress:#?}\n{}",
+            left,
+            s.set("moving")["status"],
+            s.f.server_grep("moving")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let written = writer.finish();
+    println!(
+        "move a -> b: {:.1} s; {} writes through the proxy, {} acknowledged by WAIT 1, errors {:?}, longest pause {:.2} s\nprogress: {progress:#?}",
+        took.as_secs_f64(),
+        written.writes,
+        written.acked.len(),
+        written.errors,
+        written.longest_gap.as_secs_f64()
+    );
+    assert!(
+        !progress.is_empty(),
+        "describe shows the move while it runs"
+    );
+    assert!(described.contains("Migrating"), "{described}");
+    assert!(
+        written.errors.len() <= 1,
+        "at most one retryable error for a client writing through the move: {:?}",
+        written.errors
+    );
+    assert!(
+        written.longest_gap < Duration::from_secs(10),
+        "writes stalled {:?}",
+        written.longest_gap
+    );
+    // New ordinals for the new instances: none reused one still running in a.
+    let ordinals: Vec<u64> = s.endpoints("moving").iter().map(|(o, _, _)| *o).collect();
+    assert_eq!(ordinals, vec![3, 4, 5]);
+    let (_, _, primary) = s.primary("moving").unwrap();
+    let lost = missing(&primary, &written.acked);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost",
+        lost.len(),
+        written.acked.len()
+    );
+    proxy.terminate();
 }
