@@ -828,10 +828,23 @@ impl Drop for Writer {
 
 #[test]
 fn a_live_shard_moves_to_another_member_through_the_proxy_without_losing_a_write() {
-    let s = Shard::start(81);
+    move_under_load(81, "    config: {maxmemory: 64mb}", true);
+}
+
+#[test]
+fn with_sentinels_a_live_shard_moves_and_sentinel_never_elects_a_retiring_replica() {
+    // With Sentinel the new primary refuses writes (NOREPLICAS, min-replicas-to-write)
+    // until Sentinel has re-pointed its replicas, one at a time: seconds of refused
+    // writes, not yet the single retryable error the FAILOVER TO path gives.
+    move_under_load(91, SENTINELS, false);
+}
+
+/// A shard of three in member a moved to member b while a client writes through
+/// `flotilla proxy`. `seamless`: the client sees at most one error.
+fn move_under_load(block: u8, redis: &str, seamless: bool) {
+    let s = Shard::start(block);
     let in_a = "    perCluster: {b: {max: 0}, c: {max: 0}}\n";
     let in_b = "    perCluster: {a: {max: 0}, c: {max: 0}}\n";
-    let redis = "    config: {maxmemory: 64mb}";
     let out = s.apply("moving.yaml", &shard_placed("moving", 3, in_a, redis));
     assert!(
         out.status.success(),
@@ -856,7 +869,10 @@ fn a_live_shard_moves_to_another_member_through_the_proxy_without_losing_a_write
     let in_a_now = || {
         pids(s.data_dir("a"))
             .into_iter()
-            .filter(|(_, n)| n.starts_with("moving-"))
+            .filter(|(_, n)| {
+                n.strip_prefix("moving-")
+                    .is_some_and(|o| o.parse::<u32>().is_ok())
+            })
             .count()
     };
     let mut progress = Vec::new();
@@ -877,6 +893,24 @@ fn a_live_shard_moves_to_another_member_through_the_proxy_without_losing_a_write
                 described = s.f.ok(&["describe", "fis", "moving"]);
             }
         }
+        if std::env::var_os("FLOTILLA_TRACE_MOVE").is_some()
+            && let Some((o, _, e)) = s.primary("moving")
+        {
+            let info = resp::once(&e, &["INFO", "replication"])
+                .map(|r| r.text())
+                .unwrap_or_default();
+            let lines: Vec<&str> = info
+                .lines()
+                .filter(|l| {
+                    l.starts_with("slave") || l.starts_with("min_slaves") || l.starts_with("role")
+                })
+                .collect();
+            println!(
+                "{:.1} primary {o}: {}",
+                started.elapsed().as_secs_f64(),
+                lines.join(" | ")
+            );
+        }
         let left = in_a_now();
         if left < 3 {
             // Nothing leaves a before the primary runs in b.
@@ -894,10 +928,12 @@ fn a_live_shard_moves_to_another_member_through_the_proxy_without_losing_a_write
         }
         assert!(
             started.elapsed() < Duration::from_secs(150),
-            "the move did not finish: {} instances left in a; status {}\nprogress {progress:#?}\n{}",
+            "the move did not finish: {} instances left in a; status {}\nprogress {progress:#?}\n{}\na:\n{}\nb:\n{}",
             left,
             s.set("moving")["status"],
-            s.f.server_grep("moving")
+            s.f.server_grep("moving"),
+            s.f.agent_log("a", "moving"),
+            s.f.agent_log("b", "moving")
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -905,11 +941,12 @@ fn a_live_shard_moves_to_another_member_through_the_proxy_without_losing_a_write
     std::thread::sleep(Duration::from_secs(1));
     let written = writer.finish();
     println!(
-        "move a -> b: {:.1} s; {} writes through the proxy, {} acknowledged by WAIT 1, errors {:?}, longest pause {:.2} s\nprogress: {progress:#?}",
+        "move a -> b: {:.1} s; {} writes through the proxy, {} acknowledged by WAIT 1, {} errors {:?}, longest pause {:.2} s\nprogress: {progress:#?}",
         took.as_secs_f64(),
         written.writes,
         written.acked.len(),
-        written.errors,
+        written.errors.len(),
+        written.errors.iter().take(3).collect::<Vec<_>>(),
         written.longest_gap.as_secs_f64()
     );
     assert!(
@@ -918,17 +955,19 @@ fn a_live_shard_moves_to_another_member_through_the_proxy_without_losing_a_write
     );
     assert!(described.contains("Migrating"), "{described}");
     assert!(
-        written.errors.len() <= 1,
-        "at most one retryable error for a client writing through the move: {:?}",
-        written.errors
+        !seamless || written.errors.len() <= 1,
+        "at most one retryable error for a client writing through the move: {} errors, first {:?}",
+        written.errors.len(),
+        written.errors.iter().take(3).collect::<Vec<_>>()
     );
     assert!(
-        written.longest_gap < Duration::from_secs(10),
+        !seamless || written.longest_gap < Duration::from_secs(10),
         "writes stalled {:?}",
         written.longest_gap
     );
     // New ordinals for the new instances: none reused one still running in a.
-    let ordinals: Vec<u64> = s.endpoints("moving").iter().map(|(o, _, _)| *o).collect();
+    let mut ordinals: Vec<u64> = s.endpoints("moving").iter().map(|(o, _, _)| *o).collect();
+    ordinals.sort_unstable();
     assert_eq!(ordinals, vec![3, 4, 5]);
     let (_, _, primary) = s.primary("moving").unwrap();
     let lost = missing(&primary, &written.acked);
