@@ -12,7 +12,14 @@
 //!   not installed (`apt-get install haproxy`).
 //!
 //! For each: requests a second, p50 and p99 latency (redis-benchmark's own), and the
-//! ratios to direct (throughput; added p99 in ms). Not criterion: redis-benchmark is
+//! ratios to direct (throughput; added p99 in ms).
+//!
+//! Then a planned switchover seen through the proxy, five times: a primary and its
+//! replica, one client writing through the proxy without pause, `FAILOVER TO` the
+//! replica (nobody tells the proxy). Reported: the client's longest wait for a write
+//! (from the last write accepted by the old primary to the first accepted by the new
+//! one), its failed writes, and the time from `FAILOVER` sent to the proxy routing to
+//! the new primary; the client's median write time in the same run is the baseline. Not criterion: redis-benchmark is
 //! the load generator and the clock. Run as a test (`cargo test`, without `--bench`)
 //! it sends a few requests only, so it cannot rot; nothing about speed is asserted.
 //! Every process it starts is stopped by PID when it ends.
@@ -229,4 +236,116 @@ fn main() {
         println!();
     }
     rt.block_on(proxy.stop());
+    switchovers(&rt, dir.path(), if bench { 5 } else { 1 });
+}
+
+/// Sends `line` (an inline command) on a fresh connection and returns the reply line.
+fn once(port: u16, line: &str) -> String {
+    use std::io::{BufRead, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut out = String::new();
+    r.read_line(&mut out).unwrap();
+    if let Some(n) = out.strip_prefix('$').and_then(|n| n.trim().parse::<usize>().ok()) {
+        let mut body = vec![0u8; n + 2];
+        std::io::Read::read_exact(&mut r, &mut body).unwrap();
+        return String::from_utf8_lossy(&body).into_owned();
+    }
+    out
+}
+
+fn switchovers(rt: &tokio::runtime::Runtime, dir: &Path, runs: usize) {
+    use std::io::{BufRead, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    println!("planned switchover (FAILOVER TO) through the flotilla proxy, one client writing:");
+    println!(
+        "{:<4} {:>10} {:>16} {:>12} {:>8} {:>14}",
+        "run", "writes", "longest wait ms", "median ms", "failed", "rerouted ms"
+    );
+    for run in 0..runs {
+        let (da, db) = (dir.join(format!("a{run}")), dir.join(format!("b{run}")));
+        std::fs::create_dir_all(&da).unwrap();
+        std::fs::create_dir_all(&db).unwrap();
+        let (_a, a) = redis_server(&da);
+        let (_b, b) = redis_server(&db);
+        assert!(once(b, &format!("REPLICAOF 127.0.0.1 {a}")).starts_with("+OK"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !once(a, "INFO replication").contains("state=online") {
+            assert!(Instant::now() < deadline, "the replica never linked");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let proxy = rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let running =
+                flotilla_proxy::start(listener, flotilla_proxy::Config::new("bench/redis"))
+                    .unwrap();
+            running.offers.offer(
+                flotilla_proxy::Source::Other("bench".into()),
+                format!("127.0.0.1:{a}"),
+            );
+            running
+        });
+        let port = proxy.addr.port();
+        wait_pong(port);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let writer = std::thread::spawn(move || {
+            let mut replies: Vec<(Instant, bool)> = Vec::new();
+            let mut conn = None;
+            let mut i = 0u64;
+            while !stopping.load(Ordering::Relaxed) {
+                let (w, r) = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                        Ok(s) => conn.insert((s.try_clone().unwrap(), std::io::BufReader::new(s))),
+                        Err(_) => continue,
+                    },
+                };
+                i += 1;
+                let mut line = String::new();
+                let ok = w.write_all(format!("SET k:{i} v\r\n").as_bytes()).is_ok()
+                    && r.read_line(&mut line).is_ok_and(|n| n > 0);
+                replies.push((Instant::now(), ok && line.starts_with("+OK")));
+                if !ok {
+                    conn = None;
+                }
+            }
+            replies
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        assert!(once(a, &format!("FAILOVER TO 127.0.0.1 {b}")).starts_with("+OK"));
+        let new = format!("127.0.0.1:{b}");
+        let mut primary = proxy.primary.clone();
+        rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                primary.wait_for(|p| p.addr.as_deref() == Some(new.as_str())),
+            )
+            .await
+            .expect("the proxy follows the switchover")
+            .unwrap();
+        });
+        let rerouted = started.elapsed();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let replies = writer.join().unwrap();
+        let oks: Vec<Instant> = replies.iter().filter(|r| r.1).map(|r| r.0).collect();
+        let mut gaps: Vec<Duration> = oks.windows(2).map(|w| w[1] - w[0]).collect();
+        let longest = gaps.iter().max().copied().unwrap_or_default();
+        gaps.sort_unstable();
+        let median = gaps.get(gaps.len() / 2).copied().unwrap_or_default();
+        println!(
+            "{:<4} {:>10} {:>16.2} {:>12.3} {:>8} {:>14.2}",
+            run + 1,
+            replies.len(),
+            longest.as_secs_f64() * 1e3,
+            median.as_secs_f64() * 1e3,
+            replies.iter().filter(|r| !r.1).count(),
+            rerouted.as_secs_f64() * 1e3
+        );
+        rt.block_on(proxy.stop());
+    }
 }
