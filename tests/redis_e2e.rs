@@ -748,6 +748,8 @@ struct Written {
     errors: Vec<String>,
     /// The longest time between two writes answered OK.
     longest_gap: Duration,
+    /// When the first and the last error came.
+    error_times: Option<(Instant, Instant)>,
 }
 
 /// One client writing through the proxy without pause (`SET`, then `WAIT 1 1000`),
@@ -789,6 +791,8 @@ impl Writer {
                     }
                     Ok(other) => {
                         w.errors.push(format!("SET {key}: {other:?}"));
+                        let now = Instant::now();
+                        w.error_times = Some((w.error_times.map_or(now, |t| t.0), now));
                         continue;
                     }
                     Err(e) => {
@@ -949,6 +953,13 @@ fn move_under_load(block: u8, redis: &str, seamless: bool) {
         written.errors.iter().take(3).collect::<Vec<_>>(),
         written.longest_gap.as_secs_f64()
     );
+    if let Some((first, last)) = written.error_times {
+        println!(
+            "errors from {:.1} s to {:.1} s after the placement changed",
+            first.saturating_duration_since(started).as_secs_f64(),
+            last.saturating_duration_since(started).as_secs_f64()
+        );
+    }
     assert!(
         !progress.is_empty(),
         "describe shows the move while it runs"

@@ -247,7 +247,10 @@ fn once(port: u16, line: &str) -> String {
     let mut r = std::io::BufReader::new(s);
     let mut out = String::new();
     r.read_line(&mut out).unwrap();
-    if let Some(n) = out.strip_prefix('$').and_then(|n| n.trim().parse::<usize>().ok()) {
+    if let Some(n) = out
+        .strip_prefix('$')
+        .and_then(|n| n.trim().parse::<usize>().ok())
+    {
         let mut body = vec![0u8; n + 2];
         std::io::Read::read_exact(&mut r, &mut body).unwrap();
         return String::from_utf8_lossy(&body).into_owned();

@@ -38,6 +38,14 @@ use crate::policy::{Auth, Outcome, Policy, User, deny_error};
 use crate::primary::Primary;
 use crate::resp::{Limits, ReplyScanner, Request, RequestReader};
 
+/// How long a session waits for the old primary's answer to the one command in flight
+/// when the primary changes (then the client's connection is closed).
+const OLD_REPLY_WAIT: Duration = Duration::from_secs(3);
+
+/// How often a command refused for now (`-NOREPLICAS`, `-LOADING`) is sent again
+/// while it is held ([`crate::Config::hold_refused`]).
+const HOLD_RETRY_EVERY: Duration = Duration::from_millis(50);
+
 /// What the client is owed next, in order.
 #[derive(Debug)]
 enum Expect {
@@ -91,6 +99,14 @@ struct Session {
     resend: Option<(Bytes, Bytes)>,
     /// The last backend bytes ended inside a reply (its start already forwarded).
     mid_reply: bool,
+    /// The primary changed with one command in flight: its answer is awaited from the
+    /// old primary until then.
+    awaiting_old: Option<tokio::time::Instant>,
+    /// A request refused for now (`-NOREPLICAS`, `-LOADING`: it did not run) to send
+    /// again, with that reply.
+    hold: Option<(Bytes, Bytes)>,
+    /// Since when the command in flight has been refused for now.
+    held_since: Option<tokio::time::Instant>,
     /// A command inside `MULTI` was refused: `EXEC` must abort.
     multi_dirty: bool,
     pending: VecDeque<Expect>,
@@ -120,6 +136,9 @@ pub(crate) async fn serve(
         sticky: false,
         resend: None,
         mid_reply: false,
+        awaiting_old: None,
+        hold: None,
+        held_since: None,
         multi_dirty: false,
         pending: VecDeque::new(),
         out: Vec::new(),
@@ -174,14 +193,23 @@ impl Session {
                         return End::Switched;
                     }
                     if self.switched() {
-                        if !self.movable() || !self.pending.is_empty() {
+                        if self.movable() && self.pending.is_empty() {
+                            // Nothing in flight, no state: the next command goes to the
+                            // new primary.
+                            self.backend = None;
+                            self.shared.metrics.moved_on_switch.inc();
+                        } else if self.movable() && self.one_retryable_in_flight() {
+                            // Its answer is still due from the old primary (a paused
+                            // write answers -READONLY once demoted, and is sent again);
+                            // nothing more is written there meanwhile.
+                            self.awaiting_old = Some(tokio::time::Instant::now() + OLD_REPLY_WAIT);
+                        } else {
                             return End::Switched;
                         }
-                        // Nothing in flight, no state: the next command goes to the new
-                        // primary.
-                        self.backend = None;
-                        self.shared.metrics.moved_on_switch.inc();
                     }
+                }
+                _ = tokio::time::sleep_until(self.awaiting_old.unwrap_or(until)), if self.awaiting_old.is_some() => {
+                    return End::Switched;
                 }
                 _ = drain.changed(), if !draining => draining = true,
                 _ = tokio::time::sleep_until(until), if deadline.is_some() => return End::Drained,
@@ -195,6 +223,17 @@ impl Session {
                             && let Err(end) = self.send_again(wire, refused).await
                         {
                             return end;
+                        }
+                        if let Some((wire, refused)) = self.hold.take()
+                            && let Err(end) = self.hold_again(wire, refused).await
+                        {
+                            return end;
+                        }
+                        if self.switched() && self.pending.is_empty() && self.movable() {
+                            // The old primary's last answer is in: on to the new one.
+                            self.backend = None;
+                            self.awaiting_old = None;
+                            self.shared.metrics.moved_on_switch.inc();
                         }
                     }
                     Err(e) => return End::Failed(format!("backend: {e}")),
@@ -277,10 +316,47 @@ impl Session {
         Ok(())
     }
 
+    /// Whether exactly one request is in flight and it may be sent again.
+    fn one_retryable_in_flight(&self) -> bool {
+        self.pending.len() == 1
+            && matches!(
+                self.pending.front(),
+                Some(Expect::Backend {
+                    retry: Some(_),
+                    remaining: 1,
+                    ..
+                })
+            )
+    }
+
+    /// Sends `wire` again after a pause, refused for now (`refused`) by the primary it
+    /// went to; after `hold_refused` of refusals the client gets the last one.
+    async fn hold_again(&mut self, wire: Bytes, refused: Bytes) -> Result<(), End> {
+        let now = tokio::time::Instant::now();
+        let since = *self.held_since.get_or_insert(now);
+        if now - since >= self.shared.hold_refused {
+            self.held_since = None;
+            self.pending.pop_front();
+            self.out.extend_from_slice(&refused);
+            self.shared.metrics.command("refused_after_hold");
+            return Ok(());
+        }
+        tokio::time::sleep(HOLD_RETRY_EVERY).await;
+        if self.switched() {
+            // The primary changed meanwhile: sent to the new one.
+            return self.send_again(wire, refused).await;
+        }
+        let mut bytes = wire.to_vec();
+        bytes.extend_from_slice(&self.to_backend);
+        self.to_backend = bytes;
+        Ok(())
+    }
+
     /// Sends `wire` (whose reply, `refused`, was `-READONLY`) again once a newer
     /// primary than this backend's is published; without one in time, the client gets
     /// the refusal.
     async fn send_again(&mut self, wire: Bytes, refused: Bytes) -> Result<(), End> {
+        self.awaiting_old = None;
         let Some(old) = self.backend.take() else {
             return Ok(());
         };
@@ -337,6 +413,32 @@ impl Session {
         for end in ends {
             let piece = &chunk[start..end.end];
             start = end.end;
+            let alone_retryable = alone
+                && self.resend.is_none()
+                && self.hold.is_none()
+                && !self.sticky
+                && !(piece.as_ptr() == chunk.as_ptr() && self.mid_reply)
+                && matches!(
+                    self.pending.front(),
+                    Some(Expect::Backend {
+                        retry: Some(_),
+                        remaining: 1,
+                        forward: true,
+                        ..
+                    })
+                );
+            if !end.push
+                && alone_retryable
+                && (piece.starts_with(b"-NOREPLICAS") || piece.starts_with(b"-LOADING"))
+                && let Some(Expect::Backend {
+                    retry: Some(wire), ..
+                }) = self.pending.front()
+            {
+                // Not run: held and sent again for a moment (a new primary waiting
+                // for its replicas to come back), then the refusal goes out.
+                self.hold = Some((wire.clone(), Bytes::copy_from_slice(piece)));
+                continue;
+            }
             if !end.push && piece.starts_with(b"-READONLY") {
                 // The primary turned replica: discovery looks again at once.
                 self.shared.offers.verify_now();
@@ -372,6 +474,7 @@ impl Session {
                             .latency
                             .observe(sent.elapsed().as_secs_f64());
                         self.pending.pop_front();
+                        self.held_since = None;
                     }
                     f
                 }

@@ -53,6 +53,11 @@ pub struct Config {
     pub timing: Timing,
     /// The proxy's own credentials to Redis, if the instances require them.
     pub backend_auth: Option<BackendAuth>,
+    /// How long a command the primary refuses for now (`-NOREPLICAS` while its
+    /// replicas come back after a failover, `-LOADING`) is held and sent again before
+    /// the refusal reaches the client. Only for a connection with that one command in
+    /// flight and no state on its Redis connection.
+    pub hold_refused: Duration,
 }
 
 impl Config {
@@ -66,6 +71,7 @@ impl Config {
             wait_for_primary: Duration::from_secs(5),
             timing: Timing::default(),
             backend_auth: None,
+            hold_refused: Duration::from_secs(2),
         }
     }
 }
@@ -82,6 +88,7 @@ pub(crate) struct Shared {
     wait_for_primary: Duration,
     offers: Offers,
     backend_auth: Option<BackendAuth>,
+    hold_refused: Duration,
 }
 
 /// A running proxy.
@@ -116,6 +123,7 @@ pub fn start(listener: TcpListener, config: Config) -> std::io::Result<Running> 
         wait_for_primary: config.wait_for_primary,
         offers: offers.clone(),
         backend_auth: config.backend_auth,
+        hold_refused: config.hold_refused,
     });
     let (stop, stopped) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(listener, shared, stopped));

@@ -137,6 +137,7 @@ async fn proxy_with(
     let verify = backend_auth.is_none();
     let mut config = Config::new("default/cache");
     config.backend_auth = backend_auth;
+    config.hold_refused = Duration::from_secs(6);
     config.policy = policy;
     config.audit = audit;
     config.drain = Duration::from_secs(5);
@@ -617,5 +618,31 @@ async fn the_proxy_authenticates_to_redis_with_its_own_credentials() {
     let mut c = Client::open(p.addr.to_string()).await;
     let refused = c.text(&["SET", "k", "2"]).await;
     assert!(refused.contains("no primary verified"), "{refused}");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_for_want_of_replicas_is_held_a_moment_then_refused() {
+    let a = Redis::start_with(&["--min-replicas-to-write", "1"]);
+    let b = Redis::start();
+    let p = proxy(&a, Policy::new(None, None), Audit::none()).await;
+    let mut c = Client::open(p.addr.to_string()).await;
+    // No replica at all: held for a moment, then the refusal reaches the client.
+    let started = Instant::now();
+    let refused = c.text(&["SET", "k", "1"]).await;
+    assert!(refused.starts_with("NOREPLICAS"), "{refused}");
+    assert!(started.elapsed() >= Duration::from_secs(5), "held first");
+    // A replica joining while the write is held: the write goes through.
+    let (b_addr, a_port) = (b.addr(), a.port);
+    let joiner = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut direct_b = Client::open(b_addr).await;
+        direct_b
+            .text(&["REPLICAOF", "127.0.0.1", &a_port.to_string()])
+            .await
+    });
+    assert_eq!(c.text(&["SET", "k", "2"]).await, "OK");
+    assert_eq!(joiner.await.unwrap(), "OK");
+    drop(b);
     p.stop().await;
 }

@@ -169,6 +169,15 @@ pub fn sentinel_config(addr: &str, port: u16, dir: &str) -> Vec<(String, String)
 /// or `None` when it does not know it.
 pub type MasterView = Option<BTreeMap<String, String>>;
 
+/// How many replicas a sentinel re-points at once after a failover. The new primary
+/// takes writes only once `min-replicas-to-write` of them are back (`NOREPLICAS`
+/// until then), and Sentinel moves to the next batch only when it has seen the last
+/// one linked (its INFO, every second during a failover): one at a time, a shard
+/// being moved (old and new instances side by side) refused writes for many seconds.
+/// The replicas resume with a partial resync (PSYNC2 keeps the old primary's
+/// history), so re-pointing them together is cheap.
+pub const PARALLEL_SYNCS: u32 = 16;
+
 /// The commands that register the shard with one sentinel (`view` = what it says),
 /// given the shard's primary `primary` (`host:port`) as the federation knows it.
 pub fn registration(
@@ -189,7 +198,7 @@ pub fn registration(
             s.failover_timeout_milliseconds.to_string(),
         ),
         ("quorum", s.quorum.to_string()),
-        ("parallel-syncs", "1".to_string()),
+        ("parallel-syncs", PARALLEL_SYNCS.to_string()),
     ];
     let set = |pairs: &[(&str, String)], why: String| {
         let mut args = vec!["SENTINEL".to_string(), "SET".to_string(), name.clone()];
@@ -337,7 +346,7 @@ mod tests {
             ("down-after-milliseconds", "5000"),
             ("failover-timeout", "60000"),
             ("quorum", "2"),
-            ("parallel-syncs", "1"),
+            ("parallel-syncs", "16"),
             ("ip", "127.0.1.9"),
         ]
         .iter()
