@@ -33,10 +33,10 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
-use crate::Shared;
 use crate::policy::{Auth, Outcome, Policy, User, deny_error};
 use crate::primary::Primary;
 use crate::resp::{Limits, ReplyScanner, Request, RequestReader};
+use crate::{Reads, Shared};
 
 /// How long a session waits for the old primary's answer to the one command in flight
 /// when the primary changes (then the client's connection is closed).
@@ -107,6 +107,10 @@ struct Session {
     hold: Option<(Bytes, Bytes)>,
     /// Since when the command in flight has been refused for now.
     held_since: Option<tokio::time::Instant>,
+    /// Requests in `pending` not yet written to the backend (in `to_backend`).
+    unsent: usize,
+    /// `--reads replicas`: the connection to the replica reads go to.
+    replica: Option<(String, TcpStream)>,
     /// A command inside `MULTI` was refused: `EXEC` must abort.
     multi_dirty: bool,
     pending: VecDeque<Expect>,
@@ -139,6 +143,8 @@ pub(crate) async fn serve(
         awaiting_old: None,
         hold: None,
         held_since: None,
+        replica: None,
+        unsent: 0,
         multi_dirty: false,
         pending: VecDeque::new(),
         out: Vec::new(),
@@ -296,11 +302,20 @@ impl Session {
             return Ok(());
         }
         if self.switched() {
-            let idle = self.pending.iter().all(|e| matches!(e, Expect::Local(_)));
+            // Nothing sent to the old primary is still unanswered: only what waits in
+            // `to_backend`, which goes to the new one instead.
+            let sent = self
+                .pending
+                .iter()
+                .filter(|e| matches!(e, Expect::Backend { .. }))
+                .count()
+                .saturating_sub(self.unsent);
+            let idle = sent == 0;
             if !self.movable() || !idle {
                 return Err(End::Switched);
             }
             self.backend = None;
+            self.unsent = 0;
             self.shared.metrics.moved_on_switch.inc();
             if !self.connect().await? {
                 return Ok(());
@@ -313,7 +328,53 @@ impl Session {
             return Err(End::Failed(format!("backend {}: {e}", b.addr)));
         }
         self.to_backend.clear();
+        self.unsent = 0;
         Ok(())
+    }
+
+    /// `--reads replicas`: `request` (read-only, nothing else in flight) answered by a
+    /// caught-up replica of the primary; `false` when there is none or it fails (the
+    /// primary answers instead: a read may run twice).
+    async fn read_from_replica(&mut self, request: &Request) -> bool {
+        let list = self.shared.readable.borrow().clone();
+        if self.replica.as_ref().is_some_and(|r| !list.contains(&r.0)) {
+            self.replica = None;
+        }
+        if list.is_empty() {
+            return false;
+        }
+        let auth = self.shared.backend_auth.as_ref().map(|a| a.command());
+        let pick = list[usize::from(self.peer.port()) % list.len()].clone();
+        let exchange = async {
+            if self.replica.is_none() {
+                let stream = TcpStream::connect(&pick).await?;
+                let _ = stream.set_nodelay(true);
+                let mut conn = (pick.clone(), stream);
+                if let Some(a) = &auth {
+                    let reply = exchange_one(&mut conn.1, a).await?;
+                    if !reply.starts_with(b"+") {
+                        return Err(std::io::Error::other("AUTH refused"));
+                    }
+                }
+                self.replica = Some(conn);
+            }
+            let Some((_, stream)) = self.replica.as_mut() else {
+                return Err(std::io::Error::other("no replica"));
+            };
+            exchange_one(stream, &request.wire).await
+        };
+        match tokio::time::timeout(REPLICA_TIMEOUT, exchange).await {
+            Ok(Ok(reply)) if !reply.starts_with(b"-") => {
+                self.shared.metrics.command("replica");
+                self.out.extend_from_slice(&reply);
+                true
+            }
+            outcome => {
+                tracing::debug!(peer = %self.peer, replica = %pick, ?outcome, "read from a replica failed; the primary answers");
+                self.replica = None;
+                false
+            }
+        }
     }
 
     /// Whether exactly one request is in flight and it may be sent again.
@@ -349,6 +410,7 @@ impl Session {
         let mut bytes = wire.to_vec();
         bytes.extend_from_slice(&self.to_backend);
         self.to_backend = bytes;
+        self.unsent += 1;
         Ok(())
     }
 
@@ -377,8 +439,10 @@ impl Session {
         // In front of anything queued behind it (one was in flight: nothing else was
         // sent since), behind the proxy's own AUTH that connecting puts first.
         self.to_backend.splice(0..0, wire.iter().copied());
+        self.unsent += 1;
         if !self.connect().await? {
             self.to_backend.drain(..wire.len());
+            self.unsent -= 1;
             self.pending.pop_front();
             self.out.extend_from_slice(&refused);
             return Ok(());
@@ -615,6 +679,16 @@ impl Session {
             | "SUNSUBSCRIBE" => request.args.len().saturating_sub(1).max(1),
             _ => 1,
         };
+        if retryable
+            && replies == 1
+            && self.shared.reads == Reads::Replicas
+            && self.pending.is_empty()
+            && self.to_backend.is_empty()
+            && READ_ONLY.contains(&name.as_str())
+            && self.read_from_replica(&request).await
+        {
+            return Ok(());
+        }
         if retryable && replies == 1 {
             return self.forward_retryable(request).await;
         }
@@ -676,6 +750,7 @@ impl Session {
         }
         self.shared.metrics.command("forwarded");
         self.to_backend.extend_from_slice(&request.wire);
+        self.unsent += 1;
         self.pending.push_back(Expect::Backend {
             remaining: replies,
             forward: true,
@@ -693,6 +768,7 @@ impl Session {
         }
         self.shared.metrics.command("forwarded");
         self.to_backend.extend_from_slice(&request.wire);
+        self.unsent += 1;
         self.pending.push_back(Expect::Backend {
             remaining: 1,
             forward: true,
@@ -707,6 +783,7 @@ impl Session {
             return Ok(());
         }
         self.to_backend.extend_from_slice(&request.wire);
+        self.unsent += 1;
         self.pending.push_back(Expect::Backend {
             remaining: 1,
             forward: false,
@@ -750,6 +827,7 @@ impl Session {
                     // The proxy's own credentials go first; their +OK is not the
                     // client's (a refusal is: its commands then fail with NOAUTH).
                     self.to_backend.splice(0..0, auth.command());
+                    self.unsent += 1;
                     self.pending.push_front(Expect::Backend {
                         remaining: 1,
                         forward: false,
@@ -798,6 +876,94 @@ fn sticky_command(name: &str) -> bool {
             | "SWAPDB"
     )
 }
+
+/// Writes one request and reads its whole reply.
+async fn exchange_one(stream: &mut TcpStream, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(request).await?;
+    let mut scanner = ReplyScanner::default();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let ends = scanner
+            .feed(&buf[..n])
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let Some(end) = ends.iter().find(|e| !e.push) {
+            reply.extend_from_slice(&buf[..end.end]);
+            return Ok(reply);
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Commands that only read, which `--reads replicas` may send to a replica.
+pub const READ_ONLY: &[&str] = &[
+    "GET",
+    "MGET",
+    "STRLEN",
+    "GETRANGE",
+    "SUBSTR",
+    "EXISTS",
+    "TYPE",
+    "TTL",
+    "PTTL",
+    "EXPIRETIME",
+    "PEXPIRETIME",
+    "HGET",
+    "HMGET",
+    "HGETALL",
+    "HKEYS",
+    "HVALS",
+    "HLEN",
+    "HEXISTS",
+    "HSTRLEN",
+    "HRANDFIELD",
+    "LRANGE",
+    "LLEN",
+    "LINDEX",
+    "LPOS",
+    "SMEMBERS",
+    "SISMEMBER",
+    "SMISMEMBER",
+    "SCARD",
+    "SRANDMEMBER",
+    "SINTER",
+    "SUNION",
+    "SDIFF",
+    "ZRANGE",
+    "ZRANGEBYSCORE",
+    "ZRANGEBYLEX",
+    "ZREVRANGE",
+    "ZREVRANGEBYSCORE",
+    "ZREVRANGEBYLEX",
+    "ZSCORE",
+    "ZMSCORE",
+    "ZCARD",
+    "ZCOUNT",
+    "ZLEXCOUNT",
+    "ZRANK",
+    "ZREVRANK",
+    "ZRANDMEMBER",
+    "SCAN",
+    "HSCAN",
+    "SSCAN",
+    "ZSCAN",
+    "DBSIZE",
+    "BITCOUNT",
+    "BITPOS",
+    "GETBIT",
+    "XRANGE",
+    "XREVRANGE",
+    "XLEN",
+    "DUMP",
+    "RANDOMKEY",
+];
+
+/// How long a read from a replica may take before the primary answers instead.
+const REPLICA_TIMEOUT: Duration = Duration::from_secs(1);
 
 async fn read_backend(backend: &mut Option<Backend>, buf: &mut [u8]) -> std::io::Result<usize> {
     match backend {

@@ -58,6 +58,21 @@ pub struct Config {
     /// the refusal reaches the client. Only for a connection with that one command in
     /// flight and no state on its Redis connection.
     pub hold_refused: Duration,
+    /// Where read-only commands go.
+    pub reads: Reads,
+}
+
+/// Where read-only commands go (`--reads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reads {
+    /// Everything to the primary.
+    #[default]
+    Primary,
+    /// A read-only command (of [`conn::READ_ONLY`]) from a connection with nothing in
+    /// flight and no state on its Redis connection goes to a caught-up replica of the
+    /// primary, when there is one: a replica lags, so a client may not read its own
+    /// latest writes.
+    Replicas,
 }
 
 impl Config {
@@ -72,6 +87,7 @@ impl Config {
             timing: Timing::default(),
             backend_auth: None,
             hold_refused: Duration::from_secs(2),
+            reads: Reads::Primary,
         }
     }
 }
@@ -89,6 +105,8 @@ pub(crate) struct Shared {
     offers: Offers,
     backend_auth: Option<BackendAuth>,
     hold_refused: Duration,
+    reads: Reads,
+    readable: watch::Receiver<Vec<String>>,
 }
 
 /// A running proxy.
@@ -111,8 +129,8 @@ pub struct Running {
 pub fn start(listener: TcpListener, config: Config) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
-    let (offers, primary, discovery) =
-        primary::start(config.timing, config.backend_auth.clone(), metrics.clone());
+    let published = primary::start(config.timing, config.backend_auth.clone(), metrics.clone());
+    let (offers, primary, discovery) = (published.offers, published.primary, published.task);
     let shared = Arc::new(Shared {
         set: config.set,
         policy: config.policy,
@@ -124,6 +142,8 @@ pub fn start(listener: TcpListener, config: Config) -> std::io::Result<Running> 
         offers: offers.clone(),
         backend_auth: config.backend_auth,
         hold_refused: config.hold_refused,
+        reads: config.reads,
+        readable: published.readable,
     });
     let (stop, stopped) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(listener, shared, stopped));

@@ -144,18 +144,30 @@ impl Default for Timing {
     }
 }
 
-/// Starts the discovery task: the offers it takes, and the primary it publishes.
-pub fn start(
-    timing: Timing,
-    auth: Option<BackendAuth>,
-    metrics: Arc<Metrics>,
-) -> (Offers, watch::Receiver<Primary>, JoinHandle<()>) {
+/// What discovery publishes.
+#[derive(Debug)]
+pub struct Published {
+    /// Feeds discovery.
+    pub offers: Offers,
+    /// The verified primary.
+    pub primary: watch::Receiver<Primary>,
+    /// Its replicas whose acknowledged offset trails it by at most [`READ_LAG_BYTES`],
+    /// as the primary's own `ROLE` lists them at the last verification.
+    pub readable: watch::Receiver<Vec<String>>,
+    /// The discovery task.
+    pub task: JoinHandle<()>,
+}
+
+/// Starts the discovery task: the offers it takes, and what it publishes.
+pub fn start(timing: Timing, auth: Option<BackendAuth>, metrics: Arc<Metrics>) -> Published {
     let (tx, rx) = mpsc::unbounded_channel();
     let (publish, primary) = watch::channel(Primary::default());
+    let (readable_tx, readable) = watch::channel(Vec::new());
     let offers = Offers { tx };
     let task = Discovery {
         timing,
         auth,
+        readable: readable_tx,
         metrics,
         publish,
         offers: offers.clone(),
@@ -165,12 +177,19 @@ pub fn start(
         sentinels: BTreeMap::new(),
     };
     let handle = tokio::spawn(task.run(rx));
-    (offers, primary, handle)
+    Published {
+        offers,
+        primary,
+        readable,
+        task: handle,
+    }
 }
 
 struct Discovery {
     timing: Timing,
     auth: Option<BackendAuth>,
+    /// The published primary's caught-up replicas (for `--reads replicas`).
+    readable: watch::Sender<Vec<String>>,
     metrics: Arc<Metrics>,
     publish: watch::Sender<Primary>,
     offers: Offers,
@@ -218,6 +237,17 @@ impl Discovery {
             match role_of(&addr, self.auth.as_ref(), self.timing.role_timeout).await {
                 Ok(r) if r.role == "master" => {
                     self.timeouts = 0;
+                    let caught_up: Vec<String> = r
+                        .replicas
+                        .iter()
+                        .filter(|(_, o)| *o >= r.offset - READ_LAG_BYTES)
+                        .map(|(a, _)| a.clone())
+                        .collect();
+                    self.readable.send_if_modified(|v| {
+                        let changed = *v != caught_up;
+                        *v = caught_up;
+                        changed
+                    });
                     if self.newest().as_deref() == Some(addr.as_str()) {
                         return;
                     }
@@ -282,6 +312,12 @@ impl Discovery {
     }
 
     fn set(&mut self, addr: Option<String>) {
+        // Replicas of the old primary serve no reads until the new one lists them.
+        self.readable.send_if_modified(|v| {
+            let changed = !v.is_empty();
+            v.clear();
+            changed
+        });
         let mut previous = None;
         self.publish.send_modify(|p| {
             previous = p.addr.clone();
@@ -346,6 +382,29 @@ pub struct Role {
     pub role: String,
     /// A replica's master, `host:port`.
     pub master: Option<String>,
+    /// A master's replication offset.
+    pub offset: i64,
+    /// A master's connected replicas: `host:port` and the offset each acknowledged.
+    pub replicas: Vec<(String, i64)>,
+}
+
+/// How far (bytes of replication stream) a replica's acknowledged offset may trail
+/// its master's and still serve reads (`--reads replicas`).
+pub const READ_LAG_BYTES: i64 = 1 << 20;
+
+fn join(host: &str, port: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn number(v: &Value) -> Option<i64> {
+    match v {
+        Value::Integer(n) => Some(*n),
+        other => other.text()?.parse().ok(),
+    }
 }
 
 /// The first element of `ROLE` at `addr` (`master`, `slave`, `sentinel`).
@@ -378,18 +437,34 @@ pub async fn role_of(
                 let master = (role == "slave")
                     .then(|| {
                         let host = items.get(1)?.text()?;
-                        let port = items.get(2).and_then(|p| match p {
-                            Value::Integer(n) => Some(n.to_string()),
-                            other => other.text(),
-                        })?;
-                        Some(if host.contains(':') {
-                            format!("[{host}]:{port}")
-                        } else {
-                            format!("{host}:{port}")
-                        })
+                        let port = number(items.get(2)?)?;
+                        Some(join(&host, &port.to_string()))
                     })
                     .flatten();
-                Ok(Role { role, master })
+                let mut offset = 0;
+                let mut replicas = Vec::new();
+                if role == "master" {
+                    offset = items.get(1).and_then(number).unwrap_or(0);
+                    if let Some(Value::Array(Some(list))) = items.get(2) {
+                        for r in list {
+                            if let Value::Array(Some(f)) = r
+                                && let (Some(h), Some(p), Some(o)) = (
+                                    f.first().and_then(Value::text),
+                                    f.get(1).and_then(Value::text),
+                                    f.get(2).and_then(number),
+                                )
+                            {
+                                replicas.push((join(&h, &p), o));
+                            }
+                        }
+                    }
+                }
+                Ok(Role {
+                    role,
+                    master,
+                    offset,
+                    replicas,
+                })
             }
             other => Err(RoleError::Reply(format!("{other:?}"))),
         }

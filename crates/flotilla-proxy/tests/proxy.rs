@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use flotilla_proxy::policy::DEFAULT_DENY;
 use flotilla_proxy::resp::{self, Value};
-use flotilla_proxy::{Audit, BackendAuth, Config, Policy, Running, Source, Timing};
+use flotilla_proxy::{Audit, BackendAuth, Config, Policy, Reads, Running, Source, Timing};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -134,8 +134,19 @@ async fn proxy_with(
     audit: Audit,
     backend_auth: Option<BackendAuth>,
 ) -> Running {
+    proxy_reading(primary, policy, audit, backend_auth, Reads::Primary).await
+}
+
+async fn proxy_reading(
+    primary: &Redis,
+    policy: Policy,
+    audit: Audit,
+    backend_auth: Option<BackendAuth>,
+    reads: Reads,
+) -> Running {
     let verify = backend_auth.is_none();
     let mut config = Config::new("default/cache");
+    config.reads = reads;
     config.backend_auth = backend_auth;
     config.hold_refused = Duration::from_secs(6);
     config.policy = policy;
@@ -644,5 +655,59 @@ async fn a_write_refused_for_want_of_replicas_is_held_a_moment_then_refused() {
     assert_eq!(c.text(&["SET", "k", "2"]).await, "OK");
     assert_eq!(joiner.await.unwrap(), "OK");
     drop(b);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_reads_replicas_reads_go_to_a_caught_up_replica_and_writes_to_the_primary() {
+    let a = Redis::start();
+    let b = Redis::start();
+    let mut direct_b = Client::open(b.addr()).await;
+    assert_eq!(
+        direct_b
+            .text(&["REPLICAOF", "127.0.0.1", &a.port.to_string()])
+            .await,
+        "OK"
+    );
+    let p = proxy_reading(
+        &a,
+        Policy::new(None, None),
+        Audit::none(),
+        None,
+        Reads::Replicas,
+    )
+    .await;
+    let mut c = Client::open(p.addr.to_string()).await;
+    assert_eq!(c.text(&["SET", "k", "1"]).await, "OK");
+    let replica_reads = |p: &Running| {
+        p.metrics
+            .encode()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("flotilla_proxy_commands_total{outcome=\"replica\"} ")
+                    .and_then(|n| n.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    // Once the primary lists b as caught up, reads go there (and still see the data).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(c.text(&["GET", "k"]).await, "1");
+        if replica_reads(&p) > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no read reached the replica");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Writes still go to the primary; a write then a read on a replica-less primary.
+    assert_eq!(c.text(&["SET", "k", "2"]).await, "OK");
+    assert_eq!(a.port, backend_port(&mut c).await);
+    // b leaves the primary: no read goes to it any more.
+    assert_eq!(direct_b.text(&["REPLICAOF", "NO", "ONE"]).await, "OK");
+    assert_eq!(direct_b.text(&["SET", "k", "from-b"]).await, "OK");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..20 {
+        assert_eq!(c.text(&["GET", "k"]).await, "2", "read from the primary");
+    }
     p.stop().await;
 }

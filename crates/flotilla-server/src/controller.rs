@@ -558,10 +558,12 @@ impl Controller {
             .and_then(|e| e.value.primary.as_ref());
         let redis = crate::redis::decide(
             &set,
-            &desired,
+            crate::redis::Placed {
+                staying: &desired,
+                retiring: &retiring,
+            },
             &existing_slices,
             &reports,
-            &retiring,
             home.as_deref(),
             previous_primary,
             &alive,

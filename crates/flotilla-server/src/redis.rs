@@ -19,19 +19,30 @@ use flotilla_api::{
 };
 use flotilla_redis::primary::{Decision, Seen, choose};
 
-/// The primary of a Redis set, or `None` for any other set. `desired`: the ordinals
-/// staying in each member; `retiring`: those held there until a move caught up.
+/// Where a set's ordinals are, by member.
+#[derive(Clone, Copy, Debug)]
+pub struct Placed<'a> {
+    /// The ordinals staying in each member.
+    pub staying: &'a BTreeMap<String, Vec<u32>>,
+    /// Those held there until a move caught up (see `migration`).
+    pub retiring: &'a BTreeMap<String, Vec<u32>>,
+}
+
+/// The primary of a Redis set, or `None` for any other set.
 pub fn decide(
     set: &FederatedInstanceSet,
-    desired: &BTreeMap<String, Vec<u32>>,
+    placed: Placed<'_>,
     slices: &BTreeMap<String, &InstanceSet>,
     reports: &BTreeMap<String, &InstanceSetStatus>,
-    retiring: &BTreeMap<String, Vec<u32>>,
     home: Option<&str>,
     previous: Option<&PrimaryStatus>,
     alive: &dyn Fn(&str) -> bool,
 ) -> Option<Decision> {
     let redis = set.spec.redis.as_ref()?;
+    let Placed {
+        staying: desired,
+        retiring,
+    } = placed;
     let seen: Vec<Seen<'_>> = reports
         .iter()
         .flat_map(|(cluster, r)| {

@@ -468,6 +468,11 @@ pub struct ProxyArgs {
     /// to an instance; never the clients' password.
     #[arg(long, value_name = "FILE")]
     pub redis_password_file: Option<PathBuf>,
+    /// Where read-only commands go: `primary`, or `replicas` (a caught-up replica of
+    /// the primary answers reads from connections with nothing else in flight and no
+    /// connection state; a replica lags, so a client may not read its latest writes).
+    #[arg(long, value_name = "primary|replicas", default_value = "primary", value_parser = ["primary", "replicas"])]
+    pub reads: String,
     /// The ACL user for --redis-password-file (default: Redis's default user).
     #[arg(long, value_name = "USER", requires = "redis_password_file")]
     pub redis_user: Option<String>,

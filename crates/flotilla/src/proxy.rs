@@ -39,6 +39,9 @@ pub fn run(args: &ProxyArgs) -> Result<(), CliError> {
         None => Audit::none(),
     };
     let mut config = Config::new(format!("{namespace}/{name}"));
+    if args.reads == "replicas" {
+        config.reads = flotilla_proxy::Reads::Replicas;
+    }
     config.policy = policy;
     config.audit = audit;
     config.backend_auth =
