@@ -745,6 +745,21 @@ impl Session {
     }
 
     async fn forward(&mut self, request: Request, replies: usize) -> Result<(), End> {
+        self.forward_keeping(request, replies, false).await
+    }
+
+    /// [`Session::forward`] of a one-reply request that may be sent again after a
+    /// `-READONLY` (or held after a `-NOREPLICAS`).
+    async fn forward_retryable(&mut self, request: Request) -> Result<(), End> {
+        self.forward_keeping(request, 1, true).await
+    }
+
+    async fn forward_keeping(
+        &mut self,
+        request: Request,
+        replies: usize,
+        keep: bool,
+    ) -> Result<(), End> {
         if !self.connect().await? {
             return Ok(());
         }
@@ -755,25 +770,7 @@ impl Session {
             remaining: replies,
             forward: true,
             sent: tokio::time::Instant::now(),
-            retry: None,
-        });
-        Ok(())
-    }
-
-    /// [`Session::forward`] of a one-reply request that may be sent again after a
-    /// `-READONLY`.
-    async fn forward_retryable(&mut self, request: Request) -> Result<(), End> {
-        if !self.connect().await? {
-            return Ok(());
-        }
-        self.shared.metrics.command("forwarded");
-        self.to_backend.extend_from_slice(&request.wire);
-        self.unsent += 1;
-        self.pending.push_back(Expect::Backend {
-            remaining: 1,
-            forward: true,
-            sent: tokio::time::Instant::now(),
-            retry: Some(request.wire),
+            retry: keep.then_some(request.wire),
         });
         Ok(())
     }

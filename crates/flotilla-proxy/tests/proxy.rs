@@ -122,6 +122,17 @@ fn ok() -> String {
     "OK".into()
 }
 
+/// A client of `replica`, made a replica of `primary`.
+async fn replica_of(replica: &Redis, primary: &Redis) -> Client {
+    let mut c = Client::open(replica.addr()).await;
+    assert_eq!(
+        c.text(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()])
+            .await,
+        "OK"
+    );
+    c
+}
+
 /// A proxy for `primary`, fast timings for tests.
 async fn proxy(primary: &Redis, policy: Policy, audit: Audit) -> Running {
     proxy_with(primary, policy, audit, None).await
@@ -386,13 +397,7 @@ async fn denied_commands_are_refused_unless_admin_and_audited_without_values() {
 async fn a_switch_of_primary_closes_old_connections_and_never_routes_to_a_replica() {
     let a = Redis::start();
     let b = Redis::start();
-    let mut direct_b = Client::open(b.addr()).await;
-    assert_eq!(
-        direct_b
-            .text(&["REPLICAOF", "127.0.0.1", &a.port.to_string()])
-            .await,
-        "OK"
-    );
+    let mut direct_b = replica_of(&b, &a).await;
     let p = proxy(&a, Policy::new(None, None), Audit::none()).await;
 
     // A replica offered is never published.
@@ -507,13 +512,7 @@ async fn stopping_lets_an_in_flight_command_finish() {
 async fn a_planned_switchover_is_a_pause_for_a_writing_client_not_an_error() {
     let a = Redis::start();
     let b = Redis::start();
-    let mut direct_b = Client::open(b.addr()).await;
-    assert_eq!(
-        direct_b
-            .text(&["REPLICAOF", "127.0.0.1", &a.port.to_string()])
-            .await,
-        "OK"
-    );
+    replica_of(&b, &a).await;
     let p = proxy(&a, Policy::new(None, None), Audit::none()).await;
     let addr = p.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -662,13 +661,7 @@ async fn a_write_refused_for_want_of_replicas_is_held_a_moment_then_refused() {
 async fn with_reads_replicas_reads_go_to_a_caught_up_replica_and_writes_to_the_primary() {
     let a = Redis::start();
     let b = Redis::start();
-    let mut direct_b = Client::open(b.addr()).await;
-    assert_eq!(
-        direct_b
-            .text(&["REPLICAOF", "127.0.0.1", &a.port.to_string()])
-            .await,
-        "OK"
-    );
+    let mut direct_b = replica_of(&b, &a).await;
     let p = proxy_reading(
         &a,
         Policy::new(None, None),
