@@ -368,7 +368,8 @@ pub(crate) fn store_status(e: flotilla_store::Error) -> Status {
     use flotilla_store::Error as E;
     match e {
         E::AlreadyExists { .. } => Status::already_exists(e.to_string()),
-        E::Conflict { .. } => Status::aborted(format!("{e}; retry")),
+        E::Conflict { .. } | E::TxnRefused { .. } => Status::aborted(format!("{e}; retry")),
+        E::Timeout { .. } => Status::deadline_exceeded(format!("the store did not answer: {e}")),
         E::Compacted { .. } | E::FutureRevision { .. } => Status::out_of_range(e.to_string()),
         E::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
         E::Etcd { .. } | E::WatchClosed | E::WatchCancelled { .. } => {
