@@ -34,7 +34,7 @@ use flotilla_proto::v1::{
     WatchRequest,
 };
 use flotilla_scheduler::{Inventory, Plan};
-use flotilla_store::{Condition, Error as StoreError, KeyValue, Store};
+use flotilla_store::{Compare, Condition, Error as StoreError, KeyValue, Store, Txn};
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Serialize;
@@ -896,32 +896,31 @@ impl Api {
         let cluster = validate::cluster(cluster).map_err(invalid)?.into_inner();
         let name = cluster.name().to_string();
         let key = keys::cluster(&name);
-        if self.store.get(&key).await.map_err(store_status)?.is_some() {
-            return Err(Status::already_exists(format!(
+        let exists = || {
+            Status::already_exists(format!(
                 "cluster {name:?} already exists; `flotilla delete cluster {name}` first to register \
                  it again with a new token"
-            )));
+            ))
+        };
+        if self.store.get(&key).await.map_err(store_status)?.is_some() {
+            return Err(exists());
         }
         let token = auth::generate().map_err(|e| Status::internal(e.to_string()))?;
-        self.store
+        // The cluster and its token in one transaction, only while the cluster is
+        // absent: of two concurrent adds exactly one stores both records (and its token
+        // is the one that works); the other stores nothing.
+        let txn = Txn::new()
+            .when(Compare::absent(key.as_str()))
             .put(
-                &keys::token(&name),
+                keys::token(&name),
                 auth::ClusterToken::new(auth::digest(&token)).to_bytes(),
-                Condition::Any,
-                None,
             )
-            .await
-            .map_err(store_status)?;
-        let rev = self
-            .store
-            .put(
-                &key,
-                Bytes::from(to_json(&cluster)?),
-                Condition::Absent,
-                None,
-            )
-            .await
-            .map_err(store_status)?;
+            .put(key.as_str(), Bytes::from(to_json(&cluster)?));
+        let rev = match self.store.txn(txn).await {
+            Ok(committed) => committed.revision.unwrap_or_default(),
+            Err(StoreError::TxnRefused { .. }) => return Err(exists()),
+            Err(e) => return Err(store_status(e)),
+        };
         tracing::info!(cluster = %name, revision = rev, "cluster registered");
         trail.done("created", None, cluster.metadata.generation);
         let kv = self.store.get(&key).await.map_err(store_status)?;

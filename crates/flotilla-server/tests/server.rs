@@ -1411,3 +1411,60 @@ async fn a_watch_ends_when_its_token_is_revoked() {
     );
     h.server.stop().await;
 }
+
+/// Sixteen concurrent `cluster add eu-1`: exactly one stores the cluster and its token
+/// (one transaction), its token is the one that works, every other add fails with
+/// AlreadyExists saying what to do, and no half-written record is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cluster_adds_have_one_winner_whose_token_works() {
+    let h = start(Duration::from_secs(5)).await;
+    let channel = channel(&h).await;
+    let adds: Vec<_> = (0..16)
+        .map(|_| {
+            let mut api = FederationClient::new(channel.clone());
+            tokio::spawn(async move {
+                api.add_cluster(authed(
+                    ADMIN,
+                    AddClusterRequest {
+                        name: "eu-1".into(),
+                        labels: Default::default(),
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner().token)
+            })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for add in adds {
+        match add.await.unwrap() {
+            Ok(token) => tokens.push(token),
+            Err(status) => {
+                assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+                assert!(
+                    status.message().contains("cluster \"eu-1\" already exists")
+                        && status.message().contains("flotilla delete cluster eu-1"),
+                    "{}",
+                    status.message()
+                );
+            }
+        }
+    }
+    assert_eq!(tokens.len(), 1, "exactly one add wins: {tokens:?}");
+    let mut agent = connect(&h, "eu-1", &tokens[0], 0).await.unwrap();
+    assert!(matches!(agent.next().await, Out::Welcome(_)));
+    let mut api = FederationClient::new(channel.clone());
+    let clusters = api
+        .list(authed(
+            ADMIN,
+            ListRequest {
+                kind: "clusters".into(),
+                namespace: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(clusters.items.len(), 1, "one cluster record");
+    h.server.stop().await;
+}
