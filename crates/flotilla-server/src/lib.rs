@@ -21,6 +21,7 @@ mod audit;
 mod auth;
 mod controller;
 mod federation;
+mod fence;
 mod http;
 pub mod keys;
 pub mod leader;
@@ -163,6 +164,7 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
     let identity = leader::identity(grpc_addr);
     let (election_tx, election) = watch::channel(leader::State::Campaigning);
     let lease = Arc::new(std::sync::Mutex::new(None));
+    let (term_tx, terms) = watch::channel(None);
     let elector = leader::Elector {
         store: store.clone(),
         identity: identity.clone(),
@@ -170,10 +172,15 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
         state: election_tx,
         metrics: metrics.clone(),
         lease: lease.clone(),
+        term: term_tx,
     };
+    // Every controller write goes through the fence: it commits only while this
+    // server's term as leader lasts.
+    let fenced = Arc::new(fence::Fenced::new(store.clone(), terms, metrics.clone()));
 
     let controller = controller::Controller {
-        store: store.clone(),
+        store: fenced.clone(),
+        fence: fenced,
         metrics: metrics.clone(),
         ttl: config.cluster_ttl,
         synced: synced_tx,
@@ -201,7 +208,7 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(elector.run()));
-    tasks.push(tokio::spawn(controller.run(election.clone())));
+    tasks.push(tokio::spawn(controller.run()));
     tasks.push(tokio::spawn(compact(store.clone(), config.history)));
     let tls = config.tls.clone();
     if let Some(tls) = &tls {
