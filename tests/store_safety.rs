@@ -317,3 +317,123 @@ fn a_leader_stopped_past_its_lease_writes_nothing_when_it_wakes() {
     );
     drop(a);
 }
+
+/// Every event under `/flotilla/` from revision 1, recorded in order.
+fn record(rt: &tokio::runtime::Runtime, endpoint: &str) -> Arc<Mutex<Vec<Event>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let store = rt
+        .block_on(EtcdStore::connect(&[endpoint], EtcdOptions::default()))
+        .unwrap();
+    let mut watch = rt.block_on(store.watch("/flotilla/", 1)).unwrap();
+    let out = log.clone();
+    rt.spawn(async move {
+        while let Some(Ok(event)) = watch.next().await {
+            out.lock().unwrap().push(event);
+        }
+    });
+    log
+}
+
+#[test]
+fn deleting_a_cluster_drains_it_before_its_token_goes() {
+    let mut f = Federation::start(5);
+    let events = record(&f._rt, &f.endpoint);
+    for c in ["c1", "c2", "c3"] {
+        f.member(c, "eu", 4, None);
+    }
+    f.wait_ready_clusters(3);
+    let path = f.file("cache.yaml", &set(""));
+    f.ok(&[
+        "apply",
+        "-f",
+        path.to_str().unwrap(),
+        "--wait",
+        "--timeout-seconds",
+        "120",
+    ]);
+
+    let out = f.cli(&["delete", "cluster", "c3"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        f.server_log()
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("draining cluster c3"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deleted"));
+
+    // The store's history: c3's slice emptied, its member's report of no instances, the
+    // slice deleted (what its agent receives), and only then, in one revision, the
+    // cluster and its token.
+    let log = events.lock().unwrap().clone();
+    let at = |what: &dyn Fn(&Event) -> bool| log.iter().position(what);
+    let slice = "/flotilla/slices/c3/default/cache";
+    let emptied =
+        at(&|e| matches!(e, Event::Put(kv) if kv.key == slice && ordinals(&kv.value).is_empty()))
+            .expect("c3's slice was emptied");
+    let after = |from: usize, what: &dyn Fn(&Event) -> bool| {
+        log[from..].iter().position(what).map(|i| i + from)
+    };
+    let confirmed = after(emptied, &|e| {
+        matches!(e, Event::Put(kv) if kv.key == "/flotilla/reports/c3/default/cache"
+            && serde_json::from_slice::<Value>(&kv.value).is_ok_and(|v| v["replicas"] == 0 && v["leaving"].as_array().is_none_or(Vec::is_empty)))
+    })
+    .expect("c3's member reported its instances gone after its slice was emptied");
+    let slice_gone = at(&|e| matches!(e, Event::Delete { key, .. } if key == slice))
+        .expect("c3's slice was deleted");
+    let token_gone =
+        at(&|e| matches!(e, Event::Delete { key, .. } if key == "/flotilla/tokens/c3"))
+            .expect("c3's token was deleted");
+    let cluster_gone =
+        at(&|e| matches!(e, Event::Delete { key, .. } if key == "/flotilla/clusters/c3"))
+            .expect("c3 was deleted");
+    assert!(
+        emptied < confirmed && confirmed < slice_gone && slice_gone < token_gone,
+        "order: emptied {emptied}, confirmed {confirmed}, slice deleted {slice_gone}, token deleted {token_gone}"
+    );
+    assert_eq!(
+        log[token_gone].revision(),
+        log[cluster_gone].revision(),
+        "the cluster and its token go in one transaction"
+    );
+    drop(log);
+    let v = f.get("fis", "cache");
+    let total: usize = v["status"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|c| assert_ne!(c["cluster"], "c3"))
+        .map(|c| c["ordinals"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(total, 6);
+
+    // A member that cannot confirm (its agent is gone): the delete says what remains and
+    // why, and changes nothing else; --force deletes it.
+    f.agents.remove("c2"); // SIGKILL
+    let out = f.cli(&["delete", "cluster", "c2", "--timeout-seconds", "8"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cluster \"c2\" did not drain within 8s")
+            && stderr.contains("default/cache")
+            && stderr.contains("agent is not connected")
+            && stderr.contains("--force"),
+        "{stderr}"
+    );
+    let clusters = f.ok(&["clusters", "-o", "json"]);
+    assert!(
+        clusters.contains("\"c2\""),
+        "c2 is still registered: {clusters}"
+    );
+    let out = f.cli(&["delete", "cluster", "c2", "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let clusters = f.ok(&["clusters", "-o", "json"]);
+    assert!(!clusters.contains("\"c2\""), "{clusters}");
+    let out = f.cli(&["delete", "fis", "cache", "--force"]);
+    assert_eq!(out.status.code(), Some(2), "--force is for clusters only");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+}

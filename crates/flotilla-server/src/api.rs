@@ -729,38 +729,16 @@ impl Api {
                 let name = &req.name;
                 trail.target(kind.plural(), "", name);
                 decide(who, Verb::Delete, kind.plural(), None)?;
-                let generation = match self
-                    .store
-                    .get(&keys::cluster(name))
-                    .await
-                    .map_err(store_status)?
-                {
-                    Some(kv) => decode_json::<Cluster>(&kv)
-                        .ok()
-                        .and_then(|c| c.metadata.generation),
-                    None => None,
+                // Drained first (unless forced); the token goes last, with the rest.
+                let timeout = match req.timeout_seconds {
+                    0 => crate::drain::DEFAULT_TIMEOUT,
+                    s => std::time::Duration::from_secs(u64::from(s)),
                 };
-                // The token first: from here on its agent cannot reconnect.
-                self.store
-                    .delete(&keys::token(name), None)
-                    .await
-                    .map_err(store_status)?;
-                let deleted = self
-                    .store
-                    .delete(&keys::cluster(name), None)
-                    .await
-                    .map_err(store_status)?;
-                self.store
-                    .delete(&keys::cluster_status(name), None)
-                    .await
-                    .map_err(store_status)?;
-                self.store
-                    .delete(&keys::alive(name), None)
-                    .await
-                    .map_err(store_status)?;
+                let deleted =
+                    crate::drain::delete_cluster(&*self.store, name, req.force, timeout).await?;
                 match deleted {
-                    Some(_) => {
-                        tracing::info!(cluster = %name, "cluster deleted: its instances are placed again");
+                    Some(generation) => {
+                        tracing::info!(cluster = %name, forced = req.force, "cluster deleted: its instances are placed again");
                         trail.done("deleted", generation, None);
                         Ok(DeleteResponse { deleted: true })
                     }

@@ -20,6 +20,7 @@ mod api;
 mod audit;
 mod auth;
 mod controller;
+mod drain;
 mod federation;
 mod fence;
 mod http;

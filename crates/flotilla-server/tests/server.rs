@@ -267,6 +267,7 @@ async fn the_user_api_refuses_bad_tokens_and_invalid_documents_and_stores_nothin
                 kind: "federatedinstancesets".into(),
                 name: name.into(),
                 namespace: String::new(),
+                ..Default::default()
             },
         )
     };
@@ -761,6 +762,7 @@ async fn call(api: &mut FederationClient<Channel>, token: &str, c: Call) -> (Cod
                     kind: "fis".into(),
                     name: name.into(),
                     namespace: ns.into(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -772,6 +774,7 @@ async fn call(api: &mut FederationClient<Channel>, token: &str, c: Call) -> (Cod
                     kind: "clusters".into(),
                     name: name.into(),
                     namespace: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -1216,6 +1219,7 @@ async fn every_write_leaves_an_audit_record_without_secrets_or_documents() {
             kind: "fis".into(),
             name: "cache".into(),
             namespace: "team-a".into(),
+            ..Default::default()
         },
     ))
     .await
