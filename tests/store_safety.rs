@@ -437,3 +437,32 @@ fn deleting_a_cluster_drains_it_before_its_token_goes() {
     assert_eq!(out.status.code(), Some(2), "--force is for clusters only");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
 }
+
+#[test]
+fn the_checker_sees_an_ordinal_in_two_slices() {
+    let slice =
+        |ranges: &str| ordinals(format!(r#"{{"spec":{{"ordinals":{ranges}}}}}"#).as_bytes());
+    let mut slices = BTreeMap::new();
+    slices.insert(
+        "/flotilla/slices/c1/default/cache".to_string(),
+        slice(r#"{"ranges":[{"start":0,"end":2}]}"#),
+    );
+    slices.insert(
+        "/flotilla/slices/c2/default/cache".to_string(),
+        slice(r#"{"discrete":[3,5]}"#),
+    );
+    slices.insert(
+        "/flotilla/slices/c2/default/other".to_string(),
+        slice(r#"{"discrete":[0]}"#),
+    );
+    assert_eq!(check(&slices), None, "other sets may reuse an ordinal");
+    slices.insert(
+        "/flotilla/slices/c3/default/cache".to_string(),
+        slice(r#"{"discrete":[2]}"#),
+    );
+    let found = check(&slices).expect("ordinal 2 is in c1 and c3");
+    assert!(
+        found.starts_with("ordinal 2 of default/cache in c1 and c3"),
+        "{found}"
+    );
+}
