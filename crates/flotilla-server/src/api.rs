@@ -34,7 +34,7 @@ use flotilla_proto::v1::{
     WatchRequest,
 };
 use flotilla_scheduler::{Inventory, Plan};
-use flotilla_store::{Condition, Error as StoreError, KeyValue, Store};
+use flotilla_store::{Compare, Condition, Error as StoreError, KeyValue, Store, Txn};
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Serialize;
@@ -729,38 +729,16 @@ impl Api {
                 let name = &req.name;
                 trail.target(kind.plural(), "", name);
                 decide(who, Verb::Delete, kind.plural(), None)?;
-                let generation = match self
-                    .store
-                    .get(&keys::cluster(name))
-                    .await
-                    .map_err(store_status)?
-                {
-                    Some(kv) => decode_json::<Cluster>(&kv)
-                        .ok()
-                        .and_then(|c| c.metadata.generation),
-                    None => None,
+                // Drained first (unless forced); the token goes last, with the rest.
+                let timeout = match req.timeout_seconds {
+                    0 => crate::drain::DEFAULT_TIMEOUT,
+                    s => std::time::Duration::from_secs(u64::from(s)),
                 };
-                // The token first: from here on its agent cannot reconnect.
-                self.store
-                    .delete(&keys::token(name), None)
-                    .await
-                    .map_err(store_status)?;
-                let deleted = self
-                    .store
-                    .delete(&keys::cluster(name), None)
-                    .await
-                    .map_err(store_status)?;
-                self.store
-                    .delete(&keys::cluster_status(name), None)
-                    .await
-                    .map_err(store_status)?;
-                self.store
-                    .delete(&keys::alive(name), None)
-                    .await
-                    .map_err(store_status)?;
+                let deleted =
+                    crate::drain::delete_cluster(&*self.store, name, req.force, timeout).await?;
                 match deleted {
-                    Some(_) => {
-                        tracing::info!(cluster = %name, "cluster deleted: its instances are placed again");
+                    Some(generation) => {
+                        tracing::info!(cluster = %name, forced = req.force, "cluster deleted: its instances are placed again");
                         trail.done("deleted", generation, None);
                         Ok(DeleteResponse { deleted: true })
                     }
@@ -896,32 +874,31 @@ impl Api {
         let cluster = validate::cluster(cluster).map_err(invalid)?.into_inner();
         let name = cluster.name().to_string();
         let key = keys::cluster(&name);
-        if self.store.get(&key).await.map_err(store_status)?.is_some() {
-            return Err(Status::already_exists(format!(
+        let exists = || {
+            Status::already_exists(format!(
                 "cluster {name:?} already exists; `flotilla delete cluster {name}` first to register \
                  it again with a new token"
-            )));
+            ))
+        };
+        if self.store.get(&key).await.map_err(store_status)?.is_some() {
+            return Err(exists());
         }
         let token = auth::generate().map_err(|e| Status::internal(e.to_string()))?;
-        self.store
+        // The cluster and its token in one transaction, only while the cluster is
+        // absent: of two concurrent adds exactly one stores both records (and its token
+        // is the one that works); the other stores nothing.
+        let txn = Txn::new()
+            .when(Compare::absent(key.as_str()))
             .put(
-                &keys::token(&name),
+                keys::token(&name),
                 auth::ClusterToken::new(auth::digest(&token)).to_bytes(),
-                Condition::Any,
-                None,
             )
-            .await
-            .map_err(store_status)?;
-        let rev = self
-            .store
-            .put(
-                &key,
-                Bytes::from(to_json(&cluster)?),
-                Condition::Absent,
-                None,
-            )
-            .await
-            .map_err(store_status)?;
+            .put(key.as_str(), Bytes::from(to_json(&cluster)?));
+        let rev = match self.store.txn(txn).await {
+            Ok(committed) => committed.revision.unwrap_or_default(),
+            Err(StoreError::TxnRefused { .. }) => return Err(exists()),
+            Err(e) => return Err(store_status(e)),
+        };
         tracing::info!(cluster = %name, revision = rev, "cluster registered");
         trail.done("created", None, cluster.metadata.generation);
         let kv = self.store.get(&key).await.map_err(store_status)?;

@@ -41,7 +41,6 @@ use tokio::sync::watch;
 
 use crate::federation::{self, Member};
 use crate::keys::{self, Key, SetKey};
-use crate::leader;
 use crate::metrics::{Metrics, label};
 use crate::migration;
 use crate::status;
@@ -305,21 +304,20 @@ pub struct Controller {
     pub ttl: Duration,
     /// Set once the store was listed (readiness).
     pub synced: watch::Sender<bool>,
+    /// The leader term `store`'s writes are fenced on (`store` is this fence).
+    pub fence: Arc<crate::fence::Fenced>,
 }
 
 impl Controller {
     /// Runs until the task is dropped: while this server leads, lists and watches the
-    /// store (again after any store failure); stops at once when the lead is lost.
-    pub async fn run(self, mut election: watch::Receiver<leader::State>) {
+    /// store (again after any store failure); stops at once when its term ends. Every
+    /// write of one run is fenced on the term it started in.
+    pub async fn run(self) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            if election
-                .wait_for(|s| *s == leader::State::Leading)
-                .await
-                .is_err()
-            {
+            let Some(term) = self.fence.pin().await else {
                 return;
-            }
+            };
             let started = Instant::now();
             tokio::select! {
                 result = self.sync_and_watch() => {
@@ -327,10 +325,11 @@ impl Controller {
                         tracing::warn!(error = %format!("{e:#}"), "federation controller: store failed; listing again");
                     }
                 }
-                _ = election.wait_for(|s| *s != leader::State::Leading) => {
-                    tracing::info!("federation controller stopped: this server no longer leads");
+                () = self.fence.ended(term) => {
+                    tracing::info!(term = term.create_revision, "federation controller stopped: this server's term as leader ended");
                 }
             }
+            self.fence.unpin();
             self.synced.send_replace(false);
             if started.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_millis(100);

@@ -15,8 +15,9 @@
 //! renewing (killed, partitioned) loses it after the TTL and another server takes
 //! over. A leader steps down on its own once it has not renewed for two thirds of the
 //! TTL, before the store could let another server in, so two controllers overlap only
-//! if a process stalls for longer than that; even then every controller write is
-//! compare-and-swap on what it read, so an overlap wastes writes and loses none.
+//! if a process stalls for longer than that; even then every controller write is fenced
+//! on this term's leader key (`fence`): the store refuses it once the key this server
+//! created is gone, so a stalled leader that wakes up writes nothing.
 //!
 //! A server restarted in place (same host, same gRPC address: the same identity) takes
 //! its own stale key over at once instead of waiting for its old lease to run out, and
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::fence::Term;
 use crate::keys;
 use crate::metrics::Metrics;
 
@@ -84,6 +86,9 @@ pub struct Elector {
     pub metrics: Arc<Metrics>,
     /// The lease this server leads under, for [`Elector::resign`] at shutdown.
     pub lease: Arc<Mutex<Option<LeaseId>>>,
+    /// The term this server leads in (`None` while it does not), which fences the
+    /// controller's writes.
+    pub term: watch::Sender<Option<Term>>,
 }
 
 impl Elector {
@@ -154,13 +159,19 @@ impl Elector {
     /// Holds the lead: renews the lease every third of its TTL and watches the key.
     async fn lead(&self, lease: LeaseId, ttl: Duration, rev: Revision) -> anyhow::Result<()> {
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
-        tracing::info!(identity = %self.identity, ttl_secs = ttl.as_secs_f64(), "leading: the federation controller runs here");
+        tracing::info!(identity = %self.identity, ttl_secs = ttl.as_secs_f64(), term = rev, "leading: the federation controller runs here");
+        // The key was created at `rev`: the controller's writes compare on it.
+        self.term.send_replace(Some(Term {
+            create_revision: rev,
+            lease,
+        }));
         self.set(State::Leading);
         let result = match self.store.watch(keys::LEADER, rev + 1).await {
             Ok(mut watch) => self.hold(lease, ttl, &mut watch).await,
             Err(e) => Err(e.into()),
         };
         tracing::warn!(identity = %self.identity, "stepping down: the federation controller stops here");
+        self.term.send_replace(None);
         self.set(State::Campaigning);
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let _ = self.store.revoke_lease(lease).await;

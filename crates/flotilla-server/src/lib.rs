@@ -20,7 +20,9 @@ mod api;
 mod audit;
 mod auth;
 mod controller;
+mod drain;
 mod federation;
+mod fence;
 mod http;
 pub mod keys;
 pub mod leader;
@@ -164,6 +166,7 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
     let identity = leader::identity(grpc_addr);
     let (election_tx, election) = watch::channel(leader::State::Campaigning);
     let lease = Arc::new(std::sync::Mutex::new(None));
+    let (term_tx, terms) = watch::channel(None);
     let elector = leader::Elector {
         store: store.clone(),
         identity: identity.clone(),
@@ -171,10 +174,15 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
         state: election_tx,
         metrics: metrics.clone(),
         lease: lease.clone(),
+        term: term_tx,
     };
+    // Every controller write goes through the fence: it commits only while this
+    // server's term as leader lasts.
+    let fenced = Arc::new(fence::Fenced::new(store.clone(), terms, metrics.clone()));
 
     let controller = controller::Controller {
-        store: store.clone(),
+        store: fenced.clone(),
+        fence: fenced,
         metrics: metrics.clone(),
         ttl: config.cluster_ttl,
         synced: synced_tx,
@@ -202,7 +210,7 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(elector.run()));
-    tasks.push(tokio::spawn(controller.run(election.clone())));
+    tasks.push(tokio::spawn(controller.run()));
     tasks.push(tokio::spawn(compact(store.clone(), config.history)));
     let tls = config.tls.clone();
     if let Some(tls) = &tls {
@@ -369,7 +377,8 @@ pub(crate) fn store_status(e: flotilla_store::Error) -> Status {
     use flotilla_store::Error as E;
     match e {
         E::AlreadyExists { .. } => Status::already_exists(e.to_string()),
-        E::Conflict { .. } => Status::aborted(format!("{e}; retry")),
+        E::Conflict { .. } | E::TxnRefused { .. } => Status::aborted(format!("{e}; retry")),
+        E::Timeout { .. } => Status::deadline_exceeded(format!("the store did not answer: {e}")),
         E::Compacted { .. } | E::FutureRevision { .. } => Status::out_of_range(e.to_string()),
         E::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
         E::Etcd { .. } | E::WatchClosed | E::WatchCancelled { .. } => {

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub clusters: Family<Labels, Gauge>,
     /// 1 while this server leads (its federation controller runs), else 0.
     pub leader: Gauge,
+    /// Controller writes the store refused because this server no longer held the lead
+    /// it wrote under (`fence`).
+    pub fenced_writes_refused: Counter,
 }
 
 impl Metrics {
@@ -50,6 +53,7 @@ impl Metrics {
             slice_writes: Counter::default(),
             clusters: Family::default(),
             leader: Gauge::default(),
+            fenced_writes_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -101,6 +105,11 @@ impl Metrics {
             "leader",
             "1 while this server leads and runs the federation controller",
             m.leader.clone(),
+        );
+        registry.register(
+            "fenced_writes_refused",
+            "Federation controller writes refused because this server no longer held its lead",
+            m.fenced_writes_refused.clone(),
         );
         Metrics { registry, ..m }
     }

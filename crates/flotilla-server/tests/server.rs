@@ -267,6 +267,7 @@ async fn the_user_api_refuses_bad_tokens_and_invalid_documents_and_stores_nothin
                 kind: "federatedinstancesets".into(),
                 name: name.into(),
                 namespace: String::new(),
+                ..Default::default()
             },
         )
     };
@@ -761,6 +762,7 @@ async fn call(api: &mut FederationClient<Channel>, token: &str, c: Call) -> (Cod
                     kind: "fis".into(),
                     name: name.into(),
                     namespace: ns.into(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -772,6 +774,7 @@ async fn call(api: &mut FederationClient<Channel>, token: &str, c: Call) -> (Cod
                     kind: "clusters".into(),
                     name: name.into(),
                     namespace: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -1216,6 +1219,7 @@ async fn every_write_leaves_an_audit_record_without_secrets_or_documents() {
             kind: "fis".into(),
             name: "cache".into(),
             namespace: "team-a".into(),
+            ..Default::default()
         },
     ))
     .await
@@ -1409,5 +1413,62 @@ async fn a_watch_ends_when_its_token_is_revoked() {
         ended.message().starts_with("the watch ended: "),
         "{ended:?}"
     );
+    h.server.stop().await;
+}
+
+/// Sixteen concurrent `cluster add eu-1`: exactly one stores the cluster and its token
+/// (one transaction), its token is the one that works, every other add fails with
+/// AlreadyExists saying what to do, and no half-written record is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cluster_adds_have_one_winner_whose_token_works() {
+    let h = start(Duration::from_secs(5)).await;
+    let channel = channel(&h).await;
+    let adds: Vec<_> = (0..16)
+        .map(|_| {
+            let mut api = FederationClient::new(channel.clone());
+            tokio::spawn(async move {
+                api.add_cluster(authed(
+                    ADMIN,
+                    AddClusterRequest {
+                        name: "eu-1".into(),
+                        labels: Default::default(),
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner().token)
+            })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for add in adds {
+        match add.await.unwrap() {
+            Ok(token) => tokens.push(token),
+            Err(status) => {
+                assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+                assert!(
+                    status.message().contains("cluster \"eu-1\" already exists")
+                        && status.message().contains("flotilla delete cluster eu-1"),
+                    "{}",
+                    status.message()
+                );
+            }
+        }
+    }
+    assert_eq!(tokens.len(), 1, "exactly one add wins: {tokens:?}");
+    let mut agent = connect(&h, "eu-1", &tokens[0], 0).await.unwrap();
+    assert!(matches!(agent.next().await, Out::Welcome(_)));
+    let mut api = FederationClient::new(channel.clone());
+    let clusters = api
+        .list(authed(
+            ADMIN,
+            ListRequest {
+                kind: "clusters".into(),
+                namespace: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(clusters.items.len(), 1, "one cluster record");
     h.server.stop().await;
 }

@@ -9,6 +9,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use crate::txn::{Expect, KeyState};
 use crate::{LeaseId, Revision};
 
 /// Result of store operations.
@@ -36,6 +39,31 @@ pub enum Error {
         expected: Revision,
         /// The key's mod revision, or `None` if it does not exist.
         actual: Option<Revision>,
+    },
+
+    /// A transaction's compare did not hold: nothing of the transaction was written.
+    #[error("transaction refused, nothing written: compare {index} failed: key {key:?} was to be {expected}, {}", crate::txn::describe(.actual))]
+    TxnRefused {
+        /// The compare's position in the transaction (from 0).
+        index: usize,
+        /// Its key.
+        key: String,
+        /// What it expected.
+        expected: Expect,
+        /// The key's state when the transaction was evaluated (`None`: absent).
+        actual: Option<KeyState>,
+    },
+
+    /// A request got no answer in time (see [`crate::DEFAULT_REQUEST_TIMEOUT`]). A
+    /// write that timed out may still have been applied.
+    #[error(
+        "store request {op} timed out after {after:?} (a write may or may not have been applied)"
+    )]
+    Timeout {
+        /// The request (`put`, `txn`, `list`, …).
+        op: &'static str,
+        /// How long it was given.
+        after: Duration,
     },
 
     /// The history from the requested revision on has been compacted away: list again
@@ -136,6 +164,7 @@ impl Error {
             self,
             Error::AlreadyExists { .. }
                 | Error::Conflict { .. }
+                | Error::TxnRefused { .. }
                 | Error::Compacted { .. }
                 | Error::FutureRevision { .. }
                 | Error::LeaseNotFound { .. }

@@ -7,15 +7,23 @@
 //!   delete (CAS)    txn if mod_revision(key) == m    then delete       else get → Conflict
 //!   list            range pages of `page_size`, every page pinned to the first page's revision
 //!   watch           probe range @from (refused if compacted) → watch from `from`
+//!   txn             txn if every compare then the ops else get each compared key
+//!                   → the first compare that failed, evaluated on that read
 //! ```
+//!
+//! Every request is bounded by [`EtcdOptions::request_timeout`] (a list: each page), so a
+//! stuck etcd fails its callers with [`Error::Timeout`] instead of hanging them; a watch
+//! is bounded while it is being created, and afterwards HTTP/2 keepalive pings
+//! ([`EtcdOptions::keep_alive_interval`]) end it with an error when etcd stops answering.
 //!
 //! Compare-and-swap happens inside etcd's transaction, never as a read then a write here,
 //! so two writers racing on one key cannot both win. Lists are read in pages (a fleet's
 //! objects can exceed a gRPC message) but as one snapshot: later pages read at the first
 //! page's revision.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,9 +32,10 @@ use etcd_client::{
     TxnOp, TxnOpResponse, TxnResponse, WatchOptions, WatchStream as EtcdWatchStream,
 };
 
+use crate::txn::{Committed, KeyState};
 use crate::{
-    Condition, Error, Event, KeyValue, Lease, LeaseId, Listing, Result, Revision, Store,
-    WatchStream, check_key, check_start, check_ttl,
+    Condition, DEFAULT_REQUEST_TIMEOUT, Error, Event, KeyValue, Lease, LeaseId, Listing, Result,
+    Revision, Store, WatchStream, check_key, check_start, check_ttl, check_txn,
 };
 
 /// How an [`EtcdStore`] talks to etcd.
@@ -36,14 +45,26 @@ pub struct EtcdOptions {
     pub page_size: i64,
     /// How long to wait for a connection to an endpoint.
     pub connect_timeout: Duration,
+    /// How long one request may take before it fails with [`Error::Timeout`] (a list:
+    /// each page; a watch: until it is created).
+    pub request_timeout: Duration,
+    /// How often the connection is pinged (HTTP/2 keepalive, also while idle), so that
+    /// an open watch on an etcd that stopped answering ends with an error.
+    pub keep_alive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped.
+    pub keep_alive_timeout: Duration,
 }
 
 impl Default for EtcdOptions {
-    /// Pages of 500 keys; 5 s to connect.
+    /// Pages of 500 keys; 5 s to connect; [`DEFAULT_REQUEST_TIMEOUT`] per request; a
+    /// ping every 10 s, answered within 5 s.
     fn default() -> EtcdOptions {
         EtcdOptions {
             page_size: 500,
             connect_timeout: Duration::from_secs(5),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            keep_alive_interval: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -74,11 +95,135 @@ impl EtcdStore {
                 options.page_size
             )));
         }
-        let connect = ConnectOptions::new().with_connect_timeout(options.connect_timeout);
+        if options.request_timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "the etcd request timeout must not be zero".into(),
+            ));
+        }
+        let connect = ConnectOptions::new()
+            .with_connect_timeout(options.connect_timeout)
+            .with_keep_alive(options.keep_alive_interval, options.keep_alive_timeout)
+            .with_keep_alive_while_idle(true);
         let client = Client::connect(endpoints, Some(connect))
             .await
             .map_err(etcd("connect"))?;
         Ok(EtcdStore { client, options })
+    }
+
+    /// Runs one request, failing with [`Error::Timeout`] when it takes longer than
+    /// [`EtcdOptions::request_timeout`].
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        request: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let after = self.options.request_timeout;
+        tokio::time::timeout(after, request)
+            .await
+            .map_err(|_| Error::Timeout { op, after })?
+    }
+
+    /// [`Store::txn`] without its timeout.
+    async fn txn_now(&self, txn: crate::Txn) -> Result<Committed> {
+        check_txn(&txn)?;
+        let compares: Vec<Compare> = txn
+            .compares
+            .iter()
+            .map(|c| {
+                let key = c.key.as_str();
+                match c.expect {
+                    crate::Expect::Absent => Compare::create_revision(key, CompareOp::Equal, 0),
+                    crate::Expect::Exists => Compare::create_revision(key, CompareOp::Greater, 0),
+                    crate::Expect::ModRevision(r) => {
+                        Compare::mod_revision(key, CompareOp::Equal, r)
+                    }
+                    crate::Expect::CreateRevision(r) => {
+                        Compare::create_revision(key, CompareOp::Equal, r)
+                    }
+                    crate::Expect::Lease(l) => Compare::lease(key, CompareOp::Equal, l),
+                }
+            })
+            .collect();
+        let ops: Vec<TxnOp> = txn
+            .ops
+            .iter()
+            .map(|op| match op {
+                crate::TxnOp::Put { key, value, lease } => TxnOp::put(
+                    key.as_str(),
+                    value.to_vec(),
+                    Some(PutOptions::new().with_lease(lease.unwrap_or(0))),
+                ),
+                crate::TxnOp::Delete { key } => TxnOp::delete(key.as_str(), None),
+            })
+            .collect();
+        // On failure, read every compared key in the same transaction, to say which
+        // compare failed on exactly the state etcd evaluated.
+        let mut compared: Vec<&str> = txn.compares.iter().map(|c| c.key.as_str()).collect();
+        compared.sort_unstable();
+        compared.dedup();
+        let reads: Vec<TxnOp> = compared
+            .iter()
+            .map(|k| TxnOp::get(*k, Some(GetOptions::new().with_keys_only())))
+            .collect();
+        let request = Txn::new().when(compares).and_then(ops).or_else(reads);
+        let response = match self.client.kv_client().txn(request).await {
+            Ok(response) => response,
+            Err(e) if is_lease_not_found(&e) => {
+                let lease = txn.ops.iter().find_map(|op| match op {
+                    crate::TxnOp::Put { lease, .. } => *lease,
+                    crate::TxnOp::Delete { .. } => None,
+                });
+                return Err(match lease {
+                    Some(lease) => Error::LeaseNotFound { lease },
+                    None => Error::Etcd {
+                        op: "txn",
+                        source: e,
+                    },
+                });
+            }
+            Err(e) => {
+                return Err(Error::Etcd {
+                    op: "txn",
+                    source: e,
+                });
+            }
+        };
+        if response.succeeded() {
+            let changed: Vec<bool> = response
+                .op_responses()
+                .into_iter()
+                .map(|r| match r {
+                    TxnOpResponse::Delete(d) => d.deleted() > 0,
+                    _ => true,
+                })
+                .collect();
+            let revision = changed
+                .iter()
+                .any(|c| *c)
+                .then(|| header_revision(response.header()));
+            return Ok(Committed { revision, changed });
+        }
+        let mut state: BTreeMap<String, KeyState> = BTreeMap::new();
+        for r in response.op_responses() {
+            if let TxnOpResponse::Get(get) = r {
+                for kv in get.kvs() {
+                    state.insert(
+                        utf8_key(kv.key())?,
+                        KeyState {
+                            create_revision: kv.create_revision(),
+                            mod_revision: kv.mod_revision(),
+                            lease: (kv.lease() != 0).then(|| kv.lease()),
+                        },
+                    );
+                }
+            }
+        }
+        match txn.first_failed(|k| state.get(k).copied()) {
+            Some((i, c, actual)) => Err(crate::Txn::refused(i, c, actual)),
+            None => Err(Error::Corrupt(
+                "etcd refused a transaction whose every compare holds on its own read".into(),
+            )),
+        }
     }
 
     /// Runs a compare-and-swap transaction: `then` if `compare` holds, else a read of the
@@ -111,9 +256,9 @@ impl EtcdStore {
     }
 }
 
-#[async_trait::async_trait]
-impl Store for EtcdStore {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+/// The requests, without their timeouts (which [`Store`] adds).
+impl EtcdStore {
+    async fn get_now(&self, key: &str) -> Result<Option<KeyValue>> {
         check_key(key)?;
         let response = self
             .client
@@ -124,7 +269,7 @@ impl Store for EtcdStore {
         response.kvs().first().map(key_value).transpose()
     }
 
-    async fn list(&self, prefix: &str) -> Result<Listing> {
+    async fn list_now(&self, prefix: &str) -> Result<Listing> {
         let (start, end) = prefix_range(prefix);
         let mut kv = self.client.kv_client();
         let mut items = Vec::new();
@@ -137,7 +282,7 @@ impl Store for EtcdStore {
             if let Some(r) = revision {
                 options = options.with_revision(r);
             }
-            let response =
+            let page = async {
                 kv.get(from.clone(), Some(options))
                     .await
                     .map_err(|e| match revision {
@@ -146,7 +291,9 @@ impl Store for EtcdStore {
                             op: "list",
                             source: e,
                         },
-                    })?;
+                    })
+            };
+            let response = self.timed("list", page).await?;
             let page_revision = revision.unwrap_or_else(|| header_revision(response.header()));
             revision = Some(page_revision);
             for kv in response.kvs() {
@@ -167,7 +314,7 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn put(
+    async fn put_now(
         &self,
         key: &str,
         value: Bytes,
@@ -218,7 +365,7 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Option<Revision>> {
+    async fn delete_now(&self, key: &str, expected: Option<Revision>) -> Result<Option<Revision>> {
         check_key(key)?;
         let Some(expected) = expected else {
             let response = self
@@ -243,7 +390,7 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
+    async fn watch_now(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
         check_start(from)?;
         let (start, end) = prefix_range(prefix);
         // etcd refuses a compacted start only asynchronously, by cancelling the watch
@@ -298,7 +445,7 @@ impl Store for EtcdStore {
         Ok(Box::pin(futures::stream::unfold(watcher, Watcher::next)))
     }
 
-    async fn compact(&self, revision: Revision) -> Result<()> {
+    async fn compact_now(&self, revision: Revision) -> Result<()> {
         let options = CompactionOptions::new().with_physical();
         match self
             .client
@@ -318,7 +465,7 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
+    async fn grant_lease_now(&self, ttl: Duration) -> Result<Lease> {
         check_ttl(ttl)?;
         // etcd counts whole seconds: round up, so a lease never ends earlier than asked.
         let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
@@ -335,7 +482,7 @@ impl Store for EtcdStore {
         })
     }
 
-    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+    async fn keep_alive_now(&self, lease: LeaseId) -> Result<Duration> {
         let not_found = |e: etcd_client::Error| match e {
             etcd_client::Error::LeaseKeepAliveError(ref m) if m.contains("not found") => {
                 Error::LeaseNotFound { lease }
@@ -361,7 +508,7 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+    async fn revoke_lease_now(&self, lease: LeaseId) -> Result<()> {
         match self.client.lease_client().revoke(lease).await {
             Ok(_) => Ok(()),
             Err(e) if is_lease_not_found(&e) => Err(Error::LeaseNotFound { lease }),
@@ -370,6 +517,60 @@ impl Store for EtcdStore {
                 source: e,
             }),
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.timed("get", self.get_now(key)).await
+    }
+
+    /// Each page is a request of its own, timed on its own.
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        self.list_now(prefix).await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        condition: Condition,
+        lease: Option<LeaseId>,
+    ) -> Result<Revision> {
+        self.timed("put", self.put_now(key, value, condition, lease))
+            .await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Option<Revision>> {
+        self.timed("delete", self.delete_now(key, expected)).await
+    }
+
+    /// Timed until the watch is created; then keepalive pings find an etcd that stopped
+    /// answering.
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
+        self.timed("watch", self.watch_now(prefix, from)).await
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        self.timed("compact", self.compact_now(revision)).await
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
+        self.timed("grant lease", self.grant_lease_now(ttl)).await
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+        self.timed("renew lease", self.keep_alive_now(lease)).await
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        self.timed("revoke lease", self.revoke_lease_now(lease))
+            .await
+    }
+
+    async fn txn(&self, txn: crate::Txn) -> Result<Committed> {
+        self.timed("txn", self.txn_now(txn)).await
     }
 }
 

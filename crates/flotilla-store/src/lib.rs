@@ -29,7 +29,14 @@
 //! revision once, in revision order, including the ones written between a list and the
 //! watch; a start revision whose history is gone is refused with [`Error::Compacted`];
 //! acknowledged writes survive a crash and revisions keep increasing after it; keys put
-//! under a lease vanish, with a Delete event, when the lease is revoked or not renewed.
+//! under a lease vanish, with a Delete event, when the lease is revoked or not renewed;
+//! a transaction ([`Txn`]: compares on several keys, then puts and deletes) commits
+//! whole at one revision or, when a compare fails, writes nothing and says which
+//! compare failed ([`Error::TxnRefused`]).
+//!
+//! Every request is bounded in time ([`DEFAULT_REQUEST_TIMEOUT`] unless the backend's
+//! options say otherwise): a store that does not answer fails it with
+//! [`Error::Timeout`], naming the request, instead of hanging its caller.
 //!
 //! # Why `async-trait`
 //! The server holds its store as `Arc<dyn Store>` and picks the backend at startup, so
@@ -43,6 +50,7 @@ pub mod error;
 pub mod etcd;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod txn;
 
 use std::fmt;
 use std::pin::Pin;
@@ -54,6 +62,15 @@ use futures::Stream;
 pub use embedded::{Clock, EmbeddedOptions, EmbeddedStore, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use etcd::{EtcdOptions, EtcdStore};
+pub use txn::{Committed, Compare, Expect, KeyState, Txn, TxnOp};
+
+/// How long one store request may take before it fails with [`Error::Timeout`], unless
+/// the backend's options say otherwise: 10 s. A request to etcd that gets no answer in
+/// that time (etcd stopped, partitioned, or its disk stuck) fails instead of hanging
+/// its caller; etcd's own requests give up after about 7 s on the server side, so a
+/// healthy but slow cluster answers well within it. A timed-out write may still have
+/// been applied: read again before acting on either outcome.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A revision of the whole store. Every write (put, delete, a lease's keys going away)
 /// makes exactly one new revision, greater than every earlier one. The empty store is
@@ -194,6 +211,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Ends the lease now, deleting its keys (one revision for all of them).
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
 
+    /// Commits every op of `txn` at once, at one new revision, if every compare holds;
+    /// otherwise writes nothing and fails with [`Error::TxnRefused`] naming the first
+    /// compare that did not hold. A transaction that changes nothing (no ops, or only
+    /// deletes of absent keys) takes no revision. See [`txn`] for the limits.
+    async fn txn(&self, txn: Txn) -> Result<Committed>;
+
     /// Whether other processes can use this store at the same time (etcd), or it is
     /// this process's alone (the embedded file, which one process opens at a time).
     fn shared(&self) -> bool {
@@ -218,6 +241,12 @@ fn check_key(key: &str) -> Result<()> {
         return Err(Error::InvalidArgument("a key must not be empty".into()));
     }
     Ok(())
+}
+
+/// Refuses what no backend commits: an empty key, a key written twice, more ops or
+/// compares than [`txn::MAX_OPS`].
+fn check_txn(txn: &Txn) -> Result<()> {
+    txn.check()
 }
 
 /// Refuses watch start revisions below 1 (etcd reads 0 as "now", which would hide

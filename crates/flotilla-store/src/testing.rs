@@ -103,6 +103,53 @@ impl EtcdServer {
         self.dir.path().join("data")
     }
 
+    /// The etcd process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops etcd with SIGSTOP (by its PID): it keeps its sockets open and answers
+    /// nothing, as a stuck etcd (a frozen VM, a disk that hangs) would, until
+    /// [`EtcdServer::resume`]. Dropping a stopped server still kills it (SIGKILL ends
+    /// a stopped process).
+    ///
+    /// # Panics
+    /// When etcd does not run.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+        // A signal is delivered asynchronously: wait until the kernel says it stopped.
+        let stat = format!("/proc/{}/stat", self.pid().expect("etcd runs"));
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            let state = std::fs::read_to_string(&stat).unwrap_or_default();
+            // `pid (comm) state ...`: the state follows the last ')'.
+            if state
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("etcd did not stop within {START_TIMEOUT:?} of SIGSTOP");
+    }
+
+    /// Lets a paused etcd run again (SIGCONT).
+    ///
+    /// # Panics
+    /// When etcd does not run.
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.pid().expect("etcd is not running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid fits in i32"));
+        nix::sys::signal::kill(pid, signal)
+            .unwrap_or_else(|e| panic!("sending {signal} to etcd ({pid}): {e}"));
+    }
+
     /// Kills etcd with SIGKILL, as a crash would: nothing is flushed or shut down.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -7,12 +7,15 @@
 //! turns a hang into a failure.
 
 mod support;
+#[path = "conformance/txn.rs"]
+mod txn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use flotilla_store::{Condition, Error, Event, KeyValue, Store};
 use support::{Harness, b, next_event, next_events};
+use txn::*;
 
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
@@ -53,6 +56,12 @@ conformance!(
     renewing_a_lease_keeps_its_keys,
     revoking_a_lease_deletes_only_its_keys_at_one_revision,
     invalid_arguments_are_refused,
+    a_txn_commits_every_op_at_one_revision,
+    a_txn_with_a_failed_compare_writes_nothing,
+    racing_txns_on_the_same_keys_have_one_winner,
+    a_txn_that_changes_nothing_takes_no_revision,
+    a_txn_puts_under_leases_or_not_at_all,
+    malformed_txns_are_refused,
 );
 
 async fn create_fails_if_the_key_exists(h: &mut Harness) {

@@ -82,3 +82,111 @@ async fn a_page_size_below_one_is_refused() {
     .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
 }
+
+/// An etcd that stops answering (SIGSTOP: its sockets stay open) fails every request
+/// with a timeout that names it, instead of hanging the caller; an open watch ends with
+/// an error once keepalive pings go unanswered; after SIGCONT everything works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_etcd_times_requests_out_and_ends_watches() {
+    use std::time::Duration;
+
+    use flotilla_store::{Compare, Condition, Txn};
+
+    let etcd = EtcdServer::start().await;
+    let after = Duration::from_millis(700);
+    let store = EtcdStore::connect(
+        &[etcd.endpoint()],
+        EtcdOptions {
+            request_timeout: after,
+            // The default pings (every 10 s, 5 s to answer) leave the connection up
+            // while the requests below time out one by one, then end the open watch.
+            ..EtcdOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let a = store.create("stuck/a", b("1")).await.unwrap();
+    let lease = store.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let mut open_watch = store.watch("stuck/", a + 1).await.unwrap();
+
+    etcd.pause();
+    let s = &store;
+    expect_timeout("get", after, async { s.get("stuck/a").await.map(drop) }).await;
+    expect_timeout("list", after, async { s.list("stuck/").await.map(drop) }).await;
+    expect_timeout("put", after, async {
+        s.put("stuck/a", b("2"), Condition::Any, None)
+            .await
+            .map(drop)
+    })
+    .await;
+    expect_timeout("delete", after, async {
+        s.delete("stuck/a", None).await.map(drop)
+    })
+    .await;
+    expect_timeout("txn", after, async {
+        s.txn(
+            Txn::new()
+                .when(Compare::exists("stuck/a"))
+                .delete("stuck/a"),
+        )
+        .await
+        .map(drop)
+    })
+    .await;
+    expect_timeout("watch", after, async {
+        s.watch("stuck/", a).await.map(drop)
+    })
+    .await;
+    expect_timeout("grant lease", after, async {
+        s.grant_lease(Duration::from_secs(5)).await.map(drop)
+    })
+    .await;
+    expect_timeout("renew lease", after, async {
+        s.keep_alive(lease.id).await.map(drop)
+    })
+    .await;
+    expect_timeout("revoke lease", after, async {
+        s.revoke_lease(lease.id).await
+    })
+    .await;
+    expect_timeout("compact", after, async { s.compact(a).await }).await;
+    let message = Error::Timeout { op: "put", after }.to_string();
+    assert!(message.contains("put timed out after 700ms"), "{message}");
+
+    match tokio::time::timeout(GUARD, open_watch.next()).await {
+        Ok(Some(Err(_))) => {}
+        other => panic!("the open watch of a stuck etcd should fail, got {other:?}"),
+    }
+
+    etcd.resume();
+    // The same store recovers once etcd answers again (its connection is re-made).
+    let mut recovered = None;
+    for _ in 0..100 {
+        match store.get("stuck/a").await {
+            Ok(kv) => {
+                recovered = Some(kv);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    // (Whether the timed-out writes were applied is not known: etcd may still read them
+    // from its socket when it runs again.)
+    recovered.expect("etcd answers again after SIGCONT");
+    assert!(store.txn(Txn::new().put("stuck/b", b("x"))).await.is_ok());
+}
+
+/// A guard only against a hang (the bug under test); not a timing assertion.
+const GUARD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `request`, which must fail with a timeout of `op` after `after`.
+async fn expect_timeout(
+    op: &'static str,
+    after: std::time::Duration,
+    request: impl std::future::Future<Output = Result<(), Error>>,
+) {
+    match tokio::time::timeout(GUARD, request).await {
+        Ok(Err(Error::Timeout { op: o, after: t })) => assert_eq!((o, t), (op, after)),
+        other => panic!("{op}: expected a timeout, got {other:?}"),
+    }
+}

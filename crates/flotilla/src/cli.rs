@@ -535,6 +535,14 @@ pub struct DeleteArgs {
     pub name: String,
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
+    /// Clusters: delete at once, without draining (its instances are placed elsewhere
+    /// without its member's word, and keep running in it until its agent is stopped).
+    #[arg(long)]
+    pub force: bool,
+    /// Clusters: how long to wait for the member to remove its instances before the
+    /// delete gives up (the cluster then stays, draining).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub timeout_seconds: u32,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -872,12 +872,32 @@ async fn describe_to(args: &DescribeArgs, mut io: Io<'_>) -> Result<(), CliError
 
 async fn delete_to(args: &DeleteArgs, mut io: Io<'_>) -> Result<(), CliError> {
     let kind = Kind::resolve(&args.kind)?;
+    let cluster = kind.plural() == "clusters";
+    if !cluster && args.force {
+        return Err(CliError::Usage(
+            "--force: only a cluster's delete can be forced (it skips the drain)".into(),
+        ));
+    }
+    if args.timeout_seconds == 0 {
+        return Err(CliError::Usage(
+            "--timeout-seconds: must be at least 1".into(),
+        ));
+    }
     let mut conn = connect(&args.client).await?;
     let request = DeleteRequest {
         kind: kind.plural().into(),
         name: kind.name_of_one(&args.name, args.namespace.as_deref()),
         namespace: kind.namespace_of_one(args.namespace.as_deref()),
+        force: args.force,
+        timeout_seconds: args.timeout_seconds,
     };
+    if cluster && !args.force {
+        let _ = writeln!(
+            io.err,
+            "draining cluster {}: its member removes its instances first (up to {}s)",
+            args.name, args.timeout_seconds
+        );
+    }
     let deleted = match conn.client.delete(request).await {
         Ok(response) => response.into_inner().deleted,
         Err(status) => return Err(conn.error(&status, None)),

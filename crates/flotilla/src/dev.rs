@@ -403,10 +403,13 @@ where
             if let Ok(token) = std::fs::read_to_string(&saved) {
                 return Ok(token.trim().to_string());
             }
+            // Its own simulated member, registered again: no drain to wait for.
             api.delete(Request::new(DeleteRequest {
                 kind: "clusters".into(),
                 name: m.name.into(),
                 namespace: String::new(),
+                force: true,
+                timeout_seconds: 0,
             }))
             .await?;
             let token = api.add_cluster(Request::new(add)).await?.into_inner().token;

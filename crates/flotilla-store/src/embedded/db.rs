@@ -25,6 +25,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, Wr
 
 use super::Clock;
 use super::codec::{self, Change, Record};
+use crate::txn::{Committed, KeyState, Txn, TxnOp};
 use crate::{Condition, Error, Event, KeyValue, LeaseId, Result, Revision};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -68,11 +69,13 @@ pub(super) enum Op {
     Revoke(LeaseId),
     /// Ends the lease if its deadline has passed.
     Expire(u64),
+    /// Every op at one revision if every compare holds.
+    Txn(Txn),
 }
 
 impl Op {
     /// What the op is called in errors.
-    fn name(&self) -> &'static str {
+    pub(super) fn name(&self) -> &'static str {
         match self {
             Op::Put { .. } => "put",
             Op::Delete { .. } => "delete",
@@ -81,6 +84,7 @@ impl Op {
             Op::KeepAlive(_) => "renew lease",
             Op::Revoke(_) => "revoke lease",
             Op::Expire(_) => "expire lease",
+            Op::Txn(_) => "txn",
         }
     }
 }
@@ -100,6 +104,8 @@ pub(super) enum Done {
     Ttl(u64),
     /// Whether a due lease ended.
     Expired(bool),
+    /// What a committed transaction did.
+    Txn(Committed),
 }
 
 impl Db {
@@ -324,6 +330,7 @@ impl<'t> Tables<'t> {
             Op::KeepAlive(id) => self.keep_alive(*id, now).map(Done::Ttl),
             Op::Revoke(id) => self.revoke(*id).map(|()| Done::Nothing),
             Op::Expire(id) => self.expire(*id, now).map(Done::Expired),
+            Op::Txn(txn) => self.txn(txn, now).map(Done::Txn),
         }
     }
 
@@ -358,18 +365,33 @@ impl<'t> Tables<'t> {
                 }
             }
         }
-        let lease = match lease {
-            None => 0,
-            Some(id) => {
-                let not_found = || Error::LeaseNotFound { lease: id };
-                let l = lease_id(id).ok_or_else(not_found)?;
-                match self.lease(l)? {
-                    Some((_, deadline)) if deadline > now => l,
-                    _ => return Err(not_found()),
-                }
-            }
-        };
+        let lease = self.live_lease(lease, now)?;
         let revision = self.bump()?;
+        self.write_put(key, value, lease, old, revision, 0)?;
+        Ok(rev(revision))
+    }
+
+    /// The stored id of `lease`, refused unless it is live (0 for no lease).
+    fn live_lease(&self, lease: Option<LeaseId>, now: u64) -> Result<u64> {
+        let Some(id) = lease else { return Ok(0) };
+        let not_found = || Error::LeaseNotFound { lease: id };
+        let l = lease_id(id).ok_or_else(not_found)?;
+        match self.lease(l)? {
+            Some((_, deadline)) if deadline > now => Ok(l),
+            _ => Err(not_found()),
+        }
+    }
+
+    /// Writes `key` (whose record was `old`) at `revision`, as change number `n` of it.
+    fn write_put(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        lease: u64,
+        old: Option<Record>,
+        revision: u64,
+        n: u32,
+    ) -> Result<()> {
         let (create, version) = match &old {
             Some(old) => (old.create, old.version + 1),
             None => (revision, 1),
@@ -391,9 +413,64 @@ impl<'t> Tables<'t> {
             .map_err(|e| Error::db(self.op, e))?;
         let change = codec::encode_put(key, create, version, lease, value);
         self.log
-            .insert((revision, 0), change.as_slice())
+            .insert((revision, n), change.as_slice())
             .map_err(|e| Error::db(self.op, e))?;
-        Ok(rev(revision))
+        Ok(())
+    }
+
+    /// A transaction: every compare on the state before it, then every lease its puts
+    /// name, all before anything changes; then every op at one revision (none if it
+    /// changes nothing), each its own change number in the log, in op order.
+    fn txn(&mut self, txn: &Txn, now: u64) -> Result<Committed> {
+        for (i, compare) in txn.compares.iter().enumerate() {
+            let state = self.record(&compare.key)?.map(|r| KeyState {
+                create_revision: rev(r.create),
+                mod_revision: rev(r.modified),
+                lease: (r.lease != 0).then(|| rev(r.lease)),
+            });
+            if !compare.holds(state.as_ref()) {
+                return Err(Txn::refused(i, compare, state));
+            }
+        }
+        let mut planned = Vec::with_capacity(txn.ops.len());
+        for op in &txn.ops {
+            let old = self.record(op.key())?;
+            let lease = match op {
+                TxnOp::Put { lease, .. } => self.live_lease(*lease, now)?,
+                TxnOp::Delete { .. } => 0,
+            };
+            planned.push((old, lease));
+        }
+        let changed: Vec<bool> = txn
+            .ops
+            .iter()
+            .zip(&planned)
+            .map(|(op, (old, _))| matches!(op, TxnOp::Put { .. }) || old.is_some())
+            .collect();
+        if !changed.contains(&true) {
+            return Ok(Committed {
+                revision: None,
+                changed,
+            });
+        }
+        let revision = self.bump()?;
+        for (n, (op, (old, lease))) in txn.ops.iter().zip(planned).enumerate() {
+            let n = u32::try_from(n).map_err(|_| Error::Corrupt("too many ops".into()))?;
+            match op {
+                TxnOp::Put { key, value, .. } => {
+                    self.write_put(key, value, lease, old, revision, n)?;
+                }
+                TxnOp::Delete { key } => {
+                    if let Some(old) = old {
+                        self.remove_key(key, old.lease, revision, n)?;
+                    }
+                }
+            }
+        }
+        Ok(Committed {
+            revision: Some(rev(revision)),
+            changed,
+        })
     }
 
     fn delete(&mut self, key: &str, expected: Option<Revision>) -> Result<Option<Revision>> {

@@ -1,8 +1,8 @@
 //! The embedded store: the whole [`Store`] contract in one durable file (redb).
 //!
 //! ```text
-//!   put/delete/lease ──▶ writer thread: every waiting write in one redb txn
-//!                        (each its own revision: kv + log), one fsync ──▶ Ok to each
+//!   put/delete/txn/lease ──▶ writer thread: every waiting write in one redb txn
+//!                        (each its own revision: kv + log; a txn's ops share one), one fsync ──▶ Ok to each
 //!                                     │ after commit
 //!                                     ▼
 //!   watch(prefix, from) ◀── reads log[next..=latest] ◀── latest revision (tokio watch channel)
@@ -47,9 +47,10 @@ use tokio::task::JoinHandle;
 pub use clock::{Clock, ManualClock, SystemClock};
 
 use self::db::{Db, Done, Op};
+use crate::txn::{Committed, Txn};
 use crate::{
-    Condition, Error, Event, KeyValue, Lease, LeaseId, Listing, Result, Revision, Store,
-    WatchStream, check_key, check_start, check_ttl,
+    Condition, DEFAULT_REQUEST_TIMEOUT, Error, Event, KeyValue, Lease, LeaseId, Listing, Result,
+    Revision, Store, WatchStream, check_key, check_start, check_ttl, check_txn,
 };
 
 /// Revisions a watcher reads from the file at a time.
@@ -70,16 +71,21 @@ pub struct EmbeddedOptions {
     /// How often the background reaper ends leases whose deadline passed; `None` for no
     /// reaper (then only [`EmbeddedStore::expire_leases`] ends them).
     pub lease_check_interval: Option<Duration>,
+    /// How long a request may wait for the file (a read for its snapshot, a write for
+    /// its commit) before it fails with [`Error::Timeout`]; a timed-out write may still
+    /// commit.
+    pub request_timeout: Duration,
 }
 
 impl Default for EmbeddedOptions {
-    /// 10,000 revisions of history, the system clock, and a lease check every 500 ms
-    /// (etcd's own interval).
+    /// 10,000 revisions of history, the system clock, a lease check every 500 ms
+    /// (etcd's own interval), and [`DEFAULT_REQUEST_TIMEOUT`] per request.
     fn default() -> EmbeddedOptions {
         EmbeddedOptions {
             history: 10_000,
             clock: Arc::new(SystemClock),
             lease_check_interval: Some(Duration::from_millis(500)),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -100,6 +106,8 @@ struct Shared {
     writer: Option<std::thread::JoinHandle<()>>,
     /// The latest committed revision, sent by the writer; watchers wait on it.
     latest: watch::Receiver<u64>,
+    /// [`EmbeddedOptions::request_timeout`].
+    timeout: Duration,
 }
 
 /// A write on its way to the writer thread, and where its outcome goes.
@@ -110,28 +118,42 @@ struct Request {
 
 impl Shared {
     /// Hands `op` to the writer thread and waits until it is committed (or refused).
+    /// Gives up after the request timeout (the write may still commit).
     async fn write(&self, op: Op) -> Result<Done> {
         let (reply, outcome) = oneshot::channel();
+        let name = op.name();
         let writes = self.writes.as_ref().ok_or(Error::WriterStopped)?;
         writes
             .send(Request { op, reply })
             .map_err(|_| Error::WriterStopped)?;
-        outcome.await.map_err(|_| Error::WriterStopped)?
+        tokio::time::timeout(self.timeout, outcome)
+            .await
+            .map_err(|_| Error::Timeout {
+                op: name,
+                after: self.timeout,
+            })?
+            .map_err(|_| Error::WriterStopped)?
     }
 
+    /// Runs `f` on a blocking thread; gives up waiting after the request timeout.
     async fn read<T: Send + 'static>(
         &self,
+        op: &'static str,
         f: impl FnOnce(&Db) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
+        tokio::time::timeout(self.timeout, tokio::task::spawn_blocking(move || f(&db)))
             .await
+            .map_err(|_| Error::Timeout {
+                op,
+                after: self.timeout,
+            })?
             .map_err(Error::Worker)?
     }
 
     async fn expire_leases(&self) -> Result<usize> {
         let mut ended = 0;
-        for id in self.read(Db::due_leases).await? {
+        for id in self.read("expire leases", Db::due_leases).await? {
             if let Done::Expired(true) = self.write(Op::Expire(id)).await? {
                 ended += 1;
             }
@@ -190,7 +212,13 @@ impl EmbeddedStore {
             history,
             clock,
             lease_check_interval,
+            request_timeout,
         } = options;
+        if request_timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "the embedded store's request timeout must not be zero".into(),
+            ));
+        }
         let opening = path.clone();
         let db = tokio::task::spawn_blocking(move || Db::open(&opening, history, clock))
             .await
@@ -211,6 +239,7 @@ impl EmbeddedStore {
             writes: Some(writes),
             writer: Some(writer),
             latest,
+            timeout: request_timeout,
         });
         let reaper =
             lease_check_interval.map(|every| tokio::spawn(reap(Arc::downgrade(&shared), every)));
@@ -277,12 +306,12 @@ impl Store for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         check_key(key)?;
         let key = key.to_string();
-        self.shared.read(move |db| db.get(&key)).await
+        self.shared.read("get", move |db| db.get(&key)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing> {
         let prefix = prefix.to_string();
-        let (revision, items) = self.shared.read(move |db| db.list(&prefix)).await?;
+        let (revision, items) = self.shared.read("list", move |db| db.list(&prefix)).await?;
         Ok(Listing {
             revision: Revision::try_from(revision).unwrap_or(Revision::MAX),
             items,
@@ -325,7 +354,7 @@ impl Store for EmbeddedStore {
         check_start(from)?;
         let from = u64::try_from(from).expect("checked positive");
         self.shared
-            .read(move |db| db.check_watch_start(from))
+            .read("watch", move |db| db.check_watch_start(from))
             .await?;
         let watcher = Watcher {
             shared: self.shared.clone(),
@@ -370,6 +399,16 @@ impl Store for EmbeddedStore {
             other => mismatched(other),
         }
     }
+
+    /// One op of the writer's batch: its compares, lease checks and writes happen
+    /// inside that one redb transaction, at one revision.
+    async fn txn(&self, txn: Txn) -> Result<Committed> {
+        check_txn(&txn)?;
+        match self.shared.write(Op::Txn(txn)).await? {
+            Done::Txn(committed) => Ok(committed),
+            other => mismatched(other),
+        }
+    }
 }
 
 /// One watch: reads the log from `next` on, in batches, as the latest revision moves.
@@ -405,7 +444,7 @@ impl Watcher {
             let prefix = self.prefix.clone();
             let read = self
                 .shared
-                .read(move |db| db.changes(&prefix, from, to))
+                .read("watch", move |db| db.changes(&prefix, from, to))
                 .await;
             match read {
                 Ok(events) => {
