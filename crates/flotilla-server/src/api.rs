@@ -44,6 +44,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::agents::Presence;
+use crate::records::StatusRecord;
 use crate::audit::{self, Trail};
 use crate::auth::{self, Principal, Verb, decide};
 use crate::federation::{self, Member};
@@ -93,6 +94,12 @@ impl ApiKind {
         }
     }
 }
+
+/// Sets of at most this many placed instances carry their per-ordinal view
+/// (`status.instances`) in every answer; a bigger set's comes in pages of this many from
+/// `get` (a whole one would pass gRPC's 4 MiB message limit from about 20,000), and
+/// `list` and `watch` leave it out.
+pub const INLINE_INSTANCES: u32 = 5_000;
 
 /// The user API service.
 #[derive(Debug)]
@@ -572,11 +579,13 @@ impl Api {
     /// One object as users see it, or `None` when it does not exist.
     async fn object(&self, kind: ApiKind, id: &str) -> Result<Option<String>, Status> {
         match kind {
-            ApiKind::Sets => self
+            ApiKind::Sets => match self
                 .with_status(&keys::set(id), &keys::set_status(id))
                 .await?
-                .map(|(kv, st)| self.set_json(&kv, st.as_ref()))
-                .transpose(),
+            {
+                Some((kv, st)) => Ok(Some(self.set_json(id, kv, st).await?)),
+                None => Ok(None),
+            },
             ApiKind::Clusters => self
                 .with_status(&keys::cluster(id), &keys::cluster_status(id))
                 .await?
@@ -597,13 +606,46 @@ impl Api {
         }
     }
 
-    fn set_json(&self, kv: &KeyValue, status: Option<&KeyValue>) -> Result<String, Status> {
-        let mut set: FederatedInstanceSet = decode_json(kv)?;
+    /// A set as users see it: its status summary expanded (see [`crate::records`]),
+    /// with the per-ordinal view from its members' reports for a set of at most
+    /// [`INLINE_INSTANCES`].
+    async fn set_json(
+        &self,
+        id: &str,
+        kv: KeyValue,
+        status: Option<KeyValue>,
+    ) -> Result<String, Status> {
+        let mut set: FederatedInstanceSet = decode_json(&kv)?;
         set.metadata.resource_version = Some(kv.mod_revision.to_string());
-        set.status = status
-            .map(decode_json::<FederatedInstanceSetStatus>)
-            .transpose()?;
+        let record = status.as_ref().map(decode_json::<StatusRecord>).transpose()?;
+        set.status = match record {
+            None => None,
+            Some(r) if r.replicas > INLINE_INSTANCES => Some(r.expand(&BTreeMap::new(), false)),
+            Some(r) => {
+                let reports = self.reports(id, r.cluster_names()).await?;
+                Some(r.expand(&reports, true))
+            }
+        };
         to_json(&set)
+    }
+
+    /// The reports of set `id` from `clusters`, by cluster.
+    async fn reports(
+        &self,
+        id: &str,
+        clusters: impl Iterator<Item = &str>,
+    ) -> Result<BTreeMap<String, InstanceSetStatus>, Status> {
+        let gets = clusters.map(|c| async move {
+            let kv = self
+                .store
+                .get(&keys::report(c, id))
+                .await
+                .map_err(store_status)?;
+            kv.map(|kv| decode_json::<InstanceSetStatus>(&kv).map(|r| (c.to_string(), r)))
+                .transpose()
+        });
+        let found = futures::future::try_join_all(gets).await?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     fn cluster_json(&self, kv: &KeyValue, status: Option<&KeyValue>) -> Result<String, Status> {
@@ -671,7 +713,7 @@ impl Api {
             }
             let side = extra.get(&id).copied();
             let json = match kind {
-                ApiKind::Sets => self.set_json(kv, side)?,
+                ApiKind::Sets => self.set_json(&id, kv.clone(), side.cloned()).await?,
                 ApiKind::Clusters => self.cluster_json(kv, side)?,
                 ApiKind::InstanceSets => slice_json(kv, side)?,
             };
@@ -864,7 +906,9 @@ impl Api {
             .await
             .map_err(store_status)?
         {
-            Some(kv) => Some(decode_json(&kv)?),
+            Some(kv) => Some(crate::records::decode_plan(&kv.value).map_err(|e| {
+                Status::internal(format!("unreadable record {}: {e}", kv.key))
+            })?),
             None => None,
         };
         let inventory = Inventory::new(&valid_clusters);

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use flotilla_api::status::FederatedInstanceSetStatus;
 use flotilla_api::{
     Cluster, ClusterStatus, FederatedInstanceSet, InstanceSet, InstanceSetStatus, Valid, validate,
 };
@@ -43,6 +42,7 @@ use crate::federation::{self, Member};
 use crate::keys::{self, Key, SetKey};
 use crate::leader;
 use crate::metrics::{Metrics, label};
+use crate::records::{self, StatusRecord};
 use crate::status;
 
 /// Slice writes of one set in flight at once.
@@ -59,7 +59,8 @@ struct Entry<T> {
 #[derive(Debug, Default)]
 struct Cache {
     sets: BTreeMap<SetKey, Entry<FederatedInstanceSet>>,
-    statuses: BTreeMap<SetKey, Entry<FederatedInstanceSetStatus>>,
+    /// Set status summaries, as stored (see [`records`]).
+    statuses: BTreeMap<SetKey, Entry<StatusRecord>>,
     placements: BTreeMap<SetKey, Entry<Plan>>,
     clusters: BTreeMap<String, Entry<Cluster>>,
     cluster_status: BTreeMap<String, Entry<ClusterStatus>>,
@@ -143,7 +144,10 @@ impl Cache {
                 Dirty::Nothing
             }
             Key::Placement(k) => {
-                if let Some(value) = decode(kv) {
+                let plan = records::decode_plan(&kv.value).map_err(|e| {
+                    tracing::error!(key = %kv.key, error = %e, "unreadable record in the store; ignored");
+                });
+                if let Ok(value) = plan {
                     self.placements.insert(k, Entry { value, rev });
                 }
                 Dirty::Nothing
@@ -588,12 +592,22 @@ impl Controller {
             // Members ask these sentinels for planned switchovers.
             let (ns, name) = keys::split_set_key(key);
             let ckey = keys::set_key(ns, &flotilla_api::redis::sentinel_set_name(name));
-            let sentinels: Vec<&str> = cache
+            let sentinels: Vec<String> = cache
                 .statuses
                 .get(&ckey)
+                .map(|e| {
+                    let reports = cache
+                        .reports
+                        .get(&ckey)
+                        .into_iter()
+                        .flatten()
+                        .map(|(c, r)| (c.clone(), r.value.clone()))
+                        .collect();
+                    e.value.expand(&reports, true).instances
+                })
                 .into_iter()
-                .flat_map(|e| &e.value.instances)
-                .filter_map(|i| i.endpoint.as_deref())
+                .flatten()
+                .filter_map(|i| i.endpoint)
                 .collect();
             if !sentinels.is_empty() {
                 extra.insert(
@@ -674,7 +688,11 @@ impl Controller {
 
         if let Some((pkey, rev)) = placement_write {
             let condition = rev.map_or(Condition::Absent, Condition::ModRevision);
-            let r = put_json(&*self.store, &pkey, &plan, condition).await?;
+            let bytes = records::encode_plan(&plan)?;
+            let r = self
+                .store
+                .put(&pkey, Bytes::from(bytes), condition, None)
+                .await?;
             cache.fresh(&pkey, r);
             cache.placements.insert(
                 key.clone(),
@@ -711,17 +729,21 @@ impl Controller {
             slices: &slices,
             reports: &reports,
             alive: &|c| cache.alive.contains(c),
-            previous: before.map(|e| &e.value),
+            previous: before.map(|e| e.value.conditions.as_slice()),
             now: &now,
             redis: redis.as_ref(),
         });
+        let (ns, name) = keys::split_set_key(key);
+        if let Some(watched) = &set.spec.sentinel_for {
+            // The Redis set names its sentinels' addresses, which only the reports hold
+            // (not the stored summary): it looks again whenever its sentinels did.
+            cache.followups.insert(keys::set_key(ns, &watched.set));
+        }
+        let status = StatusRecord::of(&status);
         if before.map(|e| &e.value) != Some(&status) {
-            // The companion sentinel set names the primary; the Redis set names the
-            // sentinels.
-            let (ns, name) = keys::split_set_key(key);
-            if let Some(watched) = &set.spec.sentinel_for {
-                cache.followups.insert(keys::set_key(ns, &watched.set));
-            } else if set
+            // The companion sentinel set names the primary.
+            if set.spec.sentinel_for.is_none()
+                && set
                 .spec
                 .redis
                 .as_ref()
@@ -735,7 +757,11 @@ impl Controller {
             }
             let skey = keys::set_status(key);
             let condition = before.map_or(Condition::Any, |e| Condition::ModRevision(e.rev));
-            let r = put_json(&*self.store, &skey, &status, condition).await?;
+            let bytes = status.encode()?;
+            let r = self
+                .store
+                .put(&skey, Bytes::from(bytes), condition, None)
+                .await?;
             cache.fresh(&skey, r);
             cache.statuses.insert(
                 key.clone(),

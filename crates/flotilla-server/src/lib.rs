@@ -26,6 +26,7 @@ pub mod keys;
 pub mod leader;
 mod metrics;
 mod redis;
+pub mod records;
 mod status;
 
 use std::net::SocketAddr;
