@@ -364,6 +364,8 @@ impl Controller {
             .collect();
         let grace_until = Instant::now() + self.ttl;
         let mut retry: BTreeMap<SetKey, Instant> = BTreeMap::new();
+        // Failed passes in a row, by set: the next retry waits `retry_delay` of it.
+        let mut failures: HashMap<SetKey, u32> = HashMap::new();
         let mut watch = self
             .store
             .watch(keys::ROOT, listing.revision + 1)
@@ -418,6 +420,7 @@ impl Controller {
                     .observe(started.elapsed().as_secs_f64());
                 match result {
                     Ok(()) => {
+                        failures.remove(&key);
                         self.metrics
                             .reconciles
                             .get_or_create(&label("result", "ok"))
@@ -428,8 +431,11 @@ impl Controller {
                             .reconciles
                             .get_or_create(&label("result", "error"))
                             .inc();
-                        tracing::warn!(set = %key, error = %format!("{e:#}"), "reconcile failed; retrying");
-                        retry.insert(key, Instant::now() + Duration::from_millis(500));
+                        let n = failures.entry(key.clone()).or_default();
+                        *n += 1;
+                        let delay = retry_delay(*n);
+                        tracing::warn!(set = %key, error = %format!("{e:#}"), failures = *n, retry_in_ms = delay.as_millis() as u64, "reconcile failed; retrying");
+                        retry.insert(key, Instant::now() + delay);
                     }
                 }
                 continue;
@@ -688,7 +694,13 @@ impl Controller {
 
         if let Some((pkey, rev)) = placement_write {
             let condition = rev.map_or(Condition::Absent, Condition::ModRevision);
-            let bytes = records::encode_plan(&plan)?;
+            let bytes = match records::encode_plan(&plan) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.store_unstorable(cache, key, &e).await?;
+                    return Err(e.into());
+                }
+            };
             let r = self
                 .store
                 .put(&pkey, Bytes::from(bytes), condition, None)
@@ -757,7 +769,15 @@ impl Controller {
             }
             let skey = keys::set_status(key);
             let condition = before.map_or(Condition::Any, |e| Condition::ModRevision(e.rev));
-            let bytes = status.encode()?;
+            let (status, bytes) = match status.encode() {
+                Ok(b) => (status, b),
+                Err(e) => {
+                    let small = status.unstorable(&e, &now);
+                    let b = small.encode()?;
+                    tracing::error!(set = %key, error = %e, "status too large to store; counts only");
+                    (small, b)
+                }
+            };
             let r = self
                 .store
                 .put(&skey, Bytes::from(bytes), condition, None)
@@ -772,6 +792,34 @@ impl Controller {
             );
         }
         self.sync_companion(cache, key, &set, &clusters).await
+    }
+
+    /// The set's placement cannot be stored (`problem`): its status says so (once).
+    async fn store_unstorable(
+        &self,
+        cache: &mut Cache,
+        key: &SetKey,
+        problem: &records::TooLarge,
+    ) -> anyhow::Result<()> {
+        let before = cache.statuses.get(key);
+        let status = before
+            .map(|e| e.value.clone())
+            .unwrap_or_default()
+            .unstorable(problem, &federation::now());
+        if before.is_some_and(|e| e.value == status) {
+            return Ok(());
+        }
+        let skey = keys::set_status(key);
+        let condition = before.map_or(Condition::Any, |e| Condition::ModRevision(e.rev));
+        let r = self
+            .store
+            .put(&skey, Bytes::from(status.encode()?), condition, None)
+            .await?;
+        cache.fresh(&skey, r);
+        cache
+            .statuses
+            .insert(key.clone(), Entry { value: status, rev: r });
+        Ok(())
     }
 
     /// Writes (or, for `None`, deletes) slices of one set, all at once: the store
@@ -962,6 +1010,16 @@ fn mark(cache: &mut Cache, event: &Event, dirty: &mut Queue, lost: &mut BTreeSet
     }
 }
 
+/// How long a set waits before the `n`th retry in a row (`n` ≥ 1): 500 ms, doubling,
+/// at most a minute. New input (an event for the set) reconciles it at once all the same.
+fn retry_delay(n: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MOST: Duration = Duration::from_secs(60);
+    FIRST
+        .checked_mul(1u32 << n.saturating_sub(1).min(16))
+        .map_or(MOST, |d| d.min(MOST))
+}
+
 /// Writes `value` as JSON.
 pub async fn put_json<T: Serialize>(
     store: &dyn Store,
@@ -986,6 +1044,18 @@ mod tests {
             version: 1,
             lease: None,
         }
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_to_a_cap() {
+        let ms: Vec<u128> = [1, 2, 3, 4, 7, 8, 9, 40, u32::MAX]
+            .into_iter()
+            .map(|n| retry_delay(n).as_millis())
+            .collect();
+        assert_eq!(
+            ms,
+            [500, 1000, 2000, 4000, 32_000, 60_000, 60_000, 60_000, 60_000]
+        );
     }
 
     #[test]

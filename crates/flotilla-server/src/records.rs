@@ -268,6 +268,49 @@ impl StatusRecord {
     }
 }
 
+/// The `Degraded` reason of a set whose placement or status does not fit in a record.
+pub const TOO_LARGE: &str = "RecordTooLarge";
+
+impl StatusRecord {
+    /// What to store instead when `problem` kept the placement or this status out of
+    /// the store: the same without the per-cluster ordinals (counts stay), `Degraded`
+    /// naming the record, its size and the limit. Always small: O(clusters).
+    pub fn unstorable(&self, problem: &TooLarge, now: &str) -> StatusRecord {
+        let consequence = match problem.what {
+            "placement" => {
+                "the set's ordinals are too scattered to store where they run, so nothing is                  placed or moved until they fit (fewer clusters, or contiguous ordinals)"
+            }
+            _ => "the status shows counts only, not which ordinals each cluster holds",
+        };
+        let mut out = self.clone();
+        for c in &mut out.clusters {
+            c.ordinals = Stored::default();
+        }
+        let degraded = Condition {
+            type_: "Degraded".into(),
+            status: "True".into(),
+            reason: TOO_LARGE.into(),
+            message: format!("{problem}: {consequence}"),
+            last_transition_time: Some(now.to_string()),
+        };
+        match out.conditions.iter_mut().find(|c| c.type_ == "Degraded") {
+            Some(c) => {
+                let since = if c.status == "True" {
+                    c.last_transition_time.clone()
+                } else {
+                    degraded.last_transition_time.clone()
+                };
+                *c = Condition {
+                    last_transition_time: since,
+                    ..degraded
+                };
+            }
+            None => out.conditions.push(degraded),
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +367,46 @@ mod tests {
                 .contains(&format!("placement of {} bytes exceeds the limit of {RECORD_LIMIT}", e.size)),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_status_that_cannot_be_stored_keeps_its_counts_and_says_why() {
+        let record = StatusRecord {
+            replicas: 4,
+            ready_replicas: 3,
+            clusters: vec![ClusterRecord {
+                cluster: "a".into(),
+                ordinals: Stored::of(&[0, 1, 2, 3]),
+                ready_replicas: 3,
+            }],
+            conditions: vec![Condition {
+                type_: "Degraded".into(),
+                status: "False".into(),
+                reason: "Healthy".into(),
+                ..Condition::default()
+            }],
+            ..StatusRecord::default()
+        };
+        let problem = TooLarge {
+            what: "placement",
+            size: 600_000,
+            limit: RECORD_LIMIT,
+        };
+        let out = record.unstorable(&problem, "t1");
+        assert_eq!((out.replicas, out.ready_replicas), (4, 3));
+        assert!(out.clusters[0].ordinals().is_empty());
+        assert_eq!(out.clusters[0].ready_replicas, 3);
+        let d = &out.conditions[0];
+        assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", TOO_LARGE));
+        assert!(
+            d.message
+                .starts_with("the placement of 600000 bytes exceeds the limit of 524288 bytes"),
+            "{}",
+            d.message
+        );
+        assert_eq!(d.last_transition_time.as_deref(), Some("t1"));
+        // Again later: the same record (nothing to write), the time kept.
+        assert_eq!(out.unstorable(&problem, "t2"), out);
     }
 
     #[test]
