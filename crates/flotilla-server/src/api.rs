@@ -125,7 +125,10 @@ fn to_json<T: Serialize>(value: &T) -> Result<String, Status> {
 }
 
 fn wire(json: String) -> WireObject {
-    WireObject { json }
+    WireObject {
+        json,
+        instances_total: 0,
+    }
 }
 
 /// Only what users may set, plus what the server keeps.
@@ -627,6 +630,36 @@ impl Api {
             }
         };
         to_json(&set)
+    }
+
+    /// `get` of a set: whole, or for a set of more than [`INLINE_INSTANCES`], with the
+    /// page of its per-ordinal view that `req` asks for.
+    async fn set_page(&self, id: &str, req: &GetRequest) -> Result<Option<WireObject>, Status> {
+        let Some((kv, status)) = self
+            .with_status(&keys::set(id), &keys::set_status(id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let record = status.as_ref().map(decode_json::<StatusRecord>).transpose()?;
+        let Some(record) = record.filter(|r| r.replicas > INLINE_INSTANCES) else {
+            return Ok(Some(wire(self.set_json(id, kv, status).await?)));
+        };
+        let offset = req.instances_offset as usize;
+        let limit = match req.instances_limit {
+            0 => INLINE_INSTANCES,
+            n => n.min(INLINE_INSTANCES),
+        } as usize;
+        let reports = self
+            .reports(id, record.page_clusters(offset, limit).into_iter())
+            .await?;
+        let mut set: FederatedInstanceSet = decode_json(&kv)?;
+        set.metadata.resource_version = Some(kv.mod_revision.to_string());
+        set.status = Some(record.expand_page(&reports, offset, limit));
+        Ok(Some(WireObject {
+            json: to_json(&set)?,
+            instances_total: record.replicas,
+        }))
     }
 
     /// The reports of set `id` from `clusters`, by cluster.
@@ -1221,7 +1254,11 @@ impl Federation for Service {
                 ApiKind::InstanceSets => Some(namespace_of(kind, &slice)),
             };
             decide(&who, Verb::Get, kind.plural(), scope)?;
-            self.0.object(kind, &id).await?.map(wire).ok_or_else(|| {
+            let found = match kind {
+                ApiKind::Sets => self.0.set_page(&id, &req).await?,
+                _ => self.0.object(kind, &id).await?.map(wire),
+            };
+            found.ok_or_else(|| {
                 Status::not_found(match kind {
                     ApiKind::Clusters => format!("{} {:?} not found", kind.plural(), req.name),
                     _ => format!(

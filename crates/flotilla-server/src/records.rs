@@ -20,7 +20,7 @@
 //! set. Records written before this layout (plain ordinal lists, a stored `instances`
 //! list) still decode.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_api::ordinals::Ordinals;
 use flotilla_api::status::{
@@ -268,6 +268,59 @@ impl StatusRecord {
     }
 }
 
+impl StatusRecord {
+    /// One page of the per-ordinal view: the status with `instances` from the
+    /// `offset`th placed instance (in ordinal order), at most `limit`, from `reports`
+    /// (which need hold only [`StatusRecord::page_clusters`]).
+    pub fn expand_page(
+        &self,
+        reports: &BTreeMap<String, InstanceSetStatus>,
+        offset: usize,
+        limit: usize,
+    ) -> FederatedInstanceSetStatus {
+        let mut out = self.expand(&BTreeMap::new(), false);
+        let page = self.page(offset, limit);
+        let mut by_cluster: BTreeMap<&str, BTreeMap<u32, &InstanceStatus>> = BTreeMap::new();
+        out.instances = page
+            .into_iter()
+            .map(|(ordinal, cluster)| {
+                let seen = by_cluster.entry(cluster).or_insert_with(|| {
+                    reports
+                        .get(cluster)
+                        .map(|r| r.instances.iter().map(|s| (s.ordinal, s)).collect())
+                        .unwrap_or_default()
+                });
+                let mut s = seen.get(&ordinal).map_or_else(
+                    || InstanceStatus {
+                        ordinal,
+                        ..InstanceStatus::default()
+                    },
+                    |s| (*s).clone(),
+                );
+                s.cluster = Some(cluster.to_string());
+                s
+            })
+            .collect();
+        out
+    }
+
+    /// The clusters whose reports a page needs.
+    pub fn page_clusters(&self, offset: usize, limit: usize) -> BTreeSet<&str> {
+        self.page(offset, limit).into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// The placed instances from the `offset`th, at most `limit`: (ordinal, cluster).
+    fn page(&self, offset: usize, limit: usize) -> Vec<(u32, &str)> {
+        let mut all: Vec<(u32, &str)> = self
+            .clusters
+            .iter()
+            .flat_map(|c| c.ordinals().into_iter().map(|o| (o, c.cluster.as_str())))
+            .collect();
+        all.sort_unstable();
+        all.into_iter().skip(offset).take(limit).collect()
+    }
+}
+
 /// The `Degraded` reason of a set whose placement or status does not fit in a record.
 pub const TOO_LARGE: &str = "RecordTooLarge";
 
@@ -463,6 +516,16 @@ mod tests {
         let stored = record.encode().unwrap();
         let back: StatusRecord = serde_json::from_slice(&stored).unwrap();
         assert_eq!(back.expand(&reports, true), status);
+        // Pages of two: the same instances.
+        let pages: Vec<InstanceStatus> = [0, 2]
+            .into_iter()
+            .flat_map(|o| back.expand_page(&reports, o, 2).instances)
+            .collect();
+        assert_eq!(pages, status.instances);
+        assert_eq!(
+            back.page_clusters(2, 2).into_iter().collect::<Vec<_>>(),
+            ["b"]
+        );
         let summary = back.expand(&reports, false);
         assert!(summary.instances.is_empty());
         assert_eq!(summary.clusters, status.clusters);

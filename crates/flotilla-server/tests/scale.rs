@@ -140,6 +140,7 @@ async fn a_set_of_20000_instances_converges_on_etcd_and_no_set_record_grows_with
                 kind: "fis".into(),
                 name: "big".into(),
                 namespace: String::new(),
+                ..Default::default()
             }))
             .await;
         let object = reply.expect("get answers within gRPC's message limit");
@@ -163,6 +164,37 @@ async fn a_set_of_20000_instances_converges_on_etcd_and_no_set_record_grows_with
         .find(|c| c["type"] == "Available")
         .unwrap();
     assert_eq!(available["status"], "True", "{available}");
+
+    // Its per-ordinal view comes in pages, each within gRPC's message limit, and the
+    // pages together hold every ordinal once, ready, in ordinal order.
+    let mut ordinals = Vec::new();
+    let mut pages = 0;
+    loop {
+        let object = api
+            .get(authed(GetRequest {
+                kind: "fis".into(),
+                name: "big".into(),
+                instances_offset: ordinals.len() as u32,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(object.instances_total, REPLICAS);
+        let v: Value = serde_json::from_str(&object.json).unwrap();
+        let page = v["status"]["instances"].as_array().cloned().unwrap_or_default();
+        if page.is_empty() {
+            break;
+        }
+        pages += 1;
+        for i in &page {
+            assert_eq!(i["ready"], true, "{i}");
+            assert!(i["cluster"].is_string(), "{i}");
+            ordinals.push(i["ordinal"].as_u64().unwrap() as u32);
+        }
+    }
+    assert_eq!(ordinals, (0..REPLICAS).collect::<Vec<_>>());
+    assert_eq!(pages, REPLICAS.div_ceil(5_000));
 
     // No record of the set (its status and placement) grows with its instances.
     for prefix in ["/flotilla/status/sets/", "/flotilla/placements/"] {
