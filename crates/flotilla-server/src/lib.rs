@@ -20,6 +20,7 @@ mod api;
 mod audit;
 mod auth;
 mod controller;
+mod counted;
 mod federation;
 mod http;
 pub mod keys;
@@ -159,6 +160,7 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
     let http_addr = http_listener.local_addr()?;
 
     let metrics = Arc::new(metrics::Metrics::new());
+    let store: Arc<dyn Store> = Arc::new(counted::Counted::new(store, metrics.clone()));
     let presence = Arc::new(agents::Presence::default());
     let (synced_tx, synced) = watch::channel(false);
     let identity = leader::identity(grpc_addr);
