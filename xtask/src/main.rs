@@ -26,6 +26,10 @@ tasks:
   bench proxy  the proxy hop: redis-benchmark -t get,set -c 50 (-P 1 and 16) against
                redis-server directly, through flotilla proxy and through haproxy as
                redis-ha configures it (needs redis-tools and haproxy from Debian)
+  bench fleet  one set of 10,000 and 100,000 instances over 100 simulated members on the
+               embedded store and on etcd: apply → all ready, idle, scale +1%, a member
+               Unknown; the server process's CPU seconds, peak RSS and store writes
+               (`FLOTILLA_BENCH_SIZES`, `FLOTILLA_BENCH_MEMBERS` pick others)
   run -- ARGS  build and run the flotilla binary with ARGS
   crdgen       write deploy/crds/ from the API types; `crdgen --check` (also run by
                `test`) fails when the committed files are stale
@@ -62,6 +66,17 @@ fn main() -> Result<()> {
                 &rest,
             )
         }
+        "bench" if rest.first().is_some_and(|a| a == "fleet") => cargo(
+            &[
+                "bench",
+                "--package",
+                "flotilla",
+                "--bench",
+                "fleet",
+                "--",
+            ],
+            &rest[1..],
+        ),
         "bench" if rest.first().is_some_and(|a| a == "proxy") => cargo(
             &[
                 "bench",

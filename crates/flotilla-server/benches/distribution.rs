@@ -171,6 +171,7 @@ async fn run(store: Arc<dyn Store>, label: &str, members: usize, rounds: usize, 
                         kind: "fis".into(),
                         name: name.clone(),
                         namespace: String::new(),
+                        ..Default::default()
                     }))
                     .await
                     .unwrap()

@@ -44,6 +44,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::agents::Presence;
+use crate::records::StatusRecord;
 use crate::audit::{self, Trail};
 use crate::auth::{self, Principal, Verb, decide};
 use crate::federation::{self, Member};
@@ -94,6 +95,12 @@ impl ApiKind {
     }
 }
 
+/// Sets of at most this many placed instances carry their per-ordinal view
+/// (`status.instances`) in every answer; a bigger set's comes in pages of this many from
+/// `get` (a whole one would pass gRPC's 4 MiB message limit from about 20,000), and
+/// `list` and `watch` leave it out.
+pub const INLINE_INSTANCES: u32 = 5_000;
+
 /// The user API service.
 #[derive(Debug)]
 pub struct Api {
@@ -118,7 +125,10 @@ fn to_json<T: Serialize>(value: &T) -> Result<String, Status> {
 }
 
 fn wire(json: String) -> WireObject {
-    WireObject { json }
+    WireObject {
+        json,
+        instances_total: 0,
+    }
 }
 
 /// Only what users may set, plus what the server keeps.
@@ -572,11 +582,13 @@ impl Api {
     /// One object as users see it, or `None` when it does not exist.
     async fn object(&self, kind: ApiKind, id: &str) -> Result<Option<String>, Status> {
         match kind {
-            ApiKind::Sets => self
+            ApiKind::Sets => match self
                 .with_status(&keys::set(id), &keys::set_status(id))
                 .await?
-                .map(|(kv, st)| self.set_json(&kv, st.as_ref()))
-                .transpose(),
+            {
+                Some((kv, st)) => Ok(Some(self.set_json(id, kv, st).await?)),
+                None => Ok(None),
+            },
             ApiKind::Clusters => self
                 .with_status(&keys::cluster(id), &keys::cluster_status(id))
                 .await?
@@ -597,13 +609,76 @@ impl Api {
         }
     }
 
-    fn set_json(&self, kv: &KeyValue, status: Option<&KeyValue>) -> Result<String, Status> {
-        let mut set: FederatedInstanceSet = decode_json(kv)?;
+    /// A set as users see it: its status summary expanded (see [`crate::records`]),
+    /// with the per-ordinal view from its members' reports for a set of at most
+    /// [`INLINE_INSTANCES`].
+    async fn set_json(
+        &self,
+        id: &str,
+        kv: KeyValue,
+        status: Option<KeyValue>,
+    ) -> Result<String, Status> {
+        let mut set: FederatedInstanceSet = decode_json(&kv)?;
         set.metadata.resource_version = Some(kv.mod_revision.to_string());
-        set.status = status
-            .map(decode_json::<FederatedInstanceSetStatus>)
-            .transpose()?;
+        let record = status.as_ref().map(decode_json::<StatusRecord>).transpose()?;
+        set.status = match record {
+            None => None,
+            Some(r) if r.replicas > INLINE_INSTANCES => Some(r.expand(&BTreeMap::new(), false)),
+            Some(r) => {
+                let reports = self.reports(id, r.cluster_names()).await?;
+                Some(r.expand(&reports, true))
+            }
+        };
         to_json(&set)
+    }
+
+    /// `get` of a set: whole, or for a set of more than [`INLINE_INSTANCES`], with the
+    /// page of its per-ordinal view that `req` asks for.
+    async fn set_page(&self, id: &str, req: &GetRequest) -> Result<Option<WireObject>, Status> {
+        let Some((kv, status)) = self
+            .with_status(&keys::set(id), &keys::set_status(id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let record = status.as_ref().map(decode_json::<StatusRecord>).transpose()?;
+        let Some(record) = record.filter(|r| r.replicas > INLINE_INSTANCES) else {
+            return Ok(Some(wire(self.set_json(id, kv, status).await?)));
+        };
+        let offset = req.instances_offset as usize;
+        let limit = match req.instances_limit {
+            0 => INLINE_INSTANCES,
+            n => n.min(INLINE_INSTANCES),
+        } as usize;
+        let reports = self
+            .reports(id, record.page_clusters(offset, limit).into_iter())
+            .await?;
+        let mut set: FederatedInstanceSet = decode_json(&kv)?;
+        set.metadata.resource_version = Some(kv.mod_revision.to_string());
+        set.status = Some(record.expand_page(&reports, offset, limit));
+        Ok(Some(WireObject {
+            json: to_json(&set)?,
+            instances_total: record.replicas,
+        }))
+    }
+
+    /// The reports of set `id` from `clusters`, by cluster.
+    async fn reports(
+        &self,
+        id: &str,
+        clusters: impl Iterator<Item = &str>,
+    ) -> Result<BTreeMap<String, InstanceSetStatus>, Status> {
+        let gets = clusters.map(|c| async move {
+            let kv = self
+                .store
+                .get(&keys::report(c, id))
+                .await
+                .map_err(store_status)?;
+            kv.map(|kv| decode_json::<InstanceSetStatus>(&kv).map(|r| (c.to_string(), r)))
+                .transpose()
+        });
+        let found = futures::future::try_join_all(gets).await?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     fn cluster_json(&self, kv: &KeyValue, status: Option<&KeyValue>) -> Result<String, Status> {
@@ -671,7 +746,7 @@ impl Api {
             }
             let side = extra.get(&id).copied();
             let json = match kind {
-                ApiKind::Sets => self.set_json(kv, side)?,
+                ApiKind::Sets => self.set_json(&id, kv.clone(), side.cloned()).await?,
                 ApiKind::Clusters => self.cluster_json(kv, side)?,
                 ApiKind::InstanceSets => slice_json(kv, side)?,
             };
@@ -842,7 +917,9 @@ impl Api {
             .await
             .map_err(store_status)?
         {
-            Some(kv) => Some(decode_json(&kv)?),
+            Some(kv) => Some(crate::records::decode_plan(&kv.value).map_err(|e| {
+                Status::internal(format!("unreadable record {}: {e}", kv.key))
+            })?),
             None => None,
         };
         let inventory = Inventory::new(&valid_clusters);
@@ -1154,7 +1231,11 @@ impl Federation for Service {
                 ApiKind::InstanceSets => Some(namespace_of(kind, &slice)),
             };
             decide(&who, Verb::Get, kind.plural(), scope)?;
-            self.0.object(kind, &id).await?.map(wire).ok_or_else(|| {
+            let found = match kind {
+                ApiKind::Sets => self.0.set_page(&id, &req).await?,
+                _ => self.0.object(kind, &id).await?.map(wire),
+            };
+            found.ok_or_else(|| {
                 Status::not_found(match kind {
                     ApiKind::Clusters => format!("{} {:?} not found", kind.plural(), req.name),
                     _ => format!(

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use flotilla_api::status::FederatedInstanceSetStatus;
 use flotilla_api::{
     Cluster, ClusterStatus, FederatedInstanceSet, InstanceSet, InstanceSetStatus, Valid, validate,
 };
@@ -43,6 +42,7 @@ use crate::federation::{self, Member};
 use crate::keys::{self, Key, SetKey};
 use crate::metrics::{Metrics, label};
 use crate::migration;
+use crate::records::{self, StatusRecord};
 use crate::status;
 
 /// Slice writes of one set in flight at once.
@@ -59,7 +59,8 @@ struct Entry<T> {
 #[derive(Debug, Default)]
 struct Cache {
     sets: BTreeMap<SetKey, Entry<FederatedInstanceSet>>,
-    statuses: BTreeMap<SetKey, Entry<FederatedInstanceSetStatus>>,
+    /// Set status summaries, as stored (see [`records`]).
+    statuses: BTreeMap<SetKey, Entry<StatusRecord>>,
     placements: BTreeMap<SetKey, Entry<Plan>>,
     clusters: BTreeMap<String, Entry<Cluster>>,
     cluster_status: BTreeMap<String, Entry<ClusterStatus>>,
@@ -143,7 +144,10 @@ impl Cache {
                 Dirty::Nothing
             }
             Key::Placement(k) => {
-                if let Some(value) = decode(kv) {
+                let plan = records::decode_plan(&kv.value).map_err(|e| {
+                    tracing::error!(key = %kv.key, error = %e, "unreadable record in the store; ignored");
+                });
+                if let Ok(value) = plan {
                     self.placements.insert(k, Entry { value, rev });
                 }
                 Dirty::Nothing
@@ -360,6 +364,8 @@ impl Controller {
             .collect();
         let grace_until = Instant::now() + self.ttl;
         let mut retry: BTreeMap<SetKey, Instant> = BTreeMap::new();
+        // Failed passes in a row, by set: the next retry waits `retry_delay` of it.
+        let mut failures: HashMap<SetKey, u32> = HashMap::new();
         let mut watch = self
             .store
             .watch(keys::ROOT, listing.revision + 1)
@@ -414,6 +420,7 @@ impl Controller {
                     .observe(started.elapsed().as_secs_f64());
                 match result {
                     Ok(()) => {
+                        failures.remove(&key);
                         self.metrics
                             .reconciles
                             .get_or_create(&label("result", "ok"))
@@ -424,8 +431,11 @@ impl Controller {
                             .reconciles
                             .get_or_create(&label("result", "error"))
                             .inc();
-                        tracing::warn!(set = %key, error = %format!("{e:#}"), "reconcile failed; retrying");
-                        retry.insert(key, Instant::now() + Duration::from_millis(500));
+                        let n = failures.entry(key.clone()).or_default();
+                        *n += 1;
+                        let delay = retry_delay(*n);
+                        tracing::warn!(set = %key, error = %format!("{e:#}"), failures = *n, retry_in_ms = delay.as_millis() as u64, "reconcile failed; retrying");
+                        retry.insert(key, Instant::now() + delay);
                     }
                 }
                 continue;
@@ -627,12 +637,22 @@ impl Controller {
             // Members ask these sentinels for planned switchovers.
             let (ns, name) = keys::split_set_key(key);
             let ckey = keys::set_key(ns, &flotilla_api::redis::sentinel_set_name(name));
-            let sentinels: Vec<&str> = cache
+            let sentinels: Vec<String> = cache
                 .statuses
                 .get(&ckey)
+                .map(|e| {
+                    let reports = cache
+                        .reports
+                        .get(&ckey)
+                        .into_iter()
+                        .flatten()
+                        .map(|(c, r)| (c.clone(), r.value.clone()))
+                        .collect();
+                    e.value.expand(&reports, true).instances
+                })
                 .into_iter()
-                .flat_map(|e| &e.value.instances)
-                .filter_map(|i| i.endpoint.as_deref())
+                .flatten()
+                .filter_map(|i| i.endpoint)
                 .collect();
             if !sentinels.is_empty() {
                 extra.insert(
@@ -713,7 +733,17 @@ impl Controller {
 
         if let Some((pkey, rev)) = placement_write {
             let condition = rev.map_or(Condition::Absent, Condition::ModRevision);
-            let r = put_json(&*self.store, &pkey, &plan, condition).await?;
+            let bytes = match records::encode_plan(&plan) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.store_unstorable(cache, key, &e).await?;
+                    return Err(e.into());
+                }
+            };
+            let r = self
+                .store
+                .put(&pkey, Bytes::from(bytes), condition, None)
+                .await?;
             cache.fresh(&pkey, r);
             cache.placements.insert(
                 key.clone(),
@@ -750,18 +780,22 @@ impl Controller {
             slices: &slices,
             reports: &reports,
             alive: &|c| cache.alive.contains(c),
-            previous: before.map(|e| &e.value),
+            previous: before.map(|e| e.value.conditions.as_slice()),
             now: &now,
             redis: redis.as_ref(),
             migration: moving.as_ref().filter(|m| !m.done()),
         });
+        let (ns, name) = keys::split_set_key(key);
+        if let Some(watched) = &set.spec.sentinel_for {
+            // The Redis set names its sentinels' addresses, which only the reports hold
+            // (not the stored summary): it looks again whenever its sentinels did.
+            cache.followups.insert(keys::set_key(ns, &watched.set));
+        }
+        let status = StatusRecord::of(&status);
         if before.map(|e| &e.value) != Some(&status) {
-            // The companion sentinel set names the primary; the Redis set names the
-            // sentinels.
-            let (ns, name) = keys::split_set_key(key);
-            if let Some(watched) = &set.spec.sentinel_for {
-                cache.followups.insert(keys::set_key(ns, &watched.set));
-            } else if set
+            // The companion sentinel set names the primary.
+            if set.spec.sentinel_for.is_none()
+                && set
                 .spec
                 .redis
                 .as_ref()
@@ -775,7 +809,19 @@ impl Controller {
             }
             let skey = keys::set_status(key);
             let condition = before.map_or(Condition::Any, |e| Condition::ModRevision(e.rev));
-            let r = put_json(&*self.store, &skey, &status, condition).await?;
+            let (status, bytes) = match status.encode() {
+                Ok(b) => (status, b),
+                Err(e) => {
+                    let small = status.unstorable(&e, &now);
+                    let b = small.encode()?;
+                    tracing::error!(set = %key, error = %e, "status too large to store; counts only");
+                    (small, b)
+                }
+            };
+            let r = self
+                .store
+                .put(&skey, Bytes::from(bytes), condition, None)
+                .await?;
             cache.fresh(&skey, r);
             cache.statuses.insert(
                 key.clone(),
@@ -786,6 +832,34 @@ impl Controller {
             );
         }
         self.sync_companion(cache, key, &set, &clusters).await
+    }
+
+    /// The set's placement cannot be stored (`problem`): its status says so (once).
+    async fn store_unstorable(
+        &self,
+        cache: &mut Cache,
+        key: &SetKey,
+        problem: &records::TooLarge,
+    ) -> anyhow::Result<()> {
+        let before = cache.statuses.get(key);
+        let status = before
+            .map(|e| e.value.clone())
+            .unwrap_or_default()
+            .unstorable(problem, &federation::now());
+        if before.is_some_and(|e| e.value == status) {
+            return Ok(());
+        }
+        let skey = keys::set_status(key);
+        let condition = before.map_or(Condition::Any, |e| Condition::ModRevision(e.rev));
+        let r = self
+            .store
+            .put(&skey, Bytes::from(status.encode()?), condition, None)
+            .await?;
+        cache.fresh(&skey, r);
+        cache
+            .statuses
+            .insert(key.clone(), Entry { value: status, rev: r });
+        Ok(())
     }
 
     /// Writes (or, for `None`, deletes) slices of one set, all at once: the store
@@ -976,6 +1050,16 @@ fn mark(cache: &mut Cache, event: &Event, dirty: &mut Queue, lost: &mut BTreeSet
     }
 }
 
+/// How long a set waits before the `n`th retry in a row (`n` ≥ 1): 500 ms, doubling,
+/// at most a minute. New input (an event for the set) reconciles it at once all the same.
+fn retry_delay(n: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MOST: Duration = Duration::from_secs(60);
+    FIRST
+        .checked_mul(1u32 << n.saturating_sub(1).min(16))
+        .map_or(MOST, |d| d.min(MOST))
+}
+
 /// Writes `value` as JSON.
 pub async fn put_json<T: Serialize>(
     store: &dyn Store,
@@ -1000,6 +1084,18 @@ mod tests {
             version: 1,
             lease: None,
         }
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_to_a_cap() {
+        let ms: Vec<u128> = [1, 2, 3, 4, 7, 8, 9, 40, u32::MAX]
+            .into_iter()
+            .map(|n| retry_delay(n).as_millis())
+            .collect();
+        assert_eq!(
+            ms,
+            [500, 1000, 2000, 4000, 32_000, 60_000, 60_000, 60_000, 60_000]
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod audit;
 mod auth;
 mod controller;
 mod drain;
+mod counted;
 mod federation;
 mod fence;
 mod http;
@@ -29,6 +30,7 @@ pub mod leader;
 mod metrics;
 mod migration;
 mod redis;
+pub mod records;
 mod status;
 
 use std::net::SocketAddr;
@@ -161,6 +163,7 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
     let http_addr = http_listener.local_addr()?;
 
     let metrics = Arc::new(metrics::Metrics::new());
+    let store: Arc<dyn Store> = Arc::new(counted::Counted::new(store, metrics.clone()));
     let presence = Arc::new(agents::Presence::default());
     let (synced_tx, synced) = watch::channel(false);
     let identity = leader::identity(grpc_addr);

@@ -30,6 +30,10 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// Slices written (put or deleted) for members.
     pub slice_writes: Counter,
+    /// Writes (puts and deletes) this server made to the store.
+    pub store_writes: Counter,
+    /// Bytes (keys and values) of those writes.
+    pub store_write_bytes: Counter,
     /// Registered clusters by readiness: `ready`, `unknown`, `pending`.
     pub clusters: Family<Labels, Gauge>,
     /// 1 while this server leads (its federation controller runs), else 0.
@@ -51,6 +55,8 @@ impl Metrics {
             reconciles: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             slice_writes: Counter::default(),
+            store_writes: Counter::default(),
+            store_write_bytes: Counter::default(),
             clusters: Family::default(),
             leader: Gauge::default(),
             fenced_writes_refused: Counter::default(),
@@ -95,6 +101,16 @@ impl Metrics {
             "slice_writes",
             "Member slices written or deleted",
             m.slice_writes.clone(),
+        );
+        registry.register(
+            "store_writes",
+            "Writes (puts and deletes) this server made to the store",
+            m.store_writes.clone(),
+        );
+        registry.register(
+            "store_write_bytes",
+            "Bytes (keys and values) this server wrote to the store",
+            m.store_write_bytes.clone(),
         );
         registry.register(
             "clusters",

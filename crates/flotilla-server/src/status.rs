@@ -27,8 +27,8 @@ pub struct Inputs<'a> {
     pub reports: &'a BTreeMap<String, InstanceSetStatus>,
     /// Whether each cluster's heartbeat is current.
     pub alive: &'a dyn Fn(&str) -> bool,
-    /// The status before, to keep transition times of conditions that did not change.
-    pub previous: Option<&'a FederatedInstanceSetStatus>,
+    /// The conditions before, to keep transition times of those that did not change.
+    pub previous: Option<&'a [Condition]>,
     /// Now, RFC 3339.
     pub now: &'a str,
     /// A Redis set's primary, as the federation decided it.
@@ -256,7 +256,7 @@ pub fn aggregate(i: &Inputs<'_>) -> FederatedInstanceSetStatus {
     for c in &mut conditions {
         let before = i
             .previous
-            .and_then(|p| p.conditions.iter().find(|p| p.type_ == c.type_));
+            .and_then(|p| p.iter().find(|p| p.type_ == c.type_));
         c.last_transition_time = match before {
             Some(b) if b.status == c.status => b.last_transition_time.clone(),
             _ => Some(i.now.to_string()),
@@ -401,7 +401,7 @@ mod tests {
             slices: &slices,
             reports: &reports,
             alive: &|_| true,
-            previous: Some(&s),
+            previous: Some(&s.conditions),
             now: "2026-01-01T00:05:00Z",
             redis: None,
             migration: None,

@@ -151,6 +151,7 @@ async fn one_server_leads_and_the_lead_passes_on() {
                 kind: "fis".into(),
                 name: "s".into(),
                 namespace: String::new(),
+                ..Default::default()
             }))
             .await
             .unwrap()

@@ -117,6 +117,7 @@ async fn get_json(api: &mut FederationClient<Channel>, kind: &str, name: &str) -
                 kind: kind.into(),
                 name: name.into(),
                 namespace: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -721,6 +722,7 @@ async fn call(api: &mut FederationClient<Channel>, token: &str, c: Call) -> (Cod
                     }
                     .into(),
                     namespace: ns.into(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -989,6 +991,7 @@ async fn every_rpc_is_allowed_or_refused_by_the_tokens_scope_with_a_reason() {
                 kind: "fis".into(),
                 name: "pair".into(),
                 namespace: "team-a".into(),
+                ..Default::default()
             },
         ))
         .await

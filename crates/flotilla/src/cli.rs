@@ -582,6 +582,8 @@ pub struct PlanArgs {
 pub enum Output {
     /// A readable table.
     Table,
+    /// The table with every column in full (a set's CLUSTERS lists every cluster).
+    Wide,
     /// JSON, as `--previous` reads it.
     Json,
     /// The same document as YAML.

@@ -319,12 +319,42 @@ impl Conn {
             kind: kind.plural().into(),
             name: name.into(),
             namespace: namespace.into(),
+            ..Default::default()
         };
-        let object = match self.client.get(request).await {
+        let object = match self.client.get(request.clone()).await {
             Ok(response) => response.into_inner(),
             Err(status) => return Err(self.error(&status, None)),
         };
-        parse_object(&object.json)
+        let mut value = parse_object(&object.json)?;
+        // A set too big for one answer sends its instances in pages: fetch the rest.
+        let total = object.instances_total as usize;
+        if total > 0 {
+            let mut instances = value["status"]["instances"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            while instances.len() < total {
+                let page = GetRequest {
+                    instances_offset: instances.len() as u32,
+                    ..request.clone()
+                };
+                let object = match self.client.get(page).await {
+                    Ok(response) => response.into_inner(),
+                    Err(status) => return Err(self.error(&status, None)),
+                };
+                let more = parse_object(&object.json)?["status"]["instances"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                if more.is_empty() {
+                    // The set shrank while paging: what there is.
+                    break;
+                }
+                instances.extend(more);
+            }
+            value["status"]["instances"] = Value::Array(instances);
+        }
+        Ok(value)
     }
 
     async fn list(&mut self, kind: Kind, namespace: &str) -> Result<Vec<Value>, CliError> {
@@ -690,9 +720,15 @@ async fn clusters_to(args: &ClustersArgs, io: Io<'_>) -> Result<(), CliError> {
 
 /// The table of `kind` for `items`; the clusters table also counts the instances each
 /// cluster holds (from the sets' status; `-` when the sets cannot be listed).
-async fn table(conn: &mut Conn, kind: Kind, items: &[Value], show_namespace: bool) -> Table {
+async fn table(
+    conn: &mut Conn,
+    kind: Kind,
+    items: &[Value],
+    show_namespace: bool,
+    wide: bool,
+) -> Table {
     match kind {
-        Kind::FederatedInstanceSets => render::set_table(items, show_namespace, now()),
+        Kind::FederatedInstanceSets => render::set_table(items, show_namespace, wide, now()),
         Kind::InstanceSets => render::slice_table(items, show_namespace, now()),
         Kind::Clusters => {
             let sets = conn.list(Kind::FederatedInstanceSets, "").await.ok();
@@ -730,8 +766,9 @@ async fn show(mut conn: Conn, query: &Query<'_>, mut io: Io<'_>) -> Result<(), C
     };
     let mut widths = Vec::new();
     match query.output {
-        Output::Table => {
-            let table = table(&mut conn, kind, &items, query.show_namespace()).await;
+        Output::Table | Output::Wide => {
+            let wide = query.output == Output::Wide;
+            let table = table(&mut conn, kind, &items, query.show_namespace(), wide).await;
             if items.is_empty() {
                 let place = query
                     .namespace
@@ -794,8 +831,10 @@ async fn show(mut conn: Conn, query: &Query<'_>, mut io: Io<'_>) -> Result<(), C
             seen.insert(id, version);
         }
         match query.output {
-            Output::Table => {
-                let table = table(&mut conn, kind, &[object], query.show_namespace()).await;
+            Output::Table | Output::Wide => {
+                let wide = query.output == Output::Wide;
+                let table =
+                    table(&mut conn, kind, &[object], query.show_namespace(), wide).await;
                 let mut rows = table.render_rows(&widths);
                 if kind_of_event == EventType::Deleted {
                     rows = rows.trim_end().to_string() + "   (deleted)\n";
@@ -822,7 +861,7 @@ fn identity(object: &Value) -> String {
 
 fn print_object(io: &mut Io<'_>, output: Output, object: &Value) -> Result<(), CliError> {
     match output {
-        Output::Json | Output::Table => io.print(&to_json(object)?),
+        Output::Json | Output::Table | Output::Wide => io.print(&to_json(object)?),
         Output::Yaml => io.print(&format!("---\n{}", to_yaml(object)?)),
     }
 }

@@ -281,6 +281,7 @@ async fn print_primary(url: String, token: String) {
                 kind: "fis".into(),
                 name: "redis-a".into(),
                 namespace: "default".into(),
+                ..Default::default()
             }))
             .await;
         let primary = got.ok().and_then(|r| {

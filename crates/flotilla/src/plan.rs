@@ -38,7 +38,7 @@ pub fn render(plan: &Plan, output: Output) -> Result<String, CliError> {
             serde_json::to_string_pretty(plan).map_err(|e| CliError::Failed(e.into()))? + "\n"
         }
         Output::Yaml => serde_yaml::to_string(plan).map_err(|e| CliError::Failed(e.into()))?,
-        Output::Table => table(plan),
+        Output::Table | Output::Wide => table(plan),
     })
 }
 

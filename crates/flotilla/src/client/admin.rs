@@ -29,7 +29,7 @@ fn print_list(
     table: impl FnOnce(&[Value]) -> render::Table,
 ) -> Result<(), CliError> {
     match output {
-        Output::Table => io.print(&table(&items).render()),
+        Output::Table | Output::Wide => io.print(&table(&items).render()),
         output => print_object(
             io,
             output,

@@ -133,12 +133,29 @@ impl SetView {
             status.ready_replicas,
             self.replicas()
         );
-        if !status.clusters.is_empty() {
-            let per: Vec<String> = status
+        let per = |c: &&ClusterPlacementStatus| {
+            format!("{}: {}/{}", c.cluster, c.ready_replicas, c.ordinals.len())
+        };
+        if status.clusters.len() > CLUSTERS_SHOWN {
+            // Many clusters: the count, and the first of those not all ready.
+            let behind: Vec<&ClusterPlacementStatus> = status
                 .clusters
                 .iter()
-                .map(|c| format!("{}: {}/{}", c.cluster, c.ready_replicas, c.ordinals.len()))
+                .filter(|c| (c.ready_replicas as usize) < c.ordinals.len())
                 .collect();
+            let all = status.clusters.len();
+            let _ = write!(line, " ({}/{all} clusters ready", all - behind.len());
+            if !behind.is_empty() {
+                let first: Vec<String> = behind.iter().take(CLUSTERS_SHOWN).map(per).collect();
+                let more = behind.len().saturating_sub(CLUSTERS_SHOWN);
+                let _ = write!(line, "; {}", first.join(", "));
+                if more > 0 {
+                    let _ = write!(line, ", {more} more");
+                }
+            }
+            line.push(')');
+        } else if !status.clusters.is_empty() {
+            let per: Vec<String> = status.clusters.iter().map(|c| per(&c)).collect();
             let _ = write!(line, " ({})", per.join(", "));
         }
         if status.observed_generation.unwrap_or(0) < self.meta.generation.unwrap_or(0) {
@@ -360,7 +377,7 @@ fn ago(time: Option<&str>, now: i64) -> String {
 }
 
 /// The table of FederatedInstanceSets.
-pub fn set_table(items: &[Value], show_namespace: bool, now: i64) -> Table {
+pub fn set_table(items: &[Value], show_namespace: bool, wide: bool, now: i64) -> Table {
     let mut header = vec![
         "NAME",
         "REPLICAS",
@@ -382,7 +399,7 @@ pub fn set_table(items: &[Value], show_namespace: bool, now: i64) -> Table {
             v.replicas().to_string(),
             format!("{}/{}", status.ready_replicas, v.replicas()),
             status.unschedulable.to_string(),
-            placement_summary(&status.clusters),
+            placement_summary(&status.clusters, wide),
             v.phase().to_string(),
             ago(v.meta.creation_timestamp.as_deref(), now),
         ];
@@ -394,17 +411,24 @@ pub fn set_table(items: &[Value], show_namespace: bool, now: i64) -> Table {
     table
 }
 
-/// `a:3,b:3`: how many instances each cluster holds (`-` for none).
-fn placement_summary(clusters: &[ClusterPlacementStatus]) -> String {
+/// The most clusters the CLUSTERS column names (`-o wide`: all of them).
+const CLUSTERS_SHOWN: usize = 4;
+
+/// `a:3,b:3`: how many instances each cluster holds (`-` for none); past
+/// [`CLUSTERS_SHOWN`] clusters (unless `wide`), the first ones and how many more.
+fn placement_summary(clusters: &[ClusterPlacementStatus], wide: bool) -> String {
     let parts: Vec<String> = clusters
         .iter()
         .filter(|c| !c.ordinals.is_empty())
         .map(|c| format!("{}:{}", c.cluster, c.ordinals.len()))
         .collect();
-    if parts.is_empty() {
-        "-".into()
-    } else {
-        parts.join(",")
+    match parts.len() {
+        0 => "-".into(),
+        n if wide || n <= CLUSTERS_SHOWN => parts.join(","),
+        n => format!(
+            "{},… ({n} clusters)",
+            parts[..CLUSTERS_SHOWN - 1].join(",")
+        ),
     }
 }
 
@@ -886,6 +910,37 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_set_over_many_clusters_is_summarised_unless_wide() {
+        let clusters: Vec<ClusterPlacementStatus> = (0..100)
+            .map(|i| ClusterPlacementStatus {
+                cluster: format!("m{i:02}"),
+                ordinals: vec![i; 3],
+                ready_replicas: if i % 10 == 0 { 1 } else { 3 },
+            })
+            .collect();
+        assert_eq!(
+            placement_summary(&clusters, false),
+            "m00:3,m01:3,m02:3,… (100 clusters)"
+        );
+        assert_eq!(placement_summary(&clusters, true).split(',').count(), 100);
+        let mut v = set_value_for_progress(&clusters);
+        v.meta.name = "big".into();
+        assert_eq!(
+            v.progress(),
+            "big: 280/300 ready (90/100 clusters ready; m00: 1/3, m10: 1/3, m20: 1/3, m30: 1/3, 6 more)"
+        );
+    }
+
+    fn set_value_for_progress(clusters: &[ClusterPlacementStatus]) -> SetView {
+        SetView::of(&json!({
+            "metadata": {"name": "big", "generation": 1},
+            "spec": {"replicas": 300},
+            "status": {"observedGeneration": 1, "replicas": 300, "readyReplicas": 280,
+                       "clusters": clusters},
+        }))
+    }
+
     const NOW: i64 = 1_714_564_800; // 2024-05-01T12:00:00Z
 
     fn set(status: Value) -> Value {
@@ -964,7 +1019,7 @@ mod tests {
 
     #[test]
     fn set_table_shows_counts_placement_and_status() {
-        let t = set_table(&[set(converging()), set(Value::Null)], true, NOW);
+        let t = set_table(&[set(converging()), set(Value::Null)], true, false, NOW);
         assert_eq!(
             t.render(),
             "NAMESPACE   NAME          REPLICAS   READY   UNSCHEDULABLE   CLUSTERS   STATUS        AGE\n\

@@ -80,6 +80,7 @@ impl Fake {
 fn object(value: &Value) -> Object {
     Object {
         json: value.to_string(),
+        instances_total: 0,
     }
 }
 
@@ -768,6 +769,7 @@ async fn live_plan_prints_what_the_offline_plan_prints() {
     for output in [Output::Table, Output::Json, Output::Yaml] {
         let format = match output {
             Output::Table => "table",
+            Output::Wide => "wide",
             Output::Json => "json",
             Output::Yaml => "yaml",
         };
