@@ -67,14 +67,7 @@ fn main() -> Result<()> {
             )
         }
         "bench" if rest.first().is_some_and(|a| a == "fleet") => cargo(
-            &[
-                "bench",
-                "--package",
-                "flotilla",
-                "--bench",
-                "fleet",
-                "--",
-            ],
+            &["bench", "--package", "flotilla", "--bench", "fleet", "--"],
             &rest[1..],
         ),
         "bench" if rest.first().is_some_and(|a| a == "proxy") => cargo(

@@ -44,12 +44,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::agents::Presence;
-use crate::records::StatusRecord;
 use crate::audit::{self, Trail};
 use crate::auth::{self, Principal, Verb, decide};
 use crate::federation::{self, Member};
 use crate::keys::{self, Key};
 use crate::metrics::Metrics;
+use crate::records::StatusRecord;
 use crate::store_status;
 
 mod tokens;
@@ -620,7 +620,10 @@ impl Api {
     ) -> Result<String, Status> {
         let mut set: FederatedInstanceSet = decode_json(&kv)?;
         set.metadata.resource_version = Some(kv.mod_revision.to_string());
-        let record = status.as_ref().map(decode_json::<StatusRecord>).transpose()?;
+        let record = status
+            .as_ref()
+            .map(decode_json::<StatusRecord>)
+            .transpose()?;
         set.status = match record {
             None => None,
             Some(r) if r.replicas > INLINE_INSTANCES => Some(r.expand(&BTreeMap::new(), false)),
@@ -641,7 +644,10 @@ impl Api {
         else {
             return Ok(None);
         };
-        let record = status.as_ref().map(decode_json::<StatusRecord>).transpose()?;
+        let record = status
+            .as_ref()
+            .map(decode_json::<StatusRecord>)
+            .transpose()?;
         let Some(record) = record.filter(|r| r.replicas > INLINE_INSTANCES) else {
             return Ok(Some(wire(self.set_json(id, kv, status).await?)));
         };
@@ -917,9 +923,10 @@ impl Api {
             .await
             .map_err(store_status)?
         {
-            Some(kv) => Some(crate::records::decode_plan(&kv.value).map_err(|e| {
-                Status::internal(format!("unreadable record {}: {e}", kv.key))
-            })?),
+            Some(kv) => Some(
+                crate::records::decode_plan(&kv.value)
+                    .map_err(|e| Status::internal(format!("unreadable record {}: {e}", kv.key)))?,
+            ),
             None => None,
         };
         let inventory = Inventory::new(&valid_clusters);

@@ -796,10 +796,10 @@ impl Controller {
             // The companion sentinel set names the primary.
             if set.spec.sentinel_for.is_none()
                 && set
-                .spec
-                .redis
-                .as_ref()
-                .is_some_and(|r| r.sentinel.is_some())
+                    .spec
+                    .redis
+                    .as_ref()
+                    .is_some_and(|r| r.sentinel.is_some())
                 && before.and_then(|b| b.value.primary.as_ref()) != status.primary.as_ref()
             {
                 cache.followups.insert(keys::set_key(
@@ -856,9 +856,13 @@ impl Controller {
             .put(&skey, Bytes::from(status.encode()?), condition, None)
             .await?;
         cache.fresh(&skey, r);
-        cache
-            .statuses
-            .insert(key.clone(), Entry { value: status, rev: r });
+        cache.statuses.insert(
+            key.clone(),
+            Entry {
+                value: status,
+                rev: r,
+            },
+        );
         Ok(())
     }
 
@@ -1094,7 +1098,9 @@ mod tests {
             .collect();
         assert_eq!(
             ms,
-            [500, 1000, 2000, 4000, 32_000, 60_000, 60_000, 60_000, 60_000]
+            [
+                500, 1000, 2000, 4000, 32_000, 60_000, 60_000, 60_000, 60_000
+            ]
         );
     }
 

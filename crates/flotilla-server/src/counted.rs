@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla_store::{
-    Committed, Condition, KeyValue, Lease, LeaseId, Listing, Result, Revision, Store, Txn,
-    TxnOp, WatchStream,
+    Committed, Condition, KeyValue, Lease, LeaseId, Listing, Result, Revision, Store, Txn, TxnOp,
+    WatchStream,
 };
 
 use crate::metrics::Metrics;

@@ -306,7 +306,10 @@ impl StatusRecord {
 
     /// The clusters whose reports a page needs.
     pub fn page_clusters(&self, offset: usize, limit: usize) -> BTreeSet<&str> {
-        self.page(offset, limit).into_iter().map(|(_, c)| c).collect()
+        self.page(offset, limit)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect()
     }
 
     /// The placed instances from the `offset`th, at most `limit`: (ordinal, cluster).
@@ -389,7 +392,12 @@ mod tests {
         let large = encode_plan(&plan(1_000_000, 100)).unwrap();
         assert_eq!(decode_plan(&large).unwrap(), plan(1_000_000, 100));
         // Only the digits of the bigger numbers differ.
-        assert!(large.len() < small.len() * 2, "{} vs {}", large.len(), small.len());
+        assert!(
+            large.len() < small.len() * 2,
+            "{} vs {}",
+            large.len(),
+            small.len()
+        );
     }
 
     #[test]
@@ -416,8 +424,10 @@ mod tests {
         let e = encode_plan(&p).unwrap_err();
         assert!(e.size > RECORD_LIMIT);
         assert!(
-            e.to_string()
-                .contains(&format!("placement of {} bytes exceeds the limit of {RECORD_LIMIT}", e.size)),
+            e.to_string().contains(&format!(
+                "placement of {} bytes exceeds the limit of {RECORD_LIMIT}",
+                e.size
+            )),
             "{e}"
         );
     }

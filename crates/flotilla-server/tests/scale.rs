@@ -182,7 +182,10 @@ async fn a_set_of_20000_instances_converges_on_etcd_and_no_set_record_grows_with
             .into_inner();
         assert_eq!(object.instances_total, REPLICAS);
         let v: Value = serde_json::from_str(&object.json).unwrap();
-        let page = v["status"]["instances"].as_array().cloned().unwrap_or_default();
+        let page = v["status"]["instances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if page.is_empty() {
             break;
         }

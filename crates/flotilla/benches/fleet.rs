@@ -218,11 +218,7 @@ async fn until(
     done: impl Fn(&Value) -> bool,
 ) -> Value {
     loop {
-        let event = stream
-            .message()
-            .await
-            .expect("watch")
-            .expect("watch ended");
+        let event = stream.message().await.expect("watch").expect("watch ended");
         let Some(object) = event.object else { continue };
         let v: Value = serde_json::from_str(&object.json).unwrap();
         if done(&v) {
@@ -236,9 +232,10 @@ fn ready(n: u32) -> impl Fn(&Value) -> bool {
         let s = &v["status"];
         s["readyReplicas"].as_u64() == Some(u64::from(n))
             && s["observedGeneration"] == v["metadata"]["generation"]
-            && s["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Available" && c["status"] == "True"))
+            && s["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Available" && c["status"] == "True")
+            })
     }
 }
 
@@ -253,7 +250,11 @@ struct Run {
 async fn run(store_args: &[String], replicas: u32, members: usize) -> Run {
     let server = Server::start(store_args);
     let mut api = loop {
-        if let Ok(c) = Channel::from_shared(server.grpc.clone()).unwrap().connect().await {
+        if let Ok(c) = Channel::from_shared(server.grpc.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
             break FederationClient::new(c).max_decoding_message_size(64 << 20);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -833,8 +833,7 @@ async fn show(mut conn: Conn, query: &Query<'_>, mut io: Io<'_>) -> Result<(), C
         match query.output {
             Output::Table | Output::Wide => {
                 let wide = query.output == Output::Wide;
-                let table =
-                    table(&mut conn, kind, &[object], query.show_namespace(), wide).await;
+                let table = table(&mut conn, kind, &[object], query.show_namespace(), wide).await;
                 let mut rows = table.render_rows(&widths);
                 if kind_of_event == EventType::Deleted {
                     rows = rows.trim_end().to_string() + "   (deleted)\n";

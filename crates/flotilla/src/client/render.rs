@@ -425,10 +425,7 @@ fn placement_summary(clusters: &[ClusterPlacementStatus], wide: bool) -> String 
     match parts.len() {
         0 => "-".into(),
         n if wide || n <= CLUSTERS_SHOWN => parts.join(","),
-        n => format!(
-            "{},… ({n} clusters)",
-            parts[..CLUSTERS_SHOWN - 1].join(",")
-        ),
+        n => format!("{},… ({n} clusters)", parts[..CLUSTERS_SHOWN - 1].join(",")),
     }
 }
 
