@@ -570,7 +570,10 @@ fn ordinals_still_running_elsewhere_are_not_given_out_again() {
     use std::collections::BTreeSet;
     let cs = clusters(&[cluster("a", 10, 8), cluster("b", 10, 8)]);
     let p = check(&set(3, "weights: {static: {a: 1}}"), &cs, None, "a=0-2");
-    let moved = set(3, "weights: {static: {a: 1, b: 1}}, perCluster: {a: {max: 0}}");
+    let moved = set(
+        3,
+        "weights: {static: {a: 1, b: 1}}, perCluster: {a: {max: 0}}",
+    );
     // Without busy ordinals the move reuses 0-2 (each waits for its old member).
     check(&moved, &cs, Some(&p), "b=0-2");
     // With a's instances still running, b gets new ordinals; they stay once a's go.
