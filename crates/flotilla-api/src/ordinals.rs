@@ -189,6 +189,32 @@ impl OrdinalSpace {
         self.ranges.iter().any(|&(s, e)| s <= o && o <= e)
     }
 
+    /// True when every ordinal from `start` to `end` (inclusive) may run.
+    pub fn contains_span(&self, start: u32, end: u32) -> bool {
+        let first_offline = self.offline.partition_point(|&o| o < start);
+        self.offline.get(first_offline).is_none_or(|&o| o > end)
+            && self.ranges.iter().any(|&(s, e)| s <= start && end <= e)
+    }
+
+    /// The usable ordinals as maximal inclusive ranges, ascending (the ranges with
+    /// the offline ordinals cut out).
+    pub fn runs(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.ranges.iter().flat_map(move |&(s, e)| {
+            let from = self.offline.partition_point(|&o| o < s);
+            let to = self.offline.partition_point(|&o| o <= e);
+            let cuts = &self.offline[from..to];
+            // Between consecutive cuts (and the range's ends), what is left.
+            let starts = std::iter::once(s).chain(cuts.iter().map(|&o| o + 1));
+            let ends = cuts
+                .iter()
+                .map(|&o| o.checked_sub(1))
+                .chain(std::iter::once(Some(e)));
+            starts
+                .zip(ends)
+                .filter_map(|(a, b)| b.filter(|&b| a <= b).map(|b| (a, b)))
+        })
+    }
+
     /// The usable ordinals, ascending.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.ranges
@@ -232,6 +258,46 @@ mod tests {
         );
         assert_eq!(space.len(), 8);
         assert!(space.contains(500) && !space.contains(3) && !space.contains(8));
+    }
+
+    #[test]
+    fn runs_and_spans_agree_with_the_ordinals() {
+        let o = Ordinals {
+            ranges: vec![
+                OrdinalRange { start: 0, end: 4 },
+                OrdinalRange { start: 3, end: 9 },
+                OrdinalRange { start: 20, end: 22 },
+            ],
+            discrete: vec![500, 7],
+        };
+        for offline in [
+            vec![],
+            vec![0],
+            vec![3, 4, 9],
+            vec![21, 22, 500, 1000],
+            vec![20, 22],
+        ] {
+            let space = OrdinalSpace::new(Some(&o), &offline);
+            let all: Vec<u32> = space.iter().collect();
+            assert_eq!(
+                space.runs().collect::<Vec<_>>(),
+                runs(&all),
+                "offline {offline:?}"
+            );
+            for a in 0..25 {
+                for b in a..25 {
+                    let every = (a..=b).all(|x| space.contains(x));
+                    assert_eq!(
+                        space.contains_span(a, b),
+                        every,
+                        "{a}-{b}, offline {offline:?}"
+                    );
+                }
+            }
+        }
+        let space = OrdinalSpace::new(None, &[0, MAX_ORDINAL]);
+        assert_eq!(space.runs().collect::<Vec<_>>(), vec![(1, MAX_ORDINAL - 1)]);
+        assert!(space.contains_span(1, MAX_ORDINAL - 1) && !space.contains_span(0, 5));
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //! summed over groups. Exact integer arithmetic throughout (see
 //! [`flotilla_api::quantity`]).
 
-use flotilla_api::CapacityModel;
 use flotilla_api::quantity::{self, Amount};
 use flotilla_api::resources::{PODS, Requests};
+use flotilla_api::{CapacityModel, NodeGroup};
 
 /// Room reported for a cluster without a capacity model or without any limit; also the
 /// ceiling of every estimate, which keeps the division's arithmetic exact in `u128`.
@@ -38,16 +38,20 @@ pub struct CapacityIndex {
 impl CapacityIndex {
     /// Parses a capacity model (validated: a quantity that does not parse counts as 0).
     pub fn new(model: &CapacityModel) -> CapacityIndex {
+        CapacityIndex::from_groups(&model.node_groups)
+    }
+
+    /// Parses some node groups of a capacity model.
+    pub fn from_groups(node_groups: &[NodeGroup]) -> CapacityIndex {
         let mut resources: Vec<String> = Vec::new();
-        for g in &model.node_groups {
+        for g in node_groups {
             for name in g.free.keys() {
                 if let Err(at) = resources.binary_search(name) {
                     resources.insert(at, name.clone());
                 }
             }
         }
-        let groups = model
-            .node_groups
+        let groups = node_groups
             .iter()
             .map(|g| {
                 let mut free = vec![None; resources.len()];
@@ -62,68 +66,154 @@ impl CapacityIndex {
         CapacityIndex { resources, groups }
     }
 
+    /// How many node groups it holds.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// True when it holds no node group.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// The index of its first `n` node groups, as [`CapacityIndex::from_groups`] would
+    /// build it from them (resources no remaining group reports are dropped).
+    pub fn prefix(&self, n: usize) -> CapacityIndex {
+        let groups = &self.groups[..n.min(self.groups.len())];
+        let keep: Vec<usize> = (0..self.resources.len())
+            .filter(|&c| groups.iter().any(|(_, free)| free[c].is_some()))
+            .collect();
+        CapacityIndex {
+            resources: keep.iter().map(|&c| self.resources[c].clone()).collect(),
+            groups: groups
+                .iter()
+                .map(|(count, free)| (*count, keep.iter().map(|&c| free[c]).collect()))
+                .collect(),
+        }
+    }
+
     /// Room for instances requesting `requests` (each also takes one `pods` slot where
     /// a group reports `pods`), at most `max_per_node` per node.
     pub fn estimate(&self, requests: &Requests, max_per_node: Option<u32>) -> Estimate {
+        let template = Template {
+            requests: requests.clone(),
+            max_per_node,
+        };
+        self.room(&template).estimate(&template)
+    }
+
+    /// Room for `template` in these node groups, in a form that adds up across groups.
+    pub(crate) fn room(&self, template: &Template) -> Room {
+        let wants = self.wants(template);
+        let mut instances: u128 = 0;
+        for (count, free) in &self.groups {
+            let mut per_node = wants.iter().map(|w| w.fit(free)).min().unwrap_or(u128::MAX);
+            if let Some(cap) = template.max_per_node {
+                per_node = per_node.min(u128::from(cap));
+            }
+            instances = instances.saturating_add(per_node.saturating_mul(u128::from(*count)));
+        }
+        // Only an estimate of nothing names what is short, so only then count it.
+        let short = (instances == 0).then(|| {
+            wants
+                .iter()
+                .map(|w| {
+                    self.groups
+                        .iter()
+                        .filter(|(_, free)| w.fit(free) == 0)
+                        .map(|(c, _)| u64::from(*c))
+                        .sum()
+                })
+                .collect()
+        });
+        Room { instances, short }
+    }
+
+    /// What `template` needs, in [`Template::wants`] order, located in this index.
+    fn wants(&self, template: &Template) -> Vec<Want> {
         let index = |name: &str| {
             self.resources
                 .binary_search_by(|r| r.as_str().cmp(name))
                 .ok()
         };
-        let wants: Vec<Want<'_>> = requests
-            .iter()
-            .map(|(name, &need)| Want {
-                name,
+        template
+            .wants()
+            .map(|(name, need, absent_unlimited)| Want {
                 column: index(name),
                 need,
-                absent_unlimited: false,
+                absent_unlimited,
             })
-            .chain(index(PODS).map(|c| Want {
-                name: PODS,
-                column: Some(c),
-                need: Amount::units(1),
-                absent_unlimited: true,
-            }))
-            .collect();
-        let mut total: u128 = 0;
-        for (count, free) in &self.groups {
-            let mut per_node = wants.iter().map(|w| w.fit(free)).min().unwrap_or(u128::MAX);
-            if let Some(cap) = max_per_node {
-                per_node = per_node.min(u128::from(cap));
+            .collect()
+    }
+}
+
+/// What an instance asks of a node: the key under which estimates are remembered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Template {
+    pub(crate) requests: Requests,
+    pub(crate) max_per_node: Option<u32>,
+}
+
+impl Template {
+    /// Every resource an instance needs: its requests, then one `pods` slot (a group
+    /// that does not report `pods` has no limit on it), with whether an absent column
+    /// is unlimited.
+    fn wants(&self) -> impl Iterator<Item = (&str, Amount, bool)> {
+        self.requests
+            .iter()
+            .map(|(name, &need)| (name.as_str(), need, false))
+            .chain(std::iter::once((PODS, Amount::units(1), true)))
+    }
+}
+
+/// A template's room in some node groups. Rooms add up: the room in two lists of
+/// groups is the room in both together, so a digest of a model's groups can be reused
+/// when more groups are added to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Room {
+    /// Instances that fit (saturating).
+    instances: u128,
+    /// Only when nothing fits: per [`Template::wants`], the nodes short of it.
+    short: Option<Vec<u64>>,
+}
+
+impl Room {
+    /// The room in both.
+    pub(crate) fn add(self, other: Room) -> Room {
+        let instances = self.instances.saturating_add(other.instances);
+        let short = match (self.short, other.short) {
+            (Some(a), Some(b)) if instances == 0 => {
+                Some(a.iter().zip(&b).map(|(x, y)| x + y).collect())
             }
-            total = total.saturating_add(per_node.saturating_mul(u128::from(*count)));
-        }
-        let instances = u32::try_from(total).unwrap_or(UNLIMITED);
-        if instances > 0 {
+            _ => None,
+        };
+        Room { instances, short }
+    }
+
+    /// The estimate for `template` (the template this room was computed for).
+    pub(crate) fn estimate(&self, template: &Template) -> Estimate {
+        let instances = u32::try_from(self.instances).unwrap_or(UNLIMITED);
+        let Some(short) = self.short.as_ref().filter(|_| instances == 0) else {
             return Estimate {
                 instances,
                 short_of: None,
             };
-        }
+        };
         // Nothing fits: name the resource most nodes are short of (ties by name).
-        let short = wants
-            .iter()
-            .map(|w| {
-                let nodes: u64 = self
-                    .groups
-                    .iter()
-                    .filter(|(_, free)| w.fit(free) == 0)
-                    .map(|(c, _)| u64::from(*c))
-                    .sum();
-                (nodes, w)
-            })
-            .filter(|(nodes, _)| *nodes > 0)
-            .min_by(|a, b| b.0.cmp(&a.0).then(a.1.name.cmp(b.1.name)));
+        let worst = template
+            .wants()
+            .zip(short)
+            .filter(|(_, nodes)| **nodes > 0)
+            .min_by(|a, b| b.1.cmp(a.1).then(a.0.0.cmp(b.0.0)));
         Estimate {
             instances,
-            short_of: short.map(|(_, w)| (w.name.to_string(), w.need)),
+            short_of: worst.map(|((name, need, _), _)| (name.to_string(), need)),
         }
     }
 }
 
 /// One resource an instance needs, located in a [`CapacityIndex`].
-struct Want<'a> {
-    name: &'a str,
+struct Want {
     /// Its column in the index; `None` when no group reports it.
     column: Option<usize>,
     need: Amount,
@@ -131,7 +221,7 @@ struct Want<'a> {
     absent_unlimited: bool,
 }
 
-impl Want<'_> {
+impl Want {
     /// How many instances one node with `free` can take, as far as this resource goes.
     fn fit(&self, free: &[Option<Amount>]) -> u128 {
         match self.column.and_then(|c| free[c]) {

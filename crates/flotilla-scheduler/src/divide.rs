@@ -72,16 +72,30 @@ pub fn divide(total: u32, slots: &[Slot]) -> Vec<u32> {
     out
 }
 
-/// A non-negative fraction `num / den` with `den > 0`.
+/// A non-negative fraction `num / den` with `den > 0` (both a bound or a weight, so
+/// every product of two fits in `u128` as one widening multiplication).
 #[derive(Clone, Copy, Debug)]
 struct Frac {
-    num: u128,
-    den: u128,
+    num: u64,
+    den: u64,
 }
 
 impl Frac {
     fn cmp(self, other: Frac) -> Ordering {
-        (self.num * other.den).cmp(&(other.num * self.den))
+        mul(self.num, other.den).cmp(&mul(other.num, self.den))
+    }
+}
+
+/// `a · b`, exact.
+fn mul(a: u64, b: u64) -> u128 {
+    u128::from(a) * u128::from(b)
+}
+
+/// `(a / b, a % b)`, in 64 bits when the operands fit (a 128-bit division is slow).
+fn div_rem(a: u128, b: u128) -> (u128, u128) {
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) => (u128::from(a / b), u128::from(a % b)),
+        _ => (a / b, a % b),
     }
 }
 
@@ -94,29 +108,28 @@ fn fill(slots: &[(usize, Slot)], left: u64, out: &mut [u32]) {
         let sum: u128 = slots
             .iter()
             .map(|(_, s)| {
-                (b.num * u128::from(s.weight))
-                    .clamp(u128::from(s.lo) * b.den, u128::from(s.hi) * b.den)
+                mul(b.num, s.weight).clamp(mul(u64::from(s.lo), b.den), mul(u64::from(s.hi), b.den))
             })
             .sum();
-        sum <= target * b.den
+        sum <= target * u128::from(b.den)
     };
     let mut breaks: Vec<Frac> = slots
         .iter()
         .flat_map(|(_, s)| {
-            let w = u128::from(s.weight);
             [
                 Frac {
-                    num: u128::from(s.lo),
-                    den: w,
+                    num: u64::from(s.lo),
+                    den: s.weight,
                 },
                 Frac {
-                    num: u128::from(s.hi),
-                    den: w,
+                    num: u64::from(s.hi),
+                    den: s.weight,
                 },
             ]
         })
         .collect();
-    breaks.sort_by(|a, b| a.cmp(*b));
+    // Equal breakpoints are merged below, so their order does not matter.
+    breaks.sort_unstable_by(|a, b| a.cmp(*b));
     breaks.dedup_by(|a, b| a.cmp(*b) == Ordering::Equal);
     // f is non-decreasing, f(first) = Σlo ≤ target < Σhi = f(last): find the last
     // breakpoint at or below the target; λ lies between it and the next one.
@@ -126,10 +139,10 @@ fn fill(slots: &[(usize, Slot)], left: u64, out: &mut [u32]) {
     let mut free: Vec<(usize, u128)> = Vec::new();
     for &(i, s) in slots {
         let w = u128::from(s.weight);
-        if u128::from(s.hi) * b.den <= b.num * w {
+        if mul(u64::from(s.hi), b.den) <= mul(b.num, s.weight) {
             out[i] = s.hi;
             fixed += u128::from(s.hi);
-        } else if u128::from(s.lo) * b.den > b.num * w {
+        } else if mul(u64::from(s.lo), b.den) > mul(b.num, s.weight) {
             out[i] = s.lo;
             fixed += u128::from(s.lo);
         } else {
@@ -142,12 +155,13 @@ fn fill(slots: &[(usize, Slot)], left: u64, out: &mut [u32]) {
     let mut given: u128 = 0;
     let mut remainders: Vec<(u128, usize)> = Vec::with_capacity(free.len());
     for &(i, w) in &free {
-        let share = num * w / den;
+        let (share, remainder) = div_rem(num * w, den);
         out[i] = share as u32;
         given += share;
-        remainders.push(((num * w) % den, i));
+        remainders.push((remainder, i));
     }
-    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    // Slot indices are distinct: the order is total.
+    remainders.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     for &(_, i) in remainders.iter().take((num - given) as usize) {
         out[i] += 1;
     }

@@ -6,10 +6,14 @@
 //! - [`capacity`]: a cluster's room for one template, from its bucketed capacity model.
 //! - [`divide`]: weighted division within per-cluster bounds, exact, largest remainder.
 //! - [`plan()`]: eligibility, stickiness, policy, selection, ordinals, reasons.
+//! - [`CapacityCache`]: capacity digests (and the room estimated on them) kept between
+//!   inventories, rebuilt only for clusters whose capacity model changed.
 
 pub mod capacity;
+mod digest;
 pub mod divide;
 mod plan;
 
 pub use capacity::UNLIMITED;
+pub use digest::CapacityCache;
 pub use plan::{ClusterPlan, Inventory, Plan, plan};

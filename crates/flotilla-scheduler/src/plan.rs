@@ -26,7 +26,10 @@ use flotilla_api::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::capacity::{CapacityIndex, Estimate, UNLIMITED};
+use std::sync::{Arc, Mutex};
+
+use crate::capacity::{CapacityIndex, Estimate, Template, UNLIMITED};
+use crate::digest::{Capacity, Digest};
 use crate::divide::{Slot, divide};
 
 /// The scheduler's answer; also what `--previous` reads back.
@@ -88,7 +91,7 @@ struct Member<'a> {
     min: u32,
     /// `min(perCluster.max, maxSharePerCluster)`, and which of them binds.
     policy_max: u32,
-    policy_max_why: String,
+    policy_max_why: MaxWhy,
     /// Previous ordinals it keeps (eligible clusters), ascending.
     kept: Vec<u32>,
     /// Previous ordinals left on it although it is not eligible (failover `Keep`).
@@ -119,32 +122,108 @@ impl Member<'_> {
     }
 }
 
+/// Which limit sets a member's `policy_max` (said only when instances exceed it).
+#[derive(Debug)]
+enum MaxWhy {
+    None,
+    PerCluster(u32),
+    Share { share: u32, replicas: u32, cap: u32 },
+}
+
+impl MaxWhy {
+    /// What sets the limit of cluster `name`.
+    fn describe(&self, name: &str) -> String {
+        match self {
+            MaxWhy::None => String::new(),
+            MaxWhy::PerCluster(max) => format!("placement.perCluster.{name}.max {max}"),
+            MaxWhy::Share {
+                share,
+                replicas,
+                cap,
+            } => format!("placement.maxSharePerCluster {share}% of {replicas} replicas is {cap}"),
+        }
+    }
+}
+
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 /// The clusters plans are made against, digested once: in name order, capacity
-/// models parsed. Build one when the cluster list changes and plan every set against it.
+/// models parsed, and every template's room estimated once (planning a set again
+/// estimates nothing). Build one when the cluster list changes and plan every set
+/// against it; a [`crate::CapacityCache`] builds them reusing the digests of clusters
+/// whose capacity did not change.
 #[derive(Debug)]
 pub struct Inventory<'a> {
-    clusters: Vec<(&'a Valid<Cluster>, Option<CapacityIndex>)>,
+    clusters: Vec<(&'a Valid<Cluster>, Option<Capacity>)>,
+    /// Every cluster's estimate, by template (most recently used last, bounded).
+    estimates: Mutex<Vec<(Template, Arc<[Estimate]>)>>,
 }
+
+/// How many templates' estimates an inventory remembers.
+const ESTIMATES: usize = 8;
 
 impl<'a> Inventory<'a> {
     /// Digests `clusters` (validated, so names are unique).
     pub fn new(clusters: &'a [Valid<Cluster>]) -> Inventory<'a> {
-        let mut list: Vec<_> = clusters
+        Inventory::from_digests(
+            clusters
+                .iter()
+                .map(|c| {
+                    let capacity = c.status.as_ref().and_then(|s| s.capacity.as_ref());
+                    let capacity = capacity.map(|m| Capacity {
+                        base: Arc::new(Digest::new(CapacityIndex::new(m))),
+                        extra: None,
+                    });
+                    (c, capacity)
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn from_digests(
+        mut list: Vec<(&'a Valid<Cluster>, Option<Capacity>)>,
+    ) -> Inventory<'a> {
+        list.sort_by(|a, b| a.0.name().cmp(b.0.name()));
+        Inventory {
+            clusters: list,
+            estimates: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every cluster's room for `template`, in cluster order, estimated once.
+    fn estimates(&self, template: &Template) -> Arc<[Estimate]> {
+        // A poisoned lock only means a panic elsewhere: the entries are still whole.
+        let mut memo = self.estimates.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = memo.iter().rposition(|(t, _)| t == template) {
+            let hit = memo.remove(at);
+            let estimates = hit.1.clone();
+            memo.push(hit);
+            return estimates;
+        }
+        let estimates: Arc<[Estimate]> = self
+            .clusters
             .iter()
-            .map(|c| {
-                (
-                    c,
-                    c.status
-                        .as_ref()
-                        .and_then(|s| s.capacity.as_ref())
-                        .map(CapacityIndex::new),
-                )
+            .map(|(_, capacity)| match capacity {
+                Some(c) => c.estimate(template),
+                None => Estimate {
+                    instances: UNLIMITED,
+                    short_of: None,
+                },
             })
             .collect();
-        list.sort_by(|a, b| a.0.name().cmp(b.0.name()));
-        Inventory { clusters: list }
+        if memo.len() == ESTIMATES {
+            memo.remove(0);
+        }
+        memo.push((template.clone(), estimates.clone()));
+        estimates
+    }
+
+    #[cfg(test)]
+    pub(crate) fn capacity_of(&self, name: &str) -> Option<&Capacity> {
+        self.clusters
+            .iter()
+            .find(|(c, _)| c.name() == name)
+            .and_then(|(_, capacity)| capacity.as_ref())
     }
 
     /// Places `set` on these clusters, sticking to `previous` where it can; see [`plan`].
@@ -198,23 +277,35 @@ fn plan_on(
     };
     let space = OrdinalSpace::new(spec.ordinals.as_ref(), &spec.offline_ordinals);
     let mut notes = Vec::new();
+    let template = Template {
+        requests,
+        max_per_node: p.max_instances_per_node,
+    };
 
+    let estimates = inventory.estimates(&template);
     let mut members: Vec<Member<'_>> = inventory
         .clusters
         .iter()
-        .map(|(c, index)| member(c, index.as_ref(), p, replicas, &requests))
+        .zip(estimates.iter())
+        .map(|((c, _), estimate)| member(c, estimate.clone(), p, replicas))
         .collect();
     note_unknown_names(p, &members, &mut notes);
     // Ineligible clusters that held instances are explained with those instances.
-    let held: BTreeSet<&str> = previous
-        .into_iter()
-        .flat_map(|prev| &prev.placement)
-        .filter(|c| !c.ordinals.is_empty())
-        .map(|c| c.cluster.as_str())
-        .collect();
-    for m in members
+    let mut held = vec![false; members.len()];
+    for (ci, c) in previous
         .iter()
-        .filter(|m| !held.contains(m.name) || m.eligible())
+        .flat_map(|prev| prev.placement.iter().enumerate())
+    {
+        if !c.ordinals.is_empty()
+            && let Some(i) = find(&members, &c.cluster, ci)
+        {
+            held[i] = true;
+        }
+    }
+    for (m, _) in members
+        .iter()
+        .zip(&held)
+        .filter(|(m, held)| !**held || m.eligible())
     {
         note_eligibility(m, &mut notes);
     }
@@ -249,19 +340,7 @@ fn plan_on(
         unmet_minimums(p, replicas, &members, &mut notes);
     }
 
-    let placement: Vec<ClusterPlan> = members
-        .iter()
-        .map(|m| {
-            let mut ordinals: Vec<u32> = m.kept.iter().chain(&m.stuck).copied().collect();
-            ordinals.sort_unstable();
-            ClusterPlan {
-                cluster: m.name.to_string(),
-                capacity: m.estimate.instances,
-                ordinals,
-            }
-        })
-        .collect();
-    let placed: u32 = placement.iter().map(|c| c.ordinals.len() as u32).sum();
+    let placed: u32 = members.iter().map(Member::current).sum();
     let unschedulable = replicas.saturating_sub(placed);
     if unschedulable > 0 {
         let room: u64 = members
@@ -273,6 +352,28 @@ fn plan_on(
             "{unschedulable} of {replicas} instances could not be placed; eligible clusters have room for {room} in all under this placement"
         ));
     }
+    let placement: Vec<ClusterPlan> = members
+        .into_iter()
+        .map(|m| {
+            // Both are ascending, and only one of them is ever non-empty.
+            let ordinals = if m.stuck.is_empty() {
+                m.kept
+            } else if m.kept.is_empty() {
+                m.stuck
+            } else {
+                let mut all = m.kept;
+                all.extend(m.stuck);
+                all.sort_unstable();
+                all
+            };
+            debug_assert!(ordinals.is_sorted());
+            ClusterPlan {
+                cluster: m.name.to_string(),
+                capacity: m.estimate.instances,
+                ordinals,
+            }
+        })
+        .collect();
     Ok(Plan {
         placement,
         unschedulable,
@@ -306,24 +407,24 @@ fn note_eligibility(m: &Member<'_>, notes: &mut Vec<String>) {
     }
 }
 
+/// Where `name` is among `members` (in name order); `hint` is where it usually is.
+fn find(members: &[Member<'_>], name: &str, hint: usize) -> Option<usize> {
+    if members.get(hint).is_some_and(|m| m.name == name) {
+        return Some(hint);
+    }
+    members.binary_search_by(|m| m.name.cmp(name)).ok()
+}
+
 /// How `cluster` stands for this set.
 fn member<'a>(
     cluster: &'a Valid<Cluster>,
-    capacity: Option<&CapacityIndex>,
+    estimate: Estimate,
     p: &Placement,
     replicas: u32,
-    requests: &Requests,
 ) -> Member<'a> {
     let name = cluster.name();
     let labels = cluster.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
     let status = cluster.status.as_ref();
-    let estimate = match capacity {
-        Some(index) => index.estimate(requests, p.max_instances_per_node),
-        None => Estimate {
-            instances: UNLIMITED,
-            short_of: None,
-        },
-    };
     let mut why_not = Vec::new();
     match status {
         Some(s) if s.ready => {}
@@ -372,17 +473,20 @@ fn member<'a>(
     };
     let bounds = p.per_cluster.get(name).copied().unwrap_or_default();
     let mut policy_max = UNLIMITED;
-    let mut policy_max_why = String::new();
+    let mut policy_max_why = MaxWhy::None;
     if let Some(max) = bounds.max {
         policy_max = max;
-        policy_max_why = format!("placement.perCluster.{name}.max {max}");
+        policy_max_why = MaxWhy::PerCluster(max);
     }
     if let Some(share) = p.max_share_per_cluster {
         let cap = (u64::from(replicas) * u64::from(share) / 100) as u32;
         if cap < policy_max {
             policy_max = cap;
-            policy_max_why =
-                format!("placement.maxSharePerCluster {share}% of {replicas} replicas is {cap}");
+            policy_max_why = MaxWhy::Share {
+                share,
+                replicas,
+                cap,
+            };
         }
     }
     Member {
@@ -403,7 +507,6 @@ fn member<'a>(
 
 /// Points out cluster names in the placement that match no registered cluster (typos).
 fn note_unknown_names(p: &Placement, members: &[Member<'_>], notes: &mut Vec<String>) {
-    let known: BTreeSet<&str> = members.iter().map(|m| m.name).collect();
     let mut named: BTreeSet<(&str, &str)> = BTreeSet::new();
     if let Some(a) = &p.cluster_affinity {
         named.extend(
@@ -417,7 +520,7 @@ fn note_unknown_names(p: &Placement, members: &[Member<'_>], notes: &mut Vec<Str
     }
     named.extend(p.per_cluster.keys().map(|n| (n.as_str(), "perCluster")));
     for (name, field) in named {
-        if !known.contains(name) {
+        if find(members, name, 0).is_none() {
             notes.push(format!(
                 "placement.{field} names cluster {name}, which is not registered"
             ));
@@ -433,6 +536,117 @@ fn take_previous(
     members: &mut [Member<'_>],
     notes: &mut Vec<String>,
 ) -> Result<(), Invalid> {
+    let ascending = consistent_and_ascending(prev);
+    if !ascending {
+        check_previous(prev)?;
+    }
+    let mut dropped: Vec<u32> = Vec::new();
+    for (ci, entry) in prev.placement.iter().enumerate() {
+        let (Some(&first), Some(&last)) = (entry.ordinals.first(), entry.ordinals.last()) else {
+            continue;
+        };
+        let ords = if ascending && space.contains_span(first, last) {
+            // Room to grow a little without moving (a scale-up adds to it).
+            let mut ords = Vec::with_capacity(entry.ordinals.len() * 17 / 16 + 4);
+            ords.extend_from_slice(&entry.ordinals);
+            ords
+        } else {
+            let (mut ords, gone): (Vec<u32>, Vec<u32>) =
+                entry.ordinals.iter().partition(|&&o| space.contains(o));
+            dropped.extend(gone);
+            if ords.is_empty() {
+                continue;
+            }
+            ords.sort_unstable();
+            ords
+        };
+        let list = || display_list(&ords);
+        let n = ords.len();
+        match find(members, &entry.cluster, ci).map(|i| &mut members[i]) {
+            None => notes.push(format!(
+                "cluster {} is not registered; its {n} instances (ordinals {}) are placed again",
+                entry.cluster,
+                list()
+            )),
+            Some(m) if m.eligible() => m.kept = ords,
+            Some(m) if m.evict => notes.push(format!(
+                "cluster {}: {}; its {n} instances (ordinals {}) move",
+                m.name,
+                m.why_not.join("; "),
+                list()
+            )),
+            Some(m) if policy == FailoverPolicy::Reschedule => notes.push(format!(
+                "cluster {}: {}; its {n} instances (ordinals {}) move (failover policy Reschedule)",
+                m.name,
+                m.why_not.join("; "),
+                list()
+            )),
+            Some(m) => {
+                notes.push(format!(
+                    "cluster {}: {}; its {n} instances (ordinals {}) stay (failover policy Keep; set placement.failover.policy: Reschedule to move them)",
+                    m.name,
+                    m.why_not.join("; "),
+                    list()
+                ));
+                m.stuck = ords;
+            }
+        }
+    }
+    if !dropped.is_empty() {
+        notes.push(format!(
+            "ordinals {} are no longer in the set's ordinal space (or are offline); their instances are removed",
+            display_list(&dropped)
+        ));
+    }
+    Ok(())
+}
+
+/// True when `prev` is what plans look like: cluster names ascending, every cluster's
+/// ordinals ascending, no ordinal in two clusters. Costs one pass over the ordinals and
+/// a sort of their runs, where [`check_previous`] sorts every ordinal.
+fn consistent_and_ascending(prev: &Plan) -> bool {
+    if !prev
+        .placement
+        .windows(2)
+        .all(|w| w[0].cluster < w[1].cluster)
+    {
+        return false;
+    }
+    let mut spans: Vec<(u32, u32)> = Vec::with_capacity(prev.placement.len());
+    for entry in &prev.placement {
+        let ords = &entry.ordinals;
+        // Without early exit, so that it compiles to a vector loop.
+        if !ords.windows(2).fold(true, |ok, w| ok & (w[0] < w[1])) {
+            return false;
+        }
+        push_runs(ords, &mut spans);
+    }
+    spans.sort_unstable();
+    spans.windows(2).all(|w| w[0].1 < w[1].0)
+}
+
+/// Appends the runs of consecutive ordinals of `sorted` (ascending, no repeats).
+fn push_runs(sorted: &[u32], runs: &mut Vec<(u32, u32)>) {
+    let (Some(&first), Some(&last)) = (sorted.first(), sorted.last()) else {
+        return;
+    };
+    if u64::from(last - first) + 1 == sorted.len() as u64 {
+        runs.push((first, last));
+        return;
+    }
+    let mut start = first;
+    for w in sorted.windows(2) {
+        if w[1] != w[0] + 1 {
+            runs.push((start, w[0]));
+            start = w[1];
+        }
+    }
+    runs.push((start, last));
+}
+
+/// Refuses a previous placement that places a cluster or an ordinal twice, naming
+/// every place it does.
+fn check_previous(prev: &Plan) -> Result<(), Invalid> {
     let mut errors = Vec::new();
     let mut clusters_seen = BTreeSet::new();
     for (ci, entry) in prev.placement.iter().enumerate() {
@@ -476,49 +690,6 @@ fn take_previous(
     if !errors.is_empty() {
         return Err(Invalid(errors));
     }
-    let mut dropped: Vec<u32> = Vec::new();
-    for entry in &prev.placement {
-        let (mut ords, gone): (Vec<u32>, Vec<u32>) =
-            entry.ordinals.iter().partition(|&&o| space.contains(o));
-        dropped.extend(gone);
-        if ords.is_empty() {
-            continue;
-        }
-        ords.sort_unstable();
-        let list = display_list(&ords);
-        let n = ords.len();
-        match members.iter_mut().find(|m| m.name == entry.cluster) {
-            None => notes.push(format!(
-                "cluster {} is not registered; its {n} instances (ordinals {list}) are placed again",
-                entry.cluster
-            )),
-            Some(m) if m.eligible() => m.kept = ords,
-            Some(m) if m.evict => notes.push(format!(
-                "cluster {}: {}; its {n} instances (ordinals {list}) move",
-                m.name,
-                m.why_not.join("; ")
-            )),
-            Some(m) if policy == FailoverPolicy::Reschedule => notes.push(format!(
-                "cluster {}: {}; its {n} instances (ordinals {list}) move (failover policy Reschedule)",
-                m.name,
-                m.why_not.join("; ")
-            )),
-            Some(m) => {
-                notes.push(format!(
-                    "cluster {}: {}; its {n} instances (ordinals {list}) stay (failover policy Keep; set placement.failover.policy: Reschedule to move them)",
-                    m.name,
-                    m.why_not.join("; ")
-                ));
-                m.stuck = ords;
-            }
-        }
-    }
-    if !dropped.is_empty() {
-        notes.push(format!(
-            "ordinals {} are no longer in the set's ordinal space (or are offline); their instances are removed",
-            display_list(&dropped)
-        ));
-    }
     Ok(())
 }
 
@@ -528,11 +699,11 @@ fn trim_to_policy(p: &Placement, members: &mut [Member<'_>], notes: &mut Vec<Str
     for m in members.iter_mut() {
         if m.kept.len() as u32 > m.policy_max {
             let extra = m.kept.split_off(m.policy_max as usize);
+            let why = m.policy_max_why.describe(m.name);
             notes.push(format!(
-                "cluster {}: {} instances exceed {}; ordinals {} leave it",
+                "cluster {}: {} instances exceed {why}; ordinals {} leave it",
                 m.name,
                 extra.len(),
-                m.policy_max_why,
                 display_list(&extra)
             ));
         }
@@ -626,13 +797,14 @@ fn select<'a>(p: &Placement, members: &[Member<'a>], hi: &[u32]) -> Selection {
     let candidate = |i: usize| members[i].eligible() && hi[i] > 0;
     // Best first: no PreferNoSchedule taint, higher weight, more room, then name.
     let mut order: Vec<usize> = (0..n).filter(|&i| candidate(i)).collect();
-    order.sort_by(|&a, &b| {
+    // Members are in name order, so their index is the name's tie-break.
+    order.sort_unstable_by(|&a, &b| {
         let (x, y) = (&members[a], &members[b]);
         x.last_choice
             .cmp(&y.last_choice)
             .then(y.weight.cmp(&x.weight))
             .then(y.estimate.instances.cmp(&x.estimate.instances))
-            .then(x.name.cmp(y.name))
+            .then(a.cmp(&b))
     });
     let mut chosen = vec![false; n];
     let mut used = members.iter().filter(|m| !m.stuck.is_empty()).count() as u32;
@@ -850,7 +1022,14 @@ fn scale_up(
         .iter()
         .map(|m| if m.eligible() { m.policy_max } else { 0 })
         .collect();
-    let asked = divide(total, &slots(members, &sel, &lo, &asked_hi));
+    // Only a cluster held at its room below its policy's limit can have been asked for
+    // more than it got.
+    let short_of_room = |i: usize| sel.chosen[i] && counts[i] == hi[i] && hi[i] < asked_hi[i];
+    let asked = if (0..members.len()).any(short_of_room) {
+        divide(total, &slots(members, &sel, &lo, &asked_hi))
+    } else {
+        counts.clone()
+    };
     for (i, m) in members.iter().enumerate() {
         if sel.chosen[i] && counts[i] < asked[i] && counts[i] == hi[i] {
             notes.push(format!(
@@ -873,25 +1052,69 @@ fn scale_up(
         }
     }
 
-    let mut taken: Vec<u32> = members
-        .iter()
-        .flat_map(|m| m.kept.iter().chain(&m.stuck))
-        .chain(busy)
-        .copied()
-        .collect();
-    taken.sort_unstable();
-    taken.dedup();
-    // Both ascending: walk the space and skip what is taken.
-    let mut taken = taken.into_iter().peekable();
-    let mut free = space.iter().filter(move |&o| {
-        while taken.next_if(|&t| t < o).is_some() {}
-        taken.peek() != Some(&o)
-    });
+    let wanted: usize = (0..members.len())
+        .map(|i| counts[i].saturating_sub(kept[i]) as usize)
+        .sum();
+    let mut taken: Vec<(u32, u32)> = Vec::new();
+    for m in members.iter() {
+        push_runs(&m.kept, &mut taken);
+        push_runs(&m.stuck, &mut taken);
+    }
+    let busy: Vec<u32> = busy.iter().copied().collect();
+    push_runs(&busy, &mut taken);
+    let free = lowest_free(space, taken, wanted);
+    let mut free = free.into_iter();
     for (i, m) in members.iter_mut().enumerate() {
         let add = counts[i].saturating_sub(kept[i]) as usize;
-        m.kept.extend(free.by_ref().take(add));
+        add_ascending(&mut m.kept, free.by_ref().take(add));
     }
     false
+}
+
+/// The lowest `n` ordinals of `space` outside `taken` (runs, in any order, possibly
+/// overlapping), ascending; fewer when the space runs out.
+fn lowest_free(space: &OrdinalSpace, mut taken: Vec<(u32, u32)>, n: usize) -> Vec<u32> {
+    taken.sort_unstable();
+    let mut out = Vec::with_capacity(n);
+    let mut taken = taken.into_iter().peekable();
+    'space: for (start, end) in space.runs() {
+        let mut next = start;
+        while out.len() < n {
+            // Runs that end before `next` are behind us.
+            while taken.next_if(|&(_, e)| e < next).is_some() {}
+            let until = match taken.peek() {
+                Some(&(s, e)) if s <= next => {
+                    // `next` is taken: skip to the end of that run.
+                    match e.checked_add(1) {
+                        Some(after) if after <= end => {
+                            next = after;
+                            continue;
+                        }
+                        _ => continue 'space,
+                    }
+                }
+                Some(&(s, _)) => end.min(s - 1),
+                None => end,
+            };
+            let take = (u64::from(until - next) + 1).min((n - out.len()) as u64) as u32;
+            out.extend(next..next + take);
+            match (next + take - 1).checked_add(1) {
+                Some(after) if after <= end => next = after,
+                _ => continue 'space,
+            }
+        }
+        break;
+    }
+    out
+}
+
+/// Adds ascending ordinals, none of them already there, to an ascending list.
+fn add_ascending(list: &mut Vec<u32>, add: impl Iterator<Item = u32>) {
+    let from = list.len();
+    list.extend(add);
+    if from > 0 && from < list.len() && list[from - 1] > list[from] {
+        list.sort_unstable();
+    }
 }
 
 /// Says which minimums the final placement misses (running instances are not moved

@@ -33,7 +33,11 @@
 //!   first;
 //! - a cluster that stops being ready keeps its ordinals (failover `Keep`) or loses
 //!   them to the lowest free ordinals elsewhere (`Reschedule`);
-//! - a plan survives a JSON and a YAML round trip.
+//! - a plan survives a JSON and a YAML round trip;
+//! - an inventory built through a `CapacityCache` that has seen earlier versions of the
+//!   clusters (capacity changed, groups added or dropped at the end, clusters gone)
+//!   plans exactly as a freshly built one, fresh and from a previous plan, also while
+//!   avoiding busy ordinals.
 //!
 //! Each property runs 256 cases; `PROPTEST_CASES` overrides that.
 
@@ -43,7 +47,7 @@ use std::fmt;
 use flotilla_api::decode::AnyObject;
 use flotilla_api::ordinals::{MAX_ORDINAL, display_list};
 use flotilla_api::{Cluster, FederatedInstanceSet, Valid, validate};
-use flotilla_scheduler::{Plan, UNLIMITED, plan};
+use flotilla_scheduler::{CapacityCache, Inventory, Plan, UNLIMITED, plan};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Map, Value, json};
@@ -672,6 +676,17 @@ fn member() -> impl Strategy<Value = Member> {
             region,
             groups,
         })
+}
+
+fn change() -> impl Strategy<Value = property::Change> {
+    use property::Change;
+    prop_oneof![
+        (0..6usize, member()).prop_map(|(i, m)| Change::Replace(i, m)),
+        (0..6usize, node_group()).prop_map(|(i, g)| Change::Append(i, g)),
+        (0..6usize).prop_map(Change::DropLast),
+        (0..6usize).prop_map(Change::Remove),
+        (0..=60u32).prop_map(Change::Replicas),
+    ]
 }
 
 fn weighting() -> impl Strategy<Value = Weighting> {
@@ -1322,6 +1337,86 @@ mod property {
         );
         Ok(())
     }
+
+    /// How one step changes the clusters before planning again.
+    #[derive(Clone, Debug)]
+    pub enum Change {
+        /// Cluster `i` reports `member`'s capacity instead.
+        Replace(usize, Member),
+        /// Cluster `i` gets a node group at the end (as the controller adds a set's
+        /// own room).
+        Append(usize, NodeGroup),
+        /// Cluster `i` loses its last node group.
+        DropLast(usize),
+        /// Cluster `i` is deregistered.
+        Remove(usize),
+        /// Nothing changes but the replicas.
+        Replicas(u32),
+    }
+
+    pub fn cached_inventories_plan_as_fresh_ones(s: &Scenario, changes: &[Change]) -> Check {
+        let mut cache = CapacityCache::new();
+        let mut s = s.clone();
+        let mut previous: Option<Plan> = None;
+        for change in std::iter::once(None).chain(changes.iter().map(Some)) {
+            let n = s.n();
+            match change {
+                None => {}
+                Some(Change::Replace(i, m)) => s.members[i % n].groups = m.groups.clone(),
+                Some(Change::Append(i, g)) => {
+                    if let Some(groups) = s.members[i % n].groups.as_mut() {
+                        groups.push(g.clone());
+                    }
+                }
+                Some(Change::DropLast(i)) => {
+                    if let Some(groups) = s.members[i % n].groups.as_mut() {
+                        groups.pop();
+                    }
+                }
+                Some(Change::Remove(i)) if n > 1 => {
+                    s.members.remove(i % n);
+                    s.bounds.truncate(s.members.len());
+                    if let Some(a) = s.affinity.as_mut() {
+                        a.truncate(s.members.len());
+                    }
+                    if let Weighting::Static(w) = &mut s.weighting {
+                        w.truncate(s.members.len());
+                    }
+                }
+                Some(Change::Remove(_)) => {}
+                Some(Change::Replicas(r)) => s.replicas = *r,
+            }
+            let Some((set, clusters)) = s.clone().normalized().inputs() else {
+                continue;
+            };
+            let cached = cache.inventory(&clusters);
+            let fresh = Inventory::new(&clusters);
+            prop_assert_eq!(
+                cache.len(),
+                clusters
+                    .iter()
+                    .filter(|c| c.status.as_ref().is_some_and(|st| st.capacity.is_some()))
+                    .count()
+            );
+            prop_assert_eq!(
+                cached.plan(&set, None).unwrap(),
+                fresh.plan(&set, None).unwrap()
+            );
+            if let Some(prev) = &previous {
+                let a = cached.plan(&set, Some(prev));
+                prop_assert_eq!(&a, &fresh.plan(&set, Some(prev)));
+                let busy: std::collections::BTreeSet<u32> = (0..8).map(|o| o * 3).collect();
+                prop_assert_eq!(
+                    cached.plan_avoiding(&set, Some(prev), &busy),
+                    fresh.plan_avoiding(&set, Some(prev), &busy)
+                );
+                previous = a.ok();
+            } else {
+                previous = Some(fresh.plan(&set, None).unwrap());
+            }
+        }
+        Ok(())
+    }
 }
 
 proptest! {
@@ -1404,6 +1499,16 @@ proptest! {
         pick in any::<Index>(),
     ) {
         property::a_cluster_that_stops_being_ready_keeps_or_loses_its_ordinals(&s, pick)?;
+    }
+
+    // Digests kept between inventories.
+
+    #[test]
+    fn cached_inventories_plan_as_fresh_ones(
+        s in scenario(),
+        changes in prop::collection::vec(change(), 1..=6),
+    ) {
+        property::cached_inventories_plan_as_fresh_ones(&s, &changes)?;
     }
 }
 

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use flotilla_api::{
     Cluster, ClusterStatus, FederatedInstanceSet, InstanceSet, InstanceSetStatus, Valid, validate,
 };
-use flotilla_scheduler::{Inventory, Plan};
+use flotilla_scheduler::{CapacityCache, Plan};
 use flotilla_store::{Condition, Event, KeyValue, Revision, Store};
 use futures::{FutureExt as _, StreamExt as _};
 use serde::Serialize;
@@ -79,6 +79,8 @@ struct Cache {
     /// The newest revision seen for each store key (put or delete): older events for
     /// the key are stale.
     latest: HashMap<String, Revision>,
+    /// Clusters' capacity digests, rebuilt only when a cluster's capacity changed.
+    capacity: CapacityCache,
 }
 
 /// What an event made dirty.
@@ -534,7 +536,7 @@ impl Controller {
             })
             .collect();
         let clusters = federation::clusters_for(&set, &members, &reports);
-        let inventory = Inventory::new(&clusters);
+        let inventory = cache.capacity.inventory(&clusters);
         let previous = cache.placements.get(key);
         let existing: BTreeMap<String, Entry<InstanceSet>> =
             cache.slices.get(key).cloned().unwrap_or_default();
