@@ -401,6 +401,34 @@ mod tests {
     }
 
     #[test]
+    fn the_status_of_a_million_instances_over_100_clusters_is_a_few_kilobytes() {
+        let status = |n: u32| {
+            let per = n / 100;
+            FederatedInstanceSetStatus {
+                replicas: n,
+                ready_replicas: n,
+                clusters: (0..100)
+                    .map(|c| ClusterPlacementStatus {
+                        cluster: format!("member-{c:03}"),
+                        ordinals: (c * per..(c + 1) * per).collect(),
+                        ready_replicas: per,
+                    })
+                    .collect(),
+                ..FederatedInstanceSetStatus::default()
+            }
+        };
+        let small = StatusRecord::of(&status(1_000)).encode().unwrap();
+        let large = StatusRecord::of(&status(1_000_000)).encode().unwrap();
+        assert!(large.len() < 16 * 1024, "{}", large.len());
+        assert!(
+            large.len() < small.len() * 2,
+            "{} vs {}",
+            large.len(),
+            small.len()
+        );
+    }
+
+    #[test]
     fn records_written_before_the_compact_layout_still_decode() {
         let old = serde_json::to_vec(&plan(10, 2)).unwrap();
         assert_eq!(decode_plan(&old).unwrap(), plan(10, 2));
