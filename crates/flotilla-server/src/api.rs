@@ -33,7 +33,7 @@ use flotilla_proto::v1::{
     RevokeTokenResponse, RotateClusterTokenRequest, RotateClusterTokenResponse, WatchEvent,
     WatchRequest,
 };
-use flotilla_scheduler::{Inventory, Plan};
+use flotilla_scheduler::{CapacityCache, Plan};
 use flotilla_store::{Compare, Condition, Error as StoreError, KeyValue, Store, Txn};
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -915,25 +915,59 @@ impl Api {
                 alive: alive.contains(c.name()),
             })
             .collect();
-        let own_refs = own.iter().map(|(c, s)| (c.clone(), s)).collect();
-        let valid_clusters = federation::clusters_for(&valid, &members, &own_refs);
-        let previous: Option<Plan> = match self
+        let own_refs: BTreeMap<String, &InstanceSetStatus> =
+            own.iter().map(|(c, s)| (c.clone(), s)).collect();
+        let slices: BTreeMap<String, InstanceSet> = self
             .store
-            .get(&keys::placement(&id))
+            .list(keys::SLICES)
             .await
             .map_err(store_status)?
-        {
-            Some(kv) => Some(
-                crate::records::decode_plan(&kv.value)
-                    .map_err(|e| Status::internal(format!("unreadable record {}: {e}", kv.key)))?,
+            .items
+            .iter()
+            .filter_map(|kv| match Key::parse(&kv.key) {
+                Key::Slice { cluster, set } if set == id => {
+                    decode_json(kv).ok().map(|s| (cluster, s))
+                }
+                _ => None,
+            })
+            .collect();
+        let slice_refs: BTreeMap<String, &InstanceSet> =
+            slices.iter().map(|(c, s)| (c.clone(), s)).collect();
+        let record = |key: String| async move {
+            self.store
+                .get(&key)
+                .await
+                .map_err(store_status)
+                .map(|kv| kv.map(|kv| (kv.key, kv.value)))
+        };
+        let previous: Option<Plan> = match record(keys::placement(&id)).await? {
+            Some((key, value)) => Some(
+                crate::records::decode_plan(&value)
+                    .map_err(|e| Status::internal(format!("unreadable record {key}: {e}")))?,
             ),
             None => None,
         };
-        let inventory = Inventory::new(&valid_clusters);
-        let plan = inventory
-            .plan(&valid, previous.as_ref())
-            .or_else(|_| inventory.plan(&valid, None))
-            .map_err(invalid)?;
+        // An unreadable status reads as none: it only carries the previous primary.
+        let status: Option<crate::records::StatusRecord> = record(keys::set_status(&id))
+            .await?
+            .and_then(|(_, value)| serde_json::from_slice(&value).ok());
+        let now = federation::now();
+        let view = crate::decide::View {
+            set: valid.as_ref(),
+            members: &members,
+            alive: &alive,
+            slices: &slice_refs,
+            reports: &own_refs,
+            placement: previous.as_ref(),
+            status: status.as_ref(),
+            // Only the annotations the members read depend on these; the plan does not.
+            sentinels: &[],
+            watched_primary: None,
+            now: &now,
+        };
+        let plan = crate::decide::decide(&view, &mut CapacityCache::new())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .plan;
         Ok(PlanResponse {
             json: to_json(&plan)?,
             warnings,

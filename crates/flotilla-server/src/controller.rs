@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use flotilla_api::{
-    Cluster, ClusterStatus, FederatedInstanceSet, InstanceSet, InstanceSetStatus, Valid, validate,
+    Cluster, ClusterStatus, FederatedInstanceSet, InstanceSet, InstanceSetStatus, Valid,
 };
 use flotilla_scheduler::{CapacityCache, Plan};
 use flotilla_store::{Condition, Event, KeyValue, Revision, Store};
@@ -38,12 +38,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::decide;
 use crate::federation::{self, Member};
 use crate::keys::{self, Key, SetKey};
 use crate::metrics::{Metrics, label};
-use crate::migration;
 use crate::records::{self, StatusRecord};
-use crate::status;
 
 /// Slice writes of one set in flight at once.
 const WRITES_IN_FLIGHT: usize = 128;
@@ -505,236 +504,151 @@ impl Controller {
         Ok(())
     }
 
-    /// One pass over one set.
+    /// One pass over one set: decide (`decide::decide`, pure, from the cache), then
+    /// commit what was decided.
     async fn reconcile(&self, cache: &mut Cache, key: &SetKey) -> anyhow::Result<()> {
         let Some(entry) = cache.sets.get(key) else {
             return self.clean_up(cache, key).await;
         };
         let set = entry.value.clone();
-        let valid = match validate::federated_instance_set(set.clone()) {
-            Ok(v) => v,
-            Err(e) => {
-                // Only validated sets are stored; one that is not was written by hand.
-                tracing::error!(set = %key, error = %e, "stored set is invalid; left alone");
-                return Ok(());
+        let now = federation::now();
+        let (ns, _) = keys::split_set_key(key);
+        let decision = {
+            let reports: BTreeMap<String, &InstanceSetStatus> = cache
+                .reports
+                .get(key)
+                .into_iter()
+                .flatten()
+                .map(|(c, e)| (c.clone(), &e.value))
+                .collect();
+            let members: Vec<Member<'_>> = cache
+                .clusters
+                .iter()
+                .map(|(name, c)| Member {
+                    cluster: &c.value,
+                    status: cache.cluster_status.get(name).map(|e| &e.value),
+                    alive: cache.alive.contains(name),
+                })
+                .collect();
+            let slices: BTreeMap<String, &InstanceSet> = cache
+                .slices
+                .get(key)
+                .into_iter()
+                .flatten()
+                .map(|(c, e)| (c.clone(), &e.value))
+                .collect();
+            let sentinels = self.companion_sentinels(cache, &set, key);
+            let watched_primary = set.spec.sentinel_for.as_ref().and_then(|w| {
+                cache
+                    .statuses
+                    .get(&keys::set_key(ns, &w.set))
+                    .and_then(|e| e.value.primary.as_ref())
+            });
+            let view = decide::View {
+                set: &set,
+                members: &members,
+                alive: &cache.alive,
+                slices: &slices,
+                reports: &reports,
+                placement: cache.placements.get(key).map(|e| &e.value),
+                status: cache.statuses.get(key).map(|e| &e.value),
+                sentinels: &sentinels,
+                watched_primary,
+                now: &now,
+            };
+            match decide::decide(&view, &mut cache.capacity) {
+                Ok(d) => d,
+                Err(decide::Error::Invalid(e)) => {
+                    tracing::error!(set = %key, error = %e, "stored set is invalid; left alone");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
             }
         };
-        let reports: BTreeMap<String, &InstanceSetStatus> = cache
-            .reports
-            .get(key)
+        self.log_decision(cache, key, &decision);
+        self.commit(cache, key, &set, decision, &now).await
+    }
+
+    /// The addresses of a Redis set's companion sentinels (none for other sets).
+    fn companion_sentinels(
+        &self,
+        cache: &Cache,
+        set: &FederatedInstanceSet,
+        key: &SetKey,
+    ) -> Vec<String> {
+        if set.spec.redis.as_ref().is_none_or(|r| r.sentinel.is_none()) {
+            return Vec::new();
+        }
+        let (ns, name) = keys::split_set_key(key);
+        let ckey = keys::set_key(ns, &flotilla_api::redis::sentinel_set_name(name));
+        cache
+            .statuses
+            .get(&ckey)
+            .map(|e| {
+                let reports = cache
+                    .reports
+                    .get(&ckey)
+                    .into_iter()
+                    .flatten()
+                    .map(|(c, r)| (c.clone(), r.value.clone()))
+                    .collect();
+                e.value.expand(&reports, true).instances
+            })
             .into_iter()
             .flatten()
-            .map(|(c, e)| (c.clone(), &e.value))
-            .collect();
-        let members: Vec<Member<'_>> = cache
-            .clusters
-            .iter()
-            .map(|(name, c)| Member {
-                cluster: &c.value,
-                status: cache.cluster_status.get(name).map(|e| &e.value),
-                alive: cache.alive.contains(name),
-            })
-            .collect();
-        let clusters = federation::clusters_for(&set, &members, &reports);
-        let inventory = cache.capacity.inventory(&clusters);
-        let previous = cache.placements.get(key);
-        let existing: BTreeMap<String, Entry<InstanceSet>> =
-            cache.slices.get(key).cloned().unwrap_or_default();
-        let existing_slices: BTreeMap<String, &InstanceSet> = existing
-            .iter()
-            .map(|(c, e)| (c.clone(), &e.value))
-            .collect();
-        let busy = migration::busy(&set, &existing_slices, &reports);
-        let plan = match inventory.plan_avoiding(&valid, previous.map(|e| &e.value), &busy) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(set = %key, error = %e, "stored placement is inconsistent; planning afresh");
-                inventory.plan_avoiding(&valid, None, &busy)?
-            }
-        };
-        let alive = |c: &str| cache.alive.contains(c);
-        let placement_write = (previous.map(|e| &e.value) != Some(&plan))
-            .then(|| (keys::placement(key), previous.map(|e| e.rev)));
-        let awaits =
-            |c: &str| federation::awaits(&set, cache.clusters.get(c).map(|e| &e.value), alive(c));
-        let desired = federation::slice_ordinals(&plan, &existing_slices, &reports, &awaits);
-        let usable = |c: &str| alive(c) && cache.clusters.contains_key(c);
-        let retiring = migration::retiring(&set, &desired, &existing_slices, &usable);
+            .filter_map(|i| i.endpoint)
+            .collect()
+    }
 
-        // Decide every write before making any.
-        let home = federation::exclusive_home(&set, &desired, &existing_slices, &reports, &alive);
-        let previous_primary = cache
+    fn log_decision(&self, cache: &Cache, key: &SetKey, d: &decide::Decision) {
+        if let Some(m) = d.moving.as_ref().filter(|m| m.done()) {
+            tracing::info!(set = %key, retiring = ?m.retiring, "the move caught up: the retiring instances go");
+        }
+        let previous = cache
             .statuses
             .get(key)
             .and_then(|e| e.value.primary.as_ref());
-        let redis = crate::redis::decide(
-            &set,
-            crate::redis::Placed {
-                staying: &desired,
-                retiring: &retiring,
-            },
-            &existing_slices,
-            &reports,
-            home.as_deref(),
-            previous_primary,
-            &alive,
-        );
-        // A Redis shard moving away from a member keeps its instances there until
-        // the new ones caught up and the primary moved (see `migration`).
-        let moving = migration::progress(
-            &plan,
-            &retiring,
-            &existing_slices,
-            &reports,
-            redis.as_ref().and_then(|d| d.primary.as_ref()),
-        );
-        let held = match &moving {
-            Some(m) if !m.done() => retiring.clone(),
-            Some(m) => {
-                tracing::info!(set = %key, retiring = ?m.retiring, "the move caught up: the retiring instances go");
-                BTreeMap::new()
-            }
-            None => BTreeMap::new(),
-        };
-        let ordinals_of = |cluster: &str| -> Vec<u32> {
-            let mut out = desired.get(cluster).cloned().unwrap_or_default();
-            out.extend(held.get(cluster).into_iter().flatten());
-            out.sort_unstable();
-            out
-        };
-        let extra_of = |extra: &BTreeMap<String, String>, cluster: &str| {
-            let mut out = extra.clone();
-            if let Some(r) = held.get(cluster) {
-                out.insert(
-                    flotilla_api::redis::RETIRING_ANNOTATION.to_string(),
-                    flotilla_api::ordinals::compact_list(r),
-                );
-            }
-            out
-        };
-        if let Some(d) = &redis
-            && d.primary.as_ref().map(|p| (p.ordinal, &p.endpoint))
-                != previous_primary.map(|p| (p.ordinal, &p.endpoint))
+        if let Some(r) = &d.redis
+            && r.primary.as_ref().map(|p| (p.ordinal, &p.endpoint))
+                != previous.map(|p| (p.ordinal, &p.endpoint))
         {
             tracing::info!(
                 set = %key,
-                from = ?previous_primary.map(|p| p.ordinal),
-                to = ?d.primary.as_ref().map(|p| p.ordinal),
-                endpoint = d.primary.as_ref().map_or("", |p| p.endpoint.as_str()),
-                promote = d.promote.is_some(),
-                why = d.why,
+                from = ?previous.map(|p| p.ordinal),
+                to = ?r.primary.as_ref().map(|p| p.ordinal),
+                endpoint = r.primary.as_ref().map_or("", |p| p.endpoint.as_str()),
+                promote = r.promote.is_some(),
+                why = r.why,
                 "primary"
             );
         }
-        let mut extra = redis
-            .as_ref()
-            .map(crate::redis::annotations)
-            .unwrap_or_default();
-        if set
-            .spec
-            .redis
-            .as_ref()
-            .is_some_and(|r| r.sentinel.is_some())
-        {
-            // Members ask these sentinels for planned switchovers.
-            let (ns, name) = keys::split_set_key(key);
-            let ckey = keys::set_key(ns, &flotilla_api::redis::sentinel_set_name(name));
-            let sentinels: Vec<String> = cache
-                .statuses
-                .get(&ckey)
-                .map(|e| {
-                    let reports = cache
-                        .reports
-                        .get(&ckey)
-                        .into_iter()
-                        .flatten()
-                        .map(|(c, r)| (c.clone(), r.value.clone()))
-                        .collect();
-                    e.value.expand(&reports, true).instances
-                })
-                .into_iter()
-                .flatten()
-                .filter_map(|i| i.endpoint)
-                .collect();
-            if !sentinels.is_empty() {
-                extra.insert(
-                    flotilla_api::redis::SENTINELS_ANNOTATION.to_string(),
-                    sentinels.join(","),
-                );
-            }
-        }
-        if let Some(watched) = &set.spec.sentinel_for {
-            // Sentinels register the shard at the primary the federation knows.
-            let (ns, _) = keys::split_set_key(key);
-            let parent = cache
-                .statuses
-                .get(&keys::set_key(ns, &watched.set))
-                .and_then(|e| e.value.primary.as_ref());
-            if let Some(p) = parent {
-                extra.insert(
-                    flotilla_api::redis::PRIMARY_ANNOTATION.to_string(),
-                    flotilla_api::redis::primary_annotation(p.ordinal, &p.endpoint),
-                );
-            }
-        }
-        let mut shrink = Vec::new();
-        let mut grow = Vec::new();
-        for (cluster, e) in &existing {
-            let ordinals = &ordinals_of(cluster)[..];
-            let want: BTreeSet<u32> = ordinals.iter().copied().collect();
-            let leaving =
-                federation::next_leaving(Some(&e.value), &want, reports.get(cluster).copied());
-            // A member's slice goes only once it has nothing left to run or remove (or
-            // the cluster is gone): until then an empty slice says what is leaving.
-            if want.is_empty() && (leaving.is_empty() || !cache.clusters.contains_key(cluster)) {
-                shrink.push((cluster.clone(), None, Some(e.rev)));
-                continue;
-            }
-            let have: BTreeSet<u32> = e.value.spec.ordinals.to_vec().into_iter().collect();
-            let new = federation::slice(
-                &set,
-                cluster,
-                ordinals,
-                Some(&e.value),
-                home.as_deref(),
-                &leaving,
-                &extra_of(&extra, cluster),
-            );
-            if new.spec == e.value.spec
-                && new.metadata.labels == e.value.metadata.labels
-                && new.metadata.annotations == e.value.metadata.annotations
-            {
-                continue;
-            }
-            if have.is_subset(&want) {
-                grow.push((cluster.clone(), Some(new), Some(e.rev)));
-            } else {
-                shrink.push((cluster.clone(), Some(new), Some(e.rev)));
-            }
-        }
-        for (cluster, ordinals) in &desired {
-            if !existing.contains_key(cluster) {
-                let mut new = federation::slice(
-                    &set,
-                    cluster,
-                    ordinals,
-                    None,
-                    home.as_deref(),
-                    &BTreeSet::new(),
-                    &extra,
-                );
-                new.metadata.creation_timestamp = Some(crate::api::now_time());
-                // A report left from an earlier slice of this set (written as that
-                // slice was deleted) must not read as describing the new one.
-                if let Some(old) = reports.get(cluster).and_then(|r| r.observed_generation) {
-                    new.metadata.generation = Some(old + 1);
-                }
-                grow.push((cluster.clone(), Some(new), None));
-            }
-        }
+    }
 
-        if let Some((pkey, rev)) = placement_write {
-            let condition = rev.map_or(Condition::Absent, Condition::ModRevision);
+    /// Makes the writes `decision` names, each compare-and-swap on the revision the
+    /// decision read: the placement, shrinks and deletions, then grows and creations
+    /// (none of those unless every shrink was stored), then the status.
+    async fn commit(
+        &self,
+        cache: &mut Cache,
+        key: &SetKey,
+        set: &FederatedInstanceSet,
+        decision: decide::Decision,
+        now: &str,
+    ) -> anyhow::Result<()> {
+        let decide::Decision {
+            clusters,
+            plan,
+            placement_changed,
+            shrink,
+            grow,
+            status,
+            status_changed,
+            ..
+        } = decision;
+        if placement_changed {
+            let pkey = keys::placement(key);
+            let previous = cache.placements.get(key).map(|e| e.rev);
+            let condition = previous.map_or(Condition::Absent, Condition::ModRevision);
             let bytes = match records::encode_plan(&plan) {
                 Ok(b) => b,
                 Err(e) => {
@@ -750,7 +664,7 @@ impl Controller {
             cache.placements.insert(
                 key.clone(),
                 Entry {
-                    value: plan.clone(),
+                    value: plan,
                     rev: r,
                 },
             );
@@ -759,42 +673,14 @@ impl Controller {
         self.write_slices(cache, key, shrink).await?;
         self.write_slices(cache, key, grow).await?;
 
-        let slices: BTreeMap<String, InstanceSet> = cache
-            .slices
-            .get(key)
-            .into_iter()
-            .flatten()
-            .map(|(c, e)| (c.clone(), e.value.clone()))
-            .collect();
-        let reports: BTreeMap<String, InstanceSetStatus> = cache
-            .reports
-            .get(key)
-            .into_iter()
-            .flatten()
-            .filter(|(c, _)| slices.contains_key(*c))
-            .map(|(c, e)| (c.clone(), e.value.clone()))
-            .collect();
-        let before = cache.statuses.get(key);
-        let now = federation::now();
-        let status = status::aggregate(&status::Inputs {
-            set: &set,
-            plan: &plan,
-            slices: &slices,
-            reports: &reports,
-            alive: &|c| cache.alive.contains(c),
-            previous: before.map(|e| e.value.conditions.as_slice()),
-            now: &now,
-            redis: redis.as_ref(),
-            migration: moving.as_ref().filter(|m| !m.done()),
-        });
         let (ns, name) = keys::split_set_key(key);
         if let Some(watched) = &set.spec.sentinel_for {
             // The Redis set names its sentinels' addresses, which only the reports hold
             // (not the stored summary): it looks again whenever its sentinels did.
             cache.followups.insert(keys::set_key(ns, &watched.set));
         }
-        let status = StatusRecord::of(&status);
-        if before.map(|e| &e.value) != Some(&status) {
+        if status_changed {
+            let before = cache.statuses.get(key);
             // The companion sentinel set names the primary.
             if set.spec.sentinel_for.is_none()
                 && set
@@ -814,7 +700,7 @@ impl Controller {
             let (status, bytes) = match status.encode() {
                 Ok(b) => (status, b),
                 Err(e) => {
-                    let small = status.unstorable(&e, &now);
+                    let small = status.unstorable(&e, now);
                     let b = small.encode()?;
                     tracing::error!(set = %key, error = %e, "status too large to store; counts only");
                     (small, b)
@@ -833,7 +719,7 @@ impl Controller {
                 },
             );
         }
-        self.sync_companion(cache, key, &set, &clusters).await
+        self.sync_companion(cache, key, set, &clusters).await
     }
 
     /// The set's placement cannot be stored (`problem`): its status says so (once).
@@ -876,11 +762,23 @@ impl Controller {
         &self,
         cache: &mut Cache,
         key: &SetKey,
-        writes: Vec<(String, Option<InstanceSet>, Option<Revision>)>,
+        writes: Vec<decide::SliceWrite>,
     ) -> anyhow::Result<()> {
         if writes.is_empty() {
             return Ok(());
         }
+        // Each write finds the slice as the decision read it.
+        let writes: Vec<(String, Option<InstanceSet>, Option<Revision>)> = writes
+            .into_iter()
+            .map(|w| {
+                let rev = w
+                    .exists
+                    .then(|| cache.slices.get(key).and_then(|m| m.get(&w.cluster)))
+                    .flatten()
+                    .map(|e| e.rev);
+                (w.cluster, w.slice, rev)
+            })
+            .collect();
         let store = &*self.store;
         let results = futures::stream::iter(writes)
             .map(|(cluster, slice, rev)| async move {
@@ -1010,16 +908,16 @@ impl Controller {
             self.store.delete(&keys::set(&ckey), Some(e.rev)).await?;
             cache.sets.remove(&ckey);
         }
-        let clusters: Vec<(String, Revision)> = cache
+        let deletes = cache
             .slices
             .get(key)
             .into_iter()
             .flatten()
-            .map(|(c, e)| (c.clone(), e.rev))
-            .collect();
-        let deletes = clusters
-            .into_iter()
-            .map(|(c, rev)| (c, None, Some(rev)))
+            .map(|(c, _)| decide::SliceWrite {
+                cluster: c.clone(),
+                slice: None,
+                exists: true,
+            })
             .collect();
         self.write_slices(cache, key, deletes).await?;
         let leftovers: Vec<String> = cache

@@ -21,6 +21,7 @@ mod audit;
 mod auth;
 mod controller;
 mod counted;
+mod decide;
 mod drain;
 mod federation;
 mod fence;
