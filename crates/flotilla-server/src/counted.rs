@@ -51,6 +51,7 @@ impl Store for Counted {
     ) -> Result<Revision> {
         let bytes = key.len() + value.len();
         let r = self.inner.put(key, value, condition, lease).await?;
+        tracing::trace!(key, bytes, "store put");
         self.count(bytes);
         Ok(r)
     }
