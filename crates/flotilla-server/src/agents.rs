@@ -201,7 +201,13 @@ impl Agents {
                 .get(cluster)
                 .is_none_or(|t| t.elapsed() >= CAPACITY_EVERY);
         if changed || capacity_due || stale_time {
-            tracing::debug!(cluster, changed, capacity_due, stale_time, "cluster status written");
+            tracing::debug!(
+                cluster,
+                changed,
+                capacity_due,
+                stale_time,
+                "cluster status written"
+            );
             lock(&self.capacity_written).insert(cluster.to_string(), Instant::now());
             status.last_heartbeat_time = Some(now);
             let condition = stored.as_ref().map_or(Condition::Absent, |kv| {

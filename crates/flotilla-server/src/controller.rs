@@ -78,6 +78,9 @@ struct Cache {
     /// The newest revision seen for each store key (put or delete): older events for
     /// the key are stale.
     latest: HashMap<String, Revision>,
+    /// The revision of the newest event the watch delivered: it delivers in revision
+    /// order, so nothing older can come from it any more (see [`Cache::prune`]).
+    watched: Revision,
     /// Clusters' capacity digests, rebuilt only when a cluster's capacity changed.
     capacity: CapacityCache,
 }
@@ -119,7 +122,16 @@ impl Cache {
         }
     }
 
+    /// Forgets the revisions no event can be older than any more: those before the
+    /// watch's newest. What is left is the keys written since (by this controller,
+    /// ahead of its watch): the map does not grow with every key ever deleted.
+    fn prune(&mut self) {
+        let watched = self.watched;
+        self.latest.retain(|_, rev| *rev >= watched);
+    }
+
     fn apply(&mut self, event: &Event) -> Dirty {
+        self.watched = self.watched.max(event.revision());
         if !self.fresh(event.key(), event.revision()) {
             return Dirty::Nothing;
         }
@@ -447,6 +459,7 @@ impl Controller {
                     mark(&mut cache, &event, &mut dirty, &mut lost);
                 }
                 _ = tick.tick() => {
+                    cache.prune();
                     let now = Instant::now();
                     let due: Vec<SetKey> = retry.iter().filter(|(_, t)| **t <= now).map(|(k, _)| k.clone()).collect();
                     for k in due {
@@ -1032,6 +1045,29 @@ mod tests {
         assert_eq!(c.apply(&Event::Put(kv(&k, "{}", 5))), Dirty::Nothing);
         assert!(!c.alive.contains("a"));
         assert_eq!(c.apply(&Event::Put(kv(&k, "{}", 9))), Dirty::AllSets);
+    }
+
+    #[test]
+    fn revisions_of_keys_long_gone_are_forgotten_and_own_writes_ahead_of_the_watch_kept() {
+        let mut c = Cache::default();
+        for i in 0..1_000 {
+            let k = keys::report("a", &format!("ns/s{i}"));
+            c.apply(&Event::Put(kv(&k, "{}", 2 * i + 1)));
+            c.apply(&Event::Delete {
+                key: k,
+                revision: 2 * i + 2,
+            });
+        }
+        // The controller wrote a slice the watch has not delivered yet.
+        let own = keys::slice("a", "ns/mine");
+        assert!(c.fresh(&own, 5_000));
+        c.prune();
+        assert_eq!(c.latest.len(), 2, "{:?}", c.latest);
+        // Its own write still reads as seen when the watch delivers it.
+        assert_eq!(c.apply(&Event::Put(kv(&own, "{}", 5_000))), Dirty::Nothing);
+        c.apply(&Event::Put(kv(&keys::alive("b"), "{}", 5_001)));
+        c.prune();
+        assert_eq!(c.latest.len(), 1);
     }
 
     #[test]

@@ -118,7 +118,10 @@ impl Server {
             .args(["--admin-token", TOKEN])
             .args(["--cluster-ttl-seconds", &ttl().to_string()])
             .args(store_args)
-            .env("RUST_LOG", std::env::var("FLOTILLA_BENCH_LOG").unwrap_or_else(|_| "error".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("FLOTILLA_BENCH_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
