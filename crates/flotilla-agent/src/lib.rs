@@ -36,6 +36,7 @@ pub mod kube;
 pub mod local;
 pub mod member;
 pub mod metrics;
+mod outbox;
 pub mod process;
 pub mod session;
 pub mod sim;
