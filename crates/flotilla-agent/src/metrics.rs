@@ -1,6 +1,6 @@
 //! What the agent's session counts, for its `/metrics`: whether it is connected, how
 //! many sessions it opened, when it last sent a heartbeat, and how its outbound queue
-//! (see [`crate::outbox`]) fares: reports queued, sent, coalesced (a slice's newer
+//! (the session's `outbox`) fares: reports queued, sent, coalesced (a slice's newer
 //! status replaced its unsent report) and waiting.
 
 use std::sync::atomic::{AtomicBool, Ordering};

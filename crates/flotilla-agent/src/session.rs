@@ -32,7 +32,7 @@
 //! ```
 //!
 //! Nothing outbound is unbounded: a slice's newer status replaces its report still
-//! waiting (the [`crate::outbox`]), so a server that is slow to take messages costs at
+//! waiting (the `outbox` module), so a server that is slow to take messages costs at
 //! most one report per held slice, however long it is slow. Heartbeats run on their
 //! own task and go out before any waiting report, so neither a burst of reports nor a
 //! slow application of what the server sent delays the lease's renewal.
