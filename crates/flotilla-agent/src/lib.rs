@@ -15,8 +15,9 @@
 //! - [`run`] ([`session`]): the connection loop. It remembers the revision of the last
 //!   Snapshot or Change it applied and resumes from it after a broken stream, with
 //!   exponential backoff and jitter. Heartbeats go out every interval the server asks
-//!   for; a Report goes out whenever a slice's status changed, and every status again
-//!   after each reconnect.
+//!   for (from their own task, ahead of any waiting report); a Report goes out whenever
+//!   a slice's status changed, and every status again after each reconnect, through a
+//!   queue that holds at most one report per slice (`outbox`).
 //! - [`Member`] ([`member`]): what a member does with its slices. The agent only tells
 //!   it what to hold; the member converges on that in the background (level-triggered),
 //!   so applying a Snapshot or Change never waits on the member's cluster.
@@ -36,6 +37,7 @@ pub mod kube;
 pub mod local;
 pub mod member;
 pub mod metrics;
+mod outbox;
 pub mod process;
 pub mod session;
 pub mod sim;

@@ -11,6 +11,7 @@
 //!     (probing roles while it converges, or on its probe period), publish its status
 //!     (watch) when it changed
 //!     removed: delete every instance (and volumes when whenDeleted: Delete), forget it
+//!       (a teardown that fails is tried again the next round, unless held again)
 //!     after the first Snapshot: tear down what the backend still runs of sets no
 //!     longer held (an earlier agent's, on a backend that outlives agents)
 //!   sleep until the next set is due (at least one tick), or a wake-up
@@ -63,6 +64,12 @@ pub trait LocalBackend: Backend {
     /// backend that starts empty with every agent.
     fn known_sets(&self) -> Vec<(String, String)> {
         Vec::new()
+    }
+
+    /// Drops what the backend keeps about `set` (its last status) once its teardown
+    /// is done; nothing for a backend that keeps nothing.
+    fn forget(&self, set: &InstanceSet) {
+        let _ = set;
     }
 }
 
@@ -175,6 +182,12 @@ impl<B: LocalBackend> LocalMember<B> {
     /// [`LocalMember::resync_now`] after injecting a fault to have it noticed at once).
     pub fn backend(&self) -> &Arc<B> {
         self.inner.controller.backend()
+    }
+
+    /// How many sets the controller keeps state for: the held ones, and removed ones
+    /// until their teardown is done.
+    pub fn sets_kept(&self) -> usize {
+        self.inner.controller.sets_kept()
     }
 
     /// Makes every held set due for a reconcile (and a role probe) now.
@@ -315,7 +328,7 @@ impl<B: LocalBackend> Inner<B> {
     }
 
     /// One round: tear down removed sets, reconcile the due ones. Returns when the next
-    /// set is due, if any is held.
+    /// set is due, if any is held, or when a failed teardown is tried again.
     async fn round(&self, now: Instant) -> Option<Instant> {
         let removing = {
             let mut state = self.lock();
@@ -331,9 +344,17 @@ impl<B: LocalBackend> Inner<B> {
             }
             removing
         };
+        let mut retry = false;
         for (key, set) in removing {
             if let Err(e) = self.tear_down(&set).await {
-                tracing::warn!(set = %key, error = %e, "tearing down a removed slice failed");
+                tracing::warn!(set = %key, error = %e, "tearing down a removed slice failed; retrying");
+                // Unless it is held again meanwhile (its passes take over), or removed
+                // again (queued already, with the newer slice).
+                let mut state = self.lock();
+                if !state.sets.contains_key(&key) && !state.removing.contains_key(&key) {
+                    state.removing.insert(key, set);
+                    retry = true;
+                }
             }
         }
         let due: Vec<(String, Arc<Valid<InstanceSet>>, u64, bool)> = {
@@ -443,6 +464,7 @@ impl<B: LocalBackend> Inner<B> {
                 (true, Some(p)) => s.due.min(p),
                 _ => s.due,
             })
+            .chain(retry.then(|| now + self.options.max_retry))
             .min()
     }
 
@@ -485,6 +507,7 @@ impl<B: LocalBackend> Inner<B> {
             }
         }
         self.controller.forget(set);
+        self.backend().forget(set);
         tracing::debug!(set = %set_key(set), instances = observed.instances.len(), "removed slice torn down");
         Ok(())
     }
@@ -553,5 +576,148 @@ async fn ticker<B: LocalBackend>(member: Weak<Inner<B>>, wake: Arc<Notify>) {
             }
             None => wake.notified().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The member's bookkeeping of removed sets, over the simulated member in tokio's
+    //! paused time, behind a backend that can refuse deletions.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use flotilla_instanceset::Observed;
+    use flotilla_member::Applied;
+    use flotilla_member::sim::{Sim, SimConfig};
+
+    use super::*;
+
+    /// The simulated member, refusing every deletion while `refuse` is set.
+    #[derive(Debug)]
+    struct Flaky {
+        sim: Sim,
+        refuse: AtomicBool,
+    }
+
+    impl Backend for Flaky {
+        async fn observe(&self, set: &InstanceSet) -> flotilla_member::Result<Observed> {
+            self.sim.observe(set).await
+        }
+
+        async fn apply(
+            &self,
+            set: &InstanceSet,
+            action: &Action,
+        ) -> flotilla_member::Result<Applied> {
+            if matches!(action, Action::Delete { .. }) && self.refuse.load(Ordering::SeqCst) {
+                return Err(flotilla_member::Error::Backend("deletion refused".into()));
+            }
+            self.sim.apply(set, action).await
+        }
+
+        async fn write_status(
+            &self,
+            set: &InstanceSet,
+            status: &InstanceSetStatus,
+        ) -> flotilla_member::Result<Applied> {
+            self.sim.write_status(set, status).await
+        }
+
+        async fn probe_role(
+            &self,
+            set: &InstanceSet,
+            ordinal: u32,
+        ) -> flotilla_member::Result<Option<String>> {
+            self.sim.probe_role(set, ordinal).await
+        }
+
+        async fn capacity(&self) -> flotilla_member::Result<CapacityModel> {
+            self.sim.capacity().await
+        }
+    }
+
+    impl LocalBackend for Flaky {
+        fn advance(&self, by: Duration) {
+            self.sim.advance(by);
+        }
+
+        fn status(&self, set: &InstanceSet) -> Option<InstanceSetStatus> {
+            self.sim.status(set)
+        }
+
+        fn next_changes(&self) -> BTreeMap<String, Duration> {
+            self.sim.next_changes()
+        }
+
+        fn forget(&self, set: &InstanceSet) {
+            self.sim.forget(set);
+        }
+    }
+
+    /// Waits (in virtual time) until `done` holds.
+    async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+        for _ in 0..1000 {
+            if done().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what} did not happen");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_set_is_torn_down_and_forgotten_and_a_failed_teardown_is_retried() {
+        let config = SimConfig::from_text(
+            "nodeGroups: [{count: 1, free: {cpu: '4', memory: 16Gi, pods: 110}}]\nstartDelayMs: 100\nreadyDelayMs: 100\n",
+        )
+        .unwrap();
+        let backend = Arc::new(Flaky {
+            sim: Sim::new(&config),
+            refuse: AtomicBool::new(false),
+        });
+        let member = LocalMember::start(Arc::clone(&backend), LocalMemberOptions::default());
+        let set: InstanceSet = serde_json::from_value(serde_json::json!({
+            "apiVersion": "flotilla.io/v1alpha1",
+            "kind": "InstanceSet",
+            "metadata": {"name": "cache", "namespace": "default", "generation": 1, "uid": "u1"},
+            "spec": {
+                "ordinals": {"ranges": [{"start": 0, "end": 1}]},
+                "template": {"spec": {"containers": [{"name": "redis", "image": "redis:7",
+                    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]}},
+            },
+        }))
+        .unwrap();
+        let key = crate::slice_key("default", "cache");
+        member.put(set.clone());
+        let mut statuses = member.statuses();
+        statuses
+            .wait_for(|s| s.get(&key).is_some_and(|s| s.ready_replicas == 2))
+            .await
+            .unwrap();
+        assert_eq!(member.sets_kept(), 1);
+
+        // Removed while the backend refuses deletions: the instances stay, and so does
+        // what the controller keeps for the set, until a teardown succeeds.
+        backend.refuse.store(true, Ordering::SeqCst);
+        member.delete("default", "cache");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(backend.sim.observe(&set).await.unwrap().instances.len(), 2);
+        assert_eq!(member.sets_kept(), 1);
+
+        backend.refuse.store(false, Ordering::SeqCst);
+        until("the teardown", async || {
+            backend
+                .sim
+                .observe(&set)
+                .await
+                .unwrap()
+                .instances
+                .is_empty()
+        })
+        .await;
+        until("the set forgotten", async || member.sets_kept() == 0).await;
+        assert!(!member.statuses().borrow().contains_key(&key));
+        assert_eq!(backend.sim.status(&set), None);
+        assert_eq!(backend.sim.sets_kept(), 0, "nothing of the set is left");
     }
 }

@@ -1,5 +1,7 @@
 //! What the agent's session counts, for its `/metrics`: whether it is connected, how
-//! many sessions it opened, and when it last sent a heartbeat.
+//! many sessions it opened, when it last sent a heartbeat, and how its outbound queue
+//! (the session's `outbox`) fares: reports queued, sent, coalesced (a slice's newer
+//! status replaced its unsent report) and waiting.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,6 +21,17 @@ pub struct SessionMetrics {
     pub heartbeats: Counter,
     /// When the last heartbeat went out, in seconds since the Unix epoch.
     pub last_heartbeat: Gauge,
+    /// Reports queued: one per change of a slice's status seen by the session.
+    pub reports_queued: Counter,
+    /// Reports handed to the stream.
+    pub reports_sent: Counter,
+    /// Queued reports replaced by a newer status of their slice before they went out.
+    pub reports_coalesced: Counter,
+    /// Reports waiting to go out (at most one per held slice).
+    pub reports_pending: Gauge,
+    /// Heartbeats replaced by a newer one before they went out (the server took
+    /// nothing for a whole interval).
+    pub heartbeats_coalesced: Counter,
     welcomed: AtomicBool,
 }
 
@@ -44,6 +57,31 @@ impl SessionMetrics {
             "agent_last_heartbeat_timestamp_seconds",
             "When the last heartbeat was sent (Unix time)",
             self.last_heartbeat.clone(),
+        );
+        registry.register(
+            "agent_reports_queued",
+            "Reports queued (a slice's status changed)",
+            self.reports_queued.clone(),
+        );
+        registry.register(
+            "agent_reports_sent",
+            "Reports handed to the stream",
+            self.reports_sent.clone(),
+        );
+        registry.register(
+            "agent_reports_coalesced",
+            "Queued reports replaced by a newer status of their slice before they went out",
+            self.reports_coalesced.clone(),
+        );
+        registry.register(
+            "agent_reports_pending",
+            "Reports waiting to go out (at most one per slice)",
+            self.reports_pending.clone(),
+        );
+        registry.register(
+            "agent_heartbeats_coalesced",
+            "Heartbeats replaced by a newer one before they went out",
+            self.heartbeats_coalesced.clone(),
         );
     }
 

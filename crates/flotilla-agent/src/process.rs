@@ -31,6 +31,10 @@ impl LocalBackend for ProcessBackend {
         self.sets()
     }
 
+    fn forget(&self, set: &InstanceSet) {
+        ProcessBackend::forget(self, set);
+    }
+
     /// Starting instances are asked again every tick (the ticker's floor), like a
     /// kubelet's readiness probe, rather than at the set's retry backoff.
     fn next_changes(&self) -> BTreeMap<String, Duration> {

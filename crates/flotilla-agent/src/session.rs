@@ -18,8 +18,24 @@
 //!
 //! While streaming, the agent sends a Heartbeat (capacity, Kubernetes version) at once
 //! and then every `Welcome.heartbeat_interval_ms`, and a Report for every held slice
-//! whose status differs from the last one this session reported, so after a reconnect
+//! whose status differs from the last one this session queued, so after a reconnect
 //! every status is reported again.
+//!
+//! ```text
+//!   session task:   inbound ─▶ apply (Snapshot / Change) ─▶ Member
+//!                   statuses (watch) ─▶ changed slices ─▶ outbox.report ─┐
+//!   heartbeat task: tick ─▶ capacity, version ─▶ outbox.heartbeat ──────┤
+//!                                                                        ▼
+//!                        Outbox: Hello, then a waiting Heartbeat, then one Report per
+//!                        slice (newest status) ─▶ request stream, as fast as the
+//!                        server takes it
+//! ```
+//!
+//! Nothing outbound is unbounded: a slice's newer status replaces its report still
+//! waiting (the `outbox` module), so a server that is slow to take messages costs at
+//! most one report per held slice, however long it is slow. Heartbeats run on their
+//! own task and go out before any waiting report, so neither a burst of reports nor a
+//! slow application of what the server sent delays the lease's renewal.
 //!
 //! A broken session is retried after an exponential backoff with jitter
 //! ([`Options::backoff_initial`] doubling to [`Options::backoff_max`], each delay drawn
@@ -37,11 +53,9 @@ use std::time::Duration;
 use flotilla_api::InstanceSet;
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
 use flotilla_proto::v1::{
-    AgentMessage, Change, Heartbeat, Hello, Report, ServerMessage, Slice, Snapshot, Welcome,
-    agent_message, change, server_message,
+    Change, Heartbeat, Hello, Report, ServerMessage, Slice, Snapshot, Welcome, change,
+    server_message,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 use tracing::Instrument as _;
@@ -49,6 +63,7 @@ use tracing::Instrument as _;
 use crate::error::refused;
 use crate::member::{Member, Statuses};
 use crate::metrics::SessionMetrics;
+use crate::outbox::{self, Outbox};
 use crate::{Error, Result};
 
 /// How the agent reaches its server.
@@ -138,7 +153,7 @@ pub async fn run<M: Member>(
                 tracing::info!(parent: &span, revision = state.revision, "agent stopping");
                 return Ok(());
             }
-            e = session(&endpoint, &auth, &options, &*member, &mut state).instrument(span.clone()) => e,
+            e = session(&endpoint, &auth, &options, &member, &mut state).instrument(span.clone()) => e,
         };
         options.metrics.ended();
         if state.welcomed {
@@ -221,7 +236,7 @@ async fn session<M: Member>(
     endpoint: &Endpoint,
     auth: &MetadataValue<Ascii>,
     options: &Options,
-    member: &M,
+    member: &Arc<M>,
     state: &mut Resume,
 ) -> Error {
     match stream(endpoint, auth, options, member, state).await {
@@ -235,7 +250,7 @@ async fn stream<M: Member>(
     endpoint: &Endpoint,
     auth: &MetadataValue<Ascii>,
     options: &Options,
-    member: &M,
+    member: &Arc<M>,
     state: &mut Resume,
 ) -> Result<std::convert::Infallible> {
     let endpoint = match options.tls.for_url(&options.server).map_err(Error::Tls)? {
@@ -252,15 +267,17 @@ async fn stream<M: Member>(
         }
     })?;
     let mut client = AgentServiceClient::new(channel);
-    let (tx, rx) = mpsc::unbounded_channel();
     let hello = Hello {
         cluster: options.cluster.clone(),
         resume_revision: state.revision,
         agent_version: crate::VERSION.to_string(),
     };
     tracing::debug!(resume_revision = state.revision, "sending hello");
-    send(&tx, agent_message::Message::Hello(hello))?;
-    let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
+    let (outbox, outgoing) = outbox::outbox(hello, Arc::clone(&options.metrics));
+    // However the session ends (an error, or cancelled by a shutdown), the request
+    // stream ends with it.
+    let _closing = Closing(outbox.clone());
+    let mut request = tonic::Request::new(outgoing);
     request
         .metadata_mut()
         .insert(flotilla_proto::AUTHORIZATION, auth.clone());
@@ -298,8 +315,11 @@ async fn stream<M: Member>(
         "session welcomed"
     );
 
-    let mut heartbeat = tokio::time::interval(every);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Heartbeats on their own task: neither applying what the server sends nor
+    // queueing reports ever holds one up (and the outbox sends it before any report).
+    let mut heartbeats = Aborting(tokio::spawn(
+        heartbeats(Arc::clone(member), outbox.clone(), every).in_current_span(),
+    ));
     let mut statuses = member.statuses();
     // Every status is reported again in a new session.
     statuses.mark_changed();
@@ -309,14 +329,12 @@ async fn stream<M: Member>(
         tokio::select! {
             message = inbound.message() => {
                 match message.map_err(status_error(options))? {
-                    Some(m) => apply(m, member, state)?,
+                    Some(m) => apply(m, &**member, state)?,
                     None => return Err(Error::Closed),
                 }
             }
-            _ = heartbeat.tick() => {
-                send(&tx, agent_message::Message::Heartbeat(beat(member).await))?;
-                options.metrics.heartbeat();
-            }
+            // It ends only when the request stream is gone.
+            _ = &mut heartbeats.0 => return Err(Error::Closed),
             changed = statuses.changed(), if statuses_open => {
                 if changed.is_err() {
                     // The member is gone; nothing more will change.
@@ -324,8 +342,40 @@ async fn stream<M: Member>(
                     continue;
                 }
                 let current = statuses.borrow_and_update().clone();
-                report(&tx, &current, &mut reported)?;
+                report(&outbox, &current, &mut reported)?;
             }
+        }
+    }
+}
+
+/// Closes the outbox when the session ends.
+struct Closing(Outbox);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Aborts the session's heartbeat task when the session ends.
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The session's heartbeats: one at once, then one every `every` (a tick that came
+/// while the previous beat was still being read waits a full interval), each queued
+/// ahead of every report. Ends when the request stream is gone.
+async fn heartbeats<M: Member>(member: Arc<M>, outbox: Outbox, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if outbox.heartbeat(beat(&*member).await).is_err() {
+            return;
         }
     }
 }
@@ -343,13 +393,6 @@ fn status_error(options: &Options) -> impl Fn(tonic::Status) -> Error + '_ {
             Error::Stream(status)
         }
     }
-}
-
-fn send(tx: &mpsc::UnboundedSender<AgentMessage>, message: agent_message::Message) -> Result<()> {
-    tx.send(AgentMessage {
-        message: Some(message),
-    })
-    .map_err(|_| Error::Closed)
 }
 
 /// Applies one message from the server to `member` and takes its revision.
@@ -461,13 +504,14 @@ async fn beat<M: Member>(member: &M) -> Heartbeat {
     }
 }
 
-/// Reports every status that differs from the last one reported in this session.
-fn report(
-    tx: &mpsc::UnboundedSender<AgentMessage>,
-    current: &Statuses,
-    reported: &mut Statuses,
-) -> Result<()> {
-    reported.retain(|key, _| current.contains_key(key));
+/// Queues a report of every status that differs from the last one queued in this
+/// session (a report still waiting for its slice is replaced), and drops the waiting
+/// reports of slices no longer held.
+fn report(outbox: &Outbox, current: &Statuses, reported: &mut Statuses) -> Result<()> {
+    if reported.keys().any(|key| !current.contains_key(key)) {
+        reported.retain(|key, _| current.contains_key(key));
+        outbox.retain(|key| current.contains_key(key))?;
+    }
     for (key, status) in current {
         if reported.get(key) == Some(status) {
             continue;
@@ -476,15 +520,15 @@ fn report(
             continue;
         };
         let status_json = serde_json::to_string(status).unwrap_or_default();
-        send(
-            tx,
-            agent_message::Message::Report(Report {
+        outbox.report(
+            key,
+            Report {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
                 status_json,
-            }),
+            },
         )?;
-        tracing::debug!(slice = %key, ready = status.ready_replicas, "reported");
+        tracing::debug!(slice = %key, ready = status.ready_replicas, "report queued");
         reported.insert(key.clone(), status.clone());
     }
     Ok(())

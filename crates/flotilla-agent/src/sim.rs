@@ -33,6 +33,10 @@ impl LocalBackend for Sim {
     fn next_changes(&self) -> BTreeMap<String, Duration> {
         Sim::next_changes(self)
     }
+
+    fn forget(&self, set: &InstanceSet) {
+        Sim::forget(self, set);
+    }
 }
 
 impl LocalMember<Sim> {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_agent::{Member, Options, SimMember};
+use flotilla_agent::{Member, Options, SessionMetrics, SimMember, Statuses};
 use flotilla_api::{CapacityModel, InstanceSet, InstanceSetStatus, NodeGroup};
 use flotilla_member::Backend as _;
 use flotilla_member::sim::SimConfig;
@@ -147,6 +147,9 @@ impl Session {
 struct Fake {
     sessions: mpsc::UnboundedSender<Session>,
     refuse: Option<Status>,
+    /// When set, what the agent sends after its Hello is read only while it says
+    /// `true` (HTTP/2 flow control then stops the agent's stream).
+    reading: Option<watch::Receiver<bool>>,
 }
 
 #[tonic::async_trait]
@@ -179,8 +182,15 @@ impl AgentService for Fake {
         };
         let (to_agent, outbound) = mpsc::unbounded_channel();
         let (forward, from_agent) = mpsc::unbounded_channel();
+        let mut reading = self.reading.clone();
         tokio::spawn(async move {
-            while let Ok(Some(AgentMessage { message: Some(m) })) = inbound.message().await {
+            loop {
+                if let Some(reading) = reading.as_mut() {
+                    let _ = reading.wait_for(|r| *r).await;
+                }
+                let Ok(Some(AgentMessage { message: Some(m) })) = inbound.message().await else {
+                    break;
+                };
                 if forward.send(m).is_err() {
                     break;
                 }
@@ -199,12 +209,38 @@ impl AgentService for Fake {
 
 /// Starts a fake server; returns its URL and the sessions as they open.
 async fn fake_server(refuse: Option<Status>) -> (String, mpsc::UnboundedReceiver<Session>) {
+    serve(Fake {
+        sessions: mpsc::unbounded_channel().0,
+        refuse,
+        reading: None,
+    })
+    .await
+}
+
+/// Starts a fake server that reads what agents send only while `reading` says so, with
+/// HTTP/2's smallest windows (64 KiB), so that an agent's stream stops soon after.
+async fn gated_server(
+    reading: watch::Receiver<bool>,
+) -> (String, mpsc::UnboundedReceiver<Session>) {
+    serve(Fake {
+        sessions: mpsc::unbounded_channel().0,
+        refuse: None,
+        reading: Some(reading),
+    })
+    .await
+}
+
+async fn serve(mut fake: Fake) -> (String, mpsc::UnboundedReceiver<Session>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (sessions, opened) = mpsc::unbounded_channel();
-    let service = AgentServiceServer::new(Fake { sessions, refuse });
+    fake.sessions = sessions;
+    let small = fake.reading.is_some().then_some(65_535);
+    let service = AgentServiceServer::new(fake);
     tokio::spawn(
         tonic::transport::Server::builder()
+            .initial_stream_window_size(small)
+            .initial_connection_window_size(small)
             .add_service(service)
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
@@ -280,9 +316,21 @@ fn keys(held: &flotilla_agent::Held) -> BTreeSet<&str> {
 
 /// Starts an agent for cluster `a` with token `s3cret`; returns its stop switch and
 /// its outcome.
-fn agent(
+fn agent<M: Member>(
     url: &str,
-    member: Arc<SimMember>,
+    member: Arc<M>,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<flotilla_agent::Result<()>>,
+) {
+    agent_counted(url, member, Arc::default())
+}
+
+/// [`agent`], counting into `metrics`.
+fn agent_counted<M: Member>(
+    url: &str,
+    member: Arc<M>,
+    metrics: Arc<SessionMetrics>,
 ) -> (
     oneshot::Sender<()>,
     tokio::task::JoinHandle<flotilla_agent::Result<()>>,
@@ -291,10 +339,87 @@ fn agent(
     let mut options = Options::new(url, "a", "s3cret");
     options.backoff_initial = Duration::from_millis(20);
     options.backoff_max = Duration::from_millis(200);
+    options.metrics = metrics;
     let run = tokio::spawn(flotilla_agent::run(options, member, async move {
         let _ = stopped.await;
     }));
     (stop, run)
+}
+
+/// A member whose statuses the test sets, whose every heartbeat says which it is (its
+/// Kubernetes version is `v1.<n>` for the n-th), and whose `replace` can be made to
+/// hold its thread (a slow application of a Snapshot) until the test lets it go.
+#[derive(Default)]
+struct Scripted {
+    statuses: watch::Sender<Statuses>,
+    beats: std::sync::atomic::AtomicU64,
+    /// When set, `replace` says it started (once) and waits for the other end.
+    hold: std::sync::Mutex<Option<(oneshot::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+}
+
+impl Member for Scripted {
+    fn replace(&self, _: Vec<InstanceSet>, _: &[String]) {
+        let hold = self.hold.lock().unwrap().take();
+        if let Some((started, release)) = hold {
+            let _ = started.send(());
+            // Busy for as long as the test says, as a long, CPU-bound application
+            // would be (the runtime's other tasks move to another thread).
+            tokio::task::block_in_place(|| {
+                let _ = release.recv();
+            });
+        }
+    }
+
+    fn put(&self, _: InstanceSet) {}
+
+    fn delete(&self, _: &str, _: &str) {}
+
+    fn statuses(&self) -> watch::Receiver<Statuses> {
+        self.statuses.subscribe()
+    }
+
+    async fn capacity(&self) -> flotilla_agent::Result<CapacityModel> {
+        Ok(CapacityModel::default())
+    }
+
+    async fn kubernetes_version(&self) -> flotilla_agent::Result<String> {
+        let n = self.beats.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        Ok(format!("v1.{n}"))
+    }
+}
+
+/// Which heartbeat this is (see [`Scripted`]).
+fn beat_number(h: &Heartbeat) -> u64 {
+    h.kubernetes_version
+        .strip_prefix("v1.")
+        .and_then(|n| n.parse().ok())
+        .expect("a scripted heartbeat")
+}
+
+/// A status of about 16 KiB saying `round` (its observed generation).
+fn big_status(round: i64) -> InstanceSetStatus {
+    InstanceSetStatus {
+        observed_generation: Some(round),
+        conditions: vec![flotilla_api::status::Condition {
+            type_: "Progressing".into(),
+            status: "True".into(),
+            reason: "Test".into(),
+            message: "x".repeat(16 * 1024),
+            last_transition_time: None,
+        }],
+        ..InstanceSetStatus::default()
+    }
+}
+
+/// Waits until `done` holds, checking every few milliseconds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -494,4 +619,146 @@ async fn a_malformed_url_or_token_is_refused_at_once() {
     .await
     .unwrap_err();
     assert!(matches!(e, flotilla_agent::Error::InvalidToken), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_reading_costs_one_report_per_slice_and_gets_the_heartbeat_first() {
+    const SLICES: i64 = 20;
+    const ROUNDS: i64 = 30;
+    let (reading, gate) = watch::channel(false);
+    let (url, mut opened) = gated_server(gate).await;
+    let member = Arc::new(Scripted::default());
+    let keys: Vec<String> = (0..SLICES).map(|i| format!("ns/s{i}")).collect();
+    let all = |round: i64| -> Statuses {
+        keys.iter()
+            .map(|k| (k.clone(), big_status(round)))
+            .collect()
+    };
+    member.statuses.send_replace(all(0));
+    let metrics = Arc::new(SessionMetrics::default());
+    let (stop, run) = agent_counted(&url, member.clone(), metrics.clone());
+    let mut s = next_session(&mut opened).await;
+    s.welcome(false);
+
+    // The server reads nothing after the Hello. Every slice's status changes again and
+    // again (each round seen by the agent before the next): however many changes, the
+    // agent holds at most one report per slice, its newest.
+    let queued = |rounds: i64| (rounds * SLICES) as u64;
+    until("the first reports queued", || {
+        metrics.reports_queued.get() == queued(1)
+    })
+    .await;
+    for round in 1..=ROUNDS {
+        member.statuses.send_replace(all(round));
+        until("the round's reports queued", || {
+            metrics.reports_queued.get() == queued(round + 1)
+        })
+        .await;
+        assert!(metrics.reports_pending.get() <= SLICES, "round {round}");
+    }
+    assert_eq!(
+        metrics.reports_pending.get(),
+        SLICES,
+        "the stream stopped before the last round: every slice's newest report waits"
+    );
+    assert!(metrics.reports_coalesced.get() >= queued(ROUNDS - 1));
+    assert_eq!(
+        metrics.reports_sent.get()
+            + metrics.reports_coalesced.get()
+            + metrics.reports_pending.get() as u64,
+        metrics.reports_queued.get()
+    );
+
+    // Heartbeats are still made meanwhile; one made after the last round must not wait
+    // behind the reports queued before it.
+    let after_last_round = member.beats.load(std::sync::atomic::Ordering::SeqCst) + 1;
+    until("a heartbeat made after the last round was queued", || {
+        member.beats.load(std::sync::atomic::Ordering::SeqCst) > after_last_round
+    })
+    .await;
+    assert!(metrics.heartbeats_coalesced.get() >= 1);
+
+    // The server reads again.
+    reading.send_replace(true);
+    let mut received = Vec::new();
+    let mut newest: BTreeMap<String, i64> = BTreeMap::new();
+    while newest.len() < SLICES as usize || newest.values().any(|r| *r != ROUNDS) {
+        let m = s.next().await;
+        if let agent_message::Message::Report(r) = &m {
+            let status: InstanceSetStatus = serde_json::from_str(&r.status_json).unwrap();
+            let round = status.observed_generation.unwrap();
+            let before = newest.insert(format!("{}/{}", r.namespace, r.name), round);
+            assert!(
+                before.is_none_or(|b| b < round),
+                "reports of a slice in order"
+            );
+        }
+        received.push(m);
+    }
+    let first_of_last_round = received
+        .iter()
+        .position(|m| {
+            matches!(m, agent_message::Message::Report(r)
+                if serde_json::from_str::<InstanceSetStatus>(&r.status_json).unwrap().observed_generation == Some(ROUNDS))
+        })
+        .unwrap();
+    let heartbeat = received.iter().position(
+        |m| matches!(m, agent_message::Message::Heartbeat(h) if beat_number(h) >= after_last_round),
+    );
+    assert!(
+        heartbeat.is_some_and(|h| h < first_of_last_round),
+        "a heartbeat made after the last round goes out before that round's reports \
+         (heartbeat at {heartbeat:?}, first report of the last round at {first_of_last_round})"
+    );
+    let reports = received
+        .iter()
+        .filter(|m| matches!(m, agent_message::Message::Report(_)))
+        .count() as u64;
+    assert!(
+        reports < queued(ROUNDS + 1) / 4,
+        "{reports} reports of {} changes reached the server",
+        queued(ROUNDS + 1)
+    );
+    until("nothing waits", || metrics.reports_pending.get() == 0).await;
+    assert_eq!(metrics.reports_sent.get(), reports);
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("the agent stopped")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_go_on_while_the_agent_is_busy_applying_a_snapshot() {
+    let (url, mut opened) = fake_server(None).await;
+    let member = Arc::new(Scripted::default());
+    let (started, busy) = oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel();
+    *member.hold.lock().unwrap() = Some((started, released));
+    let (stop, run) = agent(&url, member.clone());
+    let mut s = next_session(&mut opened).await;
+    s.welcome(false);
+    s.snapshot(1, vec![]);
+    tokio::time::timeout(PATIENCE, busy)
+        .await
+        .expect("the agent applies the snapshot")
+        .unwrap();
+
+    // While the session is busy applying, three heartbeats made after it started
+    // reach the server.
+    let since = member.beats.load(std::sync::atomic::Ordering::SeqCst);
+    for n in 1..=3 {
+        let h = s.heartbeat_until(|h| beat_number(h) >= since + n).await;
+        assert!(beat_number(&h) > since);
+    }
+    release.send(()).unwrap();
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("the agent stopped")
+        .unwrap()
+        .unwrap();
 }

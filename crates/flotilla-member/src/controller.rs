@@ -23,7 +23,7 @@
 //! outcome of the last switchover; everything else is read back from the backend on
 //! every pass, so a crash between two writes costs nothing but a repeated pass.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -59,6 +59,8 @@ pub struct Pass {
 struct SetState {
     /// The `metadata.uid` of the object this state is about.
     uid: Option<String>,
+    /// The newest probe result of each instance that exists (an instance gone takes
+    /// its result with it, so this holds at most one per instance).
     probes: BTreeMap<u32, ProbeResult>,
     last_switchover: Option<SwitchoverOutcome>,
     last_status: Option<InstanceSetStatus>,
@@ -230,6 +232,13 @@ impl<B: Backend> Controller<B> {
         {
             let mut sets = self.lock();
             let state = state_of(&mut sets, set);
+            // An instance that no longer exists has no role; a new one of its ordinal is
+            // probed afresh.
+            if !state.probes.is_empty() {
+                let existing: BTreeSet<u32> =
+                    observed.instances.iter().map(|i| i.ordinal).collect();
+                state.probes.retain(|o, _| existing.contains(o));
+            }
             for inst in &mut observed.instances {
                 if let Some(p) = state.probes.get(&inst.ordinal)
                     && inst.probe.as_ref().is_none_or(|q| p.version > q.version)
@@ -543,11 +552,13 @@ mod tests {
         barrier: Option<tokio::sync::Barrier>,
         applied: StdMutex<Vec<String>>,
         statuses: StdMutex<Vec<InstanceSetStatus>>,
+        /// What `observe` finds (nothing unless set).
+        observed: StdMutex<Observed>,
     }
 
     impl Backend for Fake {
         async fn observe(&self, _: &InstanceSet) -> Result<Observed> {
-            Ok(Observed::default())
+            Ok(self.observed.lock().unwrap().clone())
         }
 
         async fn apply(&self, _: &InstanceSet, action: &Action) -> Result<Applied> {
@@ -709,6 +720,42 @@ mod tests {
         // Deleted (never seen deleting) and created again: another uid, its own status.
         controller.reconcile(&set("u2")).await.unwrap();
         assert_eq!(backend.statuses.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn probe_results_go_with_their_instances() {
+        let backend = Arc::new(Fake::default());
+        let running = |ordinals: &[u32]| Observed {
+            instances: ordinals
+                .iter()
+                .map(|&ordinal| flotilla_instanceset::Instance {
+                    ordinal,
+                    phase: Phase::Running,
+                    ..flotilla_instanceset::Instance::default()
+                })
+                .collect(),
+            ..Observed::default()
+        };
+        let probed = |controller: &Controller<Fake>| -> Vec<u32> {
+            controller.lock()["default/redis"]
+                .probes
+                .keys()
+                .copied()
+                .collect()
+        };
+        *backend.observed.lock().unwrap() = running(&[0, 1, 2, 7]);
+        let controller = Controller::new(Arc::clone(&backend));
+        let set = set("u1");
+        let _ = controller.pass(&set, true).await;
+        assert_eq!(probed(&controller), [0, 1, 2, 7]);
+        // 1 and 7 are gone (scaled down, moved to another member): so are their results.
+        *backend.observed.lock().unwrap() = running(&[0, 2]);
+        let _ = controller.pass(&set, true).await;
+        assert_eq!(probed(&controller), [0, 2]);
+        let _ = controller.pass(&set, false).await;
+        assert_eq!(probed(&controller), [0, 2]);
+        controller.forget(&set);
+        assert_eq!(controller.sets_kept(), 0);
     }
 
     #[tokio::test]

@@ -336,6 +336,33 @@ impl Sim {
             .and_then(|s| s.status.clone())
     }
 
+    /// Forgets a removed set once none of its instances is left: its status and role
+    /// bookkeeping go, and with them its entry unless volumes of it are retained
+    /// (`whenDeleted: Retain`: they stay, as PVCs would). Nothing while instances exist.
+    pub fn forget(&self, set: &InstanceSet) {
+        let mut st = self.lock();
+        let k = key(set);
+        let Some(s) = st.sets.get_mut(&k) else {
+            return;
+        };
+        if !s.pods.is_empty() {
+            return;
+        }
+        if s.volumes.is_empty() {
+            st.sets.remove(&k);
+        } else {
+            *s = SetSim {
+                volumes: std::mem::take(&mut s.volumes),
+                ..SetSim::default()
+            };
+        }
+    }
+
+    /// How many sets the simulated member keeps anything for.
+    pub fn sets_kept(&self) -> usize {
+        self.lock().sets.len()
+    }
+
     /// The exclusive role's holder in `set`, as the simulated replication sees it.
     pub fn primary(&self, set: &InstanceSet) -> Option<u32> {
         self.lock().sets.get(&key(set)).and_then(|s| s.primary)
@@ -715,6 +742,53 @@ mod tests {
                 .starts_with("nodeGroups[0].count: invalid type"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_removed_set_is_forgotten_once_its_instances_are_gone_but_not_its_retained_volumes() {
+        let sim = Sim::new(
+            &SimConfig::from_text("nodeGroups: [{count: 1, free: {cpu: '4', pods: 10}}]\n")
+                .unwrap(),
+        );
+        let set: InstanceSet = serde_yaml::from_str(
+            "apiVersion: flotilla.io/v1alpha1\nkind: InstanceSet\nmetadata: {name: cache, namespace: default}\n\
+             spec:\n  ordinals: {ranges: [{start: 0, end: 0}]}\n  template: {spec: {containers: [{name: redis, image: 'redis:7'}]}}\n  \
+             volumeClaimTemplates: [{metadata: {name: data}}]\n",
+        )
+        .unwrap();
+        let volume = Action::CreateVolume {
+            ordinal: 0,
+            claim: "data".into(),
+        };
+        sim.apply(&set, &volume).await.unwrap();
+        sim.apply(&set, &Action::Create { ordinal: 0 })
+            .await
+            .unwrap();
+        sim.write_status(&set, &InstanceSetStatus::default())
+            .await
+            .unwrap();
+        sim.forget(&set);
+        assert!(sim.status(&set).is_some(), "its instance still runs");
+
+        sim.apply(&set, &Action::Delete { ordinal: 0 })
+            .await
+            .unwrap();
+        sim.forget(&set);
+        assert_eq!(sim.status(&set), None);
+        assert_eq!(
+            sim.observe(&set).await.unwrap().volumes.len(),
+            1,
+            "retained"
+        );
+        assert_eq!(sim.sets_kept(), 1);
+
+        let delete = Action::DeleteVolume {
+            ordinal: 0,
+            claim: "data".into(),
+        };
+        sim.apply(&set, &delete).await.unwrap();
+        sim.forget(&set);
+        assert_eq!(sim.sets_kept(), 0);
     }
 
     #[test]

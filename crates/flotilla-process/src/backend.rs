@@ -271,6 +271,16 @@ impl ProcessBackend {
             .and_then(|s| s.status.clone())
     }
 
+    /// Forgets a removed set once none of its instances is left (its status, its
+    /// crash counts). Nothing while instances exist; volumes are on disk and stay.
+    pub fn forget(&self, set: &InstanceSet) {
+        let mut st = self.lock();
+        let k = key(set);
+        if st.sets.get(&k).is_some_and(|s| s.instances.is_empty()) {
+            st.sets.remove(&k);
+        }
+    }
+
     /// What is recorded about instance `ordinal` of `set`.
     pub fn record(&self, set: &InstanceSet, ordinal: u32) -> Option<Record> {
         self.lock()

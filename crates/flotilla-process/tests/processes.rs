@@ -365,6 +365,18 @@ async fn delete_and_delete_volume_remove_the_process_and_its_directory() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("in use by cache-0"), "{e}");
+
+    // A removed set is forgotten only once its last instance is gone.
+    let b = c.backend();
+    assert!(b.status(&smaller).is_some());
+    b.forget(&smaller);
+    assert!(b.status(&smaller).is_some(), "cache-0 still runs");
+    b.apply(&smaller, &Action::Delete { ordinal: 0 })
+        .await
+        .unwrap();
+    b.forget(&smaller);
+    assert_eq!(b.status(&smaller), None);
+    assert!(b.sets().is_empty());
 }
 
 fn sleeper(command: &str) -> Valid<InstanceSet> {

@@ -19,6 +19,13 @@
 //! and report for its own cluster. Every heartbeat checks the token again, so a session
 //! opened with a token since revoked or rotated past its grace ends at the next one. A second session for the same cluster (the agent
 //! restarted) ends the first.
+//!
+//! What this server keeps in memory is bounded by what exists, not by what came and
+//! went: per connected cluster its session, lease id and capacity-write time (dropped
+//! when its session ends); per session the status last stored for each slice (dropped
+//! when the slice is deleted); per registered cluster its last heartbeat time (kept
+//! after a disconnect, for `get clusters`, and dropped by [`Agents::prune`] once the
+//! cluster is deleted).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -66,6 +73,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A cluster's current session.
+#[derive(Debug)]
+struct Connected {
+    id: u64,
+    /// Set to end the session (a newer one replaced it).
+    stop: watch::Sender<bool>,
+}
+
+/// What one session stored for each slice it reported, so that an unchanged report
+/// costs no store request. Its entries go with their slices: the session's watch
+/// forgets a slice when it sends the agent its deletion.
+#[derive(Debug, Default)]
+struct Written {
+    statuses: HashMap<keys::SetKey, InstanceSetStatus>,
+    /// Deletions forgotten so far; a report that raced one is not remembered (it may
+    /// be of the deleted slice).
+    deletions: u64,
+}
+
+impl Written {
+    fn forget(&mut self, set: &str) {
+        self.deletions += 1;
+        self.statuses.remove(set);
+    }
+}
+
+/// How often [`Agents::prune`] looks for deleted clusters' heartbeat times.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// A change of free capacity alone is stored at most this often per cluster.
 const CAPACITY_EVERY: Duration = Duration::from_secs(10);
 
@@ -82,10 +118,13 @@ pub struct Agents {
     /// The server's TLS: with `--client-ca`, an agent must present a certificate of
     /// that CA naming its cluster.
     pub tls: Option<Arc<flotilla_tls::ServerTls>>,
+    /// The lease of each connected cluster.
     leases: Mutex<HashMap<String, LeaseId>>,
-    /// When each cluster's status was last written for a capacity change.
+    /// When each connected cluster's status was last written for a capacity change.
     capacity_written: Mutex<HashMap<String, Instant>>,
-    sessions: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
+    /// The session of each connected cluster. Lock order: `sessions` before any other
+    /// map of this server.
+    sessions: Mutex<HashMap<String, Connected>>,
     next: AtomicU64,
     /// Checks agent tokens.
     tokens: Arc<auth::Tokens>,
@@ -123,10 +162,11 @@ impl Agents {
     /// Registers a session, ending any earlier one of the same cluster.
     fn register(&self, cluster: &str) -> (u64, watch::Receiver<bool>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(false);
-        if let Some((_, old)) = lock(&self.sessions).insert(cluster.to_string(), (id, tx)) {
+        let (stop, rx) = watch::channel(false);
+        let session = Connected { id, stop };
+        if let Some(old) = lock(&self.sessions).insert(cluster.to_string(), session) {
             tracing::info!(cluster, "a new session replaces the previous one");
-            old.send_replace(true);
+            old.stop.send_replace(true);
         }
         (id, rx)
     }
@@ -136,12 +176,64 @@ impl Agents {
     /// only, however many come and go. The lease itself is left to run out (the agent
     /// may be reconnecting, here or to another server); a new session grants another
     /// and moves the alive key under it.
+    ///
+    /// A session that a newer one replaced leaves the maps to the newer one, unless
+    /// that one has ended too: a heartbeat of the older one still in flight when the
+    /// newer one ended put its entries back, and nobody else would remove them.
     fn deregister(&self, cluster: &str, id: u64) {
         let mut sessions = lock(&self.sessions);
-        if sessions.get(cluster).is_some_and(|(i, _)| *i == id) {
-            sessions.remove(cluster);
-            lock(&self.leases).remove(cluster);
-            lock(&self.capacity_written).remove(cluster);
+        match sessions.get(cluster) {
+            Some(current) if current.id != id => {}
+            _ => {
+                sessions.remove(cluster);
+                lock(&self.leases).remove(cluster);
+                lock(&self.capacity_written).remove(cluster);
+            }
+        }
+    }
+
+    /// Drops the last heartbeat time of every cluster that is not connected here and
+    /// is no longer registered; returns how many went. (A connected cluster that is
+    /// deleted loses its session at its next heartbeat, and its time at the next
+    /// prune.)
+    pub async fn prune_presence(&self) -> flotilla_store::Result<usize> {
+        let candidates: Vec<String> = {
+            let sessions = lock(&self.sessions);
+            lock(&self.presence.last_heartbeat)
+                .keys()
+                .filter(|c| !sessions.contains_key(*c))
+                .cloned()
+                .collect()
+        };
+        let mut gone = Vec::new();
+        for cluster in candidates {
+            if self.store.get(&keys::cluster(&cluster)).await?.is_none() {
+                gone.push(cluster);
+            }
+        }
+        let sessions = lock(&self.sessions);
+        let mut presence = lock(&self.presence.last_heartbeat);
+        let mut pruned = 0;
+        for cluster in gone {
+            // Registered again and connected meanwhile: its time is current.
+            if !sessions.contains_key(&cluster) && presence.remove(&cluster).is_some() {
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Runs [`Agents::prune_presence`] every minute, for ever.
+    pub async fn prune(self: Arc<Self>) {
+        let mut every = tokio::time::interval(PRUNE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match self.prune_presence().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(clusters = n, "forgot deleted clusters' heartbeats"),
+                Err(e) => tracing::warn!(error = %e, "pruning heartbeat times failed"),
+            }
         }
     }
 
@@ -277,7 +369,7 @@ impl Agents {
         &self,
         cluster: &str,
         report: Report,
-        written: &mut HashMap<String, InstanceSetStatus>,
+        written: &Mutex<Written>,
     ) -> Result<(), Status> {
         let ns = if report.namespace.is_empty() {
             "default"
@@ -294,13 +386,18 @@ impl Agents {
             Status::invalid_argument(format!("report for {ns}/{}: status_json: {e}", report.name))
         })?;
         let set = keys::set_key(ns, &report.name);
-        if written.get(&set) == Some(&status) {
-            self.metrics
-                .reports
-                .get_or_create(&label("outcome", "unchanged"))
-                .inc();
-            return Ok(());
-        }
+        let deletions = {
+            let written = lock(written);
+            if written.statuses.get(&set) == Some(&status) {
+                drop(written);
+                self.metrics
+                    .reports
+                    .get_or_create(&label("outcome", "unchanged"))
+                    .inc();
+                return Ok(());
+            }
+            written.deletions
+        };
         // Only slices the cluster holds can be reported on.
         if self
             .store
@@ -335,7 +432,10 @@ impl Agents {
                 .get_or_create(&label("outcome", "unchanged"))
                 .inc();
         }
-        written.insert(set, status);
+        let mut written = lock(written);
+        if written.deletions == deletions {
+            written.statuses.insert(set, status);
+        }
         Ok(())
     }
 }
@@ -393,6 +493,7 @@ impl AgentService for Service {
         self.0.authenticate(&hello.cluster, &token).await?;
         let cluster = hello.cluster.clone();
         let (id, stop) = self.0.register(&cluster);
+        let written = Arc::new(Mutex::new(Written::default()));
         self.0.metrics.agent_sessions.inc();
         tracing::info!(
             cluster,
@@ -406,9 +507,10 @@ impl AgentService for Service {
         let out_tx = tx.clone();
         let mut out_stop = stop.clone();
         let out_cluster = cluster.clone();
+        let out_written = Arc::clone(&written);
         tokio::spawn(async move {
             tokio::select! {
-                result = agents.send_slices(&out_cluster, &hello, &out_tx) => {
+                result = agents.send_slices(&out_cluster, &hello, &out_tx, &out_written) => {
                     if let Err(status) = result {
                         tracing::warn!(cluster = %out_cluster, error = %status.message(), "agent stream ended");
                         let _ = out_tx.send(Err(status)).await;
@@ -424,7 +526,6 @@ impl AgentService for Service {
         let agents = self.0.clone();
         let mut in_stop = stop;
         tokio::spawn(async move {
-            let mut written = HashMap::new();
             loop {
                 let message = tokio::select! {
                     m = inbound.message() => m,
@@ -437,7 +538,7 @@ impl AgentService for Service {
                     })) => agents.heartbeat(&cluster, &token, hb).await,
                     Ok(Some(AgentMessage {
                         message: Some(Inbound::Report(r)),
-                    })) => agents.report(&cluster, r, &mut written).await,
+                    })) => agents.report(&cluster, r, &written).await,
                     Ok(Some(_)) => Err(Status::invalid_argument("Hello is only the first message")),
                     Ok(None) => break,
                     Err(e) => {
@@ -467,11 +568,14 @@ impl AgentService for Service {
 impl Agents {
     /// Welcome, the snapshot or the resumed history, then every change, until the
     /// agent goes away or the store fails.
+    ///
+    /// A slice's deletion makes the session forget what it stored for it (`written`).
     async fn send_slices(
         &self,
         cluster: &str,
         hello: &Hello,
         tx: &mpsc::Sender<Result<ServerMessage, Status>>,
+        written: &Mutex<Written>,
     ) -> Result<(), Status> {
         let prefix = keys::slices_of(cluster);
         let listing = self.store.list(&prefix).await.map_err(store_status)?;
@@ -531,6 +635,7 @@ impl Agents {
                 Event::Put(kv) => slice_of(kv).map(ChangeKind::Put),
                 Event::Delete { key, .. } => match Key::parse(key) {
                     Key::Slice { set, .. } => {
+                        lock(written).forget(&set);
                         let (namespace, name) = keys::split_set_key(&set);
                         Some(ChangeKind::Delete(SliceRef {
                             namespace: namespace.to_string(),
@@ -564,4 +669,263 @@ fn slice_of(kv: &KeyValue) -> Option<Slice> {
         name: name.to_string(),
         json: String::from_utf8_lossy(&kv.value).into_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! What the server keeps per cluster and per session goes when they go: against the
+    //! embedded store, with the agent service over a real socket where a session is
+    //! needed.
+
+    use flotilla_proto::v1::agent_service_client::AgentServiceClient;
+    use flotilla_proto::v1::agent_service_server::AgentServiceServer;
+    use flotilla_store::{EmbeddedOptions, EmbeddedStore};
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    use super::*;
+
+    const TOKEN: &str = "agent-secret";
+
+    /// The agent service on a fresh embedded store, with clusters `a`, `b` and `c`
+    /// registered (token [`TOKEN`] for each).
+    async fn agents() -> (Arc<Agents>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            EmbeddedStore::open(dir.path().join("s.redb"), EmbeddedOptions::default())
+                .await
+                .unwrap(),
+        );
+        for cluster in ["a", "b", "c"] {
+            store
+                .put(
+                    &keys::cluster(cluster),
+                    Bytes::from_static(b"{}"),
+                    Condition::Any,
+                    None,
+                )
+                .await
+                .unwrap();
+            store
+                .put(
+                    &keys::token(cluster),
+                    auth::ClusterToken::new(auth::digest(TOKEN)).to_bytes(),
+                    Condition::Any,
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        let tokens = Arc::new(auth::Tokens::new(store.clone(), "admin"));
+        let agents = Agents::new(
+            store,
+            Arc::new(Metrics::new()),
+            Arc::default(),
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            tokens,
+        );
+        (Arc::new(agents), dir)
+    }
+
+    fn beat() -> Heartbeat {
+        Heartbeat {
+            capacity_json: String::new(),
+            kubernetes_version: String::new(),
+        }
+    }
+
+    /// Which of the per-cluster maps hold `cluster`: sessions, leases, capacity writes.
+    fn kept(agents: &Agents, cluster: &str) -> [bool; 3] {
+        [
+            lock(&agents.sessions).contains_key(cluster),
+            lock(&agents.leases).contains_key(cluster),
+            lock(&agents.capacity_written).contains_key(cluster),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_clusters_entries_go_with_its_last_session_even_after_a_late_heartbeat() {
+        let (agents, _dir) = agents().await;
+        let (one, _) = agents.register("a");
+        agents.heartbeat("a", TOKEN, beat()).await.unwrap();
+        assert_eq!(kept(&agents, "a"), [true; 3]);
+
+        // A newer session replaces the first: the first's end leaves its entries.
+        let (two, _) = agents.register("a");
+        agents.deregister("a", one);
+        assert_eq!(kept(&agents, "a"), [true; 3]);
+        agents.deregister("a", two);
+        assert_eq!(kept(&agents, "a"), [false; 3]);
+
+        // A replaced session's heartbeat still in flight when the newer session ended
+        // puts entries back; the replaced session's own end takes them out.
+        let (three, _) = agents.register("a");
+        let (four, _) = agents.register("a");
+        agents.deregister("a", four);
+        agents.heartbeat("a", TOKEN, beat()).await.unwrap();
+        assert!(
+            kept(&agents, "a")[1],
+            "the late heartbeat renewed the lease"
+        );
+        agents.deregister("a", three);
+        assert_eq!(kept(&agents, "a"), [false; 3]);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_clusters_heartbeat_time_is_pruned_once_it_is_not_connected() {
+        let (agents, _dir) = agents().await;
+        for cluster in ["a", "b", "c"] {
+            agents.heartbeat(cluster, TOKEN, beat()).await.unwrap();
+        }
+        let (b, _) = agents.register("b");
+        let times = || {
+            let mut t: Vec<String> = lock(&agents.presence.last_heartbeat)
+                .keys()
+                .cloned()
+                .collect();
+            t.sort();
+            t
+        };
+        // Disconnected but registered: its time stays (`get clusters` shows it).
+        assert_eq!(agents.prune_presence().await.unwrap(), 0);
+        assert_eq!(times(), ["a", "b", "c"]);
+
+        for cluster in ["a", "b"] {
+            agents
+                .store
+                .delete(&keys::cluster(cluster), None)
+                .await
+                .unwrap();
+        }
+        assert_eq!(agents.prune_presence().await.unwrap(), 1);
+        assert_eq!(times(), ["b", "c"], "b is still connected");
+        agents.deregister("b", b);
+        assert_eq!(agents.prune_presence().await.unwrap(), 1);
+        assert_eq!(times(), ["c"]);
+        assert!(agents.presence.last_heartbeat("c").is_some());
+    }
+
+    /// A scripted agent's session with `agents` over a real socket.
+    struct Session {
+        tx: mpsc::Sender<AgentMessage>,
+        rx: Streaming<ServerMessage>,
+    }
+
+    impl Session {
+        async fn open(agents: &Arc<Agents>, cluster: &str) -> Session {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(AgentServiceServer::new(Service(agents.clone())))
+                    .serve_with_incoming(TcpListenerStream::new(listener)),
+            );
+            let mut client = AgentServiceClient::connect(url).await.unwrap();
+            let (tx, out) = mpsc::channel(16);
+            tx.send(AgentMessage {
+                message: Some(Inbound::Hello(Hello {
+                    cluster: cluster.into(),
+                    resume_revision: 0,
+                    agent_version: "test".into(),
+                })),
+            })
+            .await
+            .unwrap();
+            let mut request = Request::new(ReceiverStream::new(out));
+            request.metadata_mut().insert(
+                flotilla_proto::AUTHORIZATION,
+                format!("Bearer {TOKEN}").parse().unwrap(),
+            );
+            let rx = client.session(request).await.unwrap().into_inner();
+            Session { tx, rx }
+        }
+
+        async fn next(&mut self) -> Outbound {
+            tokio::time::timeout(Duration::from_secs(20), self.rx.message())
+                .await
+                .expect("a message from the server")
+                .unwrap()
+                .unwrap()
+                .message
+                .unwrap()
+        }
+
+        async fn report(&self, name: &str, status: &InstanceSetStatus) {
+            let report = Report {
+                namespace: "default".into(),
+                name: name.into(),
+                status_json: serde_json::to_string(status).unwrap(),
+            };
+            self.tx
+                .send(AgentMessage {
+                    message: Some(Inbound::Report(report)),
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn stored_report(store: &dyn Store, key: &str) -> Option<InstanceSetStatus> {
+        let kv = store.get(key).await.unwrap()?;
+        Some(serde_json::from_slice(&kv.value).unwrap())
+    }
+
+    async fn until_stored(store: &dyn Store, key: &str, status: &InstanceSetStatus) {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while stored_report(store, key).await.as_ref() != Some(status) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the report stored");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_slice_is_forgotten_so_its_successor_gets_the_same_report_stored() {
+        let (agents, _dir) = agents().await;
+        let store = agents.store.clone();
+        let mut s = Session::open(&agents, "a").await;
+        assert!(matches!(s.next().await, Outbound::Welcome(_)));
+        assert!(matches!(s.next().await, Outbound::Snapshot(_)));
+        let slice = keys::slice("a", "default/r");
+        let report = keys::report("a", "default/r");
+        let status = InstanceSetStatus {
+            observed_generation: Some(1),
+            replicas: 2,
+            ..InstanceSetStatus::default()
+        };
+
+        store
+            .put(&slice, Bytes::from_static(b"{}"), Condition::Any, None)
+            .await
+            .unwrap();
+        assert!(matches!(s.next().await, Outbound::Change(_)));
+        s.report("r", &status).await;
+        until_stored(&*store, &report, &status).await;
+
+        // The slice goes (and its report with it, as the controller does), then a new
+        // slice of the same name comes, whose first status is the same as the old one's.
+        store.delete(&slice, None).await.unwrap();
+        store.delete(&report, None).await.unwrap();
+        assert!(matches!(
+            s.next().await,
+            Outbound::Change(Change {
+                change: Some(ChangeKind::Delete(_)),
+                ..
+            })
+        ));
+        store
+            .put(&slice, Bytes::from_static(b"{}"), Condition::Any, None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.next().await,
+            Outbound::Change(Change {
+                change: Some(ChangeKind::Put(_)),
+                ..
+            })
+        ));
+        s.report("r", &status).await;
+        until_stored(&*store, &report, &status).await;
+    }
 }

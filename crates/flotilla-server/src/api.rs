@@ -691,10 +691,13 @@ impl Api {
         let mut c: Cluster = decode_json(kv)?;
         c.metadata.resource_version = Some(kv.mod_revision.to_string());
         let mut status: Option<ClusterStatus> = status.map(decode_json).transpose()?;
-        // The stored time moves only with readiness or capacity; the newest heartbeat
-        // this server saw is the true one, also for a cluster that has gone Unknown.
+        // The stored time moves only with readiness or capacity (and once a minute);
+        // the newest heartbeat this server saw is the true one, also for a cluster that
+        // has gone Unknown, unless the agent went on with another server since, whose
+        // stored time is then newer.
         if let Some(s) = status.as_mut()
             && let Some(t) = self.presence.last_heartbeat(c.name())
+            && seen_is_newer(s.last_heartbeat_time.as_deref(), &t)
         {
             s.last_heartbeat_time = Some(t);
         }
@@ -1458,6 +1461,15 @@ impl Federation for Service {
     }
 }
 
+/// Whether the heartbeat time this server saw (`seen`, RFC 3339) is at least as new as
+/// the stored one (a stored time that does not parse counts as none).
+fn seen_is_newer(stored: Option<&str>, seen: &str) -> bool {
+    let parse = |t: &str| t.parse::<jiff::Timestamp>().ok();
+    stored
+        .and_then(parse)
+        .is_none_or(|stored| parse(seen).is_some_and(|seen| seen >= stored))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -1472,5 +1484,17 @@ mod tests {
         );
         assert!(parts[2].starts_with('4'), "{a}");
         assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"), "{a}");
+    }
+
+    #[test]
+    fn the_newer_of_the_stored_and_the_seen_heartbeat_time_is_shown() {
+        let (older, newer) = ("2026-01-01T00:00:00Z", "2026-01-01T00:00:30Z");
+        // This server's own, newer than the stored one (stored once a minute).
+        assert!(super::seen_is_newer(Some(older), newer));
+        assert!(super::seen_is_newer(None, newer));
+        assert!(super::seen_is_newer(Some("not a time"), newer));
+        // The agent went on with another server, which stored a newer time since.
+        assert!(!super::seen_is_newer(Some(newer), older));
+        assert!(!super::seen_is_newer(Some(newer), "not a time"));
     }
 }

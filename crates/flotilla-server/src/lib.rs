@@ -226,6 +226,8 @@ pub async fn start(store: Arc<dyn Store>, config: Config) -> anyhow::Result<Runn
         store.clone(),
         config.audit_retention,
     )));
+    // Deleted clusters' last heartbeat times.
+    tasks.push(tokio::spawn(Arc::clone(&agents).prune()));
     tasks.push(tokio::spawn(async move {
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
