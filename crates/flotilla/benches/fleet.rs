@@ -16,7 +16,7 @@
 //! 10k run of the same store in the same run). Run as a test (`cargo test
 //! --all-targets`) it does a quick pass of 500 instances over 5 members on the embedded
 //! store, so it cannot rot. `FLOTILLA_BENCH_SIZES=10000` and
-//! `FLOTILLA_BENCH_MEMBERS=20` pick other sizes.
+//! `FLOTILLA_BENCH_MEMBERS=20` pick other sizes, `FLOTILLA_BENCH_STORES=etcd` one store.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -410,11 +410,14 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut stores = vec!["embedded"];
-        if full || std::env::var_os("FLOTILLA_BENCH_ETCD").is_some() {
-            stores.push("etcd");
-        }
-        for store in stores {
+        let stores: Vec<String> = match std::env::var("FLOTILLA_BENCH_STORES") {
+            Ok(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
+            Err(_) if full || std::env::var_os("FLOTILLA_BENCH_ETCD").is_some() => {
+                vec!["embedded".into(), "etcd".into()]
+            }
+            Err(_) => vec!["embedded".into()],
+        };
+        for store in stores.iter().map(String::as_str) {
             let mut runs: Vec<(u32, Run)> = Vec::new();
             for &n in &sizes {
                 let dir = tempfile::tempdir().unwrap();
