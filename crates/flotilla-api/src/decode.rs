@@ -60,8 +60,7 @@ impl AnyObject {
 pub fn split(text: &str) -> Result<Vec<Value>, Invalid> {
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value: Value = serde::Deserialize::deserialize(doc)
-            .map_err(|e| Invalid::one("", format!("document {}: not valid YAML: {e}", i + 1)))?;
+        let value: Value = serde::Deserialize::deserialize(doc).map_err(|e| yaml_error(i, &e))?;
         if !value.is_null() {
             out.push(value);
         }
@@ -74,11 +73,13 @@ pub fn split(text: &str) -> Result<Vec<Value>, Invalid> {
 pub fn decode<T: DeserializeOwned>(value: Value) -> Result<Decoded<T>, Invalid> {
     // Through JSON's data model: enums are `{variant: …}` maps there, as users write
     // them, whereas a YAML value would want `!variant` tags.
-    let value = serde_json::to_value(value)
-        .map_err(|e| Invalid::one("", format!("not a JSON-compatible document: {e}")))?;
+    let value = to_json(value)?;
     let mut warnings = Vec::new();
     let mut on_ignored = |path: serde_ignored::Path<'_>| {
-        warnings.push(FieldError::new(path.to_string(), "unknown field, ignored"));
+        warnings.push(FieldError::new(
+            ignored_path(&path),
+            "unknown field, ignored",
+        ));
     };
     let de = serde_ignored::Deserializer::new(value, &mut on_ignored);
     let result = serde_path_to_error::deserialize::<_, T>(de);
@@ -97,6 +98,176 @@ pub fn decode<T: DeserializeOwned>(value: Value) -> Result<Decoded<T>, Invalid> 
             Err(Invalid(problems))
         }
     }
+}
+
+/// How deep a document may nest. The deepest field Flotilla reads (a pod affinity
+/// term's label selector values) is 14 levels down; YAML's own reader stops at 128.
+pub const MAX_DEPTH: usize = 64;
+
+/// A document as JSON's data model holds it, checked on the way: nothing nested more
+/// than [`MAX_DEPTH`] levels, mapping keys that are strings (numbers and booleans are
+/// written as strings, as Kubernetes' YAML reader does), no YAML tags, no number JSON
+/// cannot hold. Every problem names its field.
+fn to_json(value: Value) -> Result<serde_json::Value, Invalid> {
+    let mut problems = Vec::new();
+    let json = convert(value, &mut String::new(), 0, &mut problems);
+    if problems.is_empty() {
+        Ok(json)
+    } else {
+        Err(Invalid(problems))
+    }
+}
+
+/// At most this many shape problems are listed for one document.
+const MAX_SHAPE_PROBLEMS: usize = 20;
+
+fn convert(
+    value: Value,
+    path: &mut String,
+    depth: usize,
+    problems: &mut Vec<FieldError>,
+) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(b),
+        Value::String(s) => J::String(s),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                J::from(u)
+            } else if let Some(i) = n.as_i64() {
+                J::from(i)
+            } else {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                serde_json::Number::from_f64(f).map_or_else(
+                    || {
+                        problem(problems, path, format!("{n} is not a number JSON can hold"));
+                        J::Null
+                    },
+                    J::Number,
+                )
+            }
+        }
+        Value::Tagged(t) => {
+            problem(
+                problems,
+                path,
+                format!(
+                    "YAML tags ({}) are not supported: write the value alone",
+                    t.tag
+                ),
+            );
+            J::Null
+        }
+        Value::Sequence(_) | Value::Mapping(_) if depth >= MAX_DEPTH => {
+            problem(
+                problems,
+                path,
+                format!("nested more than {MAX_DEPTH} levels"),
+            );
+            J::Null
+        }
+        Value::Sequence(items) => J::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    let v = convert(item, path, depth + 1, problems);
+                    path.truncate(len);
+                    v
+                })
+                .collect(),
+        ),
+        Value::Mapping(map) => {
+            let mut out = serde_json::Map::new();
+            for (key, item) in map {
+                let key = match key {
+                    Value::String(s) => s,
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    other => {
+                        let what = match other {
+                            Value::Null => "null",
+                            Value::Sequence(_) => "a sequence",
+                            Value::Mapping(_) => "a mapping",
+                            _ => "a tagged value",
+                        };
+                        problem(
+                            problems,
+                            path,
+                            format!("mapping keys must be strings, found {what} as a key"),
+                        );
+                        continue;
+                    }
+                };
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key);
+                let v = convert(item, path, depth + 1, problems);
+                if out.contains_key(&key) {
+                    problem(problems, path, "the key is given twice".to_string());
+                }
+                path.truncate(len);
+                out.insert(key, v);
+            }
+            J::Object(out)
+        }
+    }
+}
+
+fn problem(problems: &mut Vec<FieldError>, path: &str, reason: String) {
+    if problems.len() < MAX_SHAPE_PROBLEMS {
+        problems.push(FieldError::new(path, reason));
+    }
+}
+
+/// `spec.template.spec.containers[0].foo`: an ignored field's path, written as
+/// errors write paths (`serde_ignored`'s own display marks options with `?`).
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        P::Map { parent, key } => {
+            let parent = ignored_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
+    }
+}
+
+/// A document YAML's reader refused. Where the reader names the field (a value out of
+/// range, a duplicate key), the problem is put on that field.
+fn yaml_error(index: usize, e: &serde_yaml::Error) -> Invalid {
+    let text = e.to_string();
+    let (path, reason) = match text.split_once(": ") {
+        Some((path, reason)) if !path.is_empty() && !path.contains(char::is_whitespace) => {
+            (path.to_string(), reason.to_string())
+        }
+        _ => (String::new(), text.clone()),
+    };
+    let reason = if reason.starts_with("invalid type: integer") && reason.contains("128") {
+        // serde_yaml holds 64-bit numbers; a larger one fails as "u128, expected any
+        // YAML value".
+        let at = reason.find(" at line").map_or("", |i| &reason[i..]);
+        format!("the number is too large (more than 64 bits){at}")
+    } else if let Some(at) = reason.strip_prefix("recursion limit exceeded") {
+        format!("nested more than 128 levels, too deep to read{at}")
+    } else {
+        reason
+    };
+    Invalid::one(path, format!("not valid YAML: {reason}"))
+        .in_document(&format!("document {}", index + 1))
 }
 
 /// Decodes one document of a known kind, checking `apiVersion` and `kind` first.
@@ -338,6 +509,107 @@ mod tests {
         assert_eq!(
             b.warnings[0].to_string(),
             "document 2 (Cluster b): spec.colour: unknown field, ignored"
+        );
+    }
+
+    const SET: &str = "apiVersion: flotilla.io/v1alpha1\nkind: FederatedInstanceSet\nmetadata: {name: a}\nspec:\n  replicas: 3\n  template: {spec: {containers: [{name: c, image: i}]}}\n";
+
+    fn problems(text: &str) -> Vec<(String, String)> {
+        let err = match split(text) {
+            Ok(mut values) => decode_any(values.remove(0)).unwrap_err(),
+            Err(e) => e,
+        };
+        err.0.into_iter().map(|e| (e.path, e.reason)).collect()
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_with_the_path_down_to_the_limit() {
+        let deep = format!("{}]{}", "[".repeat(100), "]".repeat(99));
+        let text = SET.replace("replicas: 3", &format!("replicas: 3\n  extra: {deep}"));
+        let got = problems(&text);
+        assert_eq!(got.len(), 1, "{got:?}");
+        // `spec` and `extra` are two levels; the limit is met 62 sequences further in.
+        assert_eq!(
+            got[0].0,
+            format!("spec.extra{}", "[0]".repeat(MAX_DEPTH - 2))
+        );
+        assert_eq!(got[0].1, format!("nested more than {MAX_DEPTH} levels"));
+        // Past YAML's own reader limit there is no tree to walk: the place is a line
+        // and column.
+        let deeper = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let text = SET.replace("replicas: 3", &format!("replicas: 3\n  extra: {deeper}"));
+        let err = split(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("document 1: not valid YAML: nested more than 128 levels, too deep to read at line 6"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_inside_optional_fields_have_plain_paths() {
+        let text = SET.replace("image: i", "image: i, ports: [{containerPort: 1, zz: 1}]");
+        let mut values = split(&text).unwrap();
+        let d = decode_any(values.remove(0)).unwrap();
+        let paths: Vec<&str> = d.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(paths, ["spec.template.spec.containers[0].ports[0].zz"]);
+    }
+
+    #[test]
+    fn keys_json_cannot_hold_name_their_mapping() {
+        let text = SET.replace(
+            "replicas: 3",
+            "replicas: 3\n  placement: {clusterAffinity: {labelSelector: {matchLabels: {[1]: x, null: y}}}}",
+        );
+        let where_ = "spec.placement.clusterAffinity.labelSelector.matchLabels".to_string();
+        assert_eq!(
+            problems(&text),
+            [
+                (
+                    where_.clone(),
+                    "mapping keys must be strings, found a sequence as a key".to_string()
+                ),
+                (
+                    where_,
+                    "mapping keys must be strings, found null as a key".to_string()
+                ),
+            ]
+        );
+        // Numbers and booleans as keys are written as strings, as Kubernetes does.
+        let text = SET.replace(
+            "replicas: 3",
+            "replicas: 3\n  placement: {clusterAffinity: {labelSelector: {matchLabels: {1: x, true: y}}}}",
+        );
+        let mut values = split(&text).unwrap();
+        let d = decode_any(values.remove(0)).unwrap();
+        let AnyObject::FederatedInstanceSet(set) = d.object else {
+            panic!()
+        };
+        let selector = set.spec.placement.cluster_affinity.unwrap().label_selector;
+        let labels = selector.unwrap().match_labels.unwrap();
+        assert_eq!(labels.get("1").map(String::as_str), Some("x"));
+        assert_eq!(labels.get("true").map(String::as_str), Some("y"));
+    }
+
+    #[test]
+    fn numbers_json_cannot_hold_and_tags_name_their_field() {
+        let text = SET.replace("replicas: 3", "replicas: 99999999999999999999999");
+        let got = problems(&text);
+        assert_eq!(got[0].0, "spec.replicas", "{got:?}");
+        assert!(got[0].1.contains("too large"), "{got:?}");
+        let text = SET.replace("replicas: 3", "replicas: .nan");
+        assert_eq!(
+            problems(&text),
+            [(
+                "spec.replicas".to_string(),
+                ".nan is not a number JSON can hold".to_string()
+            )]
+        );
+        let text = SET.replace("replicas: 3", "replicas: !three 3");
+        let got = problems(&text);
+        assert_eq!(got[0].0, "spec.replicas");
+        assert!(
+            got[0].1.starts_with("YAML tags (!three) are not supported"),
+            "{got:?}"
         );
     }
 
