@@ -194,10 +194,18 @@ fn convert(
                             Value::Mapping(_) => "a mapping",
                             _ => "a tagged value",
                         };
+                        // The key is named as JSON would write it, so that a problem
+                        // at the top of a document still names its place.
+                        let written = serde_json::to_string(&other).unwrap_or_else(|_| "?".into());
+                        let at = if path.is_empty() {
+                            written
+                        } else {
+                            format!("{path}.{written}")
+                        };
                         problem(
                             problems,
-                            path,
-                            format!("mapping keys must be strings, found {what} as a key"),
+                            &at,
+                            format!("mapping keys must be strings, this one is {what}"),
                         );
                         continue;
                     }
@@ -256,11 +264,34 @@ fn yaml_error(index: usize, e: &serde_yaml::Error) -> Invalid {
         }
         _ => (String::new(), text.clone()),
     };
+    let at_line = |reason: &str| {
+        reason
+            .find(" at line")
+            .map_or(String::new(), |i| reason[i..].to_string())
+    };
+    // `duplicate entry with key "a" at line …`: the field is the key itself, which
+    // names a field also at the top of the document.
+    if let Some(rest) = reason.strip_prefix("duplicate entry with key ") {
+        let key = rest.split(" at line").next().unwrap_or(rest);
+        let key = serde_json::from_str::<String>(key).unwrap_or_else(|_| key.to_string());
+        let path = if path.is_empty() {
+            key
+        } else {
+            format!("{path}.{key}")
+        };
+        return Invalid::one(
+            path,
+            format!("not valid YAML: the key is given twice{}", at_line(&reason)),
+        )
+        .in_document(&format!("document {}", index + 1));
+    }
     let reason = if reason.starts_with("invalid type: integer") && reason.contains("128") {
         // serde_yaml holds 64-bit numbers; a larger one fails as "u128, expected any
         // YAML value".
-        let at = reason.find(" at line").map_or("", |i| &reason[i..]);
-        format!("the number is too large (more than 64 bits){at}")
+        format!(
+            "the number is too large (more than 64 bits){}",
+            at_line(&reason)
+        )
     } else if let Some(at) = reason.strip_prefix("recursion limit exceeded") {
         format!("nested more than 128 levels, too deep to read{at}")
     } else {
@@ -294,11 +325,30 @@ pub fn decode_any(value: Value) -> Result<Decoded<AnyObject>, Invalid> {
 /// Decodes every document of a file on its own, so that a caller can go on judging the
 /// documents that decoded when another did not. Each comes with its label
 /// ([`document_label`]); problems and warnings name their document when the file holds
-/// more than one. Only a file that is not YAML at all fails as a whole.
+/// more than one, and a problem with a whole document always does. Only a file that is
+/// not YAML at all fails as a whole.
 pub fn decode_each(text: &str) -> Result<Vec<Document>, Invalid> {
     let values = split(text)?;
     let many = values.len() > 1;
-    let tag = |e: Invalid, label: &str| if many { e.in_document(label) } else { e };
+    // A problem with the whole document (not a mapping, a tag on it) has no field to
+    // name: it names its document, also when the file holds only that one.
+    let tag = |e: Invalid, label: &str| {
+        if many {
+            e.in_document(label)
+        } else {
+            Invalid(
+                e.0.into_iter()
+                    .map(|p| {
+                        if p.path.is_empty() {
+                            Invalid(vec![p]).in_document(label).0.remove(0)
+                        } else {
+                            p
+                        }
+                    })
+                    .collect(),
+            )
+        }
+    };
     Ok(values
         .into_iter()
         .enumerate()
@@ -560,19 +610,28 @@ mod tests {
             "replicas: 3",
             "replicas: 3\n  placement: {clusterAffinity: {labelSelector: {matchLabels: {[1]: x, null: y}}}}",
         );
-        let where_ = "spec.placement.clusterAffinity.labelSelector.matchLabels".to_string();
+        let labels = "spec.placement.clusterAffinity.labelSelector.matchLabels";
         assert_eq!(
             problems(&text),
             [
                 (
-                    where_.clone(),
-                    "mapping keys must be strings, found a sequence as a key".to_string()
+                    format!("{labels}.[1]"),
+                    "mapping keys must be strings, this one is a sequence".to_string()
                 ),
                 (
-                    where_,
-                    "mapping keys must be strings, found null as a key".to_string()
+                    format!("{labels}.null"),
+                    "mapping keys must be strings, this one is null".to_string()
                 ),
             ]
+        );
+        // At the top of the document too.
+        let text = format!("{SET}{{k: 1}}: x\n");
+        assert_eq!(
+            problems(&text),
+            [(
+                r#"{"k":1}"#.to_string(),
+                "mapping keys must be strings, this one is a mapping".to_string()
+            )]
         );
         // Numbers and booleans as keys are written as strings, as Kubernetes does.
         let text = SET.replace(

@@ -16,14 +16,35 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    /// A problem at `path`.
+    /// A problem at `path`. A reason longer than [`MAX_REASON`] bytes (one that quotes
+    /// a long value) keeps its start and its end (`…, expected a sequence`).
     pub fn new(path: impl Into<String>, reason: impl Into<String>) -> FieldError {
         FieldError {
             document: None,
             path: path.into(),
-            reason: reason.into(),
+            reason: shorten(reason.into(), MAX_REASON),
         }
     }
+}
+
+/// The longest reason a [`FieldError`] keeps whole, in bytes.
+pub const MAX_REASON: usize = 512;
+
+/// `s` cut to about `max` bytes: its first two thirds and its last sixth, with `…` and
+/// the number of bytes left out between them.
+fn shorten(s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut head = max * 2 / 3;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - max / 6;
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…({} bytes)…{}", &s[..head], tail - head, &s[tail..])
 }
 
 impl fmt::Display for FieldError {
@@ -58,6 +79,31 @@ impl Invalid {
     }
 }
 
+impl Invalid {
+    /// Every problem, a line each, as long as they fit in `max` bytes; then how many
+    /// more there are. A gRPC status carries its message in a header, which HTTP/2
+    /// peers bound (16 KiB by default).
+    pub fn to_bounded_string(&self, max: usize) -> String {
+        let mut out = String::new();
+        for (i, e) in self.0.iter().enumerate() {
+            let line = e.to_string();
+            if i > 0 && out.len() + 1 + line.len() > max {
+                let left = self.0.len() - i;
+                out.push_str(&format!(
+                    "\n… and {left} more problem{}",
+                    if left == 1 { "" } else { "s" }
+                ));
+                return out;
+            }
+            if i > 0 {
+                out.push('\n');
+            }
+            out.push_str(&line);
+        }
+        out
+    }
+}
+
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, e) in self.0.iter().enumerate() {
@@ -85,5 +131,47 @@ impl Errors {
         } else {
             Err(Invalid(self.0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reasons_keep_their_start_and_end() {
+        let reason = format!(
+            "invalid type: string \"{}\", expected a sequence",
+            "z".repeat(40_000)
+        );
+        let e = FieldError::new("spec.x", reason.clone());
+        assert!(e.reason.len() < MAX_REASON + 40, "{}", e.reason.len());
+        assert!(e.reason.starts_with("invalid type: string \"zzz"));
+        assert!(
+            e.reason.ends_with("zzz\", expected a sequence"),
+            "{}",
+            e.reason
+        );
+        assert!(e.reason.contains("…("), "{}", e.reason);
+        // Multi-byte characters are never cut.
+        let e = FieldError::new("spec.x", "é".repeat(1000));
+        assert!(e.reason.len() < MAX_REASON + 40);
+        assert_eq!(FieldError::new("a", "short").reason, "short");
+    }
+
+    #[test]
+    fn a_bounded_message_says_how_many_problems_it_left_out() {
+        let all = Invalid(
+            (0..1000)
+                .map(|i| FieldError::new(format!("spec.f{i}"), "is wrong"))
+                .collect(),
+        );
+        let text = all.to_bounded_string(4096);
+        assert!(text.len() <= 4096 + 40, "{}", text.len());
+        assert!(text.starts_with("spec.f0: is wrong\nspec.f1: is wrong"));
+        let last = text.lines().last().unwrap();
+        let shown = text.lines().count() - 1;
+        assert_eq!(last, format!("… and {} more problems", 1000 - shown));
+        assert_eq!(Invalid::one("a", "b").to_bounded_string(10), "a: b");
     }
 }

@@ -111,8 +111,13 @@ pub struct Api {
     pub tokens: Arc<auth::Tokens>,
 }
 
+/// The most of a refusal's problems one answer carries, in bytes: the status message
+/// travels in an HTTP/2 header (percent-encoded, up to 3× longer; peers take 16 KiB by
+/// default), and a larger one resets the stream.
+const MAX_REFUSAL: usize = 4 * 1024;
+
 fn invalid(e: Invalid) -> Status {
-    Status::invalid_argument(e.to_string())
+    Status::invalid_argument(e.to_bounded_string(MAX_REFUSAL))
 }
 
 fn decode_json<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, Status> {
