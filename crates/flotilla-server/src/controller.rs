@@ -339,6 +339,7 @@ impl Controller {
             tokio::select! {
                 result = self.sync_and_watch() => {
                     if let Err(e) = result {
+                        self.metrics.controller_store_failures.inc();
                         tracing::warn!(error = %format!("{e:#}"), "federation controller: store failed; listing again");
                     }
                 }

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub reconciles: Family<Labels, Counter>,
     /// How long one pass over one set took.
     pub reconcile_seconds: Histogram,
+    /// Federation controller runs ended by a store failure (listing, watching): each
+    /// is followed by a backoff and a new listing, and no set reconciles meanwhile.
+    pub controller_store_failures: Counter,
     /// Slices written (put or deleted) for members.
     pub slice_writes: Counter,
     /// Writes (puts and deletes) this server made to the store.
@@ -54,6 +57,7 @@ impl Metrics {
             reports: Family::default(),
             reconciles: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            controller_store_failures: Counter::default(),
             slice_writes: Counter::default(),
             store_writes: Counter::default(),
             store_write_bytes: Counter::default(),
@@ -96,6 +100,11 @@ impl Metrics {
             "reconcile_seconds",
             "Duration of one federation controller pass over one set",
             m.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "controller_store_failures",
+            "Federation controller runs ended by a store failure (it lists the store again after a backoff)",
+            m.controller_store_failures.clone(),
         );
         registry.register(
             "slice_writes",

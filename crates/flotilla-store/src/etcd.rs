@@ -20,6 +20,13 @@
 //! so two writers racing on one key cannot both win. Lists are read in pages (a fleet's
 //! objects can exceed a gRPC message) but as one snapshot: later pages read at the first
 //! page's revision.
+//!
+//! No response is too large to read because of what it carries: etcd bounds a request
+//! (1.5 MiB by default), not a response, and a range of `page_size` keys or a watch
+//! response catching up (etcd batches up to a thousand revisions in one) may hold many
+//! large records. Responses are read up to [`EtcdOptions::max_response_bytes`] (by
+//! default what etcd's own Go client allows, 2 GiB), not gRPC's 4 MiB; and a page
+//! still too large is read again in halves, down to one key a page.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -28,8 +35,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn,
-    TxnOp, TxnOpResponse, TxnResponse, WatchOptions, WatchStream as EtcdWatchStream,
+    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, GetOptions, KvClient,
+    PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchClient, WatchOptions,
+    WatchStream as EtcdWatchStream,
 };
 
 use crate::txn::{Committed, KeyState};
@@ -53,11 +61,23 @@ pub struct EtcdOptions {
     pub keep_alive_interval: Duration,
     /// How long a ping may go unanswered before the connection is dropped.
     pub keep_alive_timeout: Duration,
+    /// The largest response read from etcd (a list page, a watch response), in bytes.
+    /// A list page larger than this is read again in smaller pages; a larger watch
+    /// response ends the watch with an error.
+    pub max_response_bytes: usize,
 }
+
+/// The least [`EtcdOptions::max_response_bytes`] may be: a page of one key must fit
+/// (etcd's default request limit, 1.5 MiB, and its headers).
+pub const MIN_RESPONSE_BYTES: usize = 2 << 20;
+
+/// What etcd's Go client reads at most in one response (`math.MaxInt32`).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
 impl Default for EtcdOptions {
     /// Pages of 500 keys; 5 s to connect; [`DEFAULT_REQUEST_TIMEOUT`] per request; a
-    /// ping every 10 s, answered within 5 s.
+    /// ping every 10 s, answered within 5 s; responses of up to
+    /// [`DEFAULT_MAX_RESPONSE_BYTES`].
     fn default() -> EtcdOptions {
         EtcdOptions {
             page_size: 500,
@@ -65,6 +85,7 @@ impl Default for EtcdOptions {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             keep_alive_interval: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(5),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -73,6 +94,9 @@ impl Default for EtcdOptions {
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    /// The KV and watch clients, reading responses up to `options.max_response_bytes`.
+    kv: KvClient,
+    watch: WatchClient,
     options: EtcdOptions,
 }
 
@@ -100,6 +124,12 @@ impl EtcdStore {
                 "the etcd request timeout must not be zero".into(),
             ));
         }
+        if options.max_response_bytes < MIN_RESPONSE_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "the largest etcd response must be at least {MIN_RESPONSE_BYTES} bytes (a record etcd accepts), not {}",
+                options.max_response_bytes
+            )));
+        }
         let connect = ConnectOptions::new()
             .with_connect_timeout(options.connect_timeout)
             .with_keep_alive(options.keep_alive_interval, options.keep_alive_timeout)
@@ -107,7 +137,18 @@ impl EtcdStore {
         let client = Client::connect(endpoints, Some(connect))
             .await
             .map_err(etcd("connect"))?;
-        Ok(EtcdStore { client, options })
+        let kv = client
+            .kv_client()
+            .max_decoding_message_size(options.max_response_bytes);
+        let watch = client
+            .watch_client()
+            .max_decoding_message_size(options.max_response_bytes);
+        Ok(EtcdStore {
+            client,
+            kv,
+            watch,
+            options,
+        })
     }
 
     /// Runs one request, failing with [`Error::Timeout`] when it takes longer than
@@ -166,7 +207,7 @@ impl EtcdStore {
             .map(|k| TxnOp::get(*k, Some(GetOptions::new().with_keys_only())))
             .collect();
         let request = Txn::new().when(compares).and_then(ops).or_else(reads);
-        let response = match self.client.kv_client().txn(request).await {
+        let response = match self.kv.clone().txn(request).await {
             Ok(response) => response,
             Err(e) if is_lease_not_found(&e) => {
                 let lease = txn.ops.iter().find_map(|op| match op {
@@ -239,7 +280,7 @@ impl EtcdStore {
             .when([compare])
             .and_then([then])
             .or_else([TxnOp::get(key, Some(GetOptions::new().with_keys_only()))]);
-        let response = self.client.kv_client().txn(txn).await.map_err(etcd(op))?;
+        let response = self.kv.clone().txn(txn).await.map_err(etcd(op))?;
         if response.succeeded() {
             return Ok((response, None));
         }
@@ -260,25 +301,19 @@ impl EtcdStore {
 impl EtcdStore {
     async fn get_now(&self, key: &str) -> Result<Option<KeyValue>> {
         check_key(key)?;
-        let response = self
-            .client
-            .kv_client()
-            .get(key, None)
-            .await
-            .map_err(etcd("get"))?;
+        let response = self.kv.clone().get(key, None).await.map_err(etcd("get"))?;
         response.kvs().first().map(key_value).transpose()
     }
 
     async fn list_now(&self, prefix: &str) -> Result<Listing> {
         let (start, end) = prefix_range(prefix);
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv.clone();
         let mut items = Vec::new();
         let mut from = start;
         let mut revision = None;
+        let mut limit = self.options.page_size;
         loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(self.options.page_size);
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if let Some(r) = revision {
                 options = options.with_revision(r);
             }
@@ -293,7 +328,21 @@ impl EtcdStore {
                         },
                     })
             };
-            let response = self.timed("list", page).await?;
+            let response = match self.timed("list", page).await {
+                // More than a response holds: the same page again, in halves (at the
+                // same revision, so the listing stays one snapshot).
+                Err(Error::Etcd { source, .. }) if is_too_large(&source) && limit > 1 => {
+                    limit /= 2;
+                    tracing::debug!(
+                        prefix,
+                        limit,
+                        error = %source,
+                        "an etcd list page exceeds the largest response; reading smaller pages"
+                    );
+                    continue;
+                }
+                other => other?,
+            };
             let page_revision = revision.unwrap_or_else(|| header_revision(response.header()));
             revision = Some(page_revision);
             for kv in response.kvs() {
@@ -333,8 +382,8 @@ impl EtcdStore {
         let compare = match condition {
             Condition::Any => {
                 let response = self
-                    .client
-                    .kv_client()
+                    .kv
+                    .clone()
                     .put(key, value.to_vec(), Some(options))
                     .await
                     .map_err(lease_error)?;
@@ -369,8 +418,8 @@ impl EtcdStore {
         check_key(key)?;
         let Some(expected) = expected else {
             let response = self
-                .client
-                .kv_client()
+                .kv
+                .clone()
                 .delete(key, None)
                 .await
                 .map_err(etcd("delete"))?;
@@ -401,12 +450,7 @@ impl EtcdStore {
             .with_revision(from)
             .with_limit(1)
             .with_keys_only();
-        if let Err(e) = self
-            .client
-            .kv_client()
-            .get(start.clone(), Some(probe))
-            .await
-        {
+        if let Err(e) = self.kv.clone().get(start.clone(), Some(probe)).await {
             if is_compacted(&e) {
                 return Err(Error::Compacted { requested: from });
             }
@@ -421,8 +465,8 @@ impl EtcdStore {
             .with_range(end)
             .with_start_revision(from);
         let mut stream = self
-            .client
-            .watch_client()
+            .watch
+            .clone()
             .watch(start, Some(options))
             .await
             .map_err(etcd("watch"))?;
@@ -447,12 +491,7 @@ impl EtcdStore {
 
     async fn compact_now(&self, revision: Revision) -> Result<()> {
         let options = CompactionOptions::new().with_physical();
-        match self
-            .client
-            .kv_client()
-            .compact(revision, Some(options))
-            .await
-        {
+        match self.kv.clone().compact(revision, Some(options)).await {
             Ok(_) => Ok(()),
             Err(e) if is_compacted(&e) => Ok(()),
             Err(e) if is_future_revision(&e) => Err(Error::FutureRevision {
@@ -690,6 +729,13 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
 
 fn is_future_revision(e: &etcd_client::Error) -> bool {
     status_says(e, "required revision is a future revision")
+}
+
+/// The response was larger than the client reads (`max_response_bytes`): tonic's
+/// `OutOfRange` "decoded message length too large" (etcd's own `OutOfRange` errors say
+/// "future revision" instead).
+fn is_too_large(e: &etcd_client::Error) -> bool {
+    status_says(e, "message length too large")
 }
 
 fn is_lease_not_found(e: &etcd_client::Error) -> bool {

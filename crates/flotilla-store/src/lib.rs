@@ -61,7 +61,7 @@ use futures::Stream;
 
 pub use embedded::{Clock, EmbeddedOptions, EmbeddedStore, ManualClock, SystemClock};
 pub use error::{Error, Result};
-pub use etcd::{EtcdOptions, EtcdStore};
+pub use etcd::{DEFAULT_MAX_RESPONSE_BYTES, EtcdOptions, EtcdStore, MIN_RESPONSE_BYTES};
 pub use txn::{Committed, Compare, Expect, KeyState, Txn, TxnOp};
 
 /// How long one store request may take before it fails with [`Error::Timeout`], unless

@@ -13,6 +13,7 @@ mod txn;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use flotilla_store::{Condition, Error, Event, KeyValue, Store};
 use support::{Harness, b, next_event, next_events};
 use txn::*;
@@ -50,6 +51,7 @@ conformance!(
     a_watch_from_a_listing_misses_nothing,
     concurrent_writers_are_seen_once_in_order,
     a_watch_from_an_old_revision_replays_history,
+    records_of_a_mebibyte_are_listed_and_watched_however_many,
     compacted_history_is_refused,
     acknowledged_writes_survive_a_crash,
     an_expired_lease_deletes_its_keys,
@@ -413,6 +415,43 @@ async fn a_watch_from_an_old_revision_replays_history(h: &mut Harness) {
     );
     let sentinel = s.create("hist/sentinel", b("end")).await.unwrap();
     assert_eq!(next_event(&mut watch).await.revision(), sentinel);
+}
+
+/// Records as large as a request may carry (a mebibyte: etcd's default request limit is
+/// 1.5 MiB), more of them than one gRPC message holds (4 MiB by default): a listing
+/// returns them all and a watch replays them all, however the backend pages or batches
+/// them. (A member's report of a thousand instances is a few hundred KiB; a hundred of
+/// them are listed whenever the federation controller starts.)
+async fn records_of_a_mebibyte_are_listed_and_watched_however_many(h: &mut Harness) {
+    let s = h.store();
+    let value = |i: usize| Bytes::from(vec![b'a' + i as u8; 1 << 20]);
+    let now = s.list("big/").await.unwrap().revision;
+    let live = s.watch("big/", now + 1).await.unwrap();
+    let mut first = None;
+    for i in 0..12 {
+        let r = s.create(&format!("big/{i:02}"), value(i)).await.unwrap();
+        first.get_or_insert(r);
+    }
+    let listing = s.list("big/").await.unwrap();
+    assert_eq!(listing.items.len(), 12);
+    for (i, kv) in listing.items.iter().enumerate() {
+        assert_eq!(kv.key, format!("big/{i:02}"));
+        assert!(kv.value == value(i), "{} holds what was written", kv.key);
+    }
+    // Watched while written, and replayed from the first (one catch-up of twelve
+    // mebibytes).
+    let replay = s.watch("big/", first.unwrap()).await.unwrap();
+    for mut watch in [live, replay] {
+        for (i, event) in next_events(&mut watch, 12).await.into_iter().enumerate() {
+            match event {
+                Event::Put(kv) => {
+                    assert_eq!(kv.key, format!("big/{i:02}"));
+                    assert!(kv.value == value(i), "{} holds what was written", kv.key);
+                }
+                other => panic!("expected a put, got {}", summarize(&other)),
+            }
+        }
+    }
 }
 
 async fn compacted_history_is_refused(h: &mut Harness) {

@@ -69,6 +69,72 @@ async fn a_store_keeps_working_across_an_etcd_restart() {
     assert_eq!(store.create("restart/b", b("2")).await.unwrap(), before + 1);
 }
 
+/// With the smallest response allowed (2 MiB), a page of 500 records of a mebibyte is
+/// read again in halves down to a key a page, at one revision; a watch response
+/// catching up on more than that ends the watch with an error, never skipping an event.
+#[tokio::test]
+async fn pages_too_large_for_a_response_are_read_smaller_and_a_watch_too_large_fails() {
+    let etcd = EtcdServer::start().await;
+    let store = EtcdStore::connect(
+        &[etcd.endpoint()],
+        EtcdOptions {
+            max_response_bytes: flotilla_store::MIN_RESPONSE_BYTES,
+            ..EtcdOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let value = |i: usize| bytes::Bytes::from(vec![b'a' + i as u8; 1 << 20]);
+    let mut first = None;
+    for i in 0..6 {
+        let r = store.create(&format!("big/{i}"), value(i)).await.unwrap();
+        first.get_or_insert(r);
+    }
+    store.create("small", b("x")).await.unwrap();
+    let listing = store.list("").await.unwrap();
+    assert_eq!(listing.items.len(), 7);
+    assert_eq!(listing.revision, first.unwrap() + 6);
+    for (i, kv) in listing.items[..6].iter().enumerate() {
+        assert_eq!(kv.key, format!("big/{i}"));
+        assert!(kv.value == value(i), "{} holds what was written", kv.key);
+    }
+
+    let mut watch = store.watch("big/", first.unwrap()).await.unwrap();
+    let mut seen = Vec::new();
+    let error = loop {
+        match watch.next().await {
+            Some(Ok(event)) => seen.push(event.revision()),
+            Some(Err(e)) => break e,
+            None => panic!("the watch ended without an error"),
+        }
+    };
+    assert!(
+        matches!(&error, Error::Etcd { op: "watch", .. }),
+        "{error:?}"
+    );
+    assert!(
+        format!("{error:?}").contains("message length too large"),
+        "{error:?}"
+    );
+    let expected: Vec<i64> = (first.unwrap()..).take(seen.len()).collect();
+    assert_eq!(seen, expected, "every event before the error, in order");
+    assert!(
+        watch.next().await.is_none(),
+        "the stream ends after the error"
+    );
+
+    let err = EtcdStore::connect(
+        &[etcd.endpoint()],
+        EtcdOptions {
+            max_response_bytes: 1 << 20,
+            ..EtcdOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+}
+
 #[tokio::test]
 async fn a_page_size_below_one_is_refused() {
     let err = EtcdStore::connect(

@@ -17,6 +17,11 @@
 //! --all-targets`) it does a quick pass of 500 instances over 5 members on the embedded
 //! store, so it cannot rot. `FLOTILLA_BENCH_SIZES=10000` and
 //! `FLOTILLA_BENCH_MEMBERS=20` pick other sizes, `FLOTILLA_BENCH_STORES=etcd` one store.
+//! `FLOTILLA_BENCH_LOG=info` sets the server's `RUST_LOG` and logs the agents (in this
+//! process) at that level too. A phase that waits longer than
+//! `FLOTILLA_BENCH_TIMEOUT` seconds (default 900) fails, first printing what each
+//! member holds, what its agent sent and what the federation shows of it (and, on etcd,
+//! the member's stored report).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -158,8 +163,8 @@ impl Server {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
-    /// (writes, bytes) the server made to the store, from its metrics.
-    async fn writes(&self) -> (u64, u64) {
+    /// The server's `/metrics`.
+    async fn metrics(&self) -> String {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut s = tokio::net::TcpStream::connect(&self.http).await.unwrap();
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -167,6 +172,12 @@ impl Server {
             .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).await.unwrap();
+        body
+    }
+
+    /// (writes, bytes) the server made to the store, from its metrics.
+    async fn writes(&self) -> (u64, u64) {
+        let body = self.metrics().await;
         let metric = |name: &str| {
             body.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -226,17 +237,151 @@ fn show(c: &Cost) -> String {
     )
 }
 
-/// The set's status from the watch, until `done` holds for it.
+/// How long a phase may wait before the bench fails with a dump of who is behind.
+fn phase_timeout() -> Duration {
+    Duration::from_secs(
+        std::env::var("FLOTILLA_BENCH_TIMEOUT")
+            .ok()
+            .map_or(900, |t| t.parse().unwrap()),
+    )
+}
+
+/// The set's status from the watch, until `done` holds for it; `Err` with the last
+/// status seen when that takes longer than [`phase_timeout`].
 async fn until(
     stream: &mut tonic::Streaming<flotilla_proto::v1::WatchEvent>,
     done: impl Fn(&Value) -> bool,
-) -> Value {
+) -> Result<Value, Value> {
+    let deadline = tokio::time::Instant::now() + phase_timeout();
+    let mut last = Value::Null;
     loop {
-        let event = stream.message().await.expect("watch").expect("watch ended");
+        let event = match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(e) => e.expect("watch").expect("watch ended"),
+            Err(_) => return Err(last),
+        };
         let Some(object) = event.object else { continue };
         let v: Value = serde_json::from_str(&object.json).unwrap();
         if done(&v) {
-            return v;
+            return Ok(v);
+        }
+        last = v;
+    }
+}
+
+/// One member as the bench drives it: its simulated member and its agent's metrics.
+struct Probe {
+    name: String,
+    member: std::sync::Arc<SimMember>,
+    metrics: std::sync::Arc<flotilla_agent::SessionMetrics>,
+}
+
+/// Prints, for every member, what it holds and reports locally, what its agent queued
+/// and sent, what the federation's status (`last`) says of it and (on etcd) what its
+/// stored report says; then the server's report and reconcile counters.
+async fn dump(phase: &str, last: &Value, probes: &[Probe], server: &Server, etcd: Option<&str>) {
+    eprintln!(
+        "=== {phase}: timed out after {:?}; who is behind ===",
+        phase_timeout()
+    );
+    let status = &last["status"];
+    eprintln!(
+        "federation: readyReplicas {} replicas {} generation {} observed {}",
+        status["readyReplicas"],
+        status["replicas"],
+        last["metadata"]["generation"],
+        status["observedGeneration"]
+    );
+    if let Some(c) = status["conditions"].as_array() {
+        for c in c {
+            eprintln!(
+                "  condition {} {} {}: {}",
+                c["type"], c["status"], c["reason"], c["message"]
+            );
+        }
+    }
+    let store = match etcd {
+        Some(e) => flotilla_store::EtcdStore::connect(&[e], Default::default())
+            .await
+            .ok(),
+        None => None,
+    };
+    let mut behind = 0;
+    for p in probes {
+        let local = flotilla_agent::Member::statuses(&*p.member)
+            .borrow()
+            .get("default/fleet")
+            .cloned();
+        let fed = status["clusters"].as_array().and_then(|cs| {
+            cs.iter()
+                .find(|c| c["cluster"] == p.name.as_str())
+                .map(|c| {
+                    (
+                        c["readyReplicas"].as_u64().unwrap_or(0),
+                        c["ordinals"].as_array().map_or(0, Vec::len),
+                    )
+                })
+        });
+        let stored = match &store {
+            Some(s) => {
+                use flotilla_store::Store as _;
+                match s
+                    .get(&format!("/flotilla/reports/{}/default/fleet", p.name))
+                    .await
+                {
+                    Ok(Some(kv)) => {
+                        let v: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+                        format!(
+                            "stored report: {} bytes, mod rev {}, ready {} replicas {} generation {}",
+                            kv.value.len(),
+                            kv.mod_revision,
+                            v["readyReplicas"],
+                            v["replicas"],
+                            v["observedGeneration"]
+                        )
+                    }
+                    Ok(None) => "no stored report".to_string(),
+                    Err(e) => format!("reading the stored report: {e}"),
+                }
+            }
+            None => String::new(),
+        };
+        let local_ready = local.as_ref().map(|s| s.ready_replicas);
+        let is_behind = fed.map(|f| f.0) != local_ready.map(u64::from)
+            || fed.is_some_and(|(r, n)| r != n as u64);
+        if is_behind {
+            behind += 1;
+        }
+        eprintln!(
+            "{} {}: local ready {:?} replicas {:?} gen {:?} | federation (ready, ordinals) {:?} | agent sessions {} queued {} sent {} coalesced {} pending {} | {}",
+            if is_behind { "BEHIND" } else { "ok    " },
+            p.name,
+            local_ready,
+            local.as_ref().map(|s| s.replicas),
+            local.as_ref().and_then(|s| s.observed_generation),
+            fed,
+            p.metrics.sessions.get(),
+            p.metrics.reports_queued.get(),
+            p.metrics.reports_sent.get(),
+            p.metrics.reports_coalesced.get(),
+            p.metrics.reports_pending.get(),
+            stored,
+        );
+    }
+    eprintln!("{behind} of {} members behind", probes.len());
+    eprintln!("server metrics:");
+    for line in server.metrics().await.lines() {
+        if [
+            "flotilla_reports",
+            "flotilla_reconciles",
+            "flotilla_agent",
+            "flotilla_store",
+            "flotilla_heartbeats",
+            "flotilla_slice",
+        ]
+        .iter()
+        .any(|m| line.starts_with(m))
+        {
+            eprintln!("  {line}");
         }
     }
 }
@@ -262,7 +407,7 @@ struct Run {
     rss: f64,
 }
 
-async fn run(store_args: &[String], replicas: u32, members: usize) -> Run {
+async fn run(store_args: &[String], etcd: Option<&str>, replicas: u32, members: usize) -> Run {
     let server = Server::start(store_args);
     let mut api = loop {
         if let Ok(c) = Channel::from_shared(server.grpc.clone())
@@ -277,6 +422,7 @@ async fn run(store_args: &[String], replicas: u32, members: usize) -> Run {
     let per_member = replicas.div_ceil(members as u32) * 2;
     let mut stops = Vec::new();
     let mut agents = Vec::new();
+    let mut probes = Vec::new();
     for i in 0..members {
         let name = format!("m{i:03}");
         let token = loop {
@@ -295,7 +441,12 @@ async fn run(store_args: &[String], replicas: u32, members: usize) -> Run {
         let member = SimMember::new(&sim(per_member));
         let (stop_tx, mut stop) = watch::channel(false);
         stops.push(stop_tx);
-        let options = Options::new(server.grpc.clone(), name, token);
+        let options = Options::new(server.grpc.clone(), name.clone(), token);
+        probes.push(Probe {
+            name,
+            member: member.clone(),
+            metrics: options.metrics.clone(),
+        });
         agents.push(tokio::spawn(async move {
             let _ = flotilla_agent::run(options, member, async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -339,7 +490,10 @@ async fn run(store_args: &[String], replicas: u32, members: usize) -> Run {
     }))
     .await
     .unwrap();
-    until(&mut stream, ready(replicas)).await;
+    if let Err(last) = until(&mut stream, ready(replicas)).await {
+        dump("apply", &last, &probes, &server, etcd).await;
+        panic!("apply: not all ready within {:?}", phase_timeout());
+    }
     let apply = m.stop().await;
 
     // Converged: what idling costs (heartbeats go on). Members' free capacity still
@@ -361,19 +515,26 @@ async fn run(store_args: &[String], replicas: u32, members: usize) -> Run {
     }))
     .await
     .unwrap();
-    until(&mut stream, ready(bigger)).await;
+    if let Err(last) = until(&mut stream, ready(bigger)).await {
+        dump("scale +1%", &last, &probes, &server, etcd).await;
+        panic!("scale +1%: not all ready within {:?}", phase_timeout());
+    }
     let scale = m.stop().await;
 
     let m = Meter::start(&server).await;
     stops[0].send_replace(true);
-    until(&mut stream, |v| {
+    if let Err(last) = until(&mut stream, |v| {
         v["status"]["conditions"].as_array().is_some_and(|c| {
             c.iter().any(|c| {
                 c["type"] == "Degraded" && c["message"].as_str().is_some_and(|m| m.contains("m000"))
             })
         })
     })
-    .await;
+    .await
+    {
+        dump("one member Unknown", &last, &probes, &server, etcd).await;
+        panic!("one member Unknown: not seen within {:?}", phase_timeout());
+    }
     let unknown = m.stop().await;
 
     let rss = server.peak_rss_mib();
@@ -405,6 +566,13 @@ fn main() {
         .ok()
         .map(|m| m.parse().unwrap())
         .unwrap_or(if full { 100 } else { 5 });
+    if let Ok(filter) = std::env::var("FLOTILLA_BENCH_LOG") {
+        // The agents run in this process: their logs, at the server's level.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -433,7 +601,8 @@ fn main() {
                         dir.path().display().to_string(),
                     ],
                 };
-                let r = run(&args, n, members).await;
+                let endpoint = etcd.as_ref().map(EtcdServer::endpoint);
+                let r = run(&args, endpoint.as_deref(), n, members).await;
                 println!("{store} {n} instances over {members} members:");
                 println!("  apply → all ready       {}", show(&r.apply));
                 println!("  settling, {:2} s         {}", settle(), show(&r.settling));
