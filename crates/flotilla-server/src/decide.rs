@@ -80,8 +80,11 @@ pub struct Decision {
     /// The plan differs from the stored placement: store it.
     pub placement_changed: bool,
     /// Slices that shrink or go: written first, all of them before any of `grow`.
+    /// A slice that loses some ordinals and gains others is in both: without its
+    /// gains here, whole in `grow`.
     pub shrink: Vec<SliceWrite>,
-    /// Slices that only gain ordinals (or are new).
+    /// Slices that only gain ordinals (or are new), and the second write of a slice
+    /// that also loses some.
     pub grow: Vec<SliceWrite>,
     /// The status once those writes are made.
     pub status: StatusRecord,
@@ -256,15 +259,45 @@ pub fn decide(view: &View<'_>, capacity: &mut CapacityCache) -> Result<Decision,
         {
             continue;
         }
-        let write = SliceWrite {
+        let write = |slice: InstanceSet| SliceWrite {
             cluster: cluster.clone(),
-            slice: Some(new),
+            slice: Some(slice),
             exists: true,
         };
         if have.is_subset(&want) {
-            grow.push(write);
+            grow.push(write(new));
+        } else if want.is_subset(&have) {
+            shrink.push(write(new));
         } else {
-            shrink.push(write);
+            // It loses ordinals and gains others, which may still be in another slice
+            // until that one's shrink is stored: the losses are written first, on
+            // their own, and the gains with the grows (a generation each, so that a
+            // member's report of the first never reads as one of the second).
+            let kept: Vec<u32> = ordinals
+                .iter()
+                .copied()
+                .filter(|o| have.contains(o))
+                .collect();
+            let first = federation::slice(
+                set,
+                cluster,
+                &kept,
+                Some(old),
+                home.as_deref(),
+                &leaving,
+                &extra_of(cluster),
+            );
+            let second = federation::slice(
+                set,
+                cluster,
+                ordinals,
+                Some(&first),
+                home.as_deref(),
+                &leaving,
+                &extra_of(cluster),
+            );
+            shrink.push(write(first));
+            grow.push(write(second));
         }
     }
     for (cluster, ordinals) in &desired {
