@@ -51,6 +51,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::InstanceSet;
+use flotilla_api::report::{REPORT_LIMIT, Report as ReportForm};
 use flotilla_proto::v1::agent_service_client::AgentServiceClient;
 use flotilla_proto::v1::{
     Change, Heartbeat, Hello, Report, ServerMessage, Slice, Snapshot, Welcome, change,
@@ -519,7 +520,19 @@ fn report(outbox: &Outbox, current: &Statuses, reported: &mut Statuses) -> Resul
         let Some((namespace, name)) = key.split_once('/') else {
             continue;
         };
-        let status_json = serde_json::to_string(status).unwrap_or_default();
+        // Compact (`flotilla_api::report`), so a report grows with what differs between
+        // instances, not with how many there are. One that cannot fit is not sent (the
+        // server would refuse it, and plain it could pass the stream's message limit):
+        // the federation keeps the last report, and this one is tried again when the
+        // status changes.
+        let status_json = match ReportForm::from_status(status).encode(REPORT_LIMIT) {
+            Ok(bytes) => String::from_utf8(bytes).expect("a report is JSON"),
+            Err(e) => {
+                tracing::error!(slice = %key, error = %e, "report too large to send");
+                reported.insert(key.clone(), status.clone());
+                continue;
+            }
+        };
         outbox.report(
             key,
             Report {

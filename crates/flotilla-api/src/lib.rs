@@ -19,6 +19,7 @@ pub mod object;
 pub mod ordinals;
 pub mod quantity;
 pub mod redis;
+pub mod report;
 pub mod resources;
 pub mod selector;
 pub mod set;

@@ -55,6 +55,7 @@ use crate::federation;
 use crate::keys::{self, Key};
 use crate::metrics::{Metrics, label};
 use crate::store_status;
+use flotilla_api::report as reports;
 
 /// What agent sessions share with the rest of the server.
 #[derive(Debug, Default)]
@@ -382,9 +383,13 @@ impl Agents {
                 report.name
             )));
         }
-        let status: InstanceSetStatus = serde_json::from_str(&report.status_json).map_err(|e| {
+        // Compact or plain (an agent of an earlier version), normalised either way so
+        // that the same status always compares equal.
+        let mut form = reports::Report::decode(report.status_json.as_bytes()).map_err(|e| {
             Status::invalid_argument(format!("report for {ns}/{}: status_json: {e}", report.name))
         })?;
+        form.status = reports::normalised(&form.status);
+        let status = form.status.clone();
         let set = keys::set_key(ns, &report.name);
         let deletions = {
             let written = lock(written);
@@ -412,14 +417,24 @@ impl Agents {
                 .inc();
             return Ok(());
         }
+        // Stored compact, keeping what the agent already left out to fit (and saying
+        // so); one that cannot fit is refused and the stored report stays (an empty
+        // one would read as no instances).
+        let bytes = form.encode(reports::REPORT_LIMIT).map_err(|e| {
+            self.metrics
+                .reports
+                .get_or_create(&label("outcome", "too-large"))
+                .inc();
+            Status::resource_exhausted(format!("report for {ns}/{}: {e}", report.name))
+        })?;
+        if !form.omitted.is_empty() {
+            tracing::warn!(cluster, slice = %set, omitted = ?form.omitted, "report trimmed to fit");
+        }
         let key = keys::report(cluster, &set);
         let stored = self.store.get(&key).await.map_err(store_status)?;
-        let same = stored
-            .as_ref()
-            .and_then(|kv| serde_json::from_slice::<InstanceSetStatus>(&kv.value).ok())
-            .is_some_and(|s| s == status);
-        if !same {
-            put_json(&*self.store, &key, &status, Condition::Any)
+        if stored.as_ref().is_none_or(|kv| kv.value[..] != bytes[..]) {
+            self.store
+                .put(&key, bytes.into(), Condition::Any, None)
                 .await
                 .map_err(|e| Status::unavailable(format!("{e:#}")))?;
             self.metrics
@@ -851,10 +866,15 @@ mod tests {
         }
 
         async fn report(&self, name: &str, status: &InstanceSetStatus) {
+            self.send(name, serde_json::to_string(status).unwrap())
+                .await;
+        }
+
+        async fn send(&self, name: &str, status_json: String) {
             let report = Report {
                 namespace: "default".into(),
                 name: name.into(),
-                status_json: serde_json::to_string(status).unwrap(),
+                status_json,
             };
             self.tx
                 .send(AgentMessage {
@@ -867,7 +887,7 @@ mod tests {
 
     async fn stored_report(store: &dyn Store, key: &str) -> Option<InstanceSetStatus> {
         let kv = store.get(key).await.unwrap()?;
-        Some(serde_json::from_slice(&kv.value).unwrap())
+        Some(reports::Report::decode(&kv.value).unwrap().status)
     }
 
     async fn until_stored(store: &dyn Store, key: &str, status: &InstanceSetStatus) {
@@ -927,5 +947,84 @@ mod tests {
         ));
         s.report("r", &status).await;
         until_stored(&*store, &report, &status).await;
+    }
+
+    fn instances(n: u32, ready: impl Fn(u32) -> bool) -> InstanceSetStatus {
+        InstanceSetStatus {
+            observed_generation: Some(1),
+            replicas: n,
+            ready_replicas: (0..n).filter(|o| ready(*o)).count() as u32,
+            instances: (0..n)
+                .rev()
+                .map(|o| flotilla_api::InstanceStatus {
+                    ordinal: o,
+                    phase: Some("Running".into()),
+                    ready: ready(o),
+                    node: Some(format!("n{}", o % 4)),
+                    endpoint: Some(format!("r-{o}.n{}.sim:6379", o % 4)),
+                    ..flotilla_api::InstanceStatus::default()
+                })
+                .collect(),
+            ..InstanceSetStatus::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plain_report_is_stored_compact_and_one_too_large_is_refused_keeping_the_last() {
+        let (agents, _dir) = agents().await;
+        let store = agents.store.clone();
+        let mut s = Session::open(&agents, "a").await;
+        assert!(matches!(s.next().await, Outbound::Welcome(_)));
+        assert!(matches!(s.next().await, Outbound::Snapshot(_)));
+        let slice = keys::slice("a", "default/r");
+        let report = keys::report("a", "default/r");
+        store
+            .put(&slice, Bytes::from_static(b"{}"), Condition::Any, None)
+            .await
+            .unwrap();
+        assert!(matches!(s.next().await, Outbound::Change(_)));
+
+        // 2,000 instances sent plain (in reverse order, as an older agent might).
+        let status = instances(2_000, |_| true);
+        let plain = serde_json::to_vec(&status).unwrap().len();
+        s.report("r", &status).await;
+        let expected = reports::normalised(&status);
+        until_stored(&*store, &report, &expected).await;
+        let kv = store.get(&report).await.unwrap().unwrap();
+        assert!(
+            kv.value.len() * 20 < plain,
+            "stored {} bytes for a plain {plain}",
+            kv.value.len()
+        );
+
+        // Readiness without a pattern over 300,000 ordinals cannot fit even as groups.
+        let hostile = instances(300_000, |o| {
+            o.wrapping_mul(2_654_435_761).rotate_left(7) & 1 == 0
+        });
+        // Sent compact without a bound (plain it would pass the 4 MiB message limit).
+        let mut form = reports::Report::from_status(&hostile);
+        let json = String::from_utf8(form.encode(usize::MAX).unwrap()).unwrap();
+        assert!(json.len() > reports::REPORT_LIMIT);
+        s.send("r", json).await;
+        let refused = || {
+            agents
+                .metrics
+                .reports
+                .get_or_create(&label("outcome", "too-large"))
+                .get()
+        };
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while refused() == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the report refused");
+        assert_eq!(stored_report(&*store, &report).await, Some(expected));
+
+        // The session goes on: the next report that fits is stored.
+        let next = instances(3, |o| o != 1);
+        s.report("r", &next).await;
+        until_stored(&*store, &report, &reports::normalised(&next)).await;
     }
 }

@@ -120,6 +120,11 @@ fn invalid(e: Invalid) -> Status {
     Status::invalid_argument(e.to_bounded_string(MAX_REFUSAL))
 }
 
+/// A member's report, compact or plain (`flotilla_api::report`).
+fn decode_report(kv: &KeyValue) -> Result<InstanceSetStatus, Status> {
+    decode_json::<flotilla_api::report::Report>(kv).map(|r| r.status)
+}
+
 fn decode_json<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, Status> {
     serde_json::from_slice(&kv.value)
         .map_err(|e| Status::internal(format!("unreadable record {}: {e}", kv.key)))
@@ -685,7 +690,7 @@ impl Api {
                 .get(&keys::report(c, id))
                 .await
                 .map_err(store_status)?;
-            kv.map(|kv| decode_json::<InstanceSetStatus>(&kv).map(|r| (c.to_string(), r)))
+            kv.map(|kv| decode_report(&kv).map(|r| (c.to_string(), r)))
                 .transpose()
         });
         let found = futures::future::try_join_all(gets).await?;
@@ -910,7 +915,7 @@ impl Api {
             .iter()
             .filter_map(|kv| match Key::parse(&kv.key) {
                 Key::Report { cluster, set } if set == id => {
-                    decode_json(kv).ok().map(|s| (cluster, s))
+                    decode_report(kv).ok().map(|s| (cluster, s))
                 }
                 _ => None,
             })
@@ -1176,7 +1181,7 @@ fn namespace_of(kind: ApiKind, id: &str) -> &str {
 fn slice_json(kv: &KeyValue, report: Option<&KeyValue>) -> Result<String, Status> {
     let mut s: InstanceSet = decode_json(kv)?;
     s.metadata.resource_version = Some(kv.mod_revision.to_string());
-    s.status = report.map(decode_json::<InstanceSetStatus>).transpose()?;
+    s.status = report.map(decode_report).transpose()?;
     to_json(&s)
 }
 

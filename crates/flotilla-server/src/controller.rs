@@ -202,7 +202,7 @@ impl Cache {
                 Dirty::Nothing
             }
             Key::Report { cluster, set } => {
-                if let Some(value) = decode(kv) {
+                if let Some(value) = decode::<flotilla_api::report::Report>(kv).map(|r| r.status) {
                     self.reports
                         .entry(set.clone())
                         .or_default()

@@ -27,7 +27,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_api::{Cluster, InstanceSet, InstanceSetStatus};
+use flotilla_api::{Cluster, InstanceSet};
 use flotilla_store::{Compare, Condition, Error as StoreError, Store, Txn};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Taint;
@@ -164,7 +164,8 @@ async fn not_drained(
             .await
             .ok()
             .flatten()
-            .and_then(|r| serde_json::from_slice::<InstanceSetStatus>(&r.value).ok());
+            .and_then(|r| flotilla_api::report::Report::decode(&r.value).ok())
+            .map(|r| r.status);
         let reported = match report {
             Some(r) if !r.leaving.is_empty() => format!(
                 "its member reports {} instances, ordinals {:?} still being removed",
