@@ -16,8 +16,8 @@
 //! 100 bytes a cluster plus 30 a range (a sticky plan keeps one or a few ranges a
 //! cluster), and never more than [`RECORD_LIMIT`]: [`check`] refuses a bigger one before
 //! it reaches the store, and the set then says so in its conditions. The per-ordinal
-//! view lives only in the members' reports, each as big as that member's share of the
-//! set. Records written before this layout (plain ordinal lists, a stored `instances`
+//! view lives only in the members' reports (compact and bounded too:
+//! `flotilla_api::report`). Records written before this layout (plain ordinal lists, a stored `instances`
 //! list) still decode.
 
 use std::collections::{BTreeMap, BTreeSet};
