@@ -4,11 +4,13 @@
 //! ```text
 //!   list /flotilla/ ─▶ cache ─▶ watch /flotilla/ from the list's revision + 1
 //!                        │
-//!   set changed, report changed ─────────────▶ that set is dirty
+//!   set changed ─────────────────────────────▶ that set is dirty (urgent)
+//!   report changed ──────────────────────────▶ that set, after urgent work
 //!   cluster added/removed, heartbeat lapsed,
-//!   readiness changed ───────────────────────▶ every set is dirty
+//!   readiness changed ───────────────────────▶ every set is dirty (urgent)
 //!   capacity changed ────────────────────────▶ every set, after urgent work
-//!                        │
+//!                        │  (work that is not urgent is paced for expensive
+//!                        │   sets: see crate::queue)
 //!   reconcile(set): plan (sticky, from the stored placement) ─▶ store placement
 //!                   ─▶ shrink/delete slices first, then grow/create them
 //!                   ─▶ aggregate reports ─▶ store status
@@ -42,6 +44,7 @@ use crate::decide;
 use crate::federation::{self, Member};
 use crate::keys::{self, Key, SetKey};
 use crate::metrics::{Metrics, label};
+use crate::queue::Queue;
 use crate::records::{self, StatusRecord};
 
 /// Slice writes of one set in flight at once.
@@ -71,6 +74,9 @@ struct Cache {
     /// Sets to reconcile because another set's status changed what their slices say
     /// (a Redis set and its companion sentinel set name each other's addresses).
     followups: BTreeSet<SetKey>,
+    /// How long the last pass took to decide (its CPU-bound part, without the store's
+    /// round trips): what paces the set's status work (`crate::queue`).
+    decided_in: Duration,
     /// By set, then cluster.
     slices: BTreeMap<SetKey, BTreeMap<String, Entry<InstanceSet>>>,
     /// By set, then cluster.
@@ -265,44 +271,6 @@ impl Cache {
     }
 }
 
-/// Sets to reconcile: urgent ones (spec, placement, clusters changed) before those
-/// whose members only reported, so distributing a change never waits behind status
-/// bookkeeping.
-#[derive(Debug, Default)]
-struct Queue {
-    urgent: BTreeSet<SetKey>,
-    status: BTreeSet<SetKey>,
-}
-
-impl Queue {
-    fn urgent(&mut self, key: SetKey) {
-        self.status.remove(&key);
-        self.urgent.insert(key);
-    }
-
-    fn status(&mut self, key: SetKey) {
-        if !self.urgent.contains(&key) {
-            self.status.insert(key);
-        }
-    }
-
-    fn all(&mut self, keys: BTreeSet<SetKey>) {
-        for k in keys {
-            self.urgent(k);
-        }
-    }
-
-    fn all_later(&mut self, keys: BTreeSet<SetKey>) {
-        for k in keys {
-            self.status(k);
-        }
-    }
-
-    fn pop(&mut self) -> Option<SetKey> {
-        self.urgent.pop_first().or_else(|| self.status.pop_first())
-    }
-}
-
 fn remove_nested<T>(map: &mut BTreeMap<SetKey, BTreeMap<String, T>>, set: &str, cluster: &str) {
     if let Some(inner) = map.get_mut(set) {
         inner.remove(cluster);
@@ -423,12 +391,13 @@ impl Controller {
                 dirty.all(cache.set_keys());
                 continue;
             }
-            if let Some(key) = dirty.pop() {
+            if let Some(key) = dirty.pop(Instant::now()) {
                 let started = Instant::now();
                 let result = self.reconcile(&mut cache, &key).await;
                 for k in std::mem::take(&mut cache.followups) {
                     dirty.status(k);
                 }
+                dirty.done(&key, std::mem::take(&mut cache.decided_in), Instant::now());
                 self.metrics
                     .reconcile_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -459,9 +428,11 @@ impl Controller {
                     let event = item.context("the store's watch ended")??;
                     mark(&mut cache, &event, &mut dirty, &mut lost);
                 }
+                _ = paced(dirty.wake_at()) => {}
                 _ = tick.tick() => {
                     cache.prune();
                     let now = Instant::now();
+                    dirty.prune(now);
                     let due: Vec<SetKey> = retry.iter().filter(|(_, t)| **t <= now).map(|(k, _)| k.clone()).collect();
                     for k in due {
                         retry.remove(&k);
@@ -527,6 +498,7 @@ impl Controller {
         let set = entry.value.clone();
         let now = federation::now();
         let (ns, _) = keys::split_set_key(key);
+        let deciding = Instant::now();
         let decision = {
             let reports: BTreeMap<String, &InstanceSetStatus> = cache
                 .reports
@@ -579,6 +551,7 @@ impl Controller {
                 Err(e) => return Err(e.into()),
             }
         };
+        cache.decided_in = deciding.elapsed();
         self.log_decision(cache, key, &decision);
         self.commit(cache, key, &set, decision, &now).await
     }
@@ -955,6 +928,14 @@ impl Controller {
     }
 }
 
+/// Sleeps until held-back status work is due; forever when none is.
+async fn paced(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn mark(cache: &mut Cache, event: &Event, dirty: &mut Queue, lost: &mut BTreeSet<String>) {
     match cache.apply(event) {
         Dirty::Nothing => {}
@@ -1016,18 +997,6 @@ mod tests {
                 500, 1000, 2000, 4000, 32_000, 60_000, 60_000, 60_000, 60_000
             ]
         );
-    }
-
-    #[test]
-    fn urgent_sets_go_before_those_whose_members_only_reported() {
-        let mut q = Queue::default();
-        q.status("a".into());
-        q.status("c".into());
-        q.urgent("d".into());
-        q.urgent("c".into());
-        q.status("d".into());
-        let order: Vec<String> = std::iter::from_fn(|| q.pop()).collect();
-        assert_eq!(order, ["c", "d", "a"]);
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod keys;
 pub mod leader;
 mod metrics;
 mod migration;
+mod queue;
 pub mod records;
 mod redis;
 mod status;
