@@ -188,7 +188,8 @@ pub(crate) async fn switchover<B: Backend>(
         .as_ref()
         .is_some_and(|r| r.sentinel.is_some())
     {
-        let (applied, actual) = switchover_by_sentinel(backend, set, seen, from, Some(to)).await?;
+        let (applied, actual) =
+            switchover_by_sentinel(backend, set, seen, from, Some((to, &target.endpoint))).await?;
         return Ok((applied, actual));
     }
     let old = old.ok_or_else(|| {
@@ -249,7 +250,7 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
     set: &InstanceSet,
     seen: &BTreeMap<u32, Seen>,
     from: u32,
-    to: Option<u32>,
+    to: Option<(u32, &str)>,
 ) -> Result<(Applied, Option<LocalSwitchover>)> {
     let Some(watched) = set.spec.redis.as_ref().and(Some(set.name())) else {
         return Err(Error::Backend("not a Redis set".into()));
@@ -262,7 +263,7 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
         ))
     })?;
     let local = |addr: &str| {
-        to.and_then(|t| seen.get(&t).filter(|s| s.endpoint == addr).map(|s| (t, s)))
+        to.and_then(|(t, _)| seen.get(&t).filter(|s| s.endpoint == addr).map(|s| (t, s)))
             .map(|(t, s)| LocalSwitchover {
                 from,
                 to: Primary {
@@ -279,43 +280,79 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
             "switchover from {from} waits: no sentinel of {watched} is known yet"
         )));
     }
-    // Sentinel promotes the replica it ranks best: one retiring here must be ranked out
-    // (replica-priority 0) in the sentinel's own view before it is asked.
+    // Sentinel promotes the replica it ranks best (lowest replica-priority, then the
+    // highest offset, then the lowest run id): in its own view, every retiring replica
+    // must be ranked out (priority 0) and the target ranked first (its member sets it
+    // to 1) before it is asked, or it would pick any caught-up replica. Nothing is
+    // paused until then: the next pass asks again.
     let retiring: Vec<&str> = flotilla_api::redis::retiring_of(set)
         .iter()
         .filter(|o| **o != from)
         .filter_map(|o| seen.get(o).map(|s| s.endpoint.as_str()))
         .collect();
+    let target = to.map(|(_, endpoint)| endpoint);
     let mut sentinels = sentinels;
-    if !retiring.is_empty() {
-        let mut viewed = None;
-        for (n, s) in sentinels.iter().enumerate() {
-            let Ok(Reply::Array(Some(replicas))) = backend
-                .redis_at(set, s, &["SENTINEL", "REPLICAS", watched], COMMAND_TIMEOUT)
-                .await
-            else {
-                continue;
-            };
-            if let Some(addr) = electable(&replicas, &retiring) {
-                return Err(Error::Backend(format!(
-                    "switchover from {from} waits: sentinel {s} does not yet see replica-priority 0 on retiring {addr}"
-                )));
-            }
-            viewed = Some(n);
-            break;
-        }
-        let Some(n) = viewed else {
-            return Err(Error::Backend(format!(
-                "switchover from {from} waits: no sentinel of {watched} answers SENTINEL REPLICAS"
-            )));
+    let mut viewed = None;
+    for (n, s) in sentinels.iter().enumerate() {
+        let master = backend
+            .redis_at(set, s, &["SENTINEL", "MASTER", watched], COMMAND_TIMEOUT)
+            .await;
+        let Ok(Reply::Array(Some(fields))) = master else {
+            continue;
         };
-        // The sentinel that was checked is the one asked.
-        sentinels.swap(0, n);
+        if field(&fields, "flags").is_some_and(|f| f.contains("failover_in_progress")) {
+            return Err(Error::Backend(format!(
+                "switchover from {from} waits: sentinel {s} is failing {watched} over already"
+            )));
+        }
+        let Ok(Reply::Array(Some(replicas))) = backend
+            .redis_at(set, s, &["SENTINEL", "REPLICAS", watched], COMMAND_TIMEOUT)
+            .await
+        else {
+            continue;
+        };
+        if let Some(why) = ranked_wrong(&replicas, &retiring, target) {
+            return Err(Error::Backend(format!(
+                "switchover from {from} waits: sentinel {s} {why}"
+            )));
+        }
+        viewed = Some(n);
+        break;
     }
+    let Some(n) = viewed else {
+        return Err(Error::Backend(format!(
+            "switchover from {from} waits: no sentinel of {watched} answers SENTINEL MASTER and REPLICAS"
+        )));
+    };
+    // The sentinel that was checked is the one asked.
+    sentinels.swap(0, n);
     let send = |args: &'static [&'static str]| backend.redis(set, from, args, COMMAND_TIMEOUT);
+    // A paused master still PINGs its replicas (every repl-ping-replica-period): one
+    // PING after Sentinel promoted the target puts the other replicas past the offset
+    // it was promoted at, and each then needs a full resync from the new primary
+    // (NOREPLICAS for seconds under min-replicas-to-write). No PING until it is done.
+    let ping_period = match send(&["CONFIG", "GET", engine::PING_PERIOD]).await {
+        Ok(Reply::Array(Some(kv))) => kv.get(1).and_then(Reply::as_text),
+        _ => None,
+    };
+    if ping_period.is_some() {
+        let quiet = send(&["CONFIG", "SET", engine::PING_PERIOD, QUIET_PING_PERIOD]).await;
+        if !matches!(quiet, Ok(Reply::Simple(_))) {
+            tracing::warn!(instance = %name(set, from), reply = ?quiet, "could not hold back replication PINGs for the switchover");
+        }
+    }
+    let restore_pings = || async {
+        if let Some(p) = &ping_period {
+            let args = ["CONFIG", "SET", engine::PING_PERIOD, p.as_str()];
+            if let Err(e) = backend.redis(set, from, &args, COMMAND_TIMEOUT).await {
+                tracing::warn!(instance = %name(set, from), error = %e, "could not restore repl-ping-replica-period");
+            }
+        }
+    };
     match send(&["CLIENT", "PAUSE", "15000", "WRITE"]).await {
         Ok(Reply::Simple(_)) => {}
         other => {
+            restore_pings().await;
             return Err(Error::Switchover(format!(
                 "{} refused CLIENT PAUSE: {other:?}",
                 name(set, from)
@@ -359,6 +396,7 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
                 .await
             {
                 Ok(Reply::Simple(_)) => {
+                    tracing::info!(set = %set.name(), from, sentinel = %s, "writes paused, replicas caught up: Sentinel asked to fail over");
                     asked = Some(s.clone());
                     break;
                 }
@@ -378,22 +416,40 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
         // Sentinel names the new primary at once but demotes a reachable old one only
         // later: the old primary, still paused, is made its replica here, so it never
         // takes a write again as a master.
+        // The target Sentinel ranked first says it is a master as soon as Sentinel
+        // promoted it, a second or so before Sentinel has seen so itself (its INFO
+        // period) and names it: the old primary follows it from then on.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let master = match backend
-                .redis_at(
-                    set,
-                    &sentinel,
-                    &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", watched],
-                    COMMAND_TIMEOUT,
-                )
-                .await
-            {
-                Ok(Reply::Array(Some(a))) if a.len() == 2 => a[0]
-                    .as_text()
-                    .zip(a[1].as_text())
-                    .map(|(h, p)| (info::join(&h, &p), h, p)),
-                _ => None,
+            let promoted = match target {
+                Some(t) => match backend.redis_at(set, t, &["ROLE"], COMMAND_TIMEOUT).await {
+                    Ok(Reply::Array(Some(items)))
+                        if items.first().and_then(Reply::as_text).as_deref() == Some("master") =>
+                    {
+                        flotilla_redis::launch::split_addr(t)
+                            .map(|(h, p)| (t.to_string(), h.to_string(), p.to_string()))
+                    }
+                    _ => None,
+                },
+                None => None,
+            };
+            let master = match promoted {
+                Some(m) => Some(m),
+                None => match backend
+                    .redis_at(
+                        set,
+                        &sentinel,
+                        &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", watched],
+                        COMMAND_TIMEOUT,
+                    )
+                    .await
+                {
+                    Ok(Reply::Array(Some(a))) if a.len() == 2 => a[0]
+                        .as_text()
+                        .zip(a[1].as_text())
+                        .map(|(h, p)| (info::join(&h, &p), h, p)),
+                    _ => None,
+                },
             };
             if let Some((addr, host, port)) = master.filter(|(a, _, _)| *a != old.endpoint) {
                 if role(backend, set, from).await.as_deref() != Some("slave") {
@@ -411,32 +467,67 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
                     "Sentinel's failover of {watched} did not complete within 30 s"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
     .await;
     let _ = send(&["CLIENT", "UNPAUSE"]).await;
+    restore_pings().await;
     result
 }
 
-/// Of a `SENTINEL REPLICAS` reply (one flat field/value array per replica): the
-/// address of a `retiring` replica that Sentinel could still promote (its
-/// `slave-priority` is not 0), if any.
-fn electable(replicas: &[Reply], retiring: &[&str]) -> Option<String> {
-    replicas.iter().find_map(|r| {
-        let Reply::Array(Some(fields)) = r else {
-            return None;
-        };
-        let field = |name: &str| {
-            fields
-                .chunks(2)
-                .find(|kv| kv[0].as_text().as_deref() == Some(name))
-                .and_then(|kv| kv.get(1)?.as_text())
-        };
-        let addr = info::join(&field("ip")?, &field("port")?);
-        (retiring.contains(&addr.as_str()) && field("slave-priority").as_deref() != Some("0"))
-            .then_some(addr)
-    })
+/// A master's replication PING period
+/// ([`flotilla_redis::engine::PING_PERIOD`]) while a switchover by Sentinel runs: no
+/// PING in practice (Redis PINGs when its cron count is a multiple of it).
+const QUIET_PING_PERIOD: &str = "2147483647";
+
+/// A field of a flat field/value array (`SENTINEL MASTER`, one of `SENTINEL REPLICAS`).
+fn field(fields: &[Reply], name: &str) -> Option<String> {
+    fields
+        .chunks(2)
+        .find(|kv| kv[0].as_text().as_deref() == Some(name))
+        .and_then(|kv| kv.get(1)?.as_text())
+}
+
+/// Of a `SENTINEL REPLICAS` reply (one flat field/value array per replica): why
+/// Sentinel would not promote `target` now: a `retiring` replica it could still promote
+/// (its `slave-priority` is not 0), or `target` not seen, or not ranked before every
+/// other promotable replica. `None` when it would.
+fn ranked_wrong(replicas: &[Reply], retiring: &[&str], target: Option<&str>) -> Option<String> {
+    let seen: Vec<(String, Option<u64>)> = replicas
+        .iter()
+        .filter_map(|r| {
+            let Reply::Array(Some(fields)) = r else {
+                return None;
+            };
+            let addr = info::join(&field(fields, "ip")?, &field(fields, "port")?);
+            let priority = field(fields, "slave-priority").and_then(|p| p.trim().parse().ok());
+            Some((addr, priority))
+        })
+        .collect();
+    if let Some((addr, _)) = seen
+        .iter()
+        .find(|(a, p)| retiring.contains(&a.as_str()) && *p != Some(0))
+    {
+        return Some(format!(
+            "does not yet see replica-priority 0 on retiring {addr}"
+        ));
+    }
+    let target = target?;
+    let Some(ours) = seen.iter().find(|(a, _)| a == target).and_then(|(_, p)| *p) else {
+        return Some(format!("does not list {target} as a replica yet"));
+    };
+    if ours == 0 {
+        return Some(format!("sees replica-priority 0 on {target}"));
+    }
+    seen.iter()
+        .find(|(a, p)| a != target && p.is_some_and(|p| p != 0 && p <= ours))
+        .map(|(a, p)| {
+            format!(
+                "ranks {a} (replica-priority {}) with {target} ({ours}) yet",
+                p.unwrap_or_default()
+            )
+        })
 }
 
 async fn role<B: Backend>(backend: &B, set: &InstanceSet, ordinal: u32) -> Option<String> {
@@ -462,7 +553,9 @@ pub(crate) async fn wire<B: Backend>(
     if let Some(p) = primary {
         commands = engine::replication(set, p, &locals(seen));
         if let Some(from) = engine::handover(set, p, &locals(seen)) {
-            match switchover_by_sentinel(backend, set, seen, from, Some(p.ordinal)).await {
+            match switchover_by_sentinel(backend, set, seen, from, Some((p.ordinal, &p.endpoint)))
+                .await
+            {
                 Ok((applied, done)) => {
                     writes += usize::from(applied == Applied::Wrote);
                     if done.is_some() {
@@ -627,20 +720,48 @@ mod tests {
     }
 
     #[test]
-    fn a_retiring_replica_sentinel_could_still_promote_is_named() {
+    fn sentinel_is_asked_only_once_it_ranks_the_target_first_and_the_retiring_out() {
+        let a = "127.0.0.2:6379";
+        let b = "127.0.0.3:6379";
         let replicas = [
             replica("127.0.0.2", "6379", "100"),
             replica("127.0.0.3", "6379", "0"),
         ];
-        assert_eq!(electable(&replicas, &["127.0.0.3:6379"]), None);
-        assert_eq!(
-            electable(&replicas, &["127.0.0.3:6379", "127.0.0.2:6379"]).as_deref(),
-            Some("127.0.0.2:6379")
+        // Retiring b at 0, no target: nothing against it.
+        assert_eq!(ranked_wrong(&replicas, &[b], None), None);
+        let why = ranked_wrong(&replicas, &[b, a], None).unwrap();
+        assert!(
+            why.contains("replica-priority 0 on retiring 127.0.0.2:6379"),
+            "{why}"
         );
-        assert_eq!(electable(&replicas, &[]), None);
-        assert_eq!(
-            electable(&[replica("::1", "7000", "5")], &["[::1]:7000"]).as_deref(),
-            Some("[::1]:7000")
+        // The target at the default priority ties with another: not yet.
+        let three = [
+            replica("127.0.0.2", "6379", "100"),
+            replica("127.0.0.4", "6379", "100"),
+            replica("127.0.0.3", "6379", "0"),
+        ];
+        let why = ranked_wrong(&three, &[b], Some(a)).unwrap();
+        assert!(
+            why.contains("ranks 127.0.0.4:6379 (replica-priority 100)"),
+            "{why}"
         );
+        // Once its member set it to 1, it is first.
+        let three = [
+            replica("127.0.0.2", "6379", "1"),
+            replica("127.0.0.4", "6379", "100"),
+            replica("127.0.0.3", "6379", "0"),
+        ];
+        assert_eq!(ranked_wrong(&three, &[b], Some(a)), None);
+        // A target Sentinel does not list, or sees at 0, is not promotable.
+        let why = ranked_wrong(&three, &[], Some("127.0.0.9:6379")).unwrap();
+        assert!(why.contains("does not list 127.0.0.9:6379"), "{why}");
+        assert!(
+            ranked_wrong(&replicas, &[], Some(b))
+                .unwrap()
+                .contains("priority 0 on")
+        );
+        // IPv6 addresses are joined as the endpoints are.
+        let why = ranked_wrong(&[replica("::1", "7000", "5")], &["[::1]:7000"], None).unwrap();
+        assert!(why.contains("[::1]:7000"), "{why}");
     }
 }

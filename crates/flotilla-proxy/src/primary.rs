@@ -498,8 +498,28 @@ async fn read_value(conn: &mut TcpStream, buf: &mut BytesMut) -> Result<Value, R
     }
 }
 
+/// The new primary (`host:port`) of master `name` a sentinel event announces:
+/// `+switch-master <name> <old-ip> <old-port> <new-ip> <new-port>`, or
+/// `+promoted-slave slave <ip>:<port> <ip> <port> @ <name> <master-ip> <master-port>`.
+fn announced(channel: &str, text: &str, name: &str) -> Option<String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (ip, port) = match (channel, &words[..]) {
+        ("+switch-master", [master, _, _, ip, port]) if *master == name => (ip, port),
+        ("+promoted-slave", ["slave", _, ip, port, "@", master, _, _]) if *master == name => {
+            (ip, port)
+        }
+        _ => return None,
+    };
+    Some(if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    })
+}
+
 /// Follows one sentinel for `name`, reconnecting after a failure: its current
-/// answer to `GET-MASTER-ADDR-BY-NAME`, then every `+switch-master`.
+/// answer to `GET-MASTER-ADDR-BY-NAME`, then every `+switch-master` and
+/// `+promoted-slave`.
 async fn follow_sentinel(addr: String, name: String, offers: Offers) {
     loop {
         if let Err(e) = follow_once(&addr, &name, &offers).await {
@@ -515,10 +535,18 @@ async fn follow_once(addr: &str, name: &str, offers: &Offers) -> Result<(), Role
         .map_err(|_| RoleError::Timeout(Duration::from_secs(2)))??;
     let source = Source::Sentinel(addr.to_string());
     // Subscribe first, then ask: a switch between the two is not missed.
-    conn.write_all(&resp::encode(&[&b"SUBSCRIBE"[..], b"+switch-master"]))
-        .await?;
+    // `+promoted-slave` names the new primary as soon as Sentinel saw it promoted,
+    // before it re-pointed every replica and announced `+switch-master`.
+    conn.write_all(&resp::encode(&[
+        &b"SUBSCRIBE"[..],
+        b"+switch-master",
+        b"+promoted-slave",
+    ]))
+    .await?;
     let mut buf = BytesMut::with_capacity(512);
-    read_value(&mut conn, &mut buf).await?;
+    for _ in 0..2 {
+        read_value(&mut conn, &mut buf).await?;
+    }
     // A subscribed connection cannot ask; a second one does.
     let mut ask = TcpStream::connect(addr).await?;
     let reply = request(
@@ -535,17 +563,69 @@ async fn follow_once(addr: &str, name: &str, offers: &Offers) -> Result<(), Role
     }
     loop {
         let message = read_value(&mut conn, &mut buf).await?;
-        // ["message", "+switch-master", "<name> <old-ip> <old-port> <new-ip> <new-port>"]
         if let Value::Array(Some(items)) = message
+            && let Some(channel) = items.get(1).and_then(Value::text)
             && let Some(text) = items.get(2).and_then(Value::text)
+            && let Some(new) = announced(&channel, &text, name)
         {
-            let words: Vec<&str> = text.split_whitespace().collect();
-            if let [master, _, _, ip, port] = words[..]
-                && master == name
-            {
-                tracing::info!(sentinel = %addr, new = %format!("{ip}:{port}"), "+switch-master");
-                offers.offer(source.clone(), format!("{ip}:{port}"));
-            }
+            tracing::info!(sentinel = %addr, %new, event = %channel, "sentinel names a new primary");
+            offers.offer(source.clone(), new);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::announced;
+
+    #[test]
+    fn sentinel_events_name_the_new_primary_of_their_master_only() {
+        assert_eq!(
+            announced(
+                "+switch-master",
+                "shard 127.0.0.1 6379 127.0.0.2 6380",
+                "shard"
+            )
+            .as_deref(),
+            Some("127.0.0.2:6380")
+        );
+        assert_eq!(
+            announced(
+                "+promoted-slave",
+                "slave 127.0.0.2:6380 127.0.0.2 6380 @ shard 127.0.0.1 6379",
+                "shard"
+            )
+            .as_deref(),
+            Some("127.0.0.2:6380")
+        );
+        assert_eq!(
+            announced(
+                "+promoted-slave",
+                "slave [::1]:7000 ::1 7000 @ shard ::1 6379",
+                "shard"
+            )
+            .as_deref(),
+            Some("[::1]:7000")
+        );
+        assert_eq!(
+            announced(
+                "+switch-master",
+                "other 127.0.0.1 6379 127.0.0.2 6380",
+                "shard"
+            ),
+            None
+        );
+        assert_eq!(
+            announced(
+                "+promoted-slave",
+                "sentinel 127.0.0.2:26379 127.0.0.2 26379 @ shard 127.0.0.1 6379",
+                "shard"
+            ),
+            None
+        );
+        assert_eq!(
+            announced("+sdown", "master shard 127.0.0.1 6379", "shard"),
+            None
+        );
     }
 }

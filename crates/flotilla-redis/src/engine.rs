@@ -247,18 +247,47 @@ pub fn dynamic_config(set: &InstanceSet) -> BTreeMap<String, String> {
 /// `replica-priority` 0 while the slice says it is retiring (a replacement elsewhere is
 /// catching up), so that neither Sentinel nor a switchover ever promotes it; back to
 /// the set's value (Redis's default 100) once it is not.
+///
+/// With Sentinel, the instance the federation names primary runs `replica-priority` 1
+/// (unless the set says 0: never promote): when a planned switchover asks Sentinel to
+/// fail over to it, Sentinel promotes the replica of lowest priority, so it picks the
+/// one named instead of any caught-up replica (which the named one's member would then
+/// hand over from again).
 pub fn instance_config(set: &InstanceSet, ordinal: u32) -> BTreeMap<String, String> {
     let mut out = dynamic_config(set);
+    let sentinel = set
+        .spec
+        .redis
+        .as_ref()
+        .is_some_and(|r| r.sentinel.is_some());
+    if sentinel {
+        // A switchover by Sentinel holds a master's replication PINGs back while it
+        // runs; an agent that died meanwhile left them held back: set again here.
+        out.entry(PING_PERIOD.into())
+            .or_insert_with(|| DEFAULT_PING_PERIOD.into());
+    }
     if flotilla_api::redis::retiring_of(set).contains(&ordinal) {
         out.insert(REPLICA_PRIORITY.into(), "0".into());
-    } else {
-        out.entry(REPLICA_PRIORITY.into())
-            .or_insert_with(|| DEFAULT_REPLICA_PRIORITY.into());
+        return out;
+    }
+    let named = sentinel && flotilla_api::redis::primary_of(set).is_some_and(|(o, _)| o == ordinal);
+    let priority = out
+        .entry(REPLICA_PRIORITY.into())
+        .or_insert_with(|| DEFAULT_REPLICA_PRIORITY.into());
+    if named && priority.trim() != "0" {
+        *priority = NAMED_PRIMARY_PRIORITY.into();
     }
     out
 }
 
+/// The `replica-priority` of the instance named primary, with Sentinel: lower than any
+/// other promotable replica's.
+pub const NAMED_PRIMARY_PRIORITY: &str = "1";
+
 const REPLICA_PRIORITY: &str = "replica-priority";
+/// How often a master PINGs its replicas (a switchover by Sentinel holds it back).
+pub const PING_PERIOD: &str = "repl-ping-replica-period";
+const DEFAULT_PING_PERIOD: &str = "10";
 const DEFAULT_REPLICA_PRIORITY: &str = "100";
 
 /// `CONFIG SET` of every parameter of `want` (one command; Redis 7 sets them
@@ -332,6 +361,34 @@ mod tests {
                 .collect(),
         );
         s
+    }
+
+    #[test]
+    fn with_sentinel_the_named_primary_is_ranked_first_and_pings_are_set_back() {
+        use flotilla_api::redis::RETIRING_ANNOTATION;
+        let annotations = [
+            (PRIMARY_ANNOTATION, "3=127.0.0.4:6379"),
+            (RETIRING_ANNOTATION, "0-2"),
+        ];
+        let s = set(&annotations, true);
+        let priority = |o: u32| instance_config(&s, o)[REPLICA_PRIORITY].clone();
+        assert_eq!(priority(3), NAMED_PRIMARY_PRIORITY);
+        assert_eq!(priority(4), DEFAULT_REPLICA_PRIORITY);
+        // Retiring: never promoted, even when named (it is handing over).
+        assert_eq!(priority(0), "0");
+        assert_eq!(instance_config(&s, 4)[PING_PERIOD], DEFAULT_PING_PERIOD);
+        // Without Sentinel neither matters: the FAILOVER TO names its target.
+        let plain = set(&annotations, false);
+        assert_eq!(
+            instance_config(&plain, 3)[REPLICA_PRIORITY],
+            DEFAULT_REPLICA_PRIORITY
+        );
+        assert!(!instance_config(&plain, 3).contains_key(PING_PERIOD));
+        // A set that says never promote (0) keeps it.
+        let mut never = set(&annotations, true);
+        never.spec.redis.as_mut().unwrap().config =
+            [(REPLICA_PRIORITY.to_string(), "0".to_string())].into();
+        assert_eq!(instance_config(&never, 3)[REPLICA_PRIORITY], "0");
     }
 
     fn master(replicas: &[&str], keys: u64) -> Info {
