@@ -188,8 +188,14 @@ pub(crate) async fn switchover<B: Backend>(
         .as_ref()
         .is_some_and(|r| r.sentinel.is_some())
     {
+        // Ranked first only when it is the instance the federation names primary
+        // (its member runs it at replica-priority 1); a successor the member picked
+        // itself (a rolling update) is left to Sentinel's choice.
+        let named = flotilla_api::redis::primary_of(set)
+            .filter(|(o, _)| *o == to)
+            .map(|_| target.endpoint.as_str());
         let (applied, actual) =
-            switchover_by_sentinel(backend, set, seen, from, Some((to, &target.endpoint))).await?;
+            switchover_by_sentinel(backend, set, seen, from, Some(to), named).await?;
         return Ok((applied, actual));
     }
     let old = old.ok_or_else(|| {
@@ -250,7 +256,8 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
     set: &InstanceSet,
     seen: &BTreeMap<u32, Seen>,
     from: u32,
-    to: Option<(u32, &str)>,
+    to: Option<u32>,
+    named: Option<&str>,
 ) -> Result<(Applied, Option<LocalSwitchover>)> {
     let Some(watched) = set.spec.redis.as_ref().and(Some(set.name())) else {
         return Err(Error::Backend("not a Redis set".into()));
@@ -263,7 +270,7 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
         ))
     })?;
     let local = |addr: &str| {
-        to.and_then(|(t, _)| seen.get(&t).filter(|s| s.endpoint == addr).map(|s| (t, s)))
+        to.and_then(|t| seen.get(&t).filter(|s| s.endpoint == addr).map(|s| (t, s)))
             .map(|(t, s)| LocalSwitchover {
                 from,
                 to: Primary {
@@ -290,7 +297,7 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
         .filter(|o| **o != from)
         .filter_map(|o| seen.get(o).map(|s| s.endpoint.as_str()))
         .collect();
-    let target = to.map(|(_, endpoint)| endpoint);
+    let target = named;
     let mut sentinels = sentinels;
     let mut viewed = None;
     for (n, s) in sentinels.iter().enumerate() {
@@ -331,27 +338,29 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
     // PING after Sentinel promoted the target puts the other replicas past the offset
     // it was promoted at, and each then needs a full resync from the new primary
     // (NOREPLICAS for seconds under min-replicas-to-write). No PING until it is done.
-    let ping_period = match send(&["CONFIG", "GET", engine::PING_PERIOD]).await {
-        Ok(Reply::Array(Some(kv))) => kv.get(1).and_then(Reply::as_text),
-        _ => None,
-    };
-    if ping_period.is_some() {
-        let quiet = send(&["CONFIG", "SET", engine::PING_PERIOD, QUIET_PING_PERIOD]).await;
-        if !matches!(quiet, Ok(Reply::Simple(_))) {
-            tracing::warn!(instance = %name(set, from), reply = ?quiet, "could not hold back replication PINGs for the switchover");
-        }
+    // Set back to what the set says (not to what was read: a switchover that could not
+    // set it back left the quiet value behind); the caller also applies the whole
+    // config to `from` again after every attempt.
+    let ping_period = engine::instance_config(set, from)
+        .remove(engine::PING_PERIOD)
+        .unwrap_or_else(|| "10".into());
+    let quiet = send(&["CONFIG", "SET", engine::PING_PERIOD, QUIET_PING_PERIOD]).await;
+    if !matches!(quiet, Ok(Reply::Simple(_))) {
+        tracing::warn!(instance = %name(set, from), reply = ?quiet, "could not hold back replication PINGs for the switchover");
     }
     let restore_pings = || async {
-        if let Some(p) = &ping_period {
-            let args = ["CONFIG", "SET", engine::PING_PERIOD, p.as_str()];
-            if let Err(e) = backend.redis(set, from, &args, COMMAND_TIMEOUT).await {
-                tracing::warn!(instance = %name(set, from), error = %e, "could not restore repl-ping-replica-period");
-            }
+        let args = ["CONFIG", "SET", engine::PING_PERIOD, ping_period.as_str()];
+        if let Err(e) = backend.redis(set, from, &args, COMMAND_TIMEOUT).await {
+            tracing::warn!(instance = %name(set, from), error = %e, "could not restore repl-ping-replica-period");
         }
     };
-    match send(&["CLIENT", "PAUSE", "15000", "WRITE"]).await {
+    let pause = || send(&["CLIENT", "PAUSE", "15000", "WRITE"]);
+    let paused_at = tokio::time::Instant::now();
+    match pause().await {
         Ok(Reply::Simple(_)) => {}
         other => {
+            // A timeout may still have paused it.
+            let _ = send(&["CLIENT", "UNPAUSE"]).await;
             restore_pings().await;
             return Err(Error::Switchover(format!(
                 "{} refused CLIENT PAUSE: {other:?}",
@@ -363,7 +372,7 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
         // Every replica catches up with the paused primary; otherwise no failover
         // (Sentinel could promote one behind, and the others would resync from it).
         let caught_up = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
+        let paused_offset = loop {
             let reply = backend
                 .redis(set, from, &["INFO", "replication"], COMMAND_TIMEOUT)
                 .await;
@@ -378,7 +387,7 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
                         .all(|(_, state, offset)| state == "online" && *offset >= i.offset)
             });
             if done {
-                break;
+                break info.map_or(0, |i| i.offset);
             }
             if tokio::time::Instant::now() > caught_up {
                 return Err(Error::Backend(format!(
@@ -386,7 +395,7 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
         // One sentinel is asked: the first that answers at all (asking another after
         // a refusal or a timeout could start a second failover).
         let mut asked = None;
@@ -420,11 +429,21 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
         // promoted it, a second or so before Sentinel has seen so itself (its INFO
         // period) and names it: the old primary follows it from then on.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut renewed = paused_at;
         loop {
+            // The pause must outlast the wait: renewed every few seconds (the later end
+            // wins), so the old primary never takes a write while the failover runs.
+            if renewed.elapsed() > Duration::from_secs(5) {
+                let _ = pause().await;
+                renewed = tokio::time::Instant::now();
+            }
+            // A master that holds everything the paused primary had (not one that
+            // restarted empty, say).
             let promoted = match target {
                 Some(t) => match backend.redis_at(set, t, &["ROLE"], COMMAND_TIMEOUT).await {
                     Ok(Reply::Array(Some(items)))
-                        if items.first().and_then(Reply::as_text).as_deref() == Some("master") =>
+                        if items.first().and_then(Reply::as_text).as_deref() == Some("master")
+                            && matches!(items.get(1), Some(Reply::Integer(o)) if u64::try_from(*o).is_ok_and(|o| o >= paused_offset)) =>
                     {
                         flotilla_redis::launch::split_addr(t)
                             .map(|(h, p)| (t.to_string(), h.to_string(), p.to_string()))
@@ -500,6 +519,11 @@ fn ranked_wrong(replicas: &[Reply], retiring: &[&str], target: Option<&str>) -> 
             let Reply::Array(Some(fields)) = r else {
                 return None;
             };
+            // Sentinel never forgets a replica: one it cannot reach is not promotable.
+            let flags = field(fields, "flags").unwrap_or_default();
+            if flags.contains("s_down") || flags.contains("disconnected") {
+                return None;
+            }
             let addr = info::join(&field(fields, "ip")?, &field(fields, "port")?);
             let priority = field(fields, "slave-priority").and_then(|p| p.trim().parse().ok());
             Some((addr, priority))
@@ -553,8 +577,17 @@ pub(crate) async fn wire<B: Backend>(
     if let Some(p) = primary {
         commands = engine::replication(set, p, &locals(seen));
         if let Some(from) = engine::handover(set, p, &locals(seen)) {
-            match switchover_by_sentinel(backend, set, seen, from, Some((p.ordinal, &p.endpoint)))
-                .await
+            // Whatever happened, its config (the PING period among it) is applied again.
+            state.configured.remove(&from);
+            match switchover_by_sentinel(
+                backend,
+                set,
+                seen,
+                from,
+                Some(p.ordinal),
+                Some(&p.endpoint),
+            )
+            .await
             {
                 Ok((applied, done)) => {
                     writes += usize::from(applied == Applied::Wrote);
@@ -752,6 +785,14 @@ mod tests {
             replica("127.0.0.3", "6379", "0"),
         ];
         assert_eq!(ranked_wrong(&three, &[b], Some(a)), None);
+        // A replica Sentinel cannot reach does not count (a gone instance it remembers).
+        let mut gone = replica("127.0.0.5", "6379", "1");
+        if let Reply::Array(Some(f)) = &mut gone {
+            f.push(Reply::Bulk(Some(b"flags".to_vec())));
+            f.push(Reply::Bulk(Some(b"slave,s_down,disconnected".to_vec())));
+        }
+        let four = [three[0].clone(), three[1].clone(), gone];
+        assert_eq!(ranked_wrong(&four, &[b], Some(a)), None);
         // A target Sentinel does not list, or sees at 0, is not promotable.
         let why = ranked_wrong(&three, &[], Some("127.0.0.9:6379")).unwrap();
         assert!(why.contains("does not list 127.0.0.9:6379"), "{why}");
