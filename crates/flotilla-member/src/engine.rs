@@ -68,7 +68,16 @@ pub(crate) async fn observe<B: Backend>(
     set: &InstanceSet,
     observed: &Observed,
 ) -> BTreeMap<u32, Seen> {
-    let params: Vec<String> = engine::dynamic_config(set).into_keys().collect();
+    let mut params: Vec<String> = engine::dynamic_config(set).into_keys().collect();
+    if set
+        .spec
+        .redis
+        .as_ref()
+        .is_some_and(|r| r.sentinel.is_some())
+    {
+        // Held back while a switchover by Sentinel runs: seen here if it stayed so.
+        params.push(engine::PING_PERIOD.into());
+    }
     let mut out = BTreeMap::new();
     for inst in observed
         .instances
@@ -339,8 +348,7 @@ pub(crate) async fn switchover_by_sentinel<B: Backend>(
     // it was promoted at, and each then needs a full resync from the new primary
     // (NOREPLICAS for seconds under min-replicas-to-write). No PING until it is done.
     // Set back to what the set says (not to what was read: a switchover that could not
-    // set it back left the quiet value behind); the caller also applies the whole
-    // config to `from` again after every attempt.
+    // set it back left the quiet value behind, which `wire` also sets back).
     let ping_period = engine::instance_config(set, from)
         .remove(engine::PING_PERIOD)
         .unwrap_or_else(|| "10".into());
@@ -577,8 +585,6 @@ pub(crate) async fn wire<B: Backend>(
     if let Some(p) = primary {
         commands = engine::replication(set, p, &locals(seen));
         if let Some(from) = engine::handover(set, p, &locals(seen)) {
-            // Whatever happened, its config (the PING period among it) is applied again.
-            state.configured.remove(&from);
             match switchover_by_sentinel(
                 backend,
                 set,
@@ -603,10 +609,15 @@ pub(crate) async fn wire<B: Backend>(
     let mut configuring = Vec::new();
     for (&ordinal, s) in seen {
         let want = engine::instance_config(set, ordinal);
-        let done = state
-            .configured
-            .get(&ordinal)
-            .is_some_and(|(run, config)| *run == s.info.run_id && *config == want);
+        // A switchover that could not set the PING period back left it quiet: set
+        // again, whatever was applied before.
+        let quiet =
+            s.config.get(engine::PING_PERIOD).map(String::as_str) == Some(QUIET_PING_PERIOD);
+        let done = !quiet
+            && state
+                .configured
+                .get(&ordinal)
+                .is_some_and(|(run, config)| *run == s.info.run_id && *config == want);
         if !done && let Some(c) = engine::config_set(ordinal, &want) {
             configuring.push((ordinal, s.info.run_id.clone(), want));
             commands.push(c);
