@@ -22,11 +22,12 @@ fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples")
 }
 
-/// A scratch directory unique to one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("flotilla-cli-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch directory unique to one test, removed when it ends.
+fn scratch(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("flotilla-cli-{test}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn example_set(replicas: u32) -> String {
@@ -69,7 +70,7 @@ fn ordinals(plan: &serde_json::Value) -> Vec<(String, Vec<u64>)> {
 #[test]
 fn json_output_has_exactly_the_contract_fields() {
     let dir = scratch("contract");
-    let set = dir.join("set.yaml");
+    let set = dir.path().join("set.yaml");
     std::fs::write(&set, example_set(12)).unwrap();
     let plan = plan_json(&set, None);
     let keys: Vec<&str> = plan
@@ -93,10 +94,10 @@ fn json_output_has_exactly_the_contract_fields() {
 #[test]
 fn previous_output_feeds_back_in_and_scale_up_is_sticky() {
     let dir = scratch("sticky");
-    let set = dir.join("set.yaml");
+    let set = dir.path().join("set.yaml");
     std::fs::write(&set, example_set(12)).unwrap();
     let first = plan_json(&set, None);
-    let prev = dir.join("prev.json");
+    let prev = dir.path().join("prev.json");
     std::fs::write(&prev, serde_json::to_string(&first).unwrap()).unwrap();
     assert_eq!(
         plan_json(&set, Some(&prev)),
@@ -124,7 +125,7 @@ fn previous_output_feeds_back_in_and_scale_up_is_sticky() {
 #[test]
 fn invalid_sets_exit_2_with_every_field_error() {
     let dir = scratch("invalid");
-    let set = dir.join("set.yaml");
+    let set = dir.path().join("set.yaml");
     let text = example_set(12)
         .replace(
             "maxSharePerCluster: 50",
@@ -153,7 +154,7 @@ fn invalid_sets_exit_2_with_every_field_error() {
 #[test]
 fn type_errors_and_bad_clusters_exit_2_naming_the_field() {
     let dir = scratch("types");
-    let set = dir.join("set.yaml");
+    let set = dir.path().join("set.yaml");
     std::fs::write(
         &set,
         example_set(12).replace("replicas: 12", "replicas: -3"),
@@ -167,7 +168,7 @@ fn type_errors_and_bad_clusters_exit_2_naming_the_field() {
     );
 
     std::fs::write(&set, example_set(12)).unwrap();
-    let bad = dir.join("clusters.yaml");
+    let bad = dir.path().join("clusters.yaml");
     let text = std::fs::read_to_string(&clusters)
         .unwrap()
         .replace("count: 5", "count: five");
@@ -199,7 +200,7 @@ fn table_output_is_readable() {
 #[test]
 fn unknown_fields_warn_but_do_not_fail() {
     let dir = scratch("unknown");
-    let set = dir.join("set.yaml");
+    let set = dir.path().join("set.yaml");
     std::fs::write(
         &set,
         example_set(3).replace(
