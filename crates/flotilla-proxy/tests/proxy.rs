@@ -24,31 +24,45 @@ impl Redis {
         Redis::start_with(&[])
     }
 
-    /// With extra `redis-server` arguments.
+    /// With extra `redis-server` arguments. Ready once the server on its port says it
+    /// is this child (`INFO server`'s `process_id`): with tests in parallel, a port
+    /// found free can be taken before the server binds it, and the test would talk to
+    /// another test's server. Then it starts again on another port.
     fn start_with(extra: &[&str]) -> Redis {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(extra)
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        let r = Redis {
-            child,
-            port,
-            _dir: dir,
-        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(r.addr()).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        loop {
+            let port = free_port();
+            let dir = tempfile::tempdir().unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(extra)
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH");
+            let mut r = Redis {
+                child,
+                port,
+                _dir: dir,
+            };
+            loop {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                if r.child.try_wait().unwrap().is_some() {
+                    break; // it could not bind the port: another one
+                }
+                let password = extra
+                    .iter()
+                    .position(|a| *a == "--requirepass")
+                    .and_then(|i| extra.get(i + 1).copied());
+                if server_pid(&r.addr(), password) == Some(r.child.id()) {
+                    return r;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        r
     }
 
     fn addr(&self) -> String {
@@ -63,12 +77,57 @@ impl Drop for Redis {
     }
 }
 
+/// A loopback port free now and never handed out before in this process.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+}
+
+/// The `process_id` of the Redis answering at `addr` (with `password`), if one answers.
+fn server_pid(addr: &str, password: Option<&str>) -> Option<u32> {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut request = Vec::new();
+    if let Some(p) = password {
+        request.extend_from_slice(&resp::encode(&["AUTH", p]));
+    }
+    request.extend_from_slice(&resp::encode(&["INFO", "server"]));
+    c.write_all(&request).ok()?;
+    let mut buf = Vec::new();
+    let mut skip = usize::from(password.is_some());
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = c.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while skip > 0
+            && let Ok(Some((_, n))) = resp::parse_value(&buf)
+        {
+            buf.drain(..n);
+            skip -= 1;
+        }
+        if skip == 0
+            && let Ok(Some((v, _))) = resp::parse_value(&buf)
+        {
+            return v
+                .text()?
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("process_id:")?.parse().ok());
+        }
+    }
 }
 
 /// A RESP client.
