@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!   observe   INFO server replication keyspace, CONFIG GET <the set's dynamic params>
-//!             of every running instance ─▶ Seen (what the status reports)
+//!             (and, with sentinels, the replication PING period) of every running
+//!             instance ─▶ Seen (what the status reports)
 //!   roles     flotilla_redis::engine::role: one instance labelled primary
 //!   switch    a planned switchover: FAILOVER TO the successor (it must be an online
 //!             replica of the old primary), verified with ROLE on both sides
@@ -69,12 +70,7 @@ pub(crate) async fn observe<B: Backend>(
     observed: &Observed,
 ) -> BTreeMap<u32, Seen> {
     let mut params: Vec<String> = engine::dynamic_config(set).into_keys().collect();
-    if set
-        .spec
-        .redis
-        .as_ref()
-        .is_some_and(|r| r.sentinel.is_some())
-    {
+    if engine::with_sentinel(set) {
         // Held back while a switchover by Sentinel runs: seen here if it stayed so.
         params.push(engine::PING_PERIOD.into());
     }
@@ -191,12 +187,7 @@ pub(crate) async fn switchover<B: Backend>(
     if target.info.status.role == "master" && old.is_none_or(|o| o.info.status.role != "master") {
         return Ok((Applied::Unchanged, Some(done)));
     }
-    if set
-        .spec
-        .redis
-        .as_ref()
-        .is_some_and(|r| r.sentinel.is_some())
-    {
+    if engine::with_sentinel(set) {
         // Ranked first only when it is the instance the federation names primary
         // (its member runs it at replica-priority 1); a successor the member picked
         // itself (a rolling update) is left to Sentinel's choice.

@@ -107,13 +107,17 @@ pub fn role(
     }
 }
 
-/// The replication commands for the local instances.
-pub fn replication(set: &InstanceSet, primary: &Primary, locals: &[Local<'_>]) -> Vec<Command> {
-    let sentinel = set
-        .spec
+/// Whether `set` is a Redis set with sentinels (failover and handovers are Sentinel's).
+pub fn with_sentinel(set: &InstanceSet) -> bool {
+    set.spec
         .redis
         .as_ref()
-        .is_some_and(|r| r.sentinel.is_some());
+        .is_some_and(|r| r.sentinel.is_some())
+}
+
+/// The replication commands for the local instances.
+pub fn replication(set: &InstanceSet, primary: &Primary, locals: &[Local<'_>]) -> Vec<Command> {
+    let sentinel = with_sentinel(set);
     let promote = promote_of(set);
     let Some((host, port)) = split_addr(&primary.endpoint) else {
         return Vec::new();
@@ -255,11 +259,7 @@ pub fn dynamic_config(set: &InstanceSet) -> BTreeMap<String, String> {
 /// hand over from again).
 pub fn instance_config(set: &InstanceSet, ordinal: u32) -> BTreeMap<String, String> {
     let mut out = dynamic_config(set);
-    let sentinel = set
-        .spec
-        .redis
-        .as_ref()
-        .is_some_and(|r| r.sentinel.is_some());
+    let sentinel = with_sentinel(set);
     if sentinel {
         // A switchover by Sentinel holds a master's replication PINGs back while it
         // runs; an agent that died meanwhile left them held back: set again here.
